@@ -18,5 +18,6 @@ pub mod firmware;
 pub mod input;
 pub mod interrupt;
 pub mod pci;
+pub mod rtc;
 pub mod serial;
 pub mod timer;

@@ -1,1 +1,5 @@
+//! Character backends.
 
+pub mod file;
+pub mod stdio;
+pub mod unix_socket;

@@ -1,1 +1,3 @@
+//! Firmware interfaces.
 
+pub mod fw_cfg;

@@ -1,1 +1,3 @@
+//! Interrupt controllers.
 
+pub mod pic8259;

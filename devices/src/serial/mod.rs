@@ -1,1 +1,3 @@
+//! Serial ports.
 
+pub mod uart16550;

@@ -1,1 +1,3 @@
+//! Interval timers.
 
+pub mod pit8254;

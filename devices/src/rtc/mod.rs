@@ -1,0 +1,3 @@
+//! Real-time clocks and their CMOS memory.
+
+pub mod mc146818;
