@@ -1,0 +1,126 @@
+//! The one seam between the CPU and the board: port I/O, non-RAM physical memory, the interrupt
+//! line and reset. The CPU knows no device; a board implements [`CpuBus`] and routes each call
+//! to its port and MMIO buses and its interrupt controller.
+
+/// What the CPU needs from the machine around it.
+///
+/// Guest RAM is not behind this trait: it lives in [`crate::PhysMem`], which the CPU reads and
+/// writes directly (the fast path). Everything outside RAM — MMIO, ROM reads when the board keeps
+/// ROM itself, holes — comes here.
+pub trait CpuBus {
+    /// A read of `data.len()` (1, 2, 4 or 8) bytes from a physical address that is not RAM.
+    fn mmio_read(&mut self, addr: u64, data: &mut [u8]) {
+        let _ = addr;
+        data.fill(0xFF);
+    }
+    /// A write to a physical address that is not RAM.
+    fn mmio_write(&mut self, addr: u64, data: &[u8]) {
+        let _ = (addr, data);
+    }
+    /// `IN` of `size` bytes (1, 2 or 4). Unclaimed ports read as all ones.
+    fn io_read(&mut self, port: u16, size: u8) -> u32;
+    /// `OUT` of `size` bytes (1, 2 or 4).
+    fn io_write(&mut self, port: u16, size: u8, value: u32);
+    /// Is the maskable interrupt line (INTR) asserted?
+    fn intr_pending(&mut self) -> bool {
+        false
+    }
+    /// Acknowledge INTR (the INTA cycle): the vector to deliver.
+    fn intr_ack(&mut self) -> u8 {
+        0
+    }
+    /// Is a non-maskable interrupt pending? Reading it consumes it (NMI is edge triggered).
+    fn take_nmi(&mut self) -> bool {
+        false
+    }
+    /// The CPU shut down (triple fault). A PC board resets the machine; a test board stops.
+    fn shutdown(&mut self) {}
+}
+
+/// Guest physical memory that the CPU accesses directly: RAM (read/write) and ROM (writes are
+/// dropped). Page-granular maps say which physical pages are RAM or ROM; every other address goes
+/// to [`CpuBus::mmio_read`]/[`CpuBus::mmio_write`].
+pub struct PhysMem {
+    data: Box<[u8]>,
+    /// 1 bit per 4 KiB page of `data`: the page is backed by `data` (RAM or ROM).
+    backed: bitvec::vec::BitVec,
+    /// 1 bit per 4 KiB page: writes are ignored (ROM).
+    rom: bitvec::vec::BitVec,
+}
+
+impl PhysMem {
+    /// `size` bytes of zeroed RAM starting at physical address 0 (rounded up to whole pages).
+    pub fn new(size: usize) -> Self {
+        let pages = size.div_ceil(4096);
+        PhysMem {
+            data: vec![0u8; pages * 4096].into_boxed_slice(),
+            backed: bitvec::vec::BitVec::repeat(true, pages),
+            rom: bitvec::vec::BitVec::repeat(false, pages),
+        }
+    }
+    /// Size of the backing store in bytes.
+    pub fn len(&self) -> usize {
+        self.data.len()
+    }
+    /// True when there is no backing store at all.
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+    /// The whole backing store, for a board to load images and for DMA.
+    pub fn as_slice(&self) -> &[u8] {
+        &self.data
+    }
+    /// The whole backing store, writable. Writes made this way bypass the CPU's self-modifying
+    /// code detection: a board that DMAs into code must call [`crate::Cpu::invalidate_phys`].
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        &mut self.data
+    }
+    /// Hand the physical range `[start, end)` to the bus (MMIO or hole): the CPU stops treating
+    /// it as RAM. Page granular.
+    pub fn set_mmio(&mut self, start: u64, end: u64) {
+        for p in (start >> 12)..end.div_ceil(4096) {
+            if let Some(mut b) = self.backed.get_mut(p as usize) {
+                *b = false;
+            }
+        }
+    }
+    /// Mark `[start, end)` as ROM: readable from the backing store, writes dropped.
+    pub fn set_rom(&mut self, start: u64, end: u64, rom: bool) {
+        for p in (start >> 12)..end.div_ceil(4096) {
+            if let Some(mut b) = self.rom.get_mut(p as usize) {
+                *b = rom;
+            }
+        }
+    }
+    /// Is the byte at `addr` backed by this store (RAM or ROM)?
+    #[inline]
+    pub fn is_backed(&self, addr: u64) -> bool {
+        (addr as usize) < self.data.len() && self.backed[(addr >> 12) as usize]
+    }
+    #[inline]
+    pub(crate) fn is_rom(&self, addr: u64) -> bool {
+        self.rom[(addr >> 12) as usize]
+    }
+    /// Read `buf.len()` bytes; the caller checked [`PhysMem::is_backed`] for the range's page.
+    #[inline]
+    pub(crate) fn read_backed(&self, addr: u64, buf: &mut [u8]) {
+        let a = addr as usize;
+        buf.copy_from_slice(&self.data[a..a + buf.len()]);
+    }
+    #[inline]
+    pub(crate) fn write_backed(&mut self, addr: u64, buf: &[u8]) {
+        let a = addr as usize;
+        self.data[a..a + buf.len()].copy_from_slice(buf);
+    }
+}
+
+/// A bus with nothing on it: ports read as all ones, no interrupts. For tests and tools.
+#[derive(Default)]
+pub struct NullBus;
+
+impl CpuBus for NullBus {
+    fn io_read(&mut self, _port: u16, size: u8) -> u32 {
+        if size >= 4 { u32::MAX } else { (1u32 << (size * 8)) - 1 }
+    }
+    fn io_write(&mut self, _port: u16, _size: u8, _value: u32) {}
+}
