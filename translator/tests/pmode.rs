@@ -1,0 +1,353 @@
+//! Small assembled programs (iced's code_asm) that enter protected mode, load segments, take
+//! exceptions through the IDT, enable paging and change privilege. They report through port
+//! 0xE9, which the test bus records.
+
+use iced_x86::code_asm::*;
+use translator::{Cpu, CpuBus, PhysMem, RunExit};
+
+#[derive(Default)]
+struct TestBus {
+    out: Vec<u32>,
+}
+
+impl CpuBus for TestBus {
+    fn io_read(&mut self, _port: u16, _size: u8) -> u32 {
+        u32::MAX
+    }
+    fn io_write(&mut self, port: u16, _size: u8, value: u32) {
+        if port == 0xE9 {
+            self.out.push(value);
+        }
+    }
+}
+
+const GDT: u64 = 0x500;
+const GDTR: u64 = 0x4F0;
+const IDTR: u64 = 0x4F8;
+const TSS: u64 = 0x700;
+const IDT: u64 = 0x800;
+const MAIN32: u64 = 0x2000;
+const RING3: u64 = 0x2800;
+const GP_HANDLER: u64 = 0x3000;
+const PF_HANDLER: u64 = 0x3100;
+const SYSCALL: u64 = 0x3200;
+const PD: u64 = 0x10000;
+
+fn put(mem: &mut PhysMem, addr: u64, bytes: &[u8]) {
+    mem.as_mut_slice()[addr as usize..addr as usize + bytes.len()].copy_from_slice(bytes);
+}
+
+fn put32(mem: &mut PhysMem, addr: u64, v: u32) {
+    put(mem, addr, &v.to_le_bytes());
+}
+
+fn gate(offset: u64, sel: u16, attr: u8) -> u64 {
+    (offset & 0xFFFF) | ((sel as u64) << 16) | ((attr as u64) << 40) | (((offset >> 16) & 0xFFFF) << 48)
+}
+
+fn asm32(ip: u64, f: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>) -> Vec<u8> {
+    let mut a = CodeAssembler::new(32).unwrap();
+    f(&mut a).unwrap();
+    a.assemble(ip).unwrap()
+}
+
+/// Emit `out 0xE9, eax`.
+fn report(a: &mut CodeAssembler) -> Result<(), IcedError> {
+    a.mov(dx, 0xE9u32)?;
+    a.out(dx, eax)
+}
+
+/// A machine in real mode at 0000:1000 whose code switches to 32-bit protected mode (flat
+/// ring-0 segments, IDT with #GP/#PF/INT 80h handlers) and runs `main` at 0x2000.
+fn machine(main: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>) -> (Cpu, TestBus) {
+    let mut mem = PhysMem::new(32 << 20);
+    let gdt: [u64; 7] = [
+        0,
+        0x00CF_9A00_0000_FFFF, // 0x08 code32 ring 0
+        0x00CF_9200_0000_FFFF, // 0x10 data32 ring 0
+        0x00CF_FA00_0000_FFFF, // 0x18 code32 ring 3
+        0x00CF_F200_0000_FFFF, // 0x20 data32 ring 3
+        0x67 | ((TSS & 0xFF_FFFF) << 16) | (0x89u64 << 40), // 0x28 TSS32
+        0x0040_9200_0000_0FFF, // 0x30 data32, 4 KiB limit
+    ];
+    for (i, d) in gdt.iter().enumerate() {
+        put(&mut mem, GDT + i as u64 * 8, &d.to_le_bytes());
+    }
+    put(&mut mem, GDTR, &((gdt.len() * 8 - 1) as u16).to_le_bytes());
+    put32(&mut mem, GDTR + 2, GDT as u32);
+    put(&mut mem, IDTR, &0x7FFu16.to_le_bytes());
+    put32(&mut mem, IDTR + 2, IDT as u32);
+    put(&mut mem, IDT + 13 * 8, &gate(GP_HANDLER, 0x08, 0x8E).to_le_bytes());
+    put(&mut mem, IDT + 14 * 8, &gate(PF_HANDLER, 0x08, 0x8E).to_le_bytes());
+    put(&mut mem, IDT + 0x80 * 8, &gate(SYSCALL, 0x08, 0xEE).to_le_bytes());
+    put32(&mut mem, TSS + 4, 0x8F000); // ESP0
+    put32(&mut mem, TSS + 8, 0x10); // SS0
+    put(&mut mem, TSS + 0x66, &0x68u16.to_le_bytes());
+
+    let mut a = CodeAssembler::new(16).unwrap();
+    a.lgdt(ptr(GDTR as u32)).unwrap();
+    a.lidt(ptr(IDTR as u32)).unwrap();
+    a.mov(eax, cr0).unwrap();
+    a.or(eax, 1).unwrap();
+    a.mov(cr0, eax).unwrap();
+    // jmp dword 0x08:MAIN32
+    a.db(&[0x66, 0xEA]).unwrap();
+    a.db(&(MAIN32 as u32).to_le_bytes()).unwrap();
+    a.db(&[0x08, 0x00]).unwrap();
+    put(&mut mem, 0x1000, &a.assemble(0x1000).unwrap());
+
+    let main_code = asm32(MAIN32, |a| {
+        a.mov(ax, 0x10)?;
+        a.mov(ds, ax)?;
+        a.mov(es, ax)?;
+        a.mov(ss, ax)?;
+        a.mov(esp, 0x80000)?;
+        main(a)?;
+        a.hlt()
+    });
+    put(&mut mem, MAIN32, &main_code);
+    let gp = asm32(GP_HANDLER, |a| {
+        a.pop(eax)?;
+        report(a)?;
+        a.mov(eax, 0xDEAD_000Du32)?;
+        report(a)?;
+        a.hlt()
+    });
+    put(&mut mem, GP_HANDLER, &gp);
+    let pf = asm32(PF_HANDLER, |a| {
+        a.pop(eax)?;
+        report(a)?;
+        a.mov(eax, cr2)?;
+        report(a)?;
+        a.hlt()
+    });
+    put(&mut mem, PF_HANDLER, &pf);
+    let sys = asm32(SYSCALL, |a| {
+        a.mov(eax, esp)?;
+        report(a)?;
+        a.mov(eax, dword_ptr(esp + 4))?; // old CS
+        report(a)?;
+        a.mov(eax, dword_ptr(esp + 12))?; // old ESP
+        report(a)?;
+        a.mov(eax, dword_ptr(esp + 16))?; // old SS
+        report(a)?;
+        a.hlt()
+    });
+    put(&mut mem, SYSCALL, &sys);
+
+    let mut cpu = Cpu::new(mem);
+    cpu.segs[1] = translator::state::Segment::real(0, true);
+    cpu.rip = 0x1000;
+    (cpu, TestBus::default())
+}
+
+fn run(cpu: &mut Cpu, bus: &mut TestBus) {
+    let exit = cpu.run(bus, 100_000);
+    assert_eq!(exit, RunExit::Halted, "program did not halt; output so far {:x?}", bus.out);
+}
+
+#[test]
+fn enters_protected_mode_and_uses_flat_segments() {
+    let (mut cpu, mut bus) = machine(|a| {
+        a.mov(dword_ptr(0x5000), 0x1234_5678)?;
+        a.mov(eax, dword_ptr(0x5000))?;
+        report(a)?;
+        a.mov(eax, cs)?;
+        report(a)
+    });
+    run(&mut cpu, &mut bus);
+    assert_eq!(bus.out, vec![0x1234_5678, 0x08]);
+    assert!(cpu.protected());
+    assert_eq!(cpu.code_bitness(), 32);
+}
+
+#[test]
+fn selector_beyond_gdt_limit_raises_gp_with_selector() {
+    let (mut cpu, mut bus) = machine(|a| {
+        a.mov(ax, 0x40)?;
+        a.mov(ds, ax)
+    });
+    run(&mut cpu, &mut bus);
+    assert_eq!(bus.out, vec![0x40, 0xDEAD_000D]);
+}
+
+#[test]
+fn segment_limit_violation_raises_gp0() {
+    let (mut cpu, mut bus) = machine(|a| {
+        a.mov(ax, 0x30)?;
+        a.mov(es, ax)?;
+        a.mov(eax, dword_ptr(0xFFC).es())?; // last dword inside the 4 KiB limit: fine
+        a.mov(eax, dword_ptr(0xFFE).es()) // crosses the limit
+    });
+    run(&mut cpu, &mut bus);
+    assert_eq!(bus.out, vec![0, 0xDEAD_000D]);
+}
+
+/// Identity-map the first 4 MiB with a page table, map linear 0x400000 to physical 0x6000.
+fn setup_paging(cpu: &mut Cpu) {
+    let mem = &mut cpu.mem;
+    put32(mem, PD, (PD as u32 + 0x1000) | 7);
+    for i in 0..1024u32 {
+        put32(mem, PD + 0x1000 + i as u64 * 4, (i << 12) | 7);
+    }
+    put32(mem, PD + 4, (PD as u32 + 0x2000) | 7);
+    put32(mem, PD + 0x2000, 0x6000 | 3);
+}
+
+fn enable_paging(a: &mut CodeAssembler) -> Result<(), IcedError> {
+    a.mov(eax, PD as u32)?;
+    a.mov(cr3, eax)?;
+    a.mov(eax, cr0)?;
+    a.or(eax, 0x8000_0000u32 as i32)?;
+    a.mov(cr0, eax)
+}
+
+#[test]
+fn paging_translates_and_sets_accessed_and_dirty() {
+    let (mut cpu, mut bus) = machine(|a| {
+        enable_paging(a)?;
+        a.mov(dword_ptr(0x40_0010), 0xCAFE_BABEu32 as i32)?;
+        a.mov(eax, dword_ptr(0x6010))?; // the same bytes through the identity map
+        report(a)?;
+        a.mov(eax, dword_ptr(PD as u32 + 0x2000))?; // the PTE
+        report(a)
+    });
+    setup_paging(&mut cpu);
+    run(&mut cpu, &mut bus);
+    assert_eq!(bus.out, vec![0xCAFE_BABE, 0x6000 | 0x63]);
+}
+
+#[test]
+fn page_fault_reports_cr2_and_error_code() {
+    let (mut cpu, mut bus) = machine(|a| {
+        enable_paging(a)?;
+        a.mov(dword_ptr(0x80_0004), eax) // PDE 2 is not present
+    });
+    setup_paging(&mut cpu);
+    run(&mut cpu, &mut bus);
+    // Error code: not present, write, supervisor.
+    assert_eq!(bus.out, vec![2, 0x80_0004]);
+}
+
+#[test]
+fn write_protect_faults_only_with_cr0_wp() {
+    let (mut cpu, mut bus) = machine(|a| {
+        // Make the page of 0x6000 read-only, then write to it: allowed for the supervisor
+        // until CR0.WP is set.
+        a.mov(dword_ptr(PD as u32 + 0x1000 + 6 * 4), 0x6000 | 5)?;
+        enable_paging(a)?;
+        a.mov(dword_ptr(0x6000), 1)?;
+        a.mov(eax, 0x11)?;
+        report(a)?;
+        a.mov(eax, cr0)?;
+        a.or(eax, 1 << 16)?;
+        a.mov(cr0, eax)?;
+        a.mov(dword_ptr(0x6000), 2)
+    });
+    setup_paging(&mut cpu);
+    run(&mut cpu, &mut bus);
+    assert_eq!(bus.out, vec![0x11, 3, 0x6000]);
+}
+
+#[test]
+fn large_pages_with_pse() {
+    let (mut cpu, mut bus) = machine(|a| {
+        a.mov(eax, cr4)?;
+        a.or(eax, 1 << 4)?;
+        a.mov(cr4, eax)?;
+        enable_paging(a)?;
+        a.mov(dword_ptr(0xC0_1234), 0x5A5A_5A5A)?;
+        a.mov(eax, dword_ptr(PD as u32 + 3 * 4))?;
+        report(a)
+    });
+    setup_paging(&mut cpu);
+    put32(&mut cpu.mem, PD + 3 * 4, 0x0100_0000 | 0x83);
+    run(&mut cpu, &mut bus);
+    let m = cpu.mem.as_slice();
+    assert_eq!(&m[0x100_1234..0x100_1238], &0x5A5A_5A5Au32.to_le_bytes());
+    // Accessed and dirty set in the 4 MiB PDE.
+    assert_eq!(bus.out, vec![0x0100_0000 | 0x83 | 0x60]);
+}
+
+#[test]
+fn ring3_interrupt_switches_to_the_tss_stack() {
+    let (mut cpu, mut bus) = machine(|a| {
+        a.mov(ax, 0x28)?;
+        a.ltr(ax)?;
+        a.push(0x23)?; // SS3
+        a.push(0x70000)?; // ESP3
+        a.pushfd()?;
+        a.push(0x1B)?; // CS3
+        a.push(RING3 as i32)?;
+        a.iretd()
+    });
+    let r3 = asm32(RING3, |a| {
+        a.mov(ax, 0x23)?;
+        a.mov(ds, ax)?;
+        a.int(0x80)?;
+        a.hlt()
+    });
+    put(&mut cpu.mem, RING3, &r3);
+    run(&mut cpu, &mut bus);
+    // Handler's ESP: 0x8F000 minus SS, ESP, EFLAGS, CS, EIP.
+    assert_eq!(bus.out, vec![0x8F000 - 20, 0x1B, 0x70000, 0x23]);
+    assert_eq!(cpu.cpl, 0);
+}
+
+#[test]
+fn hlt_at_ring3_is_gp() {
+    let (mut cpu, mut bus) = machine(|a| {
+        a.push(0x23)?;
+        a.push(0x70000)?;
+        a.pushfd()?;
+        a.push(0x1B)?;
+        a.push(RING3 as i32)?;
+        a.mov(ax, 0x28)?;
+        a.ltr(ax)?;
+        a.iretd()
+    });
+    let r3 = asm32(RING3, |a| a.hlt());
+    put(&mut cpu.mem, RING3, &r3);
+    run(&mut cpu, &mut bus);
+    assert_eq!(bus.out, vec![0, 0xDEAD_000D]);
+}
+
+const SMC: u64 = 0x4000;
+
+#[test]
+fn store_into_the_next_instruction_is_seen() {
+    let (mut cpu, mut bus) = machine(|a| a.jmp(SMC));
+    // C6 05 disp32 imm8 (7 bytes) patches the immediate of the B8 imm32 right after it.
+    let code = asm32(SMC, |a| {
+        a.mov(byte_ptr(SMC as u32 + 8), 0x77)?;
+        a.mov(eax, 0x11u32)?;
+        report(a)?;
+        a.hlt()
+    });
+    put(&mut cpu.mem, SMC, &code);
+    run(&mut cpu, &mut bus);
+    assert_eq!(bus.out, vec![0x77]);
+}
+
+#[test]
+fn code_rewritten_on_a_loop_pass_is_retranslated() {
+    let (mut cpu, mut bus) = machine(|a| a.jmp(SMC));
+    // mov ecx, 2 is 5 bytes: the loop body's `mov eax, imm32` starts at SMC + 5.
+    let code = asm32(SMC, |a| {
+        let mut body = a.create_label();
+        let mut done = a.create_label();
+        a.mov(ecx, 2)?;
+        a.set_label(&mut body)?;
+        a.mov(eax, 0x1111u32)?;
+        report(a)?;
+        a.mov(byte_ptr(SMC as u32 + 6), 0x22)?;
+        a.dec(ecx)?;
+        a.jz(done)?;
+        a.jmp(body)?;
+        a.set_label(&mut done)?;
+        a.hlt()
+    });
+    put(&mut cpu.mem, SMC, &code);
+    run(&mut cpu, &mut bus);
+    assert_eq!(bus.out, vec![0x1111, 0x1122]);
+}
