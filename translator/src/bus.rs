@@ -120,7 +120,11 @@ pub struct NullBus;
 
 impl CpuBus for NullBus {
     fn io_read(&mut self, _port: u16, size: u8) -> u32 {
-        if size >= 4 { u32::MAX } else { (1u32 << (size * 8)) - 1 }
+        if size >= 4 {
+            u32::MAX
+        } else {
+            (1u32 << (size * 8)) - 1
+        }
     }
     fn io_write(&mut self, _port: u16, _size: u8, _value: u32) {}
 }

@@ -132,12 +132,21 @@ impl Cpu {
                         break;
                     }
                     let double = (f.is_contributory() && f2.is_contributory())
-                        || (f.vector == vector::PF && (f2.is_contributory() || f2.vector == vector::PF));
-                    f = if double { Fault::with_code(vector::DF, 0) } else { f2 };
+                        || (f.vector == vector::PF
+                            && (f2.is_contributory() || f2.vector == vector::PF));
+                    f = if double {
+                        Fault::with_code(vector::DF, 0)
+                    } else {
+                        f2
+                    };
                 }
             }
         }
-        log::warn!("triple fault at {:04x}:{:x}", self.segs[state::sreg::CS].selector, self.rip);
+        log::warn!(
+            "triple fault at {:04x}:{:x}",
+            self.segs[state::sreg::CS].selector,
+            self.rip
+        );
         bus.shutdown();
         self.halted = true;
         false

@@ -48,7 +48,12 @@ fn prepare(cpu: &mut Cpu, rng: &mut Rng, setup: Setup) {
         chunk.copy_from_slice(&v[..chunk.len()]);
     }
     for r in 0..8 {
-        cpu.regs[r] = rng.next() & if matches!(setup, Setup::Prot32 | Setup::Paged32) { 0xFFFF_FFFF } else { 0xFFFF };
+        cpu.regs[r] = rng.next()
+            & if matches!(setup, Setup::Prot32 | Setup::Paged32) {
+                0xFFFF_FFFF
+            } else {
+                0xFFFF
+            };
     }
     let fl = rng.next() & !(flag::TF | flag::VM);
     cpu.set_rflags(fl | flag::FIXED1);
@@ -58,10 +63,17 @@ fn prepare(cpu: &mut Cpu, rng: &mut Rng, setup: Setup) {
             for s in 0..6 {
                 cpu.segs[s] = Segment::real((rng.next() & 0x1FFF) as u16, s == 1);
             }
-            cpu.idtr = TableReg { base: 0, limit: 0x3FF };
+            cpu.idtr = TableReg {
+                base: 0,
+                limit: 0x3FF,
+            };
         }
         Setup::Prot16 | Setup::Prot32 | Setup::Paged32 => {
-            let big = if matches!(setup, Setup::Prot16) { 0 } else { attr::DB | attr::G };
+            let big = if matches!(setup, Setup::Prot16) {
+                0
+            } else {
+                attr::DB | attr::G
+            };
             let limit = if big != 0 { 0xFFFF_FFFF } else { 0xFFFF };
             cpu.cr0 |= cr0::PE;
             for s in 0..6 {
@@ -69,12 +81,23 @@ fn prepare(cpu: &mut Cpu, rng: &mut Rng, setup: Setup) {
                     selector: 0x10,
                     base: 0,
                     limit,
-                    attr: attr::P | attr::S | attr::RW | attr::ACCESSED | big | if s == 1 { attr::CODE } else { 0 },
+                    attr: attr::P
+                        | attr::S
+                        | attr::RW
+                        | attr::ACCESSED
+                        | big
+                        | if s == 1 { attr::CODE } else { 0 },
                 };
             }
             cpu.segs[1].selector = 0x08;
-            cpu.gdtr = TableReg { base: 0x1000, limit: 0xFF };
-            cpu.idtr = TableReg { base: 0x2000, limit: 0x7FF };
+            cpu.gdtr = TableReg {
+                base: 0x1000,
+                limit: 0xFF,
+            };
+            cpu.idtr = TableReg {
+                base: 0x2000,
+                limit: 0x7FF,
+            };
             if matches!(setup, Setup::Paged32) {
                 cpu.cr3 = 0x8000;
                 cpu.cr0 |= cr0::PG;
@@ -89,9 +112,20 @@ fn prepare(cpu: &mut Cpu, rng: &mut Rng, setup: Setup) {
                 seg.attr |= 3 << attr::DPL_SHIFT;
                 cpu.segs[s] = seg;
             }
-            cpu.gdtr = TableReg { base: 0x1000, limit: 0xFF };
-            cpu.idtr = TableReg { base: 0x2000, limit: 0x7FF };
-            cpu.tr = Segment { selector: 0x28, base: 0x3000, limit: 0x67, attr: 0x8B };
+            cpu.gdtr = TableReg {
+                base: 0x1000,
+                limit: 0xFF,
+            };
+            cpu.idtr = TableReg {
+                base: 0x2000,
+                limit: 0x7FF,
+            };
+            cpu.tr = Segment {
+                selector: 0x28,
+                base: 0x3000,
+                limit: 0x67,
+                attr: 0x8B,
+            };
         }
     }
     cpu.flush_translations();
@@ -102,10 +136,22 @@ fn random_bytes_never_panic() {
     let mut cpu = Cpu::new(PhysMem::new(1 << 20));
     let mut bus = Bus;
     // More cases on demand: VIREO_FUZZ_CASES=100000 VIREO_FUZZ_SEED=7 cargo test --test fuzz
-    let cases: usize = std::env::var("VIREO_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(400);
-    let seed: u64 = std::env::var("VIREO_FUZZ_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(0x5EED_1234_ABCD_0001);
+    let cases: usize = std::env::var("VIREO_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(400);
+    let seed: u64 = std::env::var("VIREO_FUZZ_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0x5EED_1234_ABCD_0001);
     let mut rng = Rng(seed | 1);
-    for setup in [Setup::Real, Setup::Prot16, Setup::Prot32, Setup::Paged32, Setup::V86] {
+    for setup in [
+        Setup::Real,
+        Setup::Prot16,
+        Setup::Prot32,
+        Setup::Paged32,
+        Setup::V86,
+    ] {
         let mut retired = 0;
         for _ in 0..cases {
             prepare(&mut cpu, &mut rng, setup);
@@ -114,6 +160,9 @@ fn random_bytes_never_panic() {
             retired += cpu.icount;
         }
         // The cases must actually execute code, not die at the first fetch.
-        assert!(retired > cases as u64 * 5, "{setup:?}: only {retired} instructions retired");
+        assert!(
+            retired > cases as u64 * 5,
+            "{setup:?}: only {retired} instructions retired"
+        );
     }
 }

@@ -42,7 +42,10 @@ fn put32(mem: &mut PhysMem, addr: u64, v: u32) {
 }
 
 fn gate(offset: u64, sel: u16, attr: u8) -> u64 {
-    (offset & 0xFFFF) | ((sel as u64) << 16) | ((attr as u64) << 40) | (((offset >> 16) & 0xFFFF) << 48)
+    (offset & 0xFFFF)
+        | ((sel as u64) << 16)
+        | ((attr as u64) << 40)
+        | (((offset >> 16) & 0xFFFF) << 48)
 }
 
 fn asm32(ip: u64, f: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>) -> Vec<u8> {
@@ -77,9 +80,21 @@ fn machine(main: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>) -> (C
     put32(&mut mem, GDTR + 2, GDT as u32);
     put(&mut mem, IDTR, &0x7FFu16.to_le_bytes());
     put32(&mut mem, IDTR + 2, IDT as u32);
-    put(&mut mem, IDT + 13 * 8, &gate(GP_HANDLER, 0x08, 0x8E).to_le_bytes());
-    put(&mut mem, IDT + 14 * 8, &gate(PF_HANDLER, 0x08, 0x8E).to_le_bytes());
-    put(&mut mem, IDT + 0x80 * 8, &gate(SYSCALL, 0x08, 0xEE).to_le_bytes());
+    put(
+        &mut mem,
+        IDT + 13 * 8,
+        &gate(GP_HANDLER, 0x08, 0x8E).to_le_bytes(),
+    );
+    put(
+        &mut mem,
+        IDT + 14 * 8,
+        &gate(PF_HANDLER, 0x08, 0x8E).to_le_bytes(),
+    );
+    put(
+        &mut mem,
+        IDT + 0x80 * 8,
+        &gate(SYSCALL, 0x08, 0xEE).to_le_bytes(),
+    );
     put32(&mut mem, TSS + 4, 0x8F000); // ESP0
     put32(&mut mem, TSS + 8, 0x10); // SS0
     put(&mut mem, TSS + 0x66, &0x68u16.to_le_bytes());
@@ -143,7 +158,12 @@ fn machine(main: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>) -> (C
 
 fn run(cpu: &mut Cpu, bus: &mut TestBus) {
     let exit = cpu.run(bus, 100_000);
-    assert_eq!(exit, RunExit::Halted, "program did not halt; output so far {:x?}", bus.out);
+    assert_eq!(
+        exit,
+        RunExit::Halted,
+        "program did not halt; output so far {:x?}",
+        bus.out
+    );
 }
 
 #[test]

@@ -37,7 +37,11 @@ pub(crate) struct BlockCache {
 
 impl BlockCache {
     pub fn new() -> Self {
-        BlockCache { map: HashMap::new(), by_page: HashMap::new(), code_pages: BitVec::new() }
+        BlockCache {
+            map: HashMap::new(),
+            by_page: HashMap::new(),
+            code_pages: BitVec::new(),
+        }
     }
 
     pub fn clear(&mut self) {
@@ -88,7 +92,11 @@ impl Cpu {
         if !long && ip > cs.limit as u64 {
             return Err(Fault::gp(0).into());
         }
-        let lin = if long { cs.base.wrapping_add(ip) } else { cs.base.wrapping_add(ip) & 0xFFFF_FFFF };
+        let lin = if long {
+            cs.base.wrapping_add(ip)
+        } else {
+            cs.base.wrapping_add(ip) & 0xFFFF_FFFF
+        };
         let user = self.user_access();
         let phys = self.translate(bus, lin, Access::Exec, user)?;
         let key = (phys, bitness as u8);
@@ -133,7 +141,11 @@ impl Cpu {
         loop {
             let cur_ip = ip + off;
             let in_page = 0x1000 - ((phys + off) & 0xFFF);
-            let in_seg = if long { u64::MAX } else { (cs_limit + 1).saturating_sub(cur_ip) };
+            let in_seg = if long {
+                u64::MAX
+            } else {
+                (cs_limit + 1).saturating_sub(cur_ip)
+            };
             let avail = max_len.min(in_page).min(in_seg);
             if avail == 0 {
                 // Next instruction starts beyond the CS limit: fault when (if) it is reached.
@@ -163,14 +175,18 @@ impl Cpu {
                     self.fetch_bytes(bus, phys2, &mut tmp[..rest]);
                     buf[n..n + rest].copy_from_slice(&tmp[..rest]);
                     let total = n + rest;
-                    let mut dec = Decoder::with_ip(bitness, &buf[..total], cur_ip, DecoderOptions::NONE);
+                    let mut dec =
+                        Decoder::with_ip(bitness, &buf[..total], cur_ip, DecoderOptions::NONE);
                     let ins = dec.decode();
                     if ins.is_invalid() && dec.last_error() == DecoderError::NoMoreBytes {
                         return Err(Fault::gp(0).into());
                     }
                     let op = decode::translate(&ins, &buf[..ins.len().max(1)], bitness);
                     // byte_len 0 marks the block as not cacheable.
-                    return Ok(Block { ops: vec![op].into_boxed_slice(), byte_len: 0 });
+                    return Ok(Block {
+                        ops: vec![op].into_boxed_slice(),
+                        byte_len: 0,
+                    });
                 }
                 // Longer than the maximum instruction length.
                 return Err(Fault::gp(0).into());
@@ -186,6 +202,9 @@ impl Cpu {
                 break;
             }
         }
-        Ok(Block { ops: ops.into_boxed_slice(), byte_len: off })
+        Ok(Block {
+            ops: ops.into_boxed_slice(),
+            byte_len: off,
+        })
     }
 }

@@ -39,7 +39,11 @@ impl Cpu {
     pub(crate) fn ea(&self, op: &Op) -> u64 {
         let mut a = op.disp;
         if op.base != loc::NO_REG {
-            let b = if op.base == loc::RIP { self.rip } else { self.regs[op.base as usize & 15] };
+            let b = if op.base == loc::RIP {
+                self.rip
+            } else {
+                self.regs[op.base as usize & 15]
+            };
             a = a.wrapping_add(b);
         }
         if op.index != loc::NO_REG {
@@ -55,7 +59,13 @@ impl Cpu {
     }
 
     #[inline]
-    pub(crate) fn rd_sized(&mut self, bus: &mut dyn CpuBus, op: &Op, l: u8, size: u8) -> Result<u64, Exit> {
+    pub(crate) fn rd_sized(
+        &mut self,
+        bus: &mut dyn CpuBus,
+        op: &Op,
+        l: u8,
+        size: u8,
+    ) -> Result<u64, Exit> {
         match l {
             loc::MEM => {
                 let ea = self.ea(op);
@@ -73,7 +83,14 @@ impl Cpu {
     }
 
     #[inline]
-    pub(crate) fn wr_sized(&mut self, bus: &mut dyn CpuBus, op: &Op, l: u8, size: u8, v: u64) -> ExecResult {
+    pub(crate) fn wr_sized(
+        &mut self,
+        bus: &mut dyn CpuBus,
+        op: &Op,
+        l: u8,
+        size: u8,
+        v: u64,
+    ) -> ExecResult {
         match l {
             loc::MEM => {
                 let ea = self.ea(op);

@@ -28,7 +28,13 @@ pub struct Fpu {
 impl Default for Fpu {
     fn default() -> Self {
         // FNINIT state.
-        Fpu { st: [0.0; 8], top: 0, cw: 0x037F, sw: 0, tw: 0xFFFF }
+        Fpu {
+            st: [0.0; 8],
+            top: 0,
+            cw: 0x037F,
+            sw: 0,
+            tw: 0xFFFF,
+        }
     }
 }
 
@@ -120,7 +126,11 @@ fn load_src(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> Result<f64, Exit> {
         let ea = cpu.ea(op);
         let size = op.osize;
         let raw = cpu.read_mem(bus, op.seg as usize, ea, size)?;
-        Ok(if size == 4 { f32::from_bits(raw as u32) as f64 } else { f64::from_bits(raw) })
+        Ok(if size == 4 {
+            f32::from_bits(raw as u32) as f64
+        } else {
+            f64::from_bits(raw)
+        })
     } else {
         Ok(cpu.fpu.get(op.src))
     }
@@ -147,7 +157,11 @@ pub fn fst(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecResult {
     let v = cpu.fpu.get(0);
     if op.dst == loc::MEM {
         let ea = cpu.ea(op);
-        let raw = if op.osize == 4 { (v as f32).to_bits() as u64 } else { v.to_bits() };
+        let raw = if op.osize == 4 {
+            (v as f32).to_bits() as u64
+        } else {
+            v.to_bits()
+        };
         cpu.write_mem(bus, op.seg as usize, ea, op.osize, raw)?;
     } else {
         cpu.fpu.set(op.dst, v);

@@ -172,7 +172,12 @@ impl Cpu {
     }
 
     /// Read at a linear address with supervisor privilege (descriptor tables, TSS, IDT).
-    pub(crate) fn read_sys(&mut self, bus: &mut dyn CpuBus, lin: u64, size: u8) -> Result<u64, Fault> {
+    pub(crate) fn read_sys(
+        &mut self,
+        bus: &mut dyn CpuBus,
+        lin: u64,
+        size: u8,
+    ) -> Result<u64, Fault> {
         self.read_lin(bus, lin, size, Access::Read, false)
     }
 
