@@ -42,11 +42,14 @@ pub trait CpuBus {
 /// to [`CpuBus::mmio_read`]/[`CpuBus::mmio_write`].
 pub struct PhysMem {
     data: Box<[u8]>,
-    /// 1 bit per 4 KiB page of `data`: the page is backed by `data` (RAM or ROM).
-    backed: bitvec::vec::BitVec,
-    /// 1 bit per 4 KiB page: writes are ignored (ROM).
-    rom: bitvec::vec::BitVec,
+    /// One entry per 4 KiB page of `data`: [`PAGE_RAM`], [`PAGE_ROM`] or [`PAGE_BUS`]. A byte
+    /// per page rather than bits: this is probed on every access.
+    kind: Box<[u8]>,
 }
+
+const PAGE_BUS: u8 = 0;
+const PAGE_RAM: u8 = 1;
+const PAGE_ROM: u8 = 2;
 
 impl PhysMem {
     /// `size` bytes of zeroed RAM starting at physical address 0 (rounded up to whole pages).
@@ -54,8 +57,7 @@ impl PhysMem {
         let pages = size.div_ceil(4096);
         PhysMem {
             data: vec![0u8; pages * 4096].into_boxed_slice(),
-            backed: bitvec::vec::BitVec::repeat(true, pages),
-            rom: bitvec::vec::BitVec::repeat(false, pages),
+            kind: vec![PAGE_RAM; pages].into_boxed_slice(),
         }
     }
     /// Size of the backing store in bytes.
@@ -79,27 +81,31 @@ impl PhysMem {
     /// it as RAM. Page granular.
     pub fn set_mmio(&mut self, start: u64, end: u64) {
         for p in (start >> 12)..end.div_ceil(4096) {
-            if let Some(mut b) = self.backed.get_mut(p as usize) {
-                *b = false;
+            if let Some(k) = self.kind.get_mut(p as usize) {
+                *k = PAGE_BUS;
             }
         }
     }
     /// Mark `[start, end)` as ROM: readable from the backing store, writes dropped.
     pub fn set_rom(&mut self, start: u64, end: u64, rom: bool) {
         for p in (start >> 12)..end.div_ceil(4096) {
-            if let Some(mut b) = self.rom.get_mut(p as usize) {
-                *b = rom;
+            if let Some(k) = self.kind.get_mut(p as usize)
+                && *k != PAGE_BUS
+            {
+                *k = if rom { PAGE_ROM } else { PAGE_RAM };
             }
         }
     }
     /// Is the byte at `addr` backed by this store (RAM or ROM)?
     #[inline]
     pub fn is_backed(&self, addr: u64) -> bool {
-        (addr as usize) < self.data.len() && self.backed[(addr >> 12) as usize]
+        self.kind
+            .get((addr >> 12) as usize)
+            .is_some_and(|&k| k != PAGE_BUS)
     }
     #[inline]
     pub(crate) fn is_rom(&self, addr: u64) -> bool {
-        self.rom[(addr >> 12) as usize]
+        self.kind.get((addr >> 12) as usize) == Some(&PAGE_ROM)
     }
     /// Read `buf.len()` bytes; the caller checked [`PhysMem::is_backed`] for the range's page.
     #[inline]

@@ -29,7 +29,17 @@ pub struct Block {
 
 type Key = (u64, u8);
 
+/// Slots of the direct-mapped lookup in front of the hash map.
+const FAST_SLOTS: usize = 4096;
+
+#[inline]
+fn fast_slot(key: &Key) -> usize {
+    ((key.0 ^ (key.0 >> 12) ^ key.1 as u64) as usize) & (FAST_SLOTS - 1)
+}
+
 pub(crate) struct BlockCache {
+    /// Direct-mapped cache of recent lookups (most block transitions hit here).
+    fast: Box<[Option<(Key, Rc<Block>)>]>,
     map: HashMap<Key, Rc<Block>>,
     by_page: HashMap<u64, SmallVec<[Key; 4]>>,
     code_pages: BitVec,
@@ -38,6 +48,7 @@ pub(crate) struct BlockCache {
 impl BlockCache {
     pub fn new() -> Self {
         BlockCache {
+            fast: vec![None; FAST_SLOTS].into_boxed_slice(),
             map: HashMap::new(),
             by_page: HashMap::new(),
             code_pages: BitVec::new(),
@@ -45,6 +56,9 @@ impl BlockCache {
     }
 
     pub fn clear(&mut self) {
+        if !self.map.is_empty() {
+            self.fast.fill(None);
+        }
         self.map.clear();
         self.by_page.clear();
         self.code_pages.fill(false);
@@ -59,6 +73,10 @@ impl BlockCache {
         if let Some(keys) = self.by_page.remove(&page) {
             for k in keys {
                 self.map.remove(&k);
+                let slot = &mut self.fast[fast_slot(&k)];
+                if slot.as_ref().is_some_and(|(fk, _)| *fk == k) {
+                    *slot = None;
+                }
             }
         }
         if let Some(mut b) = self.code_pages.get_mut(page as usize) {
@@ -66,8 +84,17 @@ impl BlockCache {
         }
     }
 
-    fn get(&self, key: &Key) -> Option<Rc<Block>> {
-        self.map.get(key).cloned()
+    #[inline]
+    fn get(&mut self, key: &Key) -> Option<Rc<Block>> {
+        let slot = fast_slot(key);
+        if let Some((k, b)) = &self.fast[slot]
+            && k == key
+        {
+            return Some(b.clone());
+        }
+        let b = self.map.get(key).cloned()?;
+        self.fast[slot] = Some((*key, b.clone()));
+        Some(b)
     }
 
     fn insert(&mut self, key: Key, block: Rc<Block>) {

@@ -65,12 +65,7 @@ impl Cpu {
 
     /// Resolve a far JMP/CALL selector to (code descriptor, its address, final offset, gate
     /// param count and gate size) going through a call gate when the selector names one.
-    fn far_target(
-        &mut self,
-        bus: &mut dyn CpuBus,
-        sel: u16,
-        off: u64,
-    ) -> Result<FarTarget, Exit> {
+    fn far_target(&mut self, bus: &mut dyn CpuBus, sel: u16, off: u64) -> Result<FarTarget, Exit> {
         if sel & !3 == 0 {
             return Err(Fault::gp(0).into());
         }

@@ -106,7 +106,18 @@ impl Cpu {
     /// Evaluate condition code `cc` (0-15, the low nibble of Jcc/SETcc/CMOVcc).
     #[inline]
     pub(crate) fn cond(&mut self, cc: u8) -> bool {
+        use crate::flags::{FlagOp, sign_bit};
         use crate::state::flag::*;
+        // Fast paths: ZF and SF straight from the pending result.
+        if self.lazy.op != FlagOp::None && matches!(cc >> 1, 2 | 4) {
+            let res = self.lazy.res & size_mask(self.lazy.size);
+            let r = if cc >> 1 == 2 {
+                res == 0
+            } else {
+                res & sign_bit(self.lazy.size) != 0
+            };
+            return r ^ (cc & 1 != 0);
+        }
         let f = self.rflags();
         let r = match cc >> 1 {
             0 => f & OF != 0,
