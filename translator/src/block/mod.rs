@@ -28,6 +28,7 @@ pub struct Block {
 }
 
 type Key = (u64, u8);
+type FastSlot = Option<(Key, Rc<Block>)>;
 
 /// Slots of the direct-mapped lookup in front of the hash map.
 const FAST_SLOTS: usize = 4096;
@@ -39,7 +40,7 @@ fn fast_slot(key: &Key) -> usize {
 
 pub(crate) struct BlockCache {
     /// Direct-mapped cache of recent lookups (most block transitions hit here).
-    fast: Box<[Option<(Key, Rc<Block>)>]>,
+    fast: Box<[FastSlot]>,
     map: HashMap<Key, Rc<Block>>,
     by_page: HashMap<u64, SmallVec<[Key; 4]>>,
     code_pages: BitVec,
