@@ -371,3 +371,128 @@ fn code_rewritten_on_a_loop_pass_is_retranslated() {
     run(&mut cpu, &mut bus);
     assert_eq!(bus.out, vec![0x1111, 0x1122]);
 }
+
+#[test]
+fn pae_with_nx_faults_on_fetch() {
+    const PDPT: u64 = 0x20000;
+    let (mut cpu, mut bus) = machine(|a| {
+        // EFER.NXE
+        a.mov(ecx, 0xC000_0080u32)?;
+        a.rdmsr()?;
+        a.or(eax, 1 << 11)?;
+        a.wrmsr()?;
+        a.mov(eax, cr4)?;
+        a.or(eax, 1 << 5)?;
+        a.mov(cr4, eax)?;
+        a.mov(eax, PDPT as u32)?;
+        a.mov(cr3, eax)?;
+        a.mov(eax, cr0)?;
+        a.or(eax, 0x8000_0000u32 as i32)?;
+        a.mov(cr0, eax)?;
+        // Data access to the NX page works...
+        a.mov(dword_ptr(0x40_0000), 0x90909090u32 as i32)?;
+        a.mov(eax, dword_ptr(0x6000))?;
+        report(a)?;
+        // ...executing it does not.
+        a.mov(eax, 0x40_0000)?;
+        a.jmp(eax)
+    });
+    let m = &mut cpu.mem;
+    put(m, PDPT, &(0x21000u64 | 1).to_le_bytes());
+    put(m, 0x21000, &(0x83u64).to_le_bytes()); // 2 MiB identity page at 0
+    put(m, 0x21000 + 2 * 8, &(0x22000u64 | 7).to_le_bytes()); // 0x400000: a page table
+    put(m, 0x22000, &(0x6000u64 | 3 | 1 << 63).to_le_bytes());
+    run(&mut cpu, &mut bus);
+    // Error code: present + instruction fetch; CR2 = the target.
+    assert_eq!(bus.out, vec![0x9090_9090, 0x11, 0x40_0000]);
+}
+
+/// Enter ring 3 at RING3 with paging on: every page user-accessible but the one at 0x6000.
+fn ring3_paged(r3: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>) -> (Cpu, TestBus) {
+    let (mut cpu, bus) = machine(|a| {
+        a.mov(ax, 0x28)?;
+        a.ltr(ax)?;
+        enable_paging(a)?;
+        a.push(0x23)?;
+        a.push(0x70000)?;
+        a.pushfd()?;
+        a.push(0x1B)?;
+        a.push(RING3 as i32)?;
+        a.iretd()
+    });
+    setup_paging(&mut cpu);
+    put32(&mut cpu.mem, PD + 0x1000 + 6 * 4, 0x6000 | 3);
+    let code = asm32(RING3, r3);
+    put(&mut cpu.mem, RING3, &code);
+    (cpu, bus)
+}
+
+#[test]
+fn user_access_to_a_supervisor_page_faults() {
+    let (mut cpu, mut bus) = ring3_paged(|a| {
+        // IRET to ring 3 nulled DS (its DPL 0 is below CPL 3): load the ring-3 data segment.
+        a.mov(ax, 0x23)?;
+        a.mov(ds, ax)?;
+        a.mov(eax, dword_ptr(0x5000))?; // a user page: fine
+        a.mov(eax, dword_ptr(0x6004))?;
+        a.hlt()
+    });
+    run(&mut cpu, &mut bus);
+    // Present, read, user.
+    assert_eq!(bus.out, vec![5, 0x6004]);
+}
+
+#[test]
+fn user_port_access_without_iopl_is_gp() {
+    let (mut cpu, mut bus) = ring3_paged(|a| {
+        a.mov(dx, 0x80u32)?;
+        a.in_(al, dx)?;
+        a.hlt()
+    });
+    run(&mut cpu, &mut bus);
+    assert_eq!(bus.out, vec![0, 0xDEAD_000D]);
+}
+
+/// IRETD from ring 0 into v8086 mode at 0500:0000 with the given IOPL.
+fn v86(iopl: u32, code: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>) -> (Cpu, TestBus) {
+    let (mut cpu, bus) = machine(|a| {
+        a.mov(ax, 0x28)?;
+        a.ltr(ax)?;
+        for v in [0x0700, 0x0700, 0x0700, 0x0700, 0x0600, 0xFFE] {
+            a.push(v)?; // GS FS DS ES SS SP
+        }
+        a.push(((1 << 17) | (iopl << 12) | 2) as i32)?; // EFLAGS: VM, IOPL
+        a.push(0x0500)?; // CS
+        a.push(0)?; // IP
+        a.iretd()
+    });
+    let mut a = CodeAssembler::new(16).unwrap();
+    code(&mut a).unwrap();
+    put(&mut cpu.mem, 0x5000, &a.assemble(0).unwrap());
+    (cpu, bus)
+}
+
+#[test]
+fn v86_int_with_iopl_below_3_is_gp() {
+    let (mut cpu, mut bus) = v86(0, |a| {
+        a.mov(ax, 0x1234)?;
+        a.int(0x80)
+    });
+    run(&mut cpu, &mut bus);
+    assert_eq!(bus.out, vec![0, 0xDEAD_000D]);
+}
+
+#[test]
+fn v86_int_with_iopl_3_enters_ring0_with_the_v86_frame() {
+    let (mut cpu, mut bus) = v86(3, |a| {
+        // Real-mode addressing: DS = 0x0700 → linear 0x7000.
+        a.mov(word_ptr(0x10), 0x4321)?;
+        a.int(0x80)
+    });
+    run(&mut cpu, &mut bus);
+    // ESP0 minus GS FS DS ES SS ESP EFLAGS CS EIP; old CS; old ESP; old SS.
+    assert_eq!(bus.out, vec![0x8F000 - 36, 0x0500, 0xFFE, 0x0600]);
+    assert_eq!(&cpu.mem.as_slice()[0x7010..0x7012], &0x4321u16.to_le_bytes());
+    // The handler runs with the data segments nulled.
+    assert_eq!(cpu.segs[3].selector, 0);
+}
