@@ -54,8 +54,17 @@ impl Cpu {
             0x6 | 0x7 => false,
             0xE | 0xF => true,
             0x5 => {
-                log::warn!("task gate for vector {v:#x}: task switching is not implemented");
-                return Err(Fault::gp(idt_off as u32 + 2 + e));
+                if soft && gdpl < self.cpl {
+                    return Err(Fault::gp(idt_off as u32 + 2));
+                }
+                if !gpresent {
+                    return Err(Fault::np(idt_off as u32 + 2 + e));
+                }
+                let tss = ((gate >> 16) & 0xFFFF) as u16;
+                self.halted = false;
+                return self
+                    .task_switch(bus, tss, crate::exec::task::TaskSource::Int, code)
+                    .map_err(exit_fault);
             }
             _ => return Err(Fault::gp(idt_off as u32 + 2 + e)),
         };

@@ -60,7 +60,10 @@ fn real_machine(f: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>) -> 
     cpu.segs[1] = Segment::real(0, true);
     cpu.segs[2] = Segment::real(0, false);
     cpu.regs[4] = 0x8000;
-    cpu.idtr = TableReg { base: 0, limit: 0x3FF };
+    cpu.idtr = TableReg {
+        base: 0,
+        limit: 0x3FF,
+    };
     cpu.rip = 0x1000;
     cpu
 }
@@ -80,7 +83,10 @@ fn intr_waits_for_if_and_the_sti_shadow() {
         out_ax(a, 2)?; // the shadow covers only the first instruction after STI (mov ax)
         a.hlt()
     });
-    let mut bus = IrqBus { intr: Some(0x20), ..Default::default() };
+    let mut bus = IrqBus {
+        intr: Some(0x20),
+        ..Default::default()
+    };
     assert_eq!(cpu.run(&mut bus, 1000), RunExit::Halted);
     // The interrupt is taken after `mov ax, 2` — the instruction in STI's shadow — but before
     // `mov dx` of the out sequence: the handler's AX clobbers it, so the out reports 0x20.

@@ -454,7 +454,10 @@ fn user_port_access_without_iopl_is_gp() {
 }
 
 /// IRETD from ring 0 into v8086 mode at 0500:0000 with the given IOPL.
-fn v86(iopl: u32, code: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>) -> (Cpu, TestBus) {
+fn v86(
+    iopl: u32,
+    code: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>,
+) -> (Cpu, TestBus) {
     let (mut cpu, bus) = machine(|a| {
         a.mov(ax, 0x28)?;
         a.ltr(ax)?;
@@ -492,7 +495,69 @@ fn v86_int_with_iopl_3_enters_ring0_with_the_v86_frame() {
     run(&mut cpu, &mut bus);
     // ESP0 minus GS FS DS ES SS ESP EFLAGS CS EIP; old CS; old ESP; old SS.
     assert_eq!(bus.out, vec![0x8F000 - 36, 0x0500, 0xFFE, 0x0600]);
-    assert_eq!(&cpu.mem.as_slice()[0x7010..0x7012], &0x4321u16.to_le_bytes());
+    assert_eq!(
+        &cpu.mem.as_slice()[0x7010..0x7012],
+        &0x4321u16.to_le_bytes()
+    );
     // The handler runs with the data segments nulled.
     assert_eq!(cpu.segs[3].selector, 0);
+}
+
+#[test]
+fn task_switch_through_a_task_gate_and_back_with_iret_then_jmp() {
+    const TSS2: u64 = 0x7800;
+    const TASK2: u64 = 0x4800;
+    let (mut cpu, mut bus) = machine(|a| {
+        a.mov(ax, 0x28)?;
+        a.ltr(ax)?;
+        a.db(&[0x9A, 0, 0, 0, 0, 0x40, 0])?; // call far 0x40:0 (task gate)
+        a.mov(eax, 0x1111)?;
+        report(a)?;
+        a.db(&[0xEA, 0, 0, 0, 0, 0x38, 0])?; // jmp far 0x38:0 (TSS)
+        Ok(())
+    });
+    let m = &mut cpu.mem;
+    // Extra GDT entries: 0x38 TSS2, 0x40 task gate to it.
+    put(
+        m,
+        GDT + 7 * 8,
+        &(0x67 | ((TSS2 & 0xFF_FFFF) << 16) | (0x89u64 << 40)).to_le_bytes(),
+    );
+    put(
+        m,
+        GDT + 8 * 8,
+        &((0x38u64 << 16) | (0x85u64 << 40)).to_le_bytes(),
+    );
+    put(m, GDTR, &(9u16 * 8 - 1).to_le_bytes());
+    put32(m, TSS2 + 0x20, TASK2 as u32); // EIP
+    put32(m, TSS2 + 0x24, 2); // EFLAGS
+    put32(m, TSS2 + 0x38, 0x60000); // ESP
+    for (i, sel) in [0x10u16, 0x08, 0x10, 0x10, 0x10, 0x10].iter().enumerate() {
+        put(m, TSS2 + 0x48 + i as u64 * 4, &sel.to_le_bytes());
+    }
+    let t2 = asm32(TASK2, |a| {
+        a.str(ax)?;
+        a.movzx(eax, ax)?;
+        report(a)?;
+        a.pushfd()?;
+        a.pop(eax)?;
+        a.and(eax, 0x4000)?;
+        report(a)?;
+        a.mov(eax, dword_ptr(TSS2 as u32))?;
+        report(a)?;
+        a.iretd()?;
+        // Resumed by the JMP from task 1.
+        a.mov(eax, 0x2222)?;
+        report(a)?;
+        a.hlt()
+    });
+    put(&mut cpu.mem, TASK2, &t2);
+    run(&mut cpu, &mut bus);
+    assert_eq!(bus.out, vec![0x38, 0x4000, 0x28, 0x1111, 0x2222]);
+    assert_eq!(cpu.tr.selector, 0x38);
+    // JMP left task 1 not busy and task 2 busy; CR0.TS is set by the switches.
+    let m = cpu.mem.as_slice();
+    assert_eq!(m[(GDT + 5 * 8 + 5) as usize] & 0xF, 0x9);
+    assert_eq!(m[(GDT + 7 * 8 + 5) as usize] & 0xF, 0xB);
+    assert!(cpu.cr0 & translator::state::cr0::TS != 0);
 }

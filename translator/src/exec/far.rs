@@ -1,11 +1,11 @@
-//! Far transfers: JMP/CALL far, RETF and IRET, in real, v8086 and protected mode (code segments
-//! and call gates; returns to an outer privilege level; IRET to v8086 mode). Task switches
-//! through TSS descriptors and task gates are not implemented yet: they raise #GP(selector) and
-//! log a warning.
+//! Far transfers: JMP/CALL far, RETF and IRET, in real, v8086 and protected mode (code segments,
+//! call gates, returns to an outer privilege level, IRET to v8086 mode). TSS descriptors and
+//! task gates hand over to the task switch in `task.rs`.
 
 use crate::Cpu;
 use crate::bus::CpuBus;
 use crate::exception::{Exit, Fault};
+use crate::exec::task::TaskSource;
 use crate::flags::size_mask;
 use crate::mmu::segmentation::Descriptor;
 use crate::state::{Segment, attr, flag, sreg};
@@ -109,14 +109,34 @@ impl Cpu {
                     Some((params, if is32 { 4 } else { 2 })),
                 ))
             }
-            _ => {
-                log::warn!(
-                    "far transfer to system descriptor type {:#x}: task switching is not implemented",
-                    d.sys_type()
-                );
-                Err(Fault::gp(err).into())
-            }
+            // TSS descriptors and task gates are resolved by the callers (task switch).
+            _ => Err(Fault::gp(err).into()),
         }
+    }
+
+    /// If `sel` names a TSS descriptor or a task gate (with the privilege checks of a far
+    /// JMP/CALL), the TSS selector to switch to.
+    fn task_target(&mut self, bus: &mut dyn CpuBus, sel: u16) -> Result<Option<u16>, Exit> {
+        if sel & !3 == 0 {
+            return Ok(None);
+        }
+        let (d, _) = self.fetch_descriptor(bus, sel)?;
+        if d.is_seg() || !matches!(d.sys_type(), 0x1 | 0x5 | 0x9) {
+            return Ok(None);
+        }
+        let err = (sel & !3) as u32;
+        let rpl = (sel & 3) as u8;
+        if d.dpl() < self.cpl || d.dpl() < rpl {
+            return Err(Fault::gp(err).into());
+        }
+        if !d.present() {
+            return Err(Fault::np(err).into());
+        }
+        Ok(Some(if d.sys_type() == 0x5 {
+            ((d.raw >> 16) & 0xFFFF) as u16
+        } else {
+            sel
+        }))
     }
 
     pub(crate) fn far_jump(
@@ -134,6 +154,9 @@ impl Cpu {
             self.real_cs(sel);
             self.rip = off;
             return Ok(());
+        }
+        if let Some(tss) = self.task_target(bus, sel)? {
+            return self.task_switch(bus, tss, TaskSource::Jmp, None);
         }
         let (d, addr, tsel, toff, gate) = self.far_target(bus, sel, off)?;
         let cpl = self.cpl;
@@ -183,6 +206,9 @@ impl Cpu {
             self.real_cs(sel);
             self.rip = off;
             return Ok(());
+        }
+        if let Some(tss) = self.task_target(bus, sel)? {
+            return self.task_switch(bus, tss, TaskSource::Call, None);
         }
         let (d, addr, tsel, toff, gate) = self.far_target(bus, sel, off)?;
         let cpl = self.cpl;
@@ -459,8 +485,9 @@ impl Cpu {
             return Ok(());
         }
         if old & flag::NT != 0 {
-            log::warn!("IRET with NT set (task return) is not implemented");
-            return Err(Fault::gp((self.tr.selector & !3) as u32).into());
+            // Return to the task in the back link of the current TSS.
+            let link = self.read_sys(bus, self.tr.base, 2)? as u16;
+            return self.task_switch(bus, link, TaskSource::Iret, None);
         }
         let ip = self.peek(bus, 0, osize)?;
         let cs = self.peek(bus, osize as u64, osize)? as u16;

@@ -15,6 +15,7 @@ pub mod shift_rotate;
 pub mod stack;
 pub mod string;
 pub mod system;
+pub mod task;
 pub mod x87;
 
 use crate::Cpu;
