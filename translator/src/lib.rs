@@ -118,7 +118,7 @@ impl Cpu {
 
     /// Deliver an exception or interrupt, escalating to #DF and to shutdown per the SDM's
     /// contributory/page-fault rules. Returns false on triple fault.
-    fn raise(&mut self, bus: &mut dyn CpuBus, first: Fault, exception: bool) -> bool {
+    pub(crate) fn raise(&mut self, bus: &mut dyn CpuBus, first: Fault, exception: bool) -> bool {
         if exception {
             self.last_fault = Some(first);
         }

@@ -561,3 +561,34 @@ fn task_switch_through_a_task_gate_and_back_with_iret_then_jmp() {
     assert_eq!(m[(GDT + 7 * 8 + 5) as usize] & 0xF, 0xB);
     assert!(cpu.cr0 & translator::state::cr0::TS != 0);
 }
+
+#[test]
+fn bad_selector_in_the_new_tss_raises_ts_inside_the_new_task() {
+    const TSS2: u64 = 0x7800;
+    let (mut cpu, mut bus) = machine(|a| {
+        a.mov(ax, 0x28)?;
+        a.ltr(ax)?;
+        a.db(&[0xEA, 0, 0, 0, 0, 0x38, 0]) // jmp far 0x38:0 (TSS)
+    });
+    let m = &mut cpu.mem;
+    put(
+        m,
+        GDT + 7 * 8,
+        &(0x67 | ((TSS2 & 0xFF_FFFF) << 16) | (0x89u64 << 40)).to_le_bytes(),
+    );
+    put(m, GDTR, &(8u16 * 8 - 1).to_le_bytes());
+    put(m, IDT + 10 * 8, &gate(GP_HANDLER, 0x08, 0x8E).to_le_bytes());
+    put32(m, TSS2 + 0x20, 0x4800);
+    put32(m, TSS2 + 0x24, 2);
+    put32(m, TSS2 + 0x38, 0x60000);
+    // DS = 0x48 lies beyond the GDT limit.
+    for (i, sel) in [0x10u16, 0x08, 0x10, 0x48, 0x10, 0x10].iter().enumerate() {
+        put(m, TSS2 + 0x48 + i as u64 * 4, &sel.to_le_bytes());
+    }
+    run(&mut cpu, &mut bus);
+    assert_eq!(bus.out, vec![0x48, 0xDEAD_000D]);
+    assert_eq!(cpu.tr.selector, 0x38);
+    // The handler ran on the new task's stack: EIP, CS, EFLAGS and the error code were pushed,
+    // the handler popped the error code.
+    assert_eq!(cpu.regs[4] as u32, 0x60000 - 12);
+}

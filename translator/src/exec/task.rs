@@ -176,6 +176,25 @@ impl Cpu {
         self.set_rflags(eflags);
         self.block_break = true;
 
+        // Faults from here on happen in the new task: deliver them there (RIP and the stack
+        // are the new task's, so the dispatch loop's rollback must not apply).
+        if let Err(Exit::Fault(f)) =
+            self.task_load_segments(bus, new32, eflags, &sels, ldt, error_code)
+        {
+            self.raise(bus, f, true);
+        }
+        Ok(())
+    }
+
+    fn task_load_segments(
+        &mut self,
+        bus: &mut dyn CpuBus,
+        new32: bool,
+        eflags: u64,
+        sels: &[u16; 6],
+        ldt: u16,
+        error_code: Option<u32>,
+    ) -> Result<(), Exit> {
         // Segment registers, with #TS for bad selectors.
         let ts = |e: Exit| match e {
             Exit::Fault(f) if f.vector == vector::GP || f.vector == vector::SS => {
