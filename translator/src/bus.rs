@@ -113,10 +113,37 @@ impl PhysMem {
         let a = addr as usize;
         buf.copy_from_slice(&self.data[a..a + buf.len()]);
     }
+    /// Little-endian load of 1, 2, 4 or 8 bytes from backed memory (fixed-size loads, no
+    /// memcpy call). The caller checked that the range is backed and within one page.
     #[inline]
-    pub(crate) fn write_backed(&mut self, addr: u64, buf: &[u8]) {
+    pub(crate) fn load(&self, addr: u64, size: u8) -> u64 {
         let a = addr as usize;
-        self.data[a..a + buf.len()].copy_from_slice(buf);
+        let d = &self.data;
+        match size {
+            1 => d[a] as u64,
+            2 => u16::from_le_bytes([d[a], d[a + 1]]) as u64,
+            4 => u32::from_le_bytes(d[a..a + 4].try_into().unwrap_or([0; 4])) as u64,
+            8 => u64::from_le_bytes(d[a..a + 8].try_into().unwrap_or([0; 8])),
+            n => {
+                let mut b = [0u8; 8];
+                b[..n as usize].copy_from_slice(&d[a..a + n as usize]);
+                u64::from_le_bytes(b)
+            }
+        }
+    }
+
+    /// Little-endian store counterpart of [`PhysMem::load`].
+    #[inline]
+    pub(crate) fn store(&mut self, addr: u64, size: u8, v: u64) {
+        let a = addr as usize;
+        let d = &mut self.data;
+        match size {
+            1 => d[a] = v as u8,
+            2 => d[a..a + 2].copy_from_slice(&(v as u16).to_le_bytes()),
+            4 => d[a..a + 4].copy_from_slice(&(v as u32).to_le_bytes()),
+            8 => d[a..a + 8].copy_from_slice(&v.to_le_bytes()),
+            n => d[a..a + n as usize].copy_from_slice(&v.to_le_bytes()[..n as usize]),
+        }
     }
 }
 

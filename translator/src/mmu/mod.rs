@@ -27,7 +27,7 @@ impl Cpu {
         let first = self.mem.is_backed(pa);
         let last = self.mem.is_backed(pa + n as u64 - 1);
         if first && last {
-            self.mem.read_backed(pa, &mut buf[..n]);
+            return self.mem.load(pa, size);
         } else if !first && !last {
             // Wholly outside RAM: one bus access of the natural size.
             bus.mmio_read(pa, &mut buf[..n]);
@@ -69,7 +69,7 @@ impl Cpu {
             self.cache.invalidate_page(page);
             self.smc_hit = true;
         }
-        self.mem.write_backed(pa, &bytes[..n]);
+        self.mem.store(pa, size, v);
     }
 
     /// Is this access made at user privilege (for page protection)?
