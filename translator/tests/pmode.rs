@@ -592,3 +592,169 @@ fn bad_selector_in_the_new_tss_raises_ts_inside_the_new_task() {
     // the handler popped the error code.
     assert_eq!(cpu.regs[4] as u32, 0x60000 - 12);
 }
+
+const DATA: u32 = 0x6000;
+
+#[test]
+fn x87_arithmetic_conversions_and_compares() {
+    let (mut cpu, mut bus) = machine(|a| {
+        a.fninit()?;
+        // sqrt(1 + 1) stored as m64.
+        a.fld1()?;
+        a.fld1()?;
+        a.faddp(st1, st0)?;
+        a.fsqrt()?;
+        a.fstp(qword_ptr(DATA))?;
+        // Integer round trip: -7 → m16.
+        a.mov(dword_ptr(DATA + 8), -7)?;
+        a.fild(dword_ptr(DATA + 8))?;
+        a.fistp(word_ptr(DATA + 12))?;
+        a.movsx(eax, word_ptr(DATA + 12))?;
+        report(a)?;
+        // pi as m80.
+        a.fldpi()?;
+        a.fstp(tword_ptr(DATA + 16))?;
+        // 1 < 2: FCOM + FNSTSW AX reports C0, C3 = 0.
+        a.fld1()?;
+        a.fld1()?;
+        a.fld1()?;
+        a.faddp(st1, st0)?; // st0 = 2, st1 = 1
+        a.fxch(st0, st1)?; // st0 = 1, st1 = 2
+        a.fcom_2(st0, st1)?;
+        a.fnstsw(ax)?;
+        a.and(eax, 0x4500)?;
+        report(a)?;
+        // FCOMI sets CF for below.
+        a.fcomi(st0, st1)?;
+        a.setb(al)?;
+        a.movzx(eax, al)?;
+        report(a)?;
+        a.fcompp()?;
+        // FIST rounding: 2.5 → 2 (nearest even); with RC = chop, -2.7 → -2.
+        a.mov(dword_ptr(DATA + 32), 0x4020_0000)?; // 2.5f
+        a.fld(dword_ptr(DATA + 32))?;
+        a.fistp(dword_ptr(DATA + 36))?;
+        a.mov(eax, dword_ptr(DATA + 36))?;
+        report(a)?;
+        a.fnstcw(word_ptr(DATA + 40))?;
+        a.or(word_ptr(DATA + 40), 0x0C00)?;
+        a.fldcw(word_ptr(DATA + 40))?;
+        a.mov(dword_ptr(DATA + 32), 0xC02C_CCCDu32 as i32)?; // -2.7f
+        a.fld(dword_ptr(DATA + 32))?;
+        a.fistp(dword_ptr(DATA + 36))?;
+        a.mov(eax, dword_ptr(DATA + 36))?;
+        report(a)?;
+        // BCD store of 1234.
+        a.mov(dword_ptr(DATA + 48), 1234)?;
+        a.fild(dword_ptr(DATA + 48))?;
+        a.fbstp(tword_ptr(DATA + 52))?;
+        a.mov(eax, dword_ptr(DATA + 52))?;
+        report(a)?;
+        // The stack is empty again: TOP = 0 and every tag empty after FNSTENV.
+        a.fnstenv(ptr(DATA + 64))?;
+        a.mov(eax, dword_ptr(DATA + 64 + 8))?;
+        report(a)
+    });
+    run(&mut cpu, &mut bus);
+    assert_eq!(
+        bus.out,
+        vec![
+            (-7i32) as u32,
+            0x0100,
+            1,
+            2,
+            (-2i32) as u32,
+            0x1234,
+            0xFFFF_FFFF
+        ]
+    );
+    let m = cpu.mem.as_slice();
+    let d = DATA as usize;
+    assert_eq!(
+        f64::from_le_bytes(m[d..d + 8].try_into().unwrap()),
+        2f64.sqrt()
+    );
+    let (mant, se) = translator::x87::f64_to_f80(std::f64::consts::PI);
+    assert_eq!(&m[d + 16..d + 24], &mant.to_le_bytes());
+    assert_eq!(&m[d + 24..d + 26], &se.to_le_bytes());
+    assert_eq!(se, 0x4000);
+    assert_eq!(mant >> 11, 0xC90F_DAA2_2168_C235 >> 11);
+}
+
+#[test]
+fn x87_fnsave_frstor_round_trip() {
+    let (mut cpu, mut bus) = machine(|a| {
+        a.fninit()?;
+        a.fldpi()?;
+        a.fld1()?;
+        a.fnsave(ptr(DATA))?; // also reinitialises
+        a.fld1()?;
+        a.fstp(st0)?;
+        a.frstor(ptr(DATA))?;
+        a.fstp(qword_ptr(DATA + 200))?; // 1.0
+        a.fstp(qword_ptr(DATA + 208))?; // pi
+        a.fnstsw(ax)?;
+        a.movzx(eax, ax)?;
+        report(a)
+    });
+    run(&mut cpu, &mut bus);
+    let m = cpu.mem.as_slice();
+    let d = DATA as usize;
+    assert_eq!(
+        f64::from_le_bytes(m[d + 200..d + 208].try_into().unwrap()),
+        1.0
+    );
+    assert_eq!(
+        f64::from_le_bytes(m[d + 208..d + 216].try_into().unwrap()),
+        std::f64::consts::PI
+    );
+    // TOP back at 0, no exception flags.
+    assert_eq!(bus.out, vec![0]);
+}
+
+#[test]
+fn x87_with_cr0_em_raises_nm() {
+    let (mut cpu, mut bus) = machine(|a| {
+        a.mov(eax, cr0)?;
+        a.or(eax, 4)?; // EM
+        a.mov(cr0, eax)?;
+        a.fld1()
+    });
+    put(
+        &mut cpu.mem,
+        IDT + 7 * 8,
+        &gate(GP_HANDLER + 0x40, 0x08, 0x8E).to_le_bytes(),
+    );
+    let nm = asm32(GP_HANDLER + 0x40, |a| {
+        a.mov(eax, 0x77)?;
+        report(a)?;
+        a.hlt()
+    });
+    put(&mut cpu.mem, GP_HANDLER + 0x40, &nm);
+    run(&mut cpu, &mut bus);
+    assert_eq!(bus.out, vec![0x77]);
+}
+
+#[test]
+fn f80_conversions_are_exact_for_f64_values() {
+    use translator::x87::{f64_to_f80, f80_to_f64};
+    for v in [
+        0.0,
+        -0.0,
+        1.0,
+        -2.5,
+        1e300,
+        -1e-300,
+        5e-324,
+        f64::MAX,
+        f64::MIN_POSITIVE,
+        f64::INFINITY,
+    ] {
+        let (m, se) = f64_to_f80(v);
+        let back = f80_to_f64(m, se);
+        assert_eq!(back.to_bits(), v.to_bits(), "{v}");
+    }
+    assert!(f80_to_f64(0xC000_0000_0000_0000, 0x7FFF).is_nan());
+    // 1 + 2^-63 rounds to 1.0 in f64.
+    assert_eq!(f80_to_f64(0x8000_0000_0000_0001, 0x3FFF), 1.0);
+}

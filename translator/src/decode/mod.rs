@@ -710,109 +710,14 @@ pub fn translate(ins: &Instruction, bytes: &[u8], bitness: u32) -> Op {
             system::lar_lsl
         }
         M::Arpl if bitness != 64 => system::arpl,
-        // ---- x87 (first slice) ----
         M::Wait => x87::fwait,
-        M::Fninit => x87::fninit,
-        M::Fnstsw => x87::fnstsw,
-        M::Fnstcw => x87::fnstcw,
-        M::Fldcw => {
-            op.src = op.dst;
-            op.dst = loc::NONE;
-            x87::fldcw
-        }
-        M::Fld1 | M::Fldz => {
-            op.aux = (ins.mnemonic() == M::Fldz) as u8;
-            x87::fld_const
-        }
-        M::Fld
-            if matches!(
-                ins.code(),
-                Code::Fld_m32fp | Code::Fld_m64fp | Code::Fld_sti
-            ) =>
-        {
-            x87_src(ins, &mut op, 0);
-            x87::fld
-        }
-        M::Fst | M::Fstp
-            if matches!(
-                ins.code(),
-                Code::Fst_m32fp
-                    | Code::Fst_m64fp
-                    | Code::Fst_sti
-                    | Code::Fstp_m32fp
-                    | Code::Fstp_m64fp
-                    | Code::Fstp_sti
-            ) =>
-        {
-            op.aux = (ins.mnemonic() == M::Fstp) as u8;
-            if op.dst == loc::MEM {
-                op.osize = ins.memory_size().size() as u8;
-            } else {
-                op.dst = st_index(ins.op_register(0));
-            }
-            x87::fst
-        }
-        M::Fadd | M::Fmul | M::Fcom | M::Fcomp | M::Fsub | M::Fsubr | M::Fdiv | M::Fdivr
-            if is_d8_form(ins.code()) =>
-        {
-            op.aux = match ins.mnemonic() {
-                M::Fadd => 0,
-                M::Fmul => 1,
-                M::Fcom => 2,
-                M::Fcomp => 3,
-                M::Fsub => 4,
-                M::Fsubr => 5,
-                M::Fdiv => 6,
-                _ => 7,
-            };
-            let last = n - 1;
-            x87_src(ins, &mut op, last);
-            x87::farith
-        }
-        _ => exec::undefined,
+        _ => x87::translate(ins, &mut op, osz).unwrap_or(exec::undefined),
     };
     if std::ptr::fn_addr_eq(h, exec::undefined as Handler) {
         op.prefix |= pfx::UNDEFINED;
     }
     op.exec = h;
     op
-}
-
-fn x87_src(ins: &Instruction, op: &mut Op, i: u32) {
-    if ins.op_kind(i) == OpKind::Memory {
-        op.src = loc::MEM;
-        op.osize = ins.memory_size().size() as u8;
-    } else {
-        op.src = st_index(ins.op_register(i));
-    }
-    op.dst = loc::NONE;
-}
-
-fn st_index(r: Register) -> u8 {
-    (r as u32).wrapping_sub(Register::ST0 as u32) as u8 & 7
-}
-
-/// The D8 group encodings the x87 slice implements (m32 or ST(0), ST(i)).
-fn is_d8_form(c: Code) -> bool {
-    matches!(
-        c,
-        Code::Fadd_m32fp
-            | Code::Fmul_m32fp
-            | Code::Fcom_m32fp
-            | Code::Fcomp_m32fp
-            | Code::Fsub_m32fp
-            | Code::Fsubr_m32fp
-            | Code::Fdiv_m32fp
-            | Code::Fdivr_m32fp
-            | Code::Fadd_st0_sti
-            | Code::Fmul_st0_sti
-            | Code::Fcom_st0_sti
-            | Code::Fcomp_st0_sti
-            | Code::Fsub_st0_sti
-            | Code::Fsubr_st0_sti
-            | Code::Fdiv_st0_sti
-            | Code::Fdivr_st0_sti
-    )
 }
 
 fn is_string(ins: &Instruction) -> bool {
