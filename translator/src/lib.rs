@@ -81,7 +81,13 @@ impl Cpu {
                 }
                 Err(Exit::Halt) => return RunExit::Halted,
             };
-            let n = if shadow { 1 } else { block.ops.len() };
+            // TF: one instruction at a time, each followed by a single-step #DB trap.
+            let single_step = self.rflags & flag::TF != 0;
+            let n = if shadow || single_step {
+                1
+            } else {
+                block.ops.len()
+            };
             let n = n.min(left as usize);
             self.block_break = false;
             self.smc_hit = false;
@@ -109,6 +115,16 @@ impl Cpu {
                 }
                 self.icount += 1;
                 left -= 1;
+                // The trap is taken when TF was set before and after the instruction: INT n
+                // and exception delivery clear TF and so skip it (as the hardware does); a POPF
+                // that clears TF also skips it here, where the hardware would still trap once.
+                if single_step && self.rflags & flag::TF != 0 {
+                    self.dr[6] |= 1 << 14; // DR6.BS
+                    if !self.raise(bus, Fault::new(vector::DB), true) {
+                        return RunExit::Shutdown;
+                    }
+                    break;
+                }
                 if self.block_break || self.smc_hit {
                     break;
                 }

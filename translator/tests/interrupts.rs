@@ -152,3 +152,31 @@ fn budget_is_honoured() {
     assert_eq!(cpu.run(&mut bus, 500), RunExit::Budget);
     assert_eq!(cpu.icount, 500);
 }
+
+#[test]
+fn tf_single_steps_each_instruction() {
+    let mut cpu = real_machine(|a| {
+        a.pushf()?;
+        a.pop(ax)?;
+        a.or(ax, 0x100)?;
+        a.push(ax)?;
+        a.popf()?; // 0x1006: TF on from the next instruction
+        a.nop()?; // 0x1007: trap with return IP 0x1008
+        a.nop()?; // 0x1008: trap with return IP 0x1009
+        a.hlt() // 0x1009
+    });
+    // #DB handler: report the return IP, return.
+    let mut a = CodeAssembler::new(16).unwrap();
+    a.mov(bp, sp).unwrap();
+    a.mov(ax, word_ptr(bp)).unwrap();
+    a.mov(dx, 0xE9u32).unwrap();
+    a.out(dx, ax).unwrap();
+    a.iret().unwrap();
+    let h = a.assemble(0x3400).unwrap();
+    cpu.mem.as_mut_slice()[0x3400..0x3400 + h.len()].copy_from_slice(&h);
+    cpu.mem.as_mut_slice()[4..6].copy_from_slice(&0x3400u16.to_le_bytes());
+    let mut bus = IrqBus::default();
+    assert_eq!(cpu.run(&mut bus, 1000), RunExit::Halted);
+    assert_eq!(bus.out, vec![0x1008, 0x1009]);
+    assert!(cpu.dr[6] & (1 << 14) != 0);
+}
