@@ -45,8 +45,9 @@ pub struct Cpu {
     pub cpl: u8,
     /// Guest physical memory the CPU reads and writes directly.
     pub mem: PhysMem,
-    /// Physical address mask: bit 20 is cleared while the A20 gate is closed.
-    pub a20_mask: u64,
+    /// Physical address mask: bit 20 is cleared while the A20 gate is closed (set it with
+    /// [`Cpu::set_a20`]).
+    pub(crate) a20_mask: u64,
     /// Maximum instruction length in bytes (15 on 386+; a test harness may lower it).
     pub max_insn_len: u8,
     /// HLT executed; waiting for an interrupt.
@@ -313,6 +314,12 @@ impl Cpu {
             4 => self.regs[r as usize & 15] = v & 0xFFFF_FFFF,
             _ => self.regs[r as usize & 15] = v,
         }
+    }
+
+    /// Open or close the A20 gate (the board's port 92h / keyboard controller output).
+    pub fn set_a20(&mut self, enabled: bool) {
+        self.a20_mask = if enabled { u64::MAX } else { !(1u64 << 20) };
+        self.flush_translations();
     }
 
     /// Drop every translated block and TLB entry (mode switches that change decoding, CR3...).

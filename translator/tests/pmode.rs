@@ -758,3 +758,26 @@ fn f80_conversions_are_exact_for_f64_values() {
     // 1 + 2^-63 rounds to 1.0 in f64.
     assert_eq!(f80_to_f64(0x8000_0000_0000_0001, 0x3FFF), 1.0);
 }
+
+#[test]
+fn invlpg_drops_a_cached_translation() {
+    let (mut cpu, mut bus) = machine(|a| {
+        enable_paging(a)?;
+        a.mov(dword_ptr(0x6000), 0xAAAA)?;
+        a.mov(dword_ptr(0x7000), 0xBBBB)?;
+        a.mov(eax, dword_ptr(0x40_0000))?; // through PTE → 0x6000
+        report(a)?;
+        a.mov(dword_ptr(PD as u32 + 0x2000), 0x7000 | 3)?; // remap to 0x7000
+        a.mov(eax, dword_ptr(0x40_0000))?; // may still be the cached 0x6000
+        a.invlpg(ptr(0x40_0000))?;
+        a.mov(eax, dword_ptr(0x40_0000))?;
+        report(a)?;
+        // A write through the new mapping lands in 0x7000.
+        a.mov(dword_ptr(0x40_0004), 0xCCCC)?;
+        a.mov(eax, dword_ptr(0x7004))?;
+        report(a)
+    });
+    setup_paging(&mut cpu);
+    run(&mut cpu, &mut bus);
+    assert_eq!(bus.out, vec![0xAAAA, 0xBBBB, 0xCCCC]);
+}

@@ -136,6 +136,10 @@ impl Cpu {
         let cacheable = self.mem.is_backed(phys);
         let block = Rc::new(self.build_block(bus, phys, lin, ip, bitness, user)?);
         if cacheable && block.byte_len > 0 && (phys & 0xFFF) + block.byte_len <= 0x1000 {
+            if !self.cache.is_code_page(phys >> 12) {
+                // Stores to this page must now take the slow path (SMC detection).
+                self.tlb.flush_fast_writes();
+            }
             self.cache.insert(key, block.clone());
         }
         Ok(block)
