@@ -255,8 +255,10 @@ impl Cpu {
     #[inline]
     pub(crate) fn set_lazy(&mut self, op: FlagOp, size: u8, a: u64, b: u64, res: u64) {
         if matches!(op, FlagOp::Inc | FlagOp::Dec) && self.lazy.op != FlagOp::None {
-            // INC/DEC keep CF: settle the previous operation so CF in `rflags` is current.
-            self.rflags();
+            // INC/DEC keep CF: carry the previous operation's CF into `rflags`. Its other
+            // arithmetic bits are about to be replaced, so only CF needs computing.
+            let cf = self.lazy.carry(self.rflags);
+            self.rflags = (self.rflags & !flag::CF) | cf as u64;
         }
         self.lazy = LazyFlags {
             op,

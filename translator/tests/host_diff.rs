@@ -396,6 +396,33 @@ fn integer_register_forms_match_the_host_cpu() {
         ("add r32, imm8", |a| a.add(ebx, -5)),
         ("sub r16, imm16", |a| a.sub(cx, 0x7FFF)),
         ("cmp r8, imm8", |a| a.cmp(dl, 0x80)),
+        // Sequences: INC/DEC keep the CF of a still-lazy previous operation.
+        ("sub; inc", |a| {
+            a.sub(eax, ebx)?;
+            a.inc(ecx)
+        }),
+        ("add; dec", |a| {
+            a.add(edx, esi)?;
+            a.dec(edi)
+        }),
+        ("adc; inc r8", |a| {
+            a.adc(al, bl)?;
+            a.inc(ch)
+        }),
+        ("sbb; dec r16", |a| {
+            a.sbb(si, di)?;
+            a.dec(dx)
+        }),
+        ("neg; inc; adc", |a| {
+            a.neg(eax)?;
+            a.inc(ebx)?;
+            a.adc(ecx, edx)
+        }),
+        ("xor; dec; sbb", |a| {
+            a.xor(eax, ebx)?;
+            a.dec(ecx)?;
+            a.sbb(edx, esi)
+        }),
     ];
     let mut errs = Vec::new();
     for (name, f) in forms {
