@@ -224,7 +224,14 @@ impl Cpu {
                 return Err(Fault::gp(0).into());
             }
             let len = ins.len().max(1);
-            let op = decode::translate(&ins, &buf[..len], bitness);
+            let mut op = decode::translate(&ins, &buf[..len], bitness);
+            if ins.is_invalid()
+                && len as u64 >= max_len
+                && dec.last_error() == DecoderError::InvalidInstruction
+            {
+                // Prefixes ran past the length limit: #GP(0), not #UD.
+                op.exec = crate::exec::too_long;
+            }
             let stop = ins.is_invalid()
                 || op.prefix & crate::decode::op::pfx::UNDEFINED != 0
                 || !matches!(ins.flow_control(), FlowControl::Next);
