@@ -28,11 +28,43 @@ struct Regs {
 
 /// One native result slot in the shared buffer.
 #[repr(C)]
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Copy)]
 struct Slot {
     regs: Regs,
     /// 1 = ran to completion, 2 = killed by a signal (fault).
     state: u64,
+    /// The data buffer after the instruction.
+    mem: [u8; MEM],
+}
+
+/// Bytes of the data buffer memory forms operate on.
+const MEM: usize = 64;
+
+/// One input: registers, flags and the data buffer.
+#[derive(Clone, Copy)]
+struct Case {
+    regs: Regs,
+    mem: [u8; MEM],
+}
+
+/// The host data buffer (below 2 GiB so 32-bit addresses reach it), shared by all forms.
+fn host_buffer() -> u64 {
+    static BUF: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *BUF.get_or_init(|| {
+        // SAFETY: a fresh anonymous private mapping; never unmapped (lives for the test run).
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                4096,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_32BIT,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(p, libc::MAP_FAILED, "mmap of the data buffer failed");
+        p as u64
+    })
 }
 
 struct Native {
@@ -97,7 +129,8 @@ impl Native {
 
     /// Run every input in a forked child; the results come back through a shared mapping.
     /// A child killed by a signal marks that case as faulted and a new child continues.
-    fn run_all(&self, inputs: &[Regs]) -> Vec<Slot> {
+    fn run_all(&self, inputs: &[Case]) -> Vec<Slot> {
+        let buf = host_buffer() as *mut u8;
         assert!(self.len < 4096);
         let bytes = std::mem::size_of::<Slot>() * inputs.len().max(1);
         // SAFETY: a fresh shared anonymous mapping, unmapped below.
@@ -121,13 +154,25 @@ impl Native {
             assert!(pid >= 0, "fork failed");
             if pid == 0 {
                 for (i, inp) in inputs.iter().enumerate().skip(next) {
-                    let mut r = *inp;
+                    let mut r = inp.regs;
+                    // SAFETY: `buf` is the 4 KiB data mapping; MEM bytes fit.
+                    unsafe { std::ptr::copy_nonoverlapping(inp.mem.as_ptr(), buf, MEM) };
                     // SAFETY: `code` holds a complete function following the C ABI that only
-                    // touches the registers it saves and restores, and the Regs block.
+                    // touches the registers it saves and restores, the Regs block and the data
+                    // buffer the registers point into.
                     let f: extern "C" fn(*mut Regs) = unsafe { std::mem::transmute(self.code) };
                     f(&mut r);
+                    let mut mem = [0u8; MEM];
+                    // SAFETY: as above.
+                    unsafe { std::ptr::copy_nonoverlapping(buf, mem.as_mut_ptr(), MEM) };
                     // SAFETY: i < inputs.len(), within the shared mapping.
-                    unsafe { *slots.add(i) = Slot { regs: r, state: 1 } };
+                    unsafe {
+                        *slots.add(i) = Slot {
+                            regs: r,
+                            state: 1,
+                            mem,
+                        }
+                    };
                 }
                 // SAFETY: leave the child immediately.
                 unsafe { libc::_exit(0) };
@@ -192,11 +237,16 @@ impl Rng {
     }
 }
 
-fn guest(cpu: &mut Cpu, insn32: &[u8], inp: &Regs) -> (Regs, Option<u8>) {
+/// Guest-physical address of the data buffer; DS/ES bases map the host buffer's address onto it.
+const GUEST_BUF: u64 = 0x4000;
+
+fn guest(cpu: &mut Cpu, insn32: &[u8], case: &Case) -> (Regs, Option<u8>, [u8; MEM]) {
+    let inp = &case.regs;
     cpu.reset();
     let m = cpu.mem.as_mut_slice();
     m[0x1000..0x1000 + insn32.len()].copy_from_slice(insn32);
     m[0x1000 + insn32.len()] = 0xF4;
+    m[GUEST_BUF as usize..GUEST_BUF as usize + MEM].copy_from_slice(&case.mem);
     cpu.flush_translations();
     cpu.cr0 |= cr0::PE;
     for s in 0..6 {
@@ -212,6 +262,9 @@ fn guest(cpu: &mut Cpu, insn32: &[u8], inp: &Regs) -> (Regs, Option<u8>) {
                 | if s == 1 { attr::CODE } else { 0 },
         };
     }
+    let base = GUEST_BUF.wrapping_sub(host_buffer()) & 0xFFFF_FFFF;
+    cpu.segs[0].base = base;
+    cpu.segs[3].base = base;
     cpu.rip = 0x1000;
     for i in 0..8 {
         cpu.regs[i] = inp.r[i] & 0xFFFF_FFFF;
@@ -232,7 +285,9 @@ fn guest(cpu: &mut Cpu, insn32: &[u8], inp: &Regs) -> (Regs, Option<u8>) {
     for i in 0..8 {
         out.r[i] = cpu.regs[i] & 0xFFFF_FFFF;
     }
-    (out, fault)
+    let mut mem = [0u8; MEM];
+    mem.copy_from_slice(&cpu.mem.as_slice()[GUEST_BUF as usize..GUEST_BUF as usize + MEM]);
+    (out, fault, mem)
 }
 
 /// Our flag bits for iced's RflagsBits.
@@ -263,6 +318,7 @@ fn check(
     form: fn(&mut CodeAssembler) -> Result<(), IcedError>,
     cases: usize,
     rng: &mut Rng,
+    memory: bool,
 ) -> Vec<String> {
     let enc = |bits| {
         let mut a = CodeAssembler::new(bits).unwrap();
@@ -273,7 +329,7 @@ fn check(
     let ins = Decoder::with_ip(32, &i32b, 0, DecoderOptions::NONE).decode();
     let undefined = flags_of(ins.rflags_undefined());
     let mask = 0x8D5 & !undefined;
-    let inputs: Vec<Regs> = (0..cases)
+    let inputs: Vec<Case> = (0..cases)
         .map(|_| {
             let mut r = Regs {
                 flags: 0x202 | (rng.next() & 0x8D5),
@@ -282,23 +338,36 @@ fn check(
             for (i, x) in r.r.iter_mut().enumerate() {
                 *x = if i == 4 { 0 } else { rng.operand() };
             }
-            r
+            let mut mem = [0u8; MEM];
+            for c in mem.chunks_mut(4) {
+                c.copy_from_slice(&(rng.operand() as u32).to_le_bytes());
+            }
+            if memory {
+                // EBX, ESI, EDI point into the data buffer; ECX is a small count.
+                let b = host_buffer();
+                r.r[3] = b + 16;
+                r.r[6] = b + (rng.next() % 24);
+                r.r[7] = b + 24 + (rng.next() % 24);
+                r.r[1] = rng.next() % 17;
+            }
+            Case { regs: r, mem }
         })
         .collect();
     // Double shifts of 16-bit operands by 17-31 leave result and flags undefined: keep the
     // count in 0..=16 for those forms.
     let mut inputs = inputs;
     if name.starts_with("shld r16") || name.starts_with("shrd r16") {
-        for r in &mut inputs {
-            r.r[1] = (r.r[1] & !0xFF) | (r.r[1] % 17);
+        for c in &mut inputs {
+            c.regs.r[1] = (c.regs.r[1] & !0xFF) | (c.regs.r[1] % 17);
         }
     }
     let native = Native::new(&i64b);
     let mut cpu = Cpu::new(PhysMem::new(64 << 10));
     let host = native.run_all(&inputs);
     let mut errs = Vec::new();
-    for (inp, h) in inputs.iter().zip(&host) {
-        let (g, gf) = guest(&mut cpu, &i32b, inp);
+    for (case, h) in inputs.iter().zip(&host) {
+        let inp = &case.regs;
+        let (g, gf, gmem) = guest(&mut cpu, &i32b, case);
         let host_faulted = h.state == 2;
         let mut bad = host_faulted != (gf == Some(0));
         if !host_faulted && !bad {
@@ -306,6 +375,7 @@ fn check(
                 bad |= (h.regs.r[i] & 0xFFFF_FFFF) != g.r[i];
             }
             bad |= (h.regs.flags & mask) != (g.flags & mask);
+            bad |= h.mem != gmem;
         }
         if bad && errs.len() < 3 {
             errs.push(format!(
@@ -426,7 +496,68 @@ fn integer_register_forms_match_the_host_cpu() {
     ];
     let mut errs = Vec::new();
     for (name, f) in forms {
-        errs.extend(check(name, *f, cases, &mut rng));
+        errs.extend(check(name, *f, cases, &mut rng, false));
+    }
+    assert!(errs.is_empty(), "host CPU disagrees:\n{}", errs.join("\n"));
+}
+
+/// Memory forms: EBX/ESI/EDI point into a data buffer (32-bit addresses on both sides), so
+/// read-modify-write, bit-string offsets, CMPXCHG8B and REP string instructions are compared
+/// including the bytes they write.
+#[test]
+fn integer_memory_forms_match_the_host_cpu() {
+    let cases: usize = std::env::var("VIREO_HOST_DIFF_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let mut rng = Rng(0xD1FF_0000_0000_0002);
+    let forms: &[Form] = &[
+        ("add m32, r32", |a| a.add(dword_ptr(ebx), eax)),
+        ("sub r32, m32", |a| a.sub(eax, dword_ptr(ebx + 4))),
+        ("adc m8, r8", |a| a.adc(byte_ptr(ebx + 1), cl)),
+        ("sbb m16, imm", |a| a.sbb(word_ptr(ebx + 2), 0x1234)),
+        ("and m32, imm8", |a| a.and(dword_ptr(ebx - 4), -3)),
+        ("inc m32", |a| a.inc(dword_ptr(ebx))),
+        ("dec m8", |a| a.dec(byte_ptr(ebx + 3))),
+        ("neg m16", |a| a.neg(word_ptr(ebx))),
+        ("not m32", |a| a.not(dword_ptr(ebx + 8))),
+        ("shl m32, cl", |a| a.shl(dword_ptr(ebx), cl)),
+        ("sar m16, imm", |a| a.sar(word_ptr(ebx), 5)),
+        ("rcr m8, 1", |a| a.rcr(byte_ptr(ebx + 1), 1)),
+        ("rol m32, cl", |a| a.rol(dword_ptr(ebx + 4), cl)),
+        ("shld m32, r32, cl", |a| a.shld(dword_ptr(ebx), edx, cl)),
+        ("shrd m32, r32, imm", |a| a.shrd(dword_ptr(ebx), esi, 9)),
+        ("bt m32, r32", |a| a.bt(dword_ptr(ebx), ecx)),
+        ("bts m32, r32", |a| a.bts(dword_ptr(ebx), ecx)),
+        ("btr m16, r16", |a| a.btr(word_ptr(ebx), cx)),
+        ("btc m32, imm", |a| a.btc(dword_ptr(ebx), 37)),
+        ("xadd m32, r32", |a| a.xadd(dword_ptr(ebx), ecx)),
+        ("cmpxchg m32, r32", |a| a.cmpxchg(dword_ptr(ebx), edx)),
+        ("cmpxchg8b", |a| a.cmpxchg8b(qword_ptr(ebx))),
+        ("xchg m32, r32", |a| a.xchg(dword_ptr(ebx), eax)),
+        ("movzx r32, m8", |a| a.movzx(eax, byte_ptr(ebx + 5))),
+        ("movsx r32, m16", |a| a.movsx(edx, word_ptr(ebx + 6))),
+        ("imul r32, m32, imm", |a| {
+            a.imul_3(eax, dword_ptr(ebx), 1000)
+        }),
+        ("mul m16", |a| a.mul(word_ptr(ebx))),
+        ("div m32", |a| a.div(dword_ptr(ebx))),
+        ("idiv m8", |a| a.idiv(byte_ptr(ebx))),
+        ("setc m8", |a| a.setb(byte_ptr(ebx))),
+        ("cmovz r32, m32", |a| a.cmovz(eax, dword_ptr(ebx))),
+        ("bsf r16, m16", |a| a.bsf(ax, word_ptr(ebx))),
+        ("mov m32, imm", |a| a.mov(dword_ptr(ebx + 8), 0x5555)),
+        ("rep movsb", |a| a.rep().movsb()),
+        ("rep movsd", |a| a.rep().movsd()),
+        ("rep stosw", |a| a.rep().stosw()),
+        ("repe cmpsb", |a| a.repe().cmpsb()),
+        ("repne scasb", |a| a.repne().scasb()),
+        ("lodsd", |a| a.lodsd()),
+        ("movsw", |a| a.movsw()),
+    ];
+    let mut errs = Vec::new();
+    for (name, f) in forms {
+        errs.extend(check(name, *f, cases, &mut rng, true));
     }
     assert!(errs.is_empty(), "host CPU disagrees:\n{}", errs.join("\n"));
 }
