@@ -222,6 +222,24 @@ impl Rng {
         self.0 ^= self.0 >> 27;
         self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
+    /// An f64 with a moderate exponent (no denormal or overflowing results), sometimes a
+    /// small integer, a signed zero, an infinity or a NaN.
+    fn float(&mut self) -> f64 {
+        let v = self.next();
+        match v % 16 {
+            0 => 0.0,
+            1 => -0.0,
+            2 => f64::INFINITY,
+            3 => f64::NAN,
+            4..=7 => ((v >> 8) % 2001) as f64 - 1000.0 + 0.5 * ((v >> 40) & 1) as f64,
+            _ => {
+                let mant = (v >> 12) & 0x000F_FFFF_FFFF_FFFF;
+                let exp = 1023 - 60 + ((v >> 4) % 120);
+                f64::from_bits(((v >> 3) & 1) << 63 | exp << 52 | mant)
+            }
+        }
+    }
+
     /// Operands biased toward edge values, where flag bugs live.
     fn operand(&mut self) -> u64 {
         let v = self.next();
@@ -272,7 +290,7 @@ fn guest(cpu: &mut Cpu, insn32: &[u8], case: &Case) -> (Regs, Option<u8>, [u8; M
     cpu.regs[4] = 0x8000;
     cpu.set_rflags(inp.flags);
     // IDT limit 0: the first fault shuts the CPU down, which is all we need to see.
-    let exit = cpu.run(&mut NullBus, 10);
+    let exit = cpu.run(&mut NullBus, 100);
     let fault = cpu.last_fault.map(|f| f.vector);
     assert!(
         exit == RunExit::Halted || fault.is_some(),
@@ -320,6 +338,7 @@ fn check(
     rng: &mut Rng,
     memory: bool,
 ) -> Vec<String> {
+    let x87 = name.starts_with("x87");
     let enc = |bits| {
         let mut a = CodeAssembler::new(bits).unwrap();
         form(&mut a).unwrap();
@@ -342,7 +361,17 @@ fn check(
             for c in mem.chunks_mut(4) {
                 c.copy_from_slice(&(rng.operand() as u32).to_le_bytes());
             }
-            if memory {
+            if x87 {
+                // Two f64 operands at [EBX] and [EBX+8], the control word at [EBX+24]:
+                // double precision (so the host's 80-bit registers round like f64), random
+                // rounding control, all exceptions masked.
+                r.r[3] = host_buffer();
+                mem.fill(0);
+                mem[0..8].copy_from_slice(&rng.float().to_le_bytes());
+                mem[8..16].copy_from_slice(&rng.float().to_le_bytes());
+                let cw: u16 = 0x027F | (((rng.next() & 3) as u16) << 10);
+                mem[24..26].copy_from_slice(&cw.to_le_bytes());
+            } else if memory {
                 // EBX, ESI, EDI point into the data buffer; ECX is a small count.
                 let b = host_buffer();
                 r.r[3] = b + 16;
@@ -381,7 +410,7 @@ fn check(
             errs.push(format!(
                 "{name}: in {:x?} flags {:#x}: host {} {:x?} {:#x} / vireo {gf:?} {:x?} {:#x} (mask {mask:#x})",
                 inp.r, inp.flags, if host_faulted { "fault" } else { "ok" }, h.regs.r.map(|x| x & 0xFFFF_FFFF), h.regs.flags & 0xFFF, g.r, g.flags & 0xFFF
-            ));
+            ) + &mem_diff(&case.mem, &h.mem, &gmem));
         }
     }
     errs
@@ -560,4 +589,87 @@ fn integer_memory_forms_match_the_host_cpu() {
         errs.extend(check(name, *f, cases, &mut rng, true));
     }
     assert!(errs.is_empty(), "host CPU disagrees:\n{}", errs.join("\n"));
+}
+
+/// The x87 around one instruction: load b then a (so ST0 = a, ST1 = b), run it, store ST0 as
+/// m64 at [EBX+16] and C3/C2/C0 of the status word at [EBX+32].
+fn x87_wrap(
+    a: &mut CodeAssembler,
+    body: fn(&mut CodeAssembler) -> Result<(), IcedError>,
+) -> Result<(), IcedError> {
+    a.fninit()?;
+    a.fldcw(word_ptr(ebx + 24))?;
+    a.fld(qword_ptr(ebx + 8))?;
+    a.fld(qword_ptr(ebx))?;
+    body(a)?;
+    a.fstp(qword_ptr(ebx + 16))?;
+    a.fnstsw(ax)?;
+    a.and(eax, 0x4500)?;
+    a.mov(word_ptr(ebx + 32), ax)?;
+    a.fninit()
+}
+
+/// x87 arithmetic, compares and rounding against the host's FPU running at double precision:
+/// the stored results must be bit-identical and the condition codes equal.
+#[test]
+fn x87_matches_the_host_fpu_at_double_precision() {
+    let cases: usize = std::env::var("VIREO_HOST_DIFF_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let mut rng = Rng(0xD1FF_0000_0000_0003);
+    let forms: &[Form] = &[
+        ("x87 fadd", |a| x87_wrap(a, |a| a.fadd_2(st0, st1))),
+        ("x87 fsub", |a| x87_wrap(a, |a| a.fsub_2(st0, st1))),
+        ("x87 fsubr", |a| x87_wrap(a, |a| a.fsubr_2(st0, st1))),
+        ("x87 fmul", |a| x87_wrap(a, |a| a.fmul_2(st0, st1))),
+        ("x87 fdiv", |a| x87_wrap(a, |a| a.fdiv_2(st0, st1))),
+        ("x87 fdivr", |a| x87_wrap(a, |a| a.fdivr_2(st0, st1))),
+        ("x87 fadd m64", |a| {
+            x87_wrap(a, |a| a.fadd(qword_ptr(ebx + 8)))
+        }),
+        ("x87 fsqrt", |a| x87_wrap(a, |a| a.fsqrt())),
+        ("x87 fchs", |a| x87_wrap(a, |a| a.fchs())),
+        ("x87 fabs", |a| x87_wrap(a, |a| a.fabs())),
+        ("x87 frndint", |a| x87_wrap(a, |a| a.frndint())),
+        ("x87 fcom", |a| x87_wrap(a, |a| a.fcom_2(st0, st1))),
+        ("x87 fucom", |a| x87_wrap(a, |a| a.fucom(st0, st1))),
+        ("x87 ftst", |a| x87_wrap(a, |a| a.ftst())),
+        ("x87 fcomi", |a| x87_wrap(a, |a| a.fcomi(st0, st1))),
+        ("x87 fxch", |a| x87_wrap(a, |a| a.fxch(st0, st1))),
+        ("x87 fld m32 round trip", |a| {
+            x87_wrap(a, |a| {
+                a.fst(dword_ptr(ebx + 40))?;
+                a.fld(dword_ptr(ebx + 40))
+            })
+        }),
+        ("x87 fistp m32", |a| {
+            x87_wrap(a, |a| {
+                a.fist(dword_ptr(ebx + 40))?;
+                a.fild(dword_ptr(ebx + 40))
+            })
+        }),
+    ];
+    let mut errs = Vec::new();
+    for (name, f) in forms {
+        errs.extend(check(name, *f, cases, &mut rng, true));
+    }
+    assert!(errs.is_empty(), "host FPU disagrees:\n{}", errs.join("\n"));
+}
+
+/// The 8-byte words of the data buffer where host and Vireo differ (with the input word).
+fn mem_diff(input: &[u8; MEM], host: &[u8; MEM], ours: &[u8; MEM]) -> String {
+    let mut out = String::new();
+    for i in (0..MEM).step_by(8) {
+        let w = |b: &[u8; MEM]| u64::from_le_bytes(b[i..i + 8].try_into().unwrap_or([0; 8]));
+        if host[i..i + 8] != ours[i..i + 8] {
+            out += &format!(
+                " mem+{i}: in {:#x} host {:#x} vireo {:#x};",
+                w(input),
+                w(host),
+                w(ours)
+            );
+        }
+    }
+    out
 }
