@@ -25,6 +25,11 @@
 //! A 32-bit write at 0x510 reaches the device as a 16-bit write (the bus splits an access at
 //! the end of the 2-byte range), so it selects, where QEMU would drop it; no firmware does it.
 //!
+//! A new device publishes what QEMU's PC boards always do: the signature "QEMU", FW_CFG_ID
+//! (traditional interface, plus DMA when it has guest memory), a zero UUID, NOGRAPHIC and
+//! BOOT_MENU of 0, IRQ0_OVERRIDE of 1, and the file "etc/boot-fail-wait" = -1 (selector 0x20).
+//! The board adds the rest through the setters ([`FwCfg::set_e820`], [`FwCfg::set_kernel`], ...).
+//!
 //! Items and files are host-provided configuration, not device state: a snapshot holds the
 //! selector, the read offset and the DMA address latch, and the board rebuilds the same
 //! configuration before it restores one.
