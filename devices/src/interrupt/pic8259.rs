@@ -30,7 +30,7 @@
 //! - **Edge latching.** On the real chip an edge-triggered request must stay high until the
 //!   first INTA. Emulated devices signal edges with an instantaneous [`IrqLine::pulse`], so an
 //!   edge here is latched in IRR until it is acknowledged (or ICW1 resets the chip), as QEMU
-//!   and Bochs do. A line held high does not re-trigger: a new request needs a new rising
+//!   does (Bochs drops it when the line falls, which loses such pulses). A line held high does not re-trigger: a new request needs a new rising
 //!   edge. A request can still vanish before INTA (a level-triggered line drops, the IMR masks
 //!   it); INTA then gets the spurious vector (IR7), without setting the ISR bit.
 //! - **Cascade.** The PIIX3 hardwires the slave to the master's IR2 and documents the values
@@ -38,19 +38,27 @@
 //!   QEMU, the pair always cascades through IR2 and always forms 8086 vectors; the other
 //!   values are stored (and snapshotted) and logged at debug level. The slave's INT output
 //!   drops during the INTA cycle that acknowledges it and is re-evaluated afterwards (as
-//!   Bochs models it), so a slave that still requests after INTA (AEOI, special mask mode)
+//!   Bochs models it; Xen's vPIC gets there by making IR2 follow the slave's INT), so a slave that still requests after INTA (AEOI, special mask mode)
 //!   gives the master a fresh edge on IR2 instead of being lost.
-//! - **Spurious slave interrupt.** When the master acknowledges IR2 but the slave no longer
-//!   requests, the vector is the slave's IR7 (IRQ 15) and the master's ISR bit 2 is set, as
-//!   on real hardware (the master does not know the request vanished; Linux and the OSDev
-//!   notes EOI the master for a spurious IRQ 15) and in QEMU. The slave's ISR is not touched.
+//! - **The cascade input latches like any edge input** (the ELCR cannot make IR2 level), as
+//!   in QEMU. So when the slave's request vanishes after the master latched its INT (a level
+//!   line falls, the slave's IMR masks it), the master still takes IR2: INTA gets the slave's
+//!   IR7 (IRQ 15), the master's ISR bit 2 is set and the slave's ISR is not touched. That is
+//!   what a spurious IRQ 15 looks like on real hardware too (the master does not know the
+//!   request vanished; Linux and the OSDev notes EOI the master for it). The real chip would
+//!   only get there if the request vanished during the INTA cycle itself, and Xen's vPIC
+//!   instead makes IR2 follow the slave's INT like a level input, so neither gives this
+//!   spurious interrupt after, say, a driver EOIs with its level line still high and then
+//!   quiets the device before INTA; QEMU, and this model, do.
 //! - **Special mask mode.** The datasheet says it "enables interrupts from all other levels
 //!   (lower as well as higher) that are not masked": in-service bits block nothing, only the
-//!   IMR does (Bochs reads it this way; QEMU lets unmasked in-service bits keep blocking lower
-//!   levels, which only differs when software leaves its own level unmasked).
+//!   IMR does, and a level in service is not requested again (Bochs reads it this way; QEMU
+//!   and Xen's vPIC let unmasked in-service bits keep blocking lower levels, which only
+//!   differs when software leaves its own level unmasked).
 //! - **Special fully nested mode** (ICW4 SFNM on the master): a request on IR2 is accepted
 //!   while IR2 is in service, so a higher-priority slave IRQ can nest inside a slave handler;
-//!   other levels keep fully nested priority (QEMU instead ignores ISR bit 2 altogether).
+//!   other levels keep fully nested priority (as Xen's vPIC does; QEMU ignores ISR bit 2 for
+//!   every level).
 //! - **ICW1** clears IMR, ISR, the rotation, special mask mode, poll and read-select, AEOI and
 //!   the other ICW4 functions, sets the slave ID to 7, and resets edge sensing: latched edge
 //!   requests are dropped and a line that is high needs a new rising edge. Level-triggered
@@ -542,6 +550,7 @@ impl PicPair {
     /// request vanished since INTR rose, the vector is the spurious IR7 of the master, or of
     /// the slave when the master had already taken it through IR2.
     pub fn acknowledge(&mut self) -> u8 {
+        let mut slave_acknowledged = false;
         let vector = match self.master.resolve() {
             None => {
                 debug!("pic: spurious interrupt on the master (IRQ 7)");
@@ -551,6 +560,7 @@ impl PicPair {
                 let vector = match self.slave.resolve() {
                     Some(ir) => {
                         self.slave.acknowledge(ir);
+                        slave_acknowledged = true;
                         self.slave.vector_base() | ir
                     }
                     None => {
@@ -566,7 +576,7 @@ impl PicPair {
                 self.master.vector_base() | ir
             }
         };
-        self.update(true);
+        self.update(slave_acknowledged);
         vector
     }
 
@@ -1307,6 +1317,31 @@ mod tests {
         assert_eq!(isr(&mut p, 0x20), 0);
         pulse(&mut p, 9);
         assert_eq!(take(&mut p), Some(0x29));
+        outb(&mut p, 0xA0, 0x20);
+        outb(&mut p, 0x20, 0x20);
+        // The slave's IMR hiding the request after the master latched it does the same.
+        pulse(&mut p, 13);
+        outb(&mut p, 0xA1, 0x20);
+        assert!(p.interrupt_pending());
+        assert_eq!(p.acknowledge(), 0x2F);
+        assert_eq!((p.master.isr, p.slave.isr), (0x04, 0));
+        assert_eq!(p.slave.irr, 0x20, "IRQ 13 still waits behind its mask");
+    }
+
+    #[test]
+    fn the_cascade_stays_on_ir2_whatever_icw3_and_sngl_say() {
+        let mut p = PicPair::new();
+        outb(&mut p, 0x20, 0x13); // single mode, ICW4 needed: no ICW3
+        outb(&mut p, 0x21, 0x20);
+        outb(&mut p, 0x21, 0x01);
+        assert_eq!(p.master.init, InitStep::Ready);
+        outb(&mut p, 0xA0, 0x11);
+        outb(&mut p, 0xA1, 0x28);
+        outb(&mut p, 0xA1, 0x05); // a slave ID the PC does not use
+        outb(&mut p, 0xA1, 0x00); // and MCS-80 mode
+        assert_eq!(p.slave.icw3, 0x05);
+        pulse(&mut p, 10);
+        assert_eq!(take(&mut p), Some(0x2A));
     }
 
     #[test]
