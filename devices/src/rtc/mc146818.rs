@@ -479,7 +479,8 @@ impl Mc146818 {
             high = 0xFF_FFFF;
         }
         let [b0, b1, b2, ..] = high.to_le_bytes();
-        self.cmos[index::MEMORY_ABOVE_4G..index::MEMORY_ABOVE_4G + 3].copy_from_slice(&[b0, b1, b2]);
+        self.cmos[index::MEMORY_ABOVE_4G..index::MEMORY_ABOVE_4G + 3]
+            .copy_from_slice(&[b0, b1, b2]);
         self.update_checksum();
     }
 
@@ -490,8 +491,8 @@ impl Mc146818 {
             return Err(CmosError::TooManyBootDevices(order.len()));
         }
         let nibble = |i: usize| order.get(i).map_or(0, |&d| d as u8);
-        self.cmos[index::BOOT_FLAG2] = nibble(1) << 4 | nibble(0);
-        self.cmos[index::BOOT_FLAG1] = nibble(2) << 4 | (self.cmos[index::BOOT_FLAG1] & 0x0F);
+        self.cmos[index::BOOT_FLAG2] = (nibble(1) << 4) | nibble(0);
+        self.cmos[index::BOOT_FLAG1] = (nibble(2) << 4) | (self.cmos[index::BOOT_FLAG1] & 0x0F);
         Ok(())
     }
 
@@ -502,7 +503,7 @@ impl Mc146818 {
 
     /// The floppy drive types (0x10) and the floppy bits of the equipment byte.
     pub fn set_floppy_types(&mut self, drive_a: FloppyType, drive_b: FloppyType) {
-        self.cmos[index::FLOPPY_TYPES] = (drive_a as u8) << 4 | drive_b as u8;
+        self.cmos[index::FLOPPY_TYPES] = ((drive_a as u8) << 4) | drive_b as u8;
         let drives = [drive_a, drive_b]
             .iter()
             .filter(|&&t| t != FloppyType::None)
@@ -518,7 +519,7 @@ impl Mc146818 {
 
     /// The equipment byte's coprocessor (bit 1) and PS/2 mouse (bit 2) flags; QEMU sets both.
     pub fn set_equipment(&mut self, fpu: bool, ps2_mouse: bool) {
-        let bits = u8::from(fpu) << 1 | u8::from(ps2_mouse) << 2;
+        let bits = (u8::from(fpu) << 1) | (u8::from(ps2_mouse) << 2);
         self.cmos[index::EQUIPMENT] = (self.cmos[index::EQUIPMENT] & !0x06) | bits;
         self.update_checksum();
     }
@@ -551,8 +552,8 @@ impl Mc146818 {
                     g.heads,
                     0xFF, // write precompensation: none
                     0xFF,
-                    0xC0 | u8::from(g.heads > 8) << 3, // control byte
-                    cyl_low,                           // landing zone
+                    0xC0 | (u8::from(g.heads > 8) << 3), // control byte
+                    cyl_low,                             // landing zone
                     cyl_high,
                     g.sectors,
                 ];
@@ -584,7 +585,7 @@ impl Mc146818 {
         }
         let shift = 2 * drive;
         let byte = &mut self.cmos[index::DISK_TRANSLATION];
-        *byte = (*byte & !(0x03 << shift)) | (translation as u8) << shift;
+        *byte = (*byte & !(0x03 << shift)) | ((translation as u8) << shift);
         Ok(())
     }
 
@@ -612,8 +613,8 @@ impl Mc146818 {
         } else {
             i128::from(self.register_secs()) * NS_PER_SEC
         };
-        let reference = i128::from(self.base_secs) * NS_PER_SEC + i128::from(now)
-            - i128::from(self.base_clock);
+        let reference =
+            i128::from(self.base_secs) * NS_PER_SEC + i128::from(now) - i128::from(self.base_clock);
         secs_of(guest - reference)
     }
 
@@ -656,7 +657,7 @@ impl Mc146818 {
         if self.binary() {
             v
         } else {
-            (v / 10) << 4 | v % 10
+            ((v / 10) << 4) | (v % 10)
         }
     }
 
@@ -673,7 +674,7 @@ impl Mc146818 {
         if self.hour_24() {
             self.encode(h)
         } else {
-            let h12 = if h % 12 == 0 { 12 } else { h % 12 };
+            let h12 = if h.is_multiple_of(12) { 12 } else { h % 12 };
             self.encode(h12) | if h >= 12 { HOUR_PM } else { 0 }
         }
     }
@@ -751,7 +752,10 @@ impl Mc146818 {
         let month = self.decode(c[MONTH]);
         let year = self.decode(c[CENTURY]) * 100 + self.decode(c[YEAR]);
         if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 {
-            debug!("rtc: normalising out-of-range date/time registers {:02x?}", &c[..10]);
+            debug!(
+                "rtc: normalising out-of-range date/time registers {:02x?}",
+                &c[..10]
+            );
         }
         let months = year * 12 + month - 1;
         let days = days_from_civil(months.div_euclid(12), months.rem_euclid(12) + 1, 1) + day - 1;
@@ -868,7 +872,11 @@ impl Mc146818 {
                 self.cmos[if index == PS2_CENTURY { CENTURY } else { index }]
             }
             REG_A => {
-                let uip = if self.update_in_progress(now) { A_UIP } else { 0 };
+                let uip = if self.update_in_progress(now) {
+                    A_UIP
+                } else {
+                    0
+                };
                 self.cmos[REG_A] | uip
             }
             REG_C => {
@@ -920,7 +928,9 @@ impl Mc146818 {
                 };
                 self.write_control(now, self.cmos[REG_A], b);
             }
-            REG_C | REG_D => debug!("rtc: write {value:#04x} to read-only register {index:#x} ignored"),
+            REG_C | REG_D => {
+                debug!("rtc: write {value:#04x} to read-only register {index:#x} ignored")
+            }
             _ => {
                 if let Some(byte) = self.cmos.get_mut(index) {
                     *byte = value;
@@ -1020,7 +1030,7 @@ impl Snapshot for Mc146818 {
         let nmi_masked = r.bool()?;
         let offset_high = r.i64()?;
         let offset_low = r.u64()?;
-        let offset = i128::from(offset_high) << 64 | i128::from(offset_low);
+        let offset = (i128::from(offset_high) << 64) | i128::from(offset_low);
         let synced_to = r.u64()?;
         let base_secs = r.i64()?;
         let base_clock = r.u64()?;
@@ -1063,5 +1073,795 @@ impl Snapshot for Mc146818 {
         let now = self.clock.now();
         self.refresh(now);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bus::{Bus, BusKind, SharedDevice};
+    use crate::clock::NANOS_PER_SEC;
+    use crate::irq::LatchedLine;
+    use crate::snapshot;
+
+    const SEC: Nanos = NANOS_PER_SEC;
+    const MS: Nanos = 1_000_000;
+    /// 2026-11-24 16:10:45 UTC, a Tuesday.
+    const NOV_24_2026: i64 = 1_795_536_645;
+
+    struct Rig {
+        clock: Clock,
+        line: Arc<LatchedLine>,
+        rtc: Arc<Mutex<Mc146818>>,
+        bus: Bus,
+    }
+
+    fn rig_at(clock_start: Nanos, base: i64) -> Rig {
+        let clock = Clock::new(clock_start);
+        let line = Arc::new(LatchedLine::new());
+        let rtc = Mc146818::new_shared(&clock, line.clone(), base);
+        let bus = Bus::new(BusKind::Pio);
+        bus.insert("rtc", PORT_BASE, PORT_COUNT, rtc.clone() as SharedDevice)
+            .unwrap();
+        Rig {
+            clock,
+            line,
+            rtc,
+            bus,
+        }
+    }
+
+    fn rig(base: i64) -> Rig {
+        rig_at(0, base)
+    }
+
+    impl Rig {
+        fn read(&self, reg: u8) -> u8 {
+            self.bus.write_value(0x70, 1, u64::from(reg));
+            self.bus.read_value(0x71, 1) as u8
+        }
+
+        fn write(&self, reg: u8, value: u8) {
+            self.bus.write_value(0x70, 1, u64::from(reg));
+            self.bus.write_value(0x71, 1, u64::from(value));
+        }
+
+        fn at(&self, t: Nanos) {
+            self.clock.advance_to(t);
+        }
+
+        /// Seconds, minutes, hours, weekday, day, month, year, century.
+        fn time(&self) -> [u8; 8] {
+            [0x00, 0x02, 0x04, 0x06, 0x07, 0x08, 0x09, 0x32].map(|r| self.read(r))
+        }
+
+        /// Play a guest whose IRQ 8 handler reads register C, until `until`; the times at
+        /// which the interrupt was taken.
+        fn serve_until(&self, until: Nanos) -> Vec<Nanos> {
+            let mut taken = Vec::new();
+            loop {
+                let next = self.clock.next_deadline().filter(|&d| d <= until);
+                self.clock.advance_to(next.unwrap_or(until));
+                if self.line.level() {
+                    taken.push(self.clock.now());
+                    assert_ne!(self.read(0x0C) & C_IRQF, 0, "the line is up without IRQF");
+                    assert!(!self.line.level(), "reading register C lowers IRQ 8");
+                }
+                if next.is_none() {
+                    return taken;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn known_date_reads_in_bcd_with_weekday_and_century() {
+        let r = rig(NOV_24_2026);
+        assert_eq!(r.time(), [0x45, 0x10, 0x16, 0x03, 0x24, 0x11, 0x26, 0x20]);
+        assert_eq!(r.read(0x37), 0x20, "the PS/2 century byte aliases 0x32");
+        assert_eq!(r.read(0x0A), 0x26);
+        assert_eq!(r.read(0x0B), 0x02);
+        assert_eq!(r.read(0x0D), 0x80);
+        assert_eq!(r.rtc.lock().unwrap().guest_time_unix_secs(), NOV_24_2026);
+    }
+
+    #[test]
+    fn binary_mode_reads_plain_numbers() {
+        let r = rig(NOV_24_2026);
+        r.write(0x0B, B_BINARY | B_24H);
+        assert_eq!(r.time(), [45, 10, 16, 3, 24, 11, 26, 20]);
+        r.at(15 * SEC);
+        assert_eq!(r.time(), [0, 11, 16, 3, 24, 11, 26, 20]);
+    }
+
+    #[test]
+    fn twelve_hour_mode_sets_pm_in_bit_7() {
+        let midnight = NOV_24_2026 - (16 * 3600 + 10 * 60 + 45);
+        let cases = [
+            (0, 0x12, 12),                    // 12 AM
+            (3600, 0x01, 1),                  // 1 AM
+            (12 * 3600 - 1, 0x11, 11),        // 11:59:59 AM
+            (12 * 3600, 0x92, 0x80 | 12),     // 12 PM
+            (16 * 3600, 0x84, 0x80 | 4),      // 4 PM
+            (24 * 3600 - 1, 0x91, 0x80 | 11), // 11:59:59 PM
+        ];
+        for (tod, bcd, binary) in cases {
+            let r = rig(midnight + tod);
+            r.write(0x0B, 0);
+            assert_eq!(r.read(0x04), bcd, "BCD hour at {tod} s");
+            r.write(0x0B, B_BINARY);
+            assert_eq!(r.read(0x04), binary, "binary hour at {tod} s");
+            r.write(0x0B, B_24H);
+            assert_eq!(
+                r.read(0x04),
+                r.rtc.lock().unwrap().encode(tod as u32 / 3600)
+            );
+        }
+        // 11:59:59 AM rolls to 12 PM, 11:59:59 PM to 12 AM the next day.
+        let r = rig(midnight + 12 * 3600 - 1);
+        r.write(0x0B, 0);
+        r.at(SEC);
+        assert_eq!(r.read(0x04), 0x92);
+        let r = rig(midnight + 24 * 3600 - 1);
+        r.write(0x0B, 0);
+        r.at(SEC);
+        assert_eq!(
+            (r.read(0x04), r.read(0x07), r.read(0x06)),
+            (0x12, 0x25, 0x04)
+        );
+    }
+
+    #[test]
+    fn twelve_hour_time_written_under_set_is_taken_as_pm() {
+        let r = rig(NOV_24_2026);
+        r.write(0x0B, B_SET);
+        r.write(0x04, 0x87); // 7 PM
+        r.write(0x0B, 0);
+        assert_eq!(r.read(0x04), 0x87);
+        r.write(0x0B, B_24H);
+        assert_eq!(r.read(0x04), 0x19);
+    }
+
+    fn after(base: i64, secs: u64) -> [u8; 8] {
+        let r = rig(base);
+        r.at(secs * SEC);
+        r.time()
+    }
+
+    #[test]
+    fn rollovers_of_month_leap_day_year_and_century() {
+        // 2024-02-28 23:59:59, a Wednesday.
+        assert_eq!(
+            after(1_709_164_799, 1),
+            [0x00, 0x00, 0x00, 0x05, 0x29, 0x02, 0x24, 0x20]
+        );
+        assert_eq!(
+            after(1_709_164_799, 86_401),
+            [0x00, 0x00, 0x00, 0x06, 0x01, 0x03, 0x24, 0x20]
+        );
+        // 2026-01-31 23:59:59 → Sunday 2026-02-01.
+        assert_eq!(
+            after(1_769_903_999, 1),
+            [0x00, 0x00, 0x00, 0x01, 0x01, 0x02, 0x26, 0x20]
+        );
+        // 2026-12-31 23:59:59 → Friday 2027-01-01.
+        assert_eq!(
+            after(1_798_761_599, 1),
+            [0x00, 0x00, 0x00, 0x06, 0x01, 0x01, 0x27, 0x20]
+        );
+        // 2099-12-31 23:59:59 → Friday 2100-01-01: the century register moves.
+        assert_eq!(
+            after(4_102_444_799, 1),
+            [0x00, 0x00, 0x00, 0x06, 0x01, 0x01, 0x00, 0x21]
+        );
+        // 2100 is not a leap year: 2100-02-28 23:59:59 → Monday 2100-03-01.
+        assert_eq!(
+            after(4_107_542_399, 1),
+            [0x00, 0x00, 0x00, 0x02, 0x01, 0x03, 0x00, 0x21]
+        );
+    }
+
+    #[test]
+    fn calendar_round_trips_over_many_days() {
+        for days in (-800_000..800_000).step_by(997) {
+            let (y, m, d) = civil_from_days(days);
+            assert_eq!(days_from_civil(y, i64::from(m), i64::from(d)), days);
+        }
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(-1), (1969, 12, 31));
+        assert_eq!(days_from_civil(2000, 3, 1), 11_017);
+    }
+
+    #[test]
+    fn set_freezes_time_and_written_time_runs_with_the_old_phase() {
+        let r = rig(NOV_24_2026);
+        r.write(0x0B, B_UIE | B_24H);
+        r.at(2300 * MS);
+        r.write(0x0B, B_SET | B_UIE | B_24H);
+        assert_eq!(r.read(0x0B), B_SET | B_24H, "setting SET clears UIE");
+        assert_eq!(r.read(0x00), 0x47);
+        r.at(5999 * MS);
+        assert_eq!(r.read(0x00), 0x47, "no updates while SET");
+        assert_eq!(r.read(0x0A) & A_UIP, 0, "no UIP while SET");
+        r.at(5300 * MS);
+        for (reg, v) in [
+            (0x00, 0x00),
+            (0x02, 0x00),
+            (0x04, 0x08),
+            (0x07, 0x15),
+            (0x08, 0x06),
+            (0x09, 0x30),
+        ] {
+            r.write(reg, v);
+        }
+        r.at(6300 * MS);
+        r.write(0x0B, B_24H);
+        // Saturday 2030-06-15 08:00:00; the divider kept counting, so the next update
+        // comes at the next whole second of the old phase, 7.0 s.
+        assert_eq!(r.time(), [0x00, 0x00, 0x08, 0x07, 0x15, 0x06, 0x30, 0x20]);
+        r.at(7 * SEC - 1);
+        assert_eq!(r.read(0x00), 0x00);
+        r.at(7 * SEC);
+        assert_eq!(r.read(0x00), 0x01);
+        let rtc = r.rtc.lock().unwrap();
+        assert_eq!(rtc.guest_time_unix_secs(), 1_907_740_801);
+        assert_eq!(
+            rtc.guest_time_offset_secs(),
+            1_907_740_801 - (NOV_24_2026 + 7)
+        );
+    }
+
+    #[test]
+    fn writing_a_counter_while_running_keeps_the_others_counting() {
+        let r = rig(NOV_24_2026);
+        r.at(2500 * MS);
+        r.write(0x02, 0x30); // minutes
+        assert_eq!(r.time()[..3], [0x47, 0x30, 0x16]);
+        r.at(3 * SEC);
+        assert_eq!(
+            r.time()[..3],
+            [0x48, 0x30, 0x16],
+            "phase kept: update at 3.0 s"
+        );
+    }
+
+    #[test]
+    fn uip_is_set_only_in_the_244us_before_each_update() {
+        let r = rig(NOV_24_2026);
+        r.at(SEC - 245_000);
+        assert_eq!(r.read(0x0A), 0x26);
+        r.at(SEC - 244_000);
+        assert_eq!(r.read(0x0A), 0x26 | A_UIP);
+        assert_eq!(r.read(0x00), 0x45, "registers still hold the old second");
+        r.at(SEC - 1);
+        assert_eq!(r.read(0x0A) & A_UIP, A_UIP);
+        r.at(SEC);
+        assert_eq!(r.read(0x0A), 0x26);
+        assert_eq!(r.read(0x00), 0x46);
+        r.at(2 * SEC - 244_000);
+        assert_eq!(r.read(0x0A) & A_UIP, A_UIP);
+        r.write(0x0A, 0xA6);
+        r.at(2 * SEC + MS);
+        assert_eq!(r.read(0x0A), 0x26, "UIP is read-only");
+    }
+
+    #[test]
+    fn periodic_interrupt_counts_per_virtual_second_for_every_rate() {
+        let expected = [
+            256, 128, 8192, 4096, 2048, 1024, 512, 256, 128, 64, 32, 16, 8, 4, 2,
+        ];
+        for (rate, want) in (1u8..=15).zip(expected) {
+            let r = rig(NOV_24_2026);
+            r.write(0x0A, A_DIVIDER_32K | rate);
+            r.write(0x0B, B_PIE | B_24H);
+            let taken = r.serve_until(SEC);
+            assert_eq!(taken.len(), want, "rate {rate}");
+            assert_eq!(
+                taken.last(),
+                Some(&SEC),
+                "rate {rate}: periods tile the second"
+            );
+        }
+    }
+
+    #[test]
+    fn periodic_rate_6_is_1024_hz_and_rate_15_is_2_hz() {
+        let r = rig(NOV_24_2026);
+        r.write(0x0B, B_PIE | B_24H);
+        let taken = r.serve_until(SEC);
+        assert_eq!(taken.len(), 1024);
+        assert_eq!(taken[0], 976_563, "1/1024 s, rounded up to the next ns");
+        for pair in taken.windows(2) {
+            assert!((976_562..=976_563).contains(&(pair[1] - pair[0])));
+        }
+        let r = rig(NOV_24_2026);
+        r.write(0x0A, 0x2F);
+        r.write(0x0B, B_PIE | B_24H);
+        assert_eq!(r.serve_until(SEC), vec![SEC / 2, SEC]);
+    }
+
+    #[test]
+    fn pf_without_pie_needs_no_timer_and_raises_when_enabled() {
+        let r = rig(NOV_24_2026);
+        r.write(0x0A, 0x26);
+        assert_eq!(
+            r.clock.next_deadline(),
+            None,
+            "no interrupt enabled, no timer"
+        );
+        r.at(10 * MS);
+        assert_eq!(
+            r.read(0x0C),
+            C_PF,
+            "PF is set at the rate regardless of PIE"
+        );
+        assert_eq!(r.read(0x0C), 0);
+        r.at(20 * MS);
+        assert_eq!(r.line.take_rising_edges(), 0);
+        r.write(0x0B, B_PIE | B_24H);
+        assert!(
+            r.line.level(),
+            "enabling PIE with PF set raises IRQ 8 at once"
+        );
+        assert_eq!(r.read(0x0C), C_IRQF | C_PF);
+        assert!(!r.line.level());
+    }
+
+    #[test]
+    fn unacknowledged_interrupt_stops_the_timer() {
+        let r = rig(NOV_24_2026);
+        r.write(0x0A, 0x23); // 8192 Hz
+        r.write(0x0B, B_PIE | B_24H);
+        r.at(SEC);
+        assert_eq!(
+            r.line.take_rising_edges(),
+            1,
+            "one edge until register C is read"
+        );
+        assert!(r.line.level());
+        assert_eq!(r.clock.next_deadline(), None);
+        assert_eq!(r.read(0x0C), C_IRQF | C_PF | C_UF);
+        assert!(r.clock.next_deadline().is_some());
+    }
+
+    #[test]
+    fn update_ended_interrupt_once_per_second() {
+        let r = rig(NOV_24_2026);
+        r.write(0x0A, A_DIVIDER_32K); // no periodic flag to muddy register C
+        r.write(0x0B, B_UIE | B_24H);
+        assert_eq!(r.serve_until(3500 * MS), vec![SEC, 2 * SEC, 3 * SEC]);
+        r.at(4 * SEC - 1);
+        assert!(!r.line.level());
+        r.at(4 * SEC);
+        assert!(r.line.level());
+        assert_eq!(r.read(0x0C), C_IRQF | C_UF);
+        assert_eq!(r.read(0x00), 0x49);
+    }
+
+    #[test]
+    fn alarm_fires_when_the_time_matches() {
+        let r = rig(NOV_24_2026);
+        r.write(0x0A, A_DIVIDER_32K);
+        r.write(0x01, 0x50);
+        r.write(0x03, 0x10);
+        r.write(0x05, 0x16);
+        r.write(0x0B, B_AIE | B_24H);
+        r.at(5 * SEC - 1);
+        assert!(!r.line.level());
+        r.at(5 * SEC);
+        assert!(r.line.level());
+        assert_eq!(r.read(0x0C), C_IRQF | C_AF | C_UF);
+        // And again the next day, not before.
+        assert_eq!(
+            r.serve_until(5 * SEC + 86_400 * SEC),
+            vec![5 * SEC + 86_400 * SEC]
+        );
+    }
+
+    #[test]
+    fn alarm_dont_care_values_repeat_it() {
+        // Hours and minutes don't care, seconds 00: every minute.
+        let r = rig(NOV_24_2026);
+        r.write(0x0A, A_DIVIDER_32K);
+        r.write(0x01, 0x00);
+        r.write(0x03, 0xFF);
+        r.write(0x05, 0xC0);
+        r.write(0x0B, B_AIE | B_24H);
+        assert_eq!(
+            r.serve_until(140 * SEC),
+            vec![15 * SEC, 75 * SEC, 135 * SEC]
+        );
+        // All three don't care: every second.
+        let r = rig(NOV_24_2026);
+        r.write(0x01, 0xC5);
+        r.write(0x03, 0xD0);
+        r.write(0x05, 0xFF);
+        r.write(0x0B, B_AIE | B_24H);
+        assert_eq!(r.serve_until(3500 * MS), vec![SEC, 2 * SEC, 3 * SEC]);
+        // Hour don't care, minute 11, second 00: once an hour.
+        let r = rig(NOV_24_2026);
+        r.write(0x01, 0x00);
+        r.write(0x03, 0x11);
+        r.write(0x05, 0xC0);
+        r.write(0x0B, B_AIE | B_24H);
+        assert_eq!(r.serve_until(4000 * SEC), vec![15 * SEC, 3615 * SEC]);
+    }
+
+    #[test]
+    fn alarm_in_12_hour_mode_and_impossible_alarms() {
+        let r = rig(NOV_24_2026);
+        r.write(0x0B, 0);
+        r.write(0x01, 0x50);
+        r.write(0x03, 0x10);
+        r.write(0x05, 0x84); // 4 PM
+        r.write(0x0B, B_AIE);
+        assert_eq!(r.serve_until(10 * SEC), vec![5 * SEC]);
+        let r = rig(NOV_24_2026);
+        r.write(0x0B, 0);
+        r.write(0x01, 0x50);
+        r.write(0x03, 0x10);
+        r.write(0x05, 0x04); // 4 AM
+        r.write(0x0B, B_AIE);
+        assert_eq!(r.serve_until(10 * SEC), Vec::<Nanos>::new());
+        // Second 0x60 is no BCD second: the chip's byte compare never matches.
+        let r = rig(NOV_24_2026);
+        r.write(0x01, 0x60);
+        r.write(0x03, 0xC0);
+        r.write(0x05, 0xC0);
+        r.write(0x0B, B_AIE | B_24H);
+        assert_eq!(r.clock.next_deadline(), None);
+        assert_eq!(r.serve_until(100 * SEC), Vec::<Nanos>::new());
+    }
+
+    #[test]
+    fn alarm_flag_is_set_without_aie() {
+        let r = rig(NOV_24_2026);
+        r.write(0x0A, A_DIVIDER_32K);
+        r.write(0x01, 0x50);
+        r.write(0x03, 0x10);
+        r.write(0x05, 0x16);
+        r.at(20 * SEC);
+        assert_eq!(r.read(0x0C), C_AF | C_UF);
+        r.at(30 * SEC);
+        assert_eq!(r.read(0x0C), C_UF);
+        assert_eq!(r.line.take_rising_edges(), 0);
+    }
+
+    #[test]
+    fn reading_register_c_clears_it_and_lowers_irq() {
+        let r = rig(NOV_24_2026);
+        r.write(0x0B, B_UIE | B_24H);
+        r.at(SEC);
+        assert!(r.line.level());
+        assert_eq!(r.read(0x0C), C_IRQF | C_PF | C_UF);
+        assert!(!r.line.level());
+        assert_eq!(r.read(0x0C), 0);
+        r.write(0x0C, 0xFF);
+        assert_eq!(r.read(0x0C), 0, "register C is read-only");
+        r.write(0x0D, 0x00);
+        assert_eq!(r.read(0x0D), 0x80, "register D is read-only, VRT set");
+    }
+
+    #[test]
+    fn divider_reset_holds_time_and_restarts_half_a_second_later() {
+        let r = rig(NOV_24_2026);
+        r.write(0x0B, B_UIE | B_24H);
+        r.at(200 * MS);
+        assert_eq!(r.read(0x0C), C_PF);
+        r.write(0x0A, 0x76);
+        assert_eq!(r.clock.next_deadline(), None, "no interrupts in reset");
+        r.at(10_200 * MS);
+        assert_eq!(r.time()[..3], [0x45, 0x10, 0x16]);
+        assert_eq!(r.read(0x0C), 0, "no flags while the divider is held");
+        assert_eq!(r.line.take_rising_edges(), 0);
+        r.write(0x0A, 0x26);
+        r.at(10_700 * MS - 1);
+        assert_eq!(r.read(0x00), 0x45);
+        assert!(!r.line.level());
+        r.at(10_700 * MS);
+        assert_eq!(r.read(0x00), 0x46);
+        assert!(r.line.level());
+    }
+
+    #[test]
+    fn stopped_oscillator_holds_time() {
+        let r = rig(NOV_24_2026);
+        r.write(0x0A, 0x06); // DV = 000: not the 32.768 kHz pattern
+        r.at(5 * SEC);
+        assert_eq!(r.read(0x00), 0x45);
+        assert_eq!(r.read(0x0A) & A_UIP, 0);
+        r.write(0x0A, 0x26);
+        r.at(5500 * MS);
+        assert_eq!(r.read(0x00), 0x46);
+    }
+
+    #[test]
+    fn index_port_masks_nmi_and_reads_as_ones() {
+        let r = rig(NOV_24_2026);
+        assert!(!r.rtc.lock().unwrap().nmi_masked());
+        r.bus.write_value(0x70, 1, 0x8F);
+        assert!(r.rtc.lock().unwrap().nmi_masked());
+        r.bus.write_value(0x71, 1, 0x5A);
+        r.bus.write_value(0x70, 1, 0x0F);
+        assert!(!r.rtc.lock().unwrap().nmi_masked());
+        assert_eq!(
+            r.bus.read_value(0x71, 1),
+            0x5A,
+            "bit 7 is not part of the index"
+        );
+        assert_eq!(r.bus.read_value(0x70, 1), 0xFF);
+    }
+
+    #[test]
+    fn nvram_reads_back_what_was_written() {
+        let r = rig(NOV_24_2026);
+        let nvram = (0x0Eu8..0x80).filter(|&i| i != 0x32 && i != 0x37);
+        for i in nvram.clone() {
+            r.write(i, i ^ 0x5A);
+        }
+        for i in nvram {
+            assert_eq!(r.read(i), i ^ 0x5A, "byte {i:#x}");
+        }
+        let mut rtc = r.rtc.lock().unwrap();
+        assert_eq!(rtc.cmos(0x40), Some(0x40 ^ 0x5A));
+        assert_eq!(rtc.cmos(0x80), None);
+        assert_eq!(rtc.set_cmos(0x80, 0), Err(CmosError::OutOfRange(0x80)));
+        assert_eq!(rtc.set_cmos(0x0B, 0), Err(CmosError::ClockRegister(0x0B)));
+        assert_eq!(rtc.set_cmos(0x32, 0), Err(CmosError::ClockRegister(0x32)));
+        rtc.set_cmos(0x45, 0x12).unwrap();
+        assert_eq!(rtc.cmos(0x45), Some(0x12));
+    }
+
+    fn checksum_of(r: &Rig) -> u16 {
+        (0x10..=0x2D).map(|i| u16::from(r.read(i))).sum()
+    }
+
+    #[test]
+    fn memory_size_bytes_and_checksum() {
+        let r = rig(NOV_24_2026);
+        r.rtc.lock().unwrap().set_memory_size(32 << 20, 0);
+        let bytes = |at: u8, n: u8| (at..at + n).map(|i| r.read(i)).collect::<Vec<_>>();
+        assert_eq!(bytes(0x15, 4), [0x80, 0x02, 0x00, 0x7C]);
+        assert_eq!(bytes(0x30, 2), [0x00, 0x7C]);
+        assert_eq!(bytes(0x34, 2), [0x00, 0x01]);
+        assert_eq!(bytes(0x5B, 3), [0, 0, 0]);
+        assert_eq!(checksum_of(&r), 0x00FE);
+        assert_eq!(bytes(0x2E, 2), [0x00, 0xFE]);
+
+        r.rtc.lock().unwrap().set_memory_size(128 << 20, 0);
+        assert_eq!(bytes(0x17, 2), [0xFF, 0xFF], "64 MiB of KiB saturates");
+        assert_eq!(bytes(0x34, 2), [0x00, 0x07]);
+        assert_eq!(
+            u16::from_be_bytes([r.read(0x2E), r.read(0x2F)]),
+            checksum_of(&r)
+        );
+
+        r.rtc.lock().unwrap().set_memory_size(0xE000_0000, 4 << 30);
+        assert_eq!(bytes(0x17, 2), [0xFF, 0xFF]);
+        assert_eq!(bytes(0x34, 2), [0x00, 0xDF]);
+        assert_eq!(bytes(0x5B, 3), [0x00, 0x00, 0x01]);
+        assert_eq!(
+            u16::from_be_bytes([r.read(0x2E), r.read(0x2F)]),
+            checksum_of(&r)
+        );
+
+        r.rtc.lock().unwrap().set_memory_size(512 << 10, u64::MAX);
+        assert_eq!(bytes(0x15, 4), [0x00, 0x02, 0x00, 0x00]);
+        assert_eq!(bytes(0x34, 2), [0, 0]);
+        assert_eq!(bytes(0x5B, 3), [0xFF, 0xFF, 0xFF], "saturates");
+
+        let mut rtc = r.rtc.lock().unwrap();
+        rtc.set_cmos(0x20, 0x33).unwrap();
+        assert_eq!(
+            u16::from_be_bytes([rtc.cmos(0x2E).unwrap(), rtc.cmos(0x2F).unwrap()]),
+            rtc.checksum()
+        );
+        assert_eq!(rtc.checksum(), 0x02 + 0x33);
+    }
+
+    #[test]
+    fn boot_order_floppies_disks_and_equipment() {
+        let r = rig(NOV_24_2026);
+        let mut rtc = r.rtc.lock().unwrap();
+        rtc.set_boot_order(&[BootDevice::CdRom, BootDevice::HardDisk, BootDevice::Floppy])
+            .unwrap();
+        assert_eq!((rtc.cmos(0x3D), rtc.cmos(0x38)), (Some(0x23), Some(0x10)));
+        rtc.set_floppy_signature_check(false);
+        assert_eq!(rtc.cmos(0x38), Some(0x11));
+        rtc.set_boot_order(&[BootDevice::Network]).unwrap();
+        assert_eq!((rtc.cmos(0x3D), rtc.cmos(0x38)), (Some(0x04), Some(0x01)));
+        assert_eq!(
+            rtc.set_boot_order(&[BootDevice::Floppy; 4]),
+            Err(CmosError::TooManyBootDevices(4))
+        );
+
+        rtc.set_equipment(true, true);
+        assert_eq!(rtc.cmos(0x14), Some(0x06));
+        rtc.set_floppy_types(FloppyType::M1_44, FloppyType::None);
+        assert_eq!((rtc.cmos(0x10), rtc.cmos(0x14)), (Some(0x40), Some(0x07)));
+        rtc.set_floppy_types(FloppyType::M1_44, FloppyType::M1_2);
+        assert_eq!((rtc.cmos(0x10), rtc.cmos(0x14)), (Some(0x42), Some(0x47)));
+
+        let g = DiskGeometry {
+            cylinders: 1024,
+            heads: 16,
+            sectors: 63,
+        };
+        rtc.set_hard_disk(0, Some(g)).unwrap();
+        assert_eq!(rtc.cmos(0x19), Some(47));
+        assert_eq!(rtc.cmos(0x12), Some(0xF0));
+        let params: Vec<u8> = (0x1B..0x24).map(|i| rtc.cmos(i).unwrap()).collect();
+        assert_eq!(params, [0x00, 0x04, 16, 0xFF, 0xFF, 0xC8, 0x00, 0x04, 63]);
+        rtc.set_hard_disk(1, Some(g)).unwrap();
+        assert_eq!(rtc.cmos(0x12), Some(0xFF));
+        rtc.set_hard_disk(0, None).unwrap();
+        assert_eq!(
+            (rtc.cmos(0x19), rtc.cmos(0x12), rtc.cmos(0x1B)),
+            (Some(0), Some(0x0F), Some(0))
+        );
+        assert!(rtc.set_hard_disk(2, None).is_err());
+        let sum: u16 = (0x10..=0x2D).map(|i| u16::from(rtc.cmos(i).unwrap())).sum();
+        assert_eq!(rtc.checksum(), sum);
+        assert_eq!(rtc.cmos(0x2E).map(u16::from), Some(sum >> 8));
+        assert_eq!(rtc.cmos(0x2F).map(u16::from), Some(sum & 0xFF));
+
+        rtc.set_disk_translation(1, DiskTranslation::Lba).unwrap();
+        rtc.set_disk_translation(3, DiskTranslation::Rechs).unwrap();
+        assert_eq!(rtc.cmos(0x39), Some(0xC4));
+        assert!(rtc.set_disk_translation(4, DiskTranslation::None).is_err());
+        rtc.set_cpu_count(4);
+        assert_eq!(rtc.cmos(0x5F), Some(3));
+        rtc.set_cpu_count(1000);
+        assert_eq!(rtc.cmos(0x5F), Some(0xFF));
+    }
+
+    #[test]
+    fn reset_clears_enables_flags_and_the_shutdown_byte() {
+        let r = rig(NOV_24_2026);
+        r.write(0x0B, B_PIE | B_AIE | B_UIE | B_SQWE | B_24H);
+        r.write(0x0F, 0x0A);
+        r.at(SEC);
+        assert!(r.line.level());
+        r.rtc.lock().unwrap().reset();
+        assert!(!r.line.level());
+        assert_eq!(r.read(0x0B), B_24H);
+        assert_eq!(r.read(0x0C), 0);
+        assert_eq!(r.read(0x0F), 0);
+        assert_eq!(r.read(0x00), 0x46, "time survives reset");
+        r.write(0x0F, 0xFE);
+        r.rtc.lock().unwrap().reset();
+        assert_eq!(r.read(0x0F), 0xFE, "S3 resume survives reset");
+    }
+
+    #[test]
+    fn snapshot_round_trip_keeps_time_and_pending_interrupts() {
+        let a = rig(NOV_24_2026);
+        a.write(0x0A, 0x2F); // 2 Hz
+        a.write(0x0B, B_PIE | B_UIE | B_24H);
+        a.write(0x50, 0x77);
+        assert_eq!(a.serve_until(700 * MS), vec![500 * MS]);
+        a.bus.write_value(0x70, 1, 0x80 | 0x50);
+
+        // The restoring board's clock has kept its time; its RTC started elsewhere.
+        let b = rig_at(700 * MS, 0);
+        {
+            let (ra, mut rb) = (a.rtc.lock().unwrap(), b.rtc.lock().unwrap());
+            snapshot::check_round_trip(&*ra, &mut *rb).unwrap();
+            assert!(rb.nmi_masked());
+        }
+        assert_eq!(
+            b.clock.next_deadline(),
+            Some(SEC),
+            "the armed timer is re-armed"
+        );
+        assert_eq!(b.bus.read_value(0x71, 1), 0x77, "the index survives");
+        assert_eq!(b.time(), a.time());
+        for r in [&a, &b] {
+            r.at(SEC);
+            assert!(r.line.level());
+            assert_eq!(r.read(0x0C), C_IRQF | C_PF | C_UF);
+            assert_eq!(r.read(0x00), 0x46);
+        }
+        assert_eq!(b.serve_until(2 * SEC), vec![1500 * MS, 2 * SEC]);
+
+        // A snapshot taken with IRQ 8 up restores with IRQ 8 up.
+        a.at(2500 * MS);
+        assert!(a.line.level());
+        let c = rig_at(2500 * MS, 0);
+        snapshot::restore(
+            &mut *c.rtc.lock().unwrap(),
+            &snapshot::save(&*a.rtc.lock().unwrap()),
+        )
+        .unwrap();
+        assert!(c.line.level());
+        // Raised by PF at 1.5 s; the update at 2.0 s added UF while IRQF was already up.
+        assert_eq!(c.read(0x0C), C_IRQF | C_PF | C_UF);
+        assert!(!c.line.level());
+    }
+
+    #[test]
+    fn hostile_snapshot_is_refused_without_change() {
+        let r = rig(NOV_24_2026);
+        let before = snapshot::save(&*r.rtc.lock().unwrap());
+        let corruptions: [fn(&mut Mc146818); 6] = [
+            |m| m.cmos[REG_C] = 0x0F,
+            |m| m.cmos[REG_C] = C_IRQF,
+            |m| m.cmos[REG_A] |= A_UIP,
+            |m| m.index = 0x80,
+            |m| m.offset = i128::MAX,
+            |m| m.base_secs = i64::MIN,
+        ];
+        for corrupt in corruptions {
+            let evil = rig(NOV_24_2026);
+            let blob = {
+                let mut m = evil.rtc.lock().unwrap();
+                corrupt(&mut m);
+                snapshot::save(&*m)
+            };
+            let mut rtc = r.rtc.lock().unwrap();
+            assert!(matches!(
+                snapshot::restore(&mut *rtc, &blob),
+                Err(SnapshotError::Invalid(_))
+            ));
+            assert_eq!(snapshot::save(&*rtc), before);
+        }
+    }
+
+    #[test]
+    fn any_port_any_value_any_time_never_panics() {
+        let r = rig(NOV_24_2026);
+        for index in 0..=255u64 {
+            for value in 0..=255u64 {
+                r.bus.write_value(0x70, 1, index);
+                r.bus.write_value(0x71, 1, value);
+                r.bus.read_value(0x71, 1);
+                r.bus.read_value(0x70, 1);
+            }
+            r.clock.advance_by(7_777_777);
+        }
+        // Random wide accesses, register values and clock jumps (days at a time).
+        let mut seed = 0x1234_5678_9ABC_DEF0u64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _ in 0..100_000 {
+            let v = next();
+            let size = 1 << (v % 4);
+            let port = 0x6F + (v >> 8) % 4;
+            if v & 0x10000 != 0 {
+                r.bus.write_value(port, size as usize, next());
+            } else {
+                r.bus.read_value(port, size as usize);
+            }
+            match (v >> 20) % 64 {
+                0 => r.clock.advance_by(next() % (3 * 86_400 * SEC)),
+                1..=8 => r.clock.advance_by(next() % SEC),
+                _ => {}
+            }
+            if r.line.level() && v & 0x200000 != 0 {
+                r.read(0x0C);
+            }
+        }
+        for base in [i64::MIN, i64::MAX, 0, -1] {
+            let r = rig(base);
+            for mode in [0, B_BINARY, B_24H, B_BINARY | B_24H] {
+                r.write(0x0B, mode);
+                for reg in 0..0x80 {
+                    r.read(reg);
+                }
+                r.write(0x0B, mode | B_SET);
+                r.write(0x32, 0xFF);
+                r.write(0x09, 0xFF);
+                r.write(0x08, 0xFF);
+                r.write(0x07, 0xFF);
+                r.write(0x0B, mode | B_AIE | B_UIE | B_PIE);
+                r.clock.advance_by(2 * SEC);
+                r.time();
+                r.read(0x0C);
+            }
+        }
     }
 }
