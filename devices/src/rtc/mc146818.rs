@@ -78,7 +78,7 @@ const REG_D: usize = 0x0D;
 const LAST_CLOCK_REGISTER: usize = REG_D;
 
 /// CMOS bytes with a conventional meaning on the PC (QEMU `pc_cmos_init`, SeaBIOS `rtc.h`).
-pub mod index {
+pub mod layout {
     /// Shutdown status: why the BIOS is being entered (0xFE: S3 resume).
     pub const SHUTDOWN_STATUS: usize = 0x0F;
     /// Floppy drive types: drive A in the high nibble, drive B in the low one.
@@ -122,7 +122,7 @@ pub mod index {
     pub const SMP_COUNT: usize = 0x5F;
 }
 
-use index::{CENTURY, PS2_CENTURY};
+use layout::{CENTURY, PS2_CENTURY};
 
 const A_UIP: u8 = 0x80;
 const A_DIVIDER: u8 = 0x70;
@@ -409,8 +409,8 @@ impl Mc146818 {
         self.sync(now);
         self.cmos[REG_B] &= !(B_PIE | B_AIE | B_UIE | B_SQWE);
         self.cmos[REG_C] = 0;
-        if self.cmos[index::SHUTDOWN_STATUS] != 0xFE {
-            self.cmos[index::SHUTDOWN_STATUS] = 0;
+        if self.cmos[layout::SHUTDOWN_STATUS] != 0xFE {
+            self.cmos[layout::SHUTDOWN_STATUS] = 0;
         }
         self.refresh(now);
     }
@@ -448,8 +448,8 @@ impl Mc146818 {
     /// Store [`Mc146818::checksum`] at 0x2E (high byte) and 0x2F (low byte).
     pub fn update_checksum(&mut self) {
         let [high, low] = self.checksum().to_be_bytes();
-        self.cmos[index::CHECKSUM_HIGH] = high;
-        self.cmos[index::CHECKSUM_LOW] = low;
+        self.cmos[layout::CHECKSUM_HIGH] = high;
+        self.cmos[layout::CHECKSUM_LOW] = low;
     }
 
     fn set_word(&mut self, at: usize, value: u16) {
@@ -465,12 +465,12 @@ impl Mc146818 {
         const KIB: u64 = 1024;
         const MIB: u64 = 1024 * KIB;
         let word = |v: u64| u16::try_from(v).unwrap_or(u16::MAX);
-        self.set_word(index::BASE_MEMORY, word((below_4g_bytes / KIB).min(640)));
+        self.set_word(layout::BASE_MEMORY, word((below_4g_bytes / KIB).min(640)));
         let extended = word(below_4g_bytes.saturating_sub(MIB) / KIB);
-        self.set_word(index::EXTENDED_MEMORY, extended);
-        self.set_word(index::EXTENDED_MEMORY_POST, extended);
+        self.set_word(layout::EXTENDED_MEMORY, extended);
+        self.set_word(layout::EXTENDED_MEMORY_POST, extended);
         self.set_word(
-            index::MEMORY_ABOVE_16M,
+            layout::MEMORY_ABOVE_16M,
             word(below_4g_bytes.saturating_sub(16 * MIB) / (64 * KIB)),
         );
         let mut high = above_4g_bytes / (64 * KIB);
@@ -479,7 +479,7 @@ impl Mc146818 {
             high = 0xFF_FFFF;
         }
         let [b0, b1, b2, ..] = high.to_le_bytes();
-        self.cmos[index::MEMORY_ABOVE_4G..index::MEMORY_ABOVE_4G + 3]
+        self.cmos[layout::MEMORY_ABOVE_4G..layout::MEMORY_ABOVE_4G + 3]
             .copy_from_slice(&[b0, b1, b2]);
         self.update_checksum();
     }
@@ -491,19 +491,19 @@ impl Mc146818 {
             return Err(CmosError::TooManyBootDevices(order.len()));
         }
         let nibble = |i: usize| order.get(i).map_or(0, |&d| d as u8);
-        self.cmos[index::BOOT_FLAG2] = (nibble(1) << 4) | nibble(0);
-        self.cmos[index::BOOT_FLAG1] = (nibble(2) << 4) | (self.cmos[index::BOOT_FLAG1] & 0x0F);
+        self.cmos[layout::BOOT_FLAG2] = (nibble(1) << 4) | nibble(0);
+        self.cmos[layout::BOOT_FLAG1] = (nibble(2) << 4) | (self.cmos[layout::BOOT_FLAG1] & 0x0F);
         Ok(())
     }
 
     /// Whether SeaBIOS checks a floppy's boot signature (0x38 bit 0 clear; QEMU's default).
     pub fn set_floppy_signature_check(&mut self, check: bool) {
-        self.cmos[index::BOOT_FLAG1] = (self.cmos[index::BOOT_FLAG1] & !1) | u8::from(!check);
+        self.cmos[layout::BOOT_FLAG1] = (self.cmos[layout::BOOT_FLAG1] & !1) | u8::from(!check);
     }
 
     /// The floppy drive types (0x10) and the floppy bits of the equipment byte.
     pub fn set_floppy_types(&mut self, drive_a: FloppyType, drive_b: FloppyType) {
-        self.cmos[index::FLOPPY_TYPES] = ((drive_a as u8) << 4) | drive_b as u8;
+        self.cmos[layout::FLOPPY_TYPES] = ((drive_a as u8) << 4) | drive_b as u8;
         let drives = [drive_a, drive_b]
             .iter()
             .filter(|&&t| t != FloppyType::None)
@@ -513,14 +513,14 @@ impl Mc146818 {
             1 => 0x01,
             _ => 0x41,
         };
-        self.cmos[index::EQUIPMENT] = (self.cmos[index::EQUIPMENT] & !0xC1) | floppy_bits;
+        self.cmos[layout::EQUIPMENT] = (self.cmos[layout::EQUIPMENT] & !0xC1) | floppy_bits;
         self.update_checksum();
     }
 
     /// The equipment byte's coprocessor (bit 1) and PS/2 mouse (bit 2) flags; QEMU sets both.
     pub fn set_equipment(&mut self, fpu: bool, ps2_mouse: bool) {
         let bits = (u8::from(fpu) << 1) | (u8::from(ps2_mouse) << 2);
-        self.cmos[index::EQUIPMENT] = (self.cmos[index::EQUIPMENT] & !0x06) | bits;
+        self.cmos[layout::EQUIPMENT] = (self.cmos[layout::EQUIPMENT] & !0x06) | bits;
         self.update_checksum();
     }
 
@@ -532,8 +532,8 @@ impl Mc146818 {
         geometry: Option<DiskGeometry>,
     ) -> Result<(), CmosError> {
         let (type_at, params_at, nibble_mask) = match drive {
-            0 => (index::DISK0_TYPE, index::DISK0_PARAMS, 0xF0),
-            1 => (index::DISK1_TYPE, index::DISK1_PARAMS, 0x0F),
+            0 => (layout::DISK0_TYPE, layout::DISK0_PARAMS, 0xF0),
+            1 => (layout::DISK1_TYPE, layout::DISK1_PARAMS, 0x0F),
             _ => {
                 return Err(CmosError::NoSuchDrive {
                     kind: "hard disk",
@@ -558,11 +558,11 @@ impl Mc146818 {
                     g.sectors,
                 ];
                 self.cmos[type_at] = 47;
-                self.cmos[index::DISK_DATA] |= nibble_mask;
+                self.cmos[layout::DISK_DATA] |= nibble_mask;
             }
             None => {
                 self.cmos[type_at] = 0;
-                self.cmos[index::DISK_DATA] &= !nibble_mask;
+                self.cmos[layout::DISK_DATA] &= !nibble_mask;
             }
         }
         self.cmos[params_at..params_at + params.len()].copy_from_slice(&params);
@@ -584,14 +584,14 @@ impl Mc146818 {
             });
         }
         let shift = 2 * drive;
-        let byte = &mut self.cmos[index::DISK_TRANSLATION];
+        let byte = &mut self.cmos[layout::DISK_TRANSLATION];
         *byte = (*byte & !(0x03 << shift)) | ((translation as u8) << shift);
         Ok(())
     }
 
     /// The CPU count SeaBIOS falls back on without fw_cfg (0x5F holds count - 1, saturating).
     pub fn set_cpu_count(&mut self, cpus: u32) {
-        self.cmos[index::SMP_COUNT] = u8::try_from(cpus.saturating_sub(1)).unwrap_or(u8::MAX);
+        self.cmos[layout::SMP_COUNT] = u8::try_from(cpus.saturating_sub(1)).unwrap_or(u8::MAX);
     }
 
     /// The RTC's current time in seconds since the Unix epoch.
