@@ -26,8 +26,9 @@ use std::sync::Arc;
 
 use log::debug;
 
-use super::ps2_keyboard::{KeyCode, Ps2Keyboard, translate_to_set1};
-use super::ps2_mouse::Ps2Mouse;
+pub use super::ps2_keyboard::KeyCode;
+use super::ps2_keyboard::{Ps2Keyboard, translate_to_set1};
+pub use super::ps2_mouse::{BUTTON_LEFT, BUTTON_MIDDLE, BUTTON_RIGHT, Ps2Mouse};
 use crate::bus::{AccessSizes, BusAddress, BusDevice};
 use crate::irq::IrqLine;
 use crate::snapshot::{Snapshot, SnapshotError, StateReader, StateWriter};
@@ -547,7 +548,6 @@ mod tests {
 
     use super::*;
     use crate::bus::{Bus, BusKind};
-    use crate::input::ps2_mouse::{BUTTON_LEFT, BUTTON_RIGHT};
     use crate::irq::LatchedLine;
     use crate::snapshot::{check_round_trip, restore, save};
     use crate::system::SystemSignals;

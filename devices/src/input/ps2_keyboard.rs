@@ -665,7 +665,6 @@ impl Ps2Keyboard {
             }
             CMD_RESET => {
                 self.defaults();
-                self.scan_set = DEFAULT_SCAN_SET;
                 self.leds = 0;
                 self.scanning = true;
                 self.reply(&[ACK, BAT_OK]);
@@ -677,10 +676,12 @@ impl Ps2Keyboard {
         }
     }
 
-    /// What 0xF5/0xF6 restore: typematic default, buffer cleared (scan set and LEDs stay).
+    /// What 0xF5/0xF6 restore ("set default": typematic rate and delay, scan code set 2)
+    /// and the buffer they clear. The LEDs are not part of it; only reset turns them off.
     fn defaults(&mut self) {
         self.scancodes.clear();
         self.typematic = DEFAULT_TYPEMATIC;
+        self.scan_set = DEFAULT_SCAN_SET;
     }
 
     fn reply(&mut self, bytes: &[u8]) {
@@ -871,10 +872,17 @@ mod tests {
         assert_eq!(drain(&mut kbd), [0xFA]);
         kbd.key_event(KeyCode::A, true);
         assert_eq!(drain(&mut kbd), [0x1C]);
+        assert_eq!(send(&mut kbd, &[0xF0, 3, 0xF3, 0x00, 0xED, 0x01]).len(), 6);
         kbd.key_event(KeyCode::B, true);
         kbd.write(0xF6);
         assert_eq!(drain(&mut kbd), [0xFA], "defaults clear the buffer");
         assert!(kbd.scanning());
+        assert_eq!(kbd.scan_set(), 2);
+        assert_eq!(kbd.typematic(), DEFAULT_TYPEMATIC);
+        assert_eq!(kbd.leds(), 0x01, "LEDs are not a default");
+        send(&mut kbd, &[0xF0, 1, 0xF5]);
+        assert_eq!(kbd.scan_set(), 2);
+        assert!(!kbd.scanning());
     }
 
     #[test]
