@@ -40,10 +40,12 @@ impl FileBackend {
     }
 
     fn open_with(path: &Path, options: &OpenOptions) -> Result<FileBackend, ChardevError> {
-        let file = options.open(path).map_err(|source| ChardevError::OpenFile {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let file = options
+            .open(path)
+            .map_err(|source| ChardevError::OpenFile {
+                path: path.to_path_buf(),
+                source,
+            })?;
         Ok(FileBackend {
             out: Arc::new(Mutex::new(Output {
                 file,

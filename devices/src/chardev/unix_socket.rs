@@ -374,7 +374,9 @@ mod tests {
         let mut h = Harness::new("sock-bulk");
         let client = h.connect();
         h.run_until(|b| b.is_connected());
-        let data: Vec<u8> = (0..INPUT_BUFFER_BYTES * 5).map(|i| (i % 251) as u8).collect();
+        let data: Vec<u8> = (0..INPUT_BUFFER_BYTES * 5)
+            .map(|i| (i % 251) as u8)
+            .collect();
         let writer = {
             let mut c = client.try_clone().unwrap();
             let data = data.clone();
@@ -383,7 +385,11 @@ mod tests {
         let mut got = Vec::new();
         let start = Instant::now();
         while got.len() < data.len() {
-            assert!(start.elapsed() < Duration::from_secs(10), "stalled at {}", got.len());
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "stalled at {}",
+                got.len()
+            );
             // A 16-byte FIFO that the guest empties between pumps.
             loop {
                 let chunk = h.drain_input(16);

@@ -1089,7 +1089,13 @@ mod tests {
             cts: false,
             ..ModemInputs::default()
         });
-        assert!(r.uart().receive_frame(b'x', LineErrors { parity: true, framing: false }));
+        assert!(r.uart().receive_frame(
+            b'x',
+            LineErrors {
+                parity: true,
+                framing: false
+            }
+        ));
         // All four sources pending: line status first.
         assert_eq!(r.iir(), 0xC6);
         assert_eq!(
@@ -1115,7 +1121,13 @@ mod tests {
         r.set_line(12, 0x03);
         r.outb(IIR_FCR, FCR_ENABLE | 0xC0);
         r.outb(IER_DLM, IER_ERBFI | IER_ETBEI | IER_ELSI);
-        assert!(r.uart().receive_frame(b'a', LineErrors { parity: false, framing: true }));
+        assert!(r.uart().receive_frame(
+            b'a',
+            LineErrors {
+                parity: false,
+                framing: true
+            }
+        ));
         r.clock.advance_to(TIMEOUT_9600_8N1);
         assert_eq!(r.iir(), 0xC6);
         assert_eq!(r.inb(LSR) & LSR_FE, LSR_FE);
@@ -1170,7 +1182,11 @@ mod tests {
         assert_eq!(r.inb(LSR) & LSR_DR, 0);
         r.outb(IER_DLM, IER_ERBFI);
         r.receive(b"1");
-        assert_eq!(r.iir(), 0xC4, "trigger level 1: the earlier 0xC0 did not stick");
+        assert_eq!(
+            r.iir(),
+            0xC4,
+            "trigger level 1: the earlier 0xC0 did not stick"
+        );
     }
 
     #[test]
@@ -1371,8 +1387,10 @@ mod tests {
     fn external_modem_inputs_raise_deltas() {
         let r = Rig::new();
         r.outb(IER_DLM, IER_EDSSI);
-        let mut inputs = ModemInputs::default();
-        inputs.ri = true;
+        let mut inputs = ModemInputs {
+            ri: true,
+            ..ModemInputs::default()
+        };
         r.uart().set_modem_inputs(inputs);
         assert_eq!(r.iir(), 0x01, "RI rising is no event");
         inputs.ri = false;
@@ -1398,10 +1416,9 @@ mod tests {
         let r = Rig::new();
         let calls = Arc::new(AtomicUsize::new(0));
         let c = calls.clone();
-        r.uart()
-            .set_rx_ready_notifier(Some(Box::new(move || {
-                c.fetch_add(1, Ordering::SeqCst);
-            })));
+        r.uart().set_rx_ready_notifier(Some(Box::new(move || {
+            c.fetch_add(1, Ordering::SeqCst);
+        })));
         assert_eq!(r.uart().rx_space(), 1, "16450 mode holds one character");
         r.outb(IIR_FCR, FCR_ENABLE);
         let data: Vec<u8> = (0..20).collect();
@@ -1434,7 +1451,13 @@ mod tests {
         r.outb(IIR_FCR, FCR_ENABLE);
         r.outb(IER_DLM, IER_ELSI);
         r.receive(b"a");
-        assert!(r.uart().receive_frame(b'b', LineErrors { parity: true, framing: false }));
+        assert!(r.uart().receive_frame(
+            b'b',
+            LineErrors {
+                parity: true,
+                framing: false
+            }
+        ));
         r.receive(b"c");
         // The errored character is not at the top yet; only the FIFO error bit shows.
         assert_eq!(r.iir(), 0xC1);
@@ -1454,12 +1477,24 @@ mod tests {
         assert!(r.uart().receive_break());
         assert_eq!(r.inb(LSR), LSR_DR | LSR_BI | 0x60 | LSR_FIFO_ERROR);
         assert_eq!(r.inb(RBR_THR_DLL), 0);
-        assert!(r.uart().receive_frame(b'f', LineErrors { parity: false, framing: true }));
+        assert!(r.uart().receive_frame(
+            b'f',
+            LineErrors {
+                parity: false,
+                framing: true
+            }
+        ));
         assert_eq!(r.inb(LSR) & LSR_FE, LSR_FE);
 
         // 16450 mode has no FIFO error bit.
         let r = Rig::new();
-        assert!(r.uart().receive_frame(b'p', LineErrors { parity: true, framing: false }));
+        assert!(r.uart().receive_frame(
+            b'p',
+            LineErrors {
+                parity: true,
+                framing: false
+            }
+        ));
         assert_eq!(r.inb(LSR), LSR_DR | LSR_PE | 0x60);
         assert_eq!(r.inb(LSR), LSR_DR | 0x60);
     }
@@ -1525,7 +1560,11 @@ mod tests {
         clock.advance_to(1000 + TIMEOUT_9600_8N1 - 1);
         assert_eq!(b.iir(), 0xC1);
         clock.advance_to(1000 + TIMEOUT_9600_8N1);
-        assert_eq!(b.iir(), 0xCC, "the armed timeout fires in the restored UART");
+        assert_eq!(
+            b.iir(),
+            0xCC,
+            "the armed timeout fires in the restored UART"
+        );
         let got: Vec<u8> = (0..5).map(|_| b.inb(RBR_THR_DLL)).collect();
         assert_eq!(got, b"hello");
         b.outb(RBR_THR_DLL, b'!');
@@ -1600,10 +1639,7 @@ mod tests {
             assert_eq!(snapshot::save(&*r.uart()), before);
         }
         let seventeen = vec![(0u8, 0u8); 17];
-        let err = snapshot::restore(
-            &mut *r.uart(),
-            &forged(0, FCR_ENABLE, &seventeen, None),
-        );
+        let err = snapshot::restore(&mut *r.uart(), &forged(0, FCR_ENABLE, &seventeen, None));
         assert!(matches!(err, Err(SnapshotError::Invalid(_))));
     }
 
