@@ -36,13 +36,16 @@
 //! edge per period (modes 2 and 3) or per strobe (modes 0, 4). Register writes to counter 0
 //! drive the line to OUT0's exact level before and after they take effect, so edges caused by
 //! programming (mode 0 dropping OUT, then a later mode setting raising it) are seen as on
-//! hardware. After [`Pit8254::reset`] the line is low until the first timed rising edge.
+//! hardware. Construction and [`Pit8254::reset`] drive the line to OUT0 (high, in the power-on
+//! mode 3), before any guest code runs, so the first programming causes no spurious edge.
 //!
 //! A guest can program counts as small as 2 (a 596 kHz rate). Timed edges are therefore
-//! spaced at least [`MIN_IRQ_INTERVAL_NS`] apart: edges that would come sooner are dropped
-//! (they would land in the interrupt controller's single request bit anyway), the next one
-//! delivered is still a true edge of OUT0, and a warning is logged once per programming. The
-//! count and OUT that the guest reads stay exact. KVM's in-kernel PIT limits the period to
+//! spaced at least [`MIN_IRQ_INTERVAL_NS`] apart, and a warning is logged once per
+//! programming. In the periodic modes the edges that would come sooner are dropped (they
+//! would land in the interrupt controller's single request bit anyway) and the next one
+//! delivered is still a true edge of OUT0; a one-shot edge (modes 0 and 4) that would come
+//! too soon after the previous edge is delayed to the bound, never lost. The count and OUT
+//! that the guest reads stay exact. KVM's in-kernel PIT limits the period to
 //! 200 µs and Xen's to 100 µs-0.9 ms; 20 µs (50 kHz) keeps PC-speaker sample playback
 //! through IRQ 0 working while bounding host work.
 //!
@@ -151,7 +154,11 @@ fn counting_value(mode: u8, n: u32, e: u64, modulus: u64) -> u64 {
             let p = e % n64;
             let h = u64::from(high_len(n));
             let q = if p < h { p } else { p - h };
-            if n % 2 == 0 { n64 - 2 * q } else { n64 - 1 - 2 * q }
+            if n.is_multiple_of(2) {
+                n64 - 2 * q
+            } else {
+                n64 - 1 - 2 * q
+            }
         }
         // Modes 0, 1, 4, 5 keep counting down through zero after terminal count.
         _ => (n64 + modulus - e % modulus) % modulus,
@@ -609,7 +616,7 @@ impl Pit8254 {
         bus.insert("port-b", PORT_B_BASE, PORT_B_LEN, pit.clone())
     }
 
-    /// Return to the power-on state (see the module documentation); IRQ 0 is driven low.
+    /// Return to the power-on state (see the module documentation); IRQ 0 follows OUT0 (high).
     pub fn reset(&mut self) {
         let now = self.clock.now();
         let t = tick_at(now);
@@ -617,8 +624,7 @@ impl Pit8254 {
         self.channels = std::array::from_fn(|i| Channel::power_on(i != 2, t));
         self.last_irq_edge = None;
         self.throttle_warned = false;
-        self.irq_level = false;
-        self.irq0.set_level(false);
+        self.sync_irq(t);
         self.rearm_irq(now);
     }
 
@@ -659,26 +665,33 @@ impl Pit8254 {
     /// Arm the timer for OUT0's next rising edge, no sooner than the rate bound allows.
     fn rearm_irq(&mut self, now: Nanos) {
         let cur = tick_at(now);
-        self.channels[0].advance(cur);
-        let mut after = cur;
-        if let Some(last) = self.last_irq_edge {
-            let earliest = last.saturating_add(MIN_IRQ_INTERVAL_NS);
-            after = after.max(tick_at(earliest.saturating_sub(1)));
-        }
-        let Some(tick) = self.channels[0].next_rise(after) else {
+        let ch = &mut self.channels[0];
+        ch.advance(cur);
+        let Some(natural) = ch.next_rise(cur) else {
             self.timer.cancel();
             return;
         };
-        if after > cur && !self.throttle_warned && self.channels[0].next_rise(cur) != Some(tick) {
-            warn!(
-                "i8254: counter 0 (mode {}, count {}) interrupts faster than one per {MIN_IRQ_INTERVAL_NS} ns; \
-                 IRQ 0 edges are dropped to that rate",
-                self.channels[0].mode(),
-                self.channels[0].initial_count()
-            );
-            self.throttle_warned = true;
+        let earliest = self
+            .last_irq_edge
+            .map_or(0, |last| last.saturating_add(MIN_IRQ_INTERVAL_NS));
+        let mut deadline = tick_time(natural);
+        if deadline < earliest {
+            // A periodic OUT gives its first edge past the bound; a one-shot's only edge is
+            // delayed to the bound rather than lost, so a guest waiting for it still wakes.
+            deadline = ch
+                .next_rise(tick_at(earliest - 1))
+                .map_or(earliest, tick_time);
+            if !self.throttle_warned {
+                warn!(
+                    "i8254: counter 0 (mode {}, count {}) interrupts faster than once per \
+                     {MIN_IRQ_INTERVAL_NS} ns; IRQ 0 is held to that rate",
+                    ch.mode(),
+                    ch.initial_count()
+                );
+                self.throttle_warned = true;
+            }
         }
-        self.timer.arm(tick_time(tick));
+        self.timer.arm(deadline);
     }
 
     fn write_control(&mut self, v: u8, now: Nanos, t: i64) {
@@ -1010,5 +1023,941 @@ impl Snapshot for Pit8254 {
             None => self.timer.cancel(),
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bus::BusKind;
+    use crate::irq::LatchedLine;
+    use crate::snapshot::{self, check_round_trip};
+    use std::ops::RangeInclusive;
+
+    struct Rig {
+        clock: Clock,
+        line: Arc<LatchedLine>,
+        pit: Arc<Mutex<Pit8254>>,
+        bus: Bus,
+    }
+
+    impl Rig {
+        fn new() -> Rig {
+            Rig::starting_at(0)
+        }
+
+        fn starting_at(now: Nanos) -> Rig {
+            let clock = Clock::new(now);
+            let line = Arc::new(LatchedLine::new());
+            let pit = Pit8254::new_shared(&clock, line.clone());
+            let bus = Bus::new(BusKind::Pio);
+            Pit8254::insert_into(&bus, &pit).unwrap();
+            // Construction raises the line to follow OUT0; tests count edges from here.
+            assert!(line.level());
+            line.take_rising_edges();
+            Rig {
+                clock,
+                line,
+                pit,
+                bus,
+            }
+        }
+
+        fn outb(&self, port: u64, v: u8) {
+            self.bus.write_value(port, 1, u64::from(v));
+        }
+
+        fn inb(&self, port: u64) -> u8 {
+            self.bus.read_value(port, 1) as u8
+        }
+
+        /// Advance virtual time to CLK pulse `k`.
+        fn tick(&self, k: i64) {
+            self.clock.advance_to(tick_time(k));
+        }
+
+        fn now_tick(&self) -> i64 {
+            tick_at(self.clock.now())
+        }
+
+        fn control(&self, ch: u8, access: u8, mode: u8, bcd: bool) {
+            self.outb(
+                0x43,
+                (ch << 6) | (access << 4) | (mode << 1) | u8::from(bcd),
+            );
+        }
+
+        fn write16(&self, ch: u8, count: u16) {
+            let [lo, hi] = count.to_le_bytes();
+            self.outb(0x40 + u64::from(ch), lo);
+            self.outb(0x40 + u64::from(ch), hi);
+        }
+
+        fn program(&self, ch: u8, mode: u8, count: u16) {
+            self.control(ch, 3, mode, false);
+            self.write16(ch, count);
+        }
+
+        fn read16(&self, ch: u8) -> u16 {
+            let lo = self.inb(0x40 + u64::from(ch));
+            let hi = self.inb(0x40 + u64::from(ch));
+            u16::from_le_bytes([lo, hi])
+        }
+
+        /// Counter latch command, then the two bytes.
+        fn latched(&self, ch: u8) -> u16 {
+            self.outb(0x43, ch << 6);
+            self.read16(ch)
+        }
+
+        /// Read-back of the status byte alone.
+        fn status(&self, ch: u8) -> u8 {
+            self.outb(0x43, 0xe0 | (2 << ch));
+            self.inb(0x40 + u64::from(ch))
+        }
+
+        fn out(&self, ch: u8) -> bool {
+            self.status(ch) & 0x80 != 0
+        }
+
+        fn gate2(&self, high: bool) {
+            self.outb(0x61, u8::from(high));
+        }
+
+        /// (count, OUT) at each pulse of `ticks`.
+        fn trace(&self, ch: u8, ticks: RangeInclusive<i64>) -> Vec<(u16, bool)> {
+            ticks
+                .map(|k| {
+                    self.tick(k);
+                    (self.latched(ch), self.out(ch))
+                })
+                .collect()
+        }
+
+        /// The pulses of `ticks` at which IRQ 0 had a rising edge.
+        fn edge_ticks(&self, ticks: RangeInclusive<i64>) -> Vec<i64> {
+            ticks
+                .filter(|&k| {
+                    self.tick(k);
+                    self.line.take_rising_edges() > 0
+                })
+                .collect()
+        }
+    }
+
+    const H: bool = true;
+    const L: bool = false;
+
+    #[test]
+    fn tick_grid_round_trips() {
+        for k in [0i64, 1, 2, 1193, 65_536, 1_193_182, 10_000_000_000] {
+            assert_eq!(tick_at(tick_time(k)), k);
+            assert_eq!(
+                tick_at(tick_time(k) - u64::from(k > 0)),
+                k - i64::from(k > 0)
+            );
+        }
+        assert_eq!(tick_time(1_193_182), NANOS_PER_SEC);
+    }
+
+    #[test]
+    fn mode0_counts_down_and_raises_out_at_terminal_count() {
+        let r = Rig::new();
+        r.program(0, 0, 5);
+        // OUT low at once; the count is not loaded before the next CLK pulse.
+        assert_eq!(r.status(0), 0x40 | 0x30);
+        assert!(!r.line.level());
+        assert_eq!(r.clock.next_deadline(), Some(tick_time(6)));
+        assert_eq!(
+            r.trace(0, 1..=8),
+            [
+                (5, L),
+                (4, L),
+                (3, L),
+                (2, L),
+                (1, L),
+                (0, H),
+                (0xffff, H),
+                (0xfffe, H)
+            ]
+        );
+        assert_eq!(r.status(0), 0x80 | 0x30);
+        // N + 1 pulses after the write, exactly once.
+        let r = Rig::new();
+        r.program(0, 0, 5);
+        assert_eq!(r.edge_ticks(1..=100), [6]);
+        assert!(r.line.level());
+        assert_eq!(r.clock.next_deadline(), None);
+    }
+
+    #[test]
+    fn mode0_first_byte_stops_counting_and_drops_out() {
+        let r = Rig::new();
+        r.program(0, 0, 100);
+        r.tick(11);
+        assert_eq!(r.latched(0), 90);
+        r.outb(0x40, 0x20);
+        r.tick(20);
+        assert_eq!(r.latched(0), 90, "counting stops after the first byte");
+        r.outb(0x40, 0x00);
+        r.tick(21);
+        assert_eq!(r.latched(0), 0x20);
+        assert_eq!(r.edge_ticks(22..=60), [21 + 32]);
+
+        // After terminal count, the first byte of a new count drops OUT immediately.
+        r.tick(1000);
+        assert!(r.out(0));
+        r.outb(0x40, 3);
+        assert!(!r.out(0));
+        assert!(!r.line.level());
+        r.outb(0x40, 0);
+        let t = r.now_tick();
+        assert_eq!(r.edge_ticks(t + 1..=t + 10), [t + 4]);
+    }
+
+    #[test]
+    fn mode1_is_a_retriggerable_one_shot_on_gate_edges() {
+        let r = Rig::new();
+        r.gate2(false);
+        r.program(2, 1, 3);
+        assert_eq!(
+            r.status(2),
+            0x80 | 0x40 | 0x32,
+            "OUT high, count not loaded"
+        );
+        r.tick(2);
+        r.gate2(true);
+        assert!(r.out(2), "OUT falls on the pulse after the trigger");
+        assert_eq!(r.status(2) & 0x40, 0x40);
+        assert_eq!(
+            r.trace(2, 3..=7),
+            [(3, L), (2, L), (1, L), (0, H), (0xffff, H)]
+        );
+        // A new count does not disturb the running one-shot; the next trigger loads it.
+        r.gate2(false);
+        r.write16(2, 2);
+        r.tick(8);
+        r.gate2(true);
+        assert_eq!(r.trace(2, 9..=11), [(2, L), (1, L), (0, H)]);
+        // Retriggering during the pulse restarts it.
+        r.gate2(false);
+        r.write16(2, 4);
+        r.gate2(true);
+        r.tick(12);
+        r.gate2(false);
+        r.gate2(true);
+        assert_eq!(
+            r.trace(2, 13..=18),
+            [(4, L), (3, L), (2, L), (1, L), (0, H), (0xffff, H)]
+        );
+        // Port B bit 5 shows OUT2.
+        assert_eq!(r.inb(0x61) & 0x20, 0x20);
+    }
+
+    #[test]
+    fn mode1_without_a_gate_edge_never_fires_on_counter_0() {
+        let r = Rig::new();
+        r.program(0, 1, 5);
+        assert_eq!(r.trace(0, 1..=10).iter().filter(|s| !s.1).count(), 0);
+        assert_eq!(r.status(0) & 0x40, 0x40, "still waiting for a trigger");
+        assert_eq!(r.line.take_rising_edges(), 0);
+    }
+
+    #[test]
+    fn mode2_rate_generator_pulses_low_for_one_clock() {
+        let r = Rig::new();
+        r.program(0, 2, 4);
+        assert!(r.out(0));
+        assert_eq!(
+            r.trace(0, 1..=9),
+            [
+                (4, H),
+                (3, H),
+                (2, H),
+                (1, L),
+                (4, H),
+                (3, H),
+                (2, H),
+                (1, L),
+                (4, H)
+            ]
+        );
+        // One IRQ 0 edge per period, when OUT rises again.
+        let r = Rig::new();
+        r.program(0, 2, 40);
+        assert_eq!(r.edge_ticks(1..=170), [41, 81, 121, 161]);
+        assert!(r.line.level());
+    }
+
+    #[test]
+    fn mode3_square_wave_even_and_odd_counts() {
+        let r = Rig::new();
+        r.program(0, 3, 6);
+        assert_eq!(
+            r.trace(0, 1..=7),
+            [(6, H), (4, H), (2, H), (6, L), (4, L), (2, L), (6, H)]
+        );
+        // Odd: high (N + 1) / 2 pulses counting N-1, N-3, ..., 0; low (N - 1) / 2.
+        let r = Rig::new();
+        r.program(0, 3, 5);
+        assert_eq!(
+            r.trace(0, 1..=11),
+            [
+                (4, H),
+                (2, H),
+                (0, H),
+                (4, L),
+                (2, L),
+                (4, H),
+                (2, H),
+                (0, H),
+                (4, L),
+                (2, L),
+                (4, H)
+            ]
+        );
+        // One IRQ 0 edge per period, at the start of the high half.
+        let r = Rig::new();
+        r.program(0, 3, 41);
+        assert_eq!(r.edge_ticks(1..=170), [42, 83, 124, 165]);
+    }
+
+    #[test]
+    fn mode4_strobes_once_after_n_plus_one_pulses() {
+        let r = Rig::new();
+        r.program(0, 4, 3);
+        assert!(r.out(0));
+        assert_eq!(
+            r.trace(0, 1..=6),
+            [(3, H), (2, H), (1, H), (0, L), (0xffff, H), (0xfffe, H)]
+        );
+        let r = Rig::new();
+        r.program(0, 4, 3);
+        assert_eq!(r.edge_ticks(1..=50), [5]);
+        assert_eq!(r.clock.next_deadline(), None);
+        // Writing a new count retriggers it.
+        r.write16(0, 2);
+        let t = r.now_tick();
+        assert_eq!(r.edge_ticks(t + 1..=t + 10), [t + 4]);
+    }
+
+    #[test]
+    fn mode5_strobes_after_a_gate_trigger() {
+        let r = Rig::new();
+        r.gate2(false);
+        r.program(2, 5, 3);
+        r.tick(2);
+        assert!(r.out(2));
+        r.gate2(true);
+        assert_eq!(
+            r.trace(2, 3..=7),
+            [(3, H), (2, H), (1, H), (0, L), (0xffff, H)]
+        );
+        // Retriggering mid-count restarts the full count.
+        r.gate2(false);
+        r.gate2(true);
+        r.tick(9);
+        r.gate2(false);
+        r.gate2(true);
+        assert_eq!(
+            r.trace(2, 10..=14),
+            [(3, H), (2, H), (1, H), (0, L), (0xffff, H)]
+        );
+    }
+
+    #[test]
+    fn modes_6_and_7_alias_2_and_3_and_status_keeps_the_written_bits() {
+        let r = Rig::new();
+        r.control(0, 3, 6, false);
+        r.write16(0, 40);
+        assert_eq!(r.status(0), 0x80 | 0x40 | 0x3c);
+        assert_eq!(r.trace(0, 39..=41), [(2, H), (1, L), (40, H)]);
+        assert_eq!(r.line.take_rising_edges(), 1);
+        assert_eq!(r.edge_ticks(42..=81), [81]);
+        assert_eq!(r.status(0) & 0x3f, 0x3c);
+        let r = Rig::new();
+        r.control(0, 3, 7, false);
+        r.write16(0, 6);
+        assert_eq!(r.trace(0, 1..=4), [(6, H), (4, H), (2, H), (6, L)]);
+    }
+
+    #[test]
+    fn bcd_counting() {
+        let r = Rig::new();
+        r.control(0, 3, 0, true);
+        r.write16(0, 0x0012);
+        assert_eq!(
+            r.trace(0, 1..=4),
+            [(0x12, L), (0x11, L), (0x10, L), (0x09, L)]
+        );
+        assert_eq!(r.status(0) & 0x3f, 0x31);
+        assert_eq!(r.edge_ticks(5..=20), [13]);
+        // Zero stands for 10000 in BCD.
+        let r = Rig::new();
+        r.control(0, 3, 0, true);
+        r.write16(0, 0);
+        assert_eq!(r.trace(0, 1..=3), [(0, L), (0x9999, L), (0x9998, L)]);
+        let r = Rig::new();
+        r.control(0, 3, 2, true);
+        r.write16(0, 0);
+        assert_eq!(r.clock.next_deadline(), Some(tick_time(10_001)));
+        // ...and 65536 in binary.
+        let r = Rig::new();
+        r.program(0, 2, 0);
+        assert_eq!(r.clock.next_deadline(), Some(tick_time(65_537)));
+    }
+
+    #[test]
+    fn access_modes_and_flip_flops() {
+        let r = Rig::new();
+        r.gate2(false); // counter 2 holds its count in mode 0 with GATE low
+        // LSB only: every read and write is the low byte; the high byte is 0.
+        r.control(2, 1, 0, false);
+        r.outb(0x42, 0x34);
+        r.tick(1);
+        assert_eq!([r.inb(0x42), r.inb(0x42)], [0x34, 0x34]);
+        r.outb(0x43, 0x80);
+        assert_eq!(r.inb(0x42), 0x34);
+        assert_eq!(r.inb(0x42), 0x34, "the latch is released after one byte");
+        // MSB only: the low byte is 0.
+        r.control(2, 2, 0, false);
+        r.outb(0x42, 0x12);
+        r.tick(2);
+        assert_eq!([r.inb(0x42), r.inb(0x42)], [0x12, 0x12]);
+        r.outb(0x43, 0x80);
+        assert_eq!(r.inb(0x42), 0x12);
+        // LSB then MSB, with reads and writes interleaved: separate flip-flops.
+        r.control(2, 3, 0, false);
+        r.write16(2, 0x5678);
+        r.tick(3);
+        assert_eq!(r.inb(0x42), 0x78);
+        r.outb(0x42, 0x34);
+        assert_eq!(r.inb(0x42), 0x56);
+        r.outb(0x42, 0x12);
+        r.tick(4);
+        assert_eq!(r.read16(2), 0x1234);
+        // A control word resets both flip-flops.
+        r.inb(0x42);
+        r.outb(0x42, 0xaa);
+        r.control(2, 3, 0, false);
+        r.write16(2, 0x4321);
+        r.tick(5);
+        assert_eq!(r.read16(2), 0x4321);
+    }
+
+    #[test]
+    fn latch_holds_the_count_while_counting_continues() {
+        let r = Rig::new();
+        r.program(0, 2, 1000);
+        r.tick(10);
+        r.outb(0x43, 0x00);
+        r.tick(50);
+        r.outb(0x43, 0x00); // ignored: the first latch has not been read
+        assert_eq!(r.read16(0), 991);
+        assert_eq!(r.read16(0), 951, "unlatched reads follow the counter");
+        // A latch stays until both bytes are read, even across another latch command.
+        r.outb(0x43, 0x00);
+        let lo = r.inb(0x40);
+        r.tick(80);
+        r.outb(0x43, 0x00);
+        let hi = r.inb(0x40);
+        assert_eq!(u16::from_le_bytes([lo, hi]), 951);
+        assert_eq!(r.latched(0), 921);
+    }
+
+    #[test]
+    fn read_back_status_and_null_count() {
+        let r = Rig::new();
+        r.control(0, 3, 2, false);
+        assert_eq!(r.status(0), 0x80 | 0x40 | 0x34);
+        r.outb(0x40, 100);
+        assert_eq!(r.status(0), 0x80 | 0x40 | 0x34);
+        r.outb(0x40, 0);
+        assert_eq!(
+            r.status(0),
+            0x80 | 0x40 | 0x34,
+            "null until the next CLK pulse"
+        );
+        r.tick(1);
+        assert_eq!(r.status(0), 0x80 | 0x34);
+        // A new count in mode 2 waits for the end of the current cycle.
+        r.tick(50);
+        r.write16(0, 20);
+        assert_eq!(r.status(0) & 0x40, 0x40);
+        r.tick(100);
+        assert_eq!((r.status(0), r.latched(0)), (0x40 | 0x34, 1));
+        assert_eq!(r.line.take_rising_edges(), 0);
+        r.tick(101);
+        assert_eq!((r.status(0), r.latched(0)), (0x80 | 0x34, 20));
+        assert_eq!(r.line.take_rising_edges(), 1);
+        // 20 pulses (16.8 us) is under the IRQ rate bound: the edge at 121 is dropped.
+        assert_eq!(r.edge_ticks(102..=141), [141]);
+
+        // Status and count together: status first, then the count.
+        r.tick(150);
+        r.outb(0x43, 0xc2);
+        assert_eq!(r.inb(0x40), 0x80 | 0x34);
+        assert_eq!(r.read16(0), 20 - (150 - 141));
+        // Several counters at once; a second read-back does not replace unread latches.
+        r.program(1, 0, 500);
+        r.gate2(false);
+        r.program(2, 4, 0x1234);
+        r.tick(160);
+        r.outb(0x43, 0xde);
+        r.tick(170);
+        r.outb(0x43, 0xde);
+        assert_eq!(r.read16(0), 20 - (160 - 141));
+        assert_eq!(r.read16(1), 500 - (160 - 151));
+        assert_eq!(r.read16(2), 0x1234);
+        // One status latch at a time: the second command is ignored until it is read.
+        r.outb(0x43, 0xe8);
+        r.tick(180);
+        r.outb(0x43, 0xe8);
+        assert_eq!(r.inb(0x42), 0x80 | 0x38);
+        assert_eq!(r.inb(0x42), 0x34, "then the (unlatched) count");
+    }
+
+    #[test]
+    fn mode3_new_count_waits_for_the_half_cycle() {
+        let r = Rig::new();
+        r.program(0, 3, 10);
+        r.tick(3);
+        r.write16(0, 4);
+        // The high half of 10 ends at pulse 6; the new count goes on with its low half.
+        assert_eq!(
+            r.trace(0, 4..=12),
+            [
+                (4, H),
+                (2, H),
+                (4, L),
+                (2, L),
+                (4, H),
+                (2, H),
+                (4, L),
+                (2, L),
+                (4, H)
+            ]
+        );
+        let r = Rig::new();
+        r.program(0, 3, 100);
+        r.tick(3);
+        r.write16(0, 40);
+        assert_eq!(r.status(0) & 0x40, 0x40);
+        r.tick(50);
+        assert_eq!((r.latched(0), r.status(0) & 0xc0), (2, 0xc0));
+        r.tick(51);
+        assert_eq!((r.latched(0), r.status(0) & 0xc0), (40, 0));
+        assert_eq!(r.edge_ticks(52..=160), [71, 111, 151]);
+    }
+
+    #[test]
+    fn gate_pauses_modes_0_and_4() {
+        for mode in [0u8, 4] {
+            let r = Rig::new();
+            r.gate2(true);
+            r.program(2, mode, 10);
+            r.tick(4);
+            assert_eq!(r.latched(2), 7);
+            r.gate2(false);
+            r.tick(10);
+            assert_eq!(r.latched(2), 7, "mode {mode}");
+            r.gate2(true);
+            r.tick(11);
+            assert_eq!(r.latched(2), 6);
+            r.tick(16);
+            assert_eq!(r.out(2), mode == 4);
+            r.tick(17);
+            assert_eq!(
+                r.out(2),
+                mode == 0,
+                "terminal count at pulse 17 in mode {mode}"
+            );
+            r.tick(18);
+            assert!(r.out(2));
+        }
+        // A count written while GATE is low loads but waits for GATE.
+        let r = Rig::new();
+        r.gate2(false);
+        r.program(2, 0, 3);
+        r.tick(5);
+        assert_eq!((r.latched(2), r.status(2) & 0x40), (3, 0));
+        r.gate2(true);
+        r.tick(8);
+        assert!(r.out(2));
+    }
+
+    #[test]
+    fn gate_restarts_modes_2_and_3_and_forces_out_high() {
+        let r = Rig::new();
+        r.gate2(true);
+        r.program(2, 2, 5);
+        r.tick(5);
+        assert!(!r.out(2));
+        r.gate2(false);
+        assert!(r.out(2), "a low gate ends the pulse at once");
+        r.tick(8);
+        assert_eq!((r.latched(2), r.out(2)), (1, H));
+        r.gate2(true);
+        assert_eq!(
+            r.trace(2, 9..=14),
+            [(5, H), (4, H), (3, H), (2, H), (1, L), (5, H)]
+        );
+
+        let r = Rig::new();
+        r.gate2(true);
+        r.program(2, 3, 8);
+        r.tick(6);
+        assert_eq!((r.latched(2), r.out(2)), (6, L));
+        r.gate2(false);
+        assert!(r.out(2));
+        r.tick(9);
+        r.gate2(true);
+        assert_eq!(
+            r.trace(2, 10..=18),
+            [
+                (8, H),
+                (6, H),
+                (4, H),
+                (2, H),
+                (8, L),
+                (6, L),
+                (4, L),
+                (2, L),
+                (8, H)
+            ]
+        );
+        // With GATE low from the start, counting waits for the first rising edge.
+        let r = Rig::new();
+        r.gate2(false);
+        r.program(2, 2, 3);
+        r.tick(10);
+        assert_eq!((r.latched(2), r.out(2)), (3, H));
+        r.gate2(true);
+        assert_eq!(r.trace(2, 11..=14), [(3, H), (2, H), (1, L), (3, H)]);
+    }
+
+    #[test]
+    fn linux_periodic_tick_mode2_count_1193() {
+        let r = Rig::starting_at(3_000_000);
+        let t0 = r.now_tick();
+        r.program(0, 2, 1193);
+        assert_eq!(r.line.take_rising_edges(), 0);
+        for k in 1..=5 {
+            let edge = tick_time(t0 + 1 + 1193 * k);
+            assert_eq!(r.clock.next_deadline(), Some(edge));
+            r.clock.advance_to(edge - 1);
+            assert_eq!(r.line.take_rising_edges(), 0, "edge {k} early");
+            r.clock.advance_to(edge);
+            assert_eq!(r.line.take_rising_edges(), 1, "edge {k}");
+            assert!(r.line.level());
+        }
+        // 1193 pulses is 999.85 us: 1000.15 Hz.
+        let start = r.clock.now();
+        r.clock.advance_to(start + NANOS_PER_SEC);
+        assert_eq!(r.line.take_rising_edges(), 1000);
+        let period = tick_time(1193 * 1000) as f64 / 1000.0;
+        assert!((period - 999_847.0).abs() < 1.0, "{period}");
+    }
+
+    #[test]
+    fn bios_tick_mode3_count_0_is_18_2_hz() {
+        let r = Rig::new();
+        r.program(0, 3, 0);
+        assert_eq!(r.clock.next_deadline(), Some(tick_time(1 + 65_536)));
+        r.clock.advance_to(10 * NANOS_PER_SEC);
+        // 10 s * 1193182 / 65536 = 182.07 rising edges.
+        assert_eq!(r.line.take_rising_edges(), 182);
+        assert_eq!(r.clock.next_deadline(), Some(tick_time(1 + 65_536 * 183)));
+        // Falling halves are not timed: one callback per period.
+        let t = tick_time(1 + 65_536 * 183) - 1;
+        r.clock.advance_to(t);
+        assert_eq!(r.clock.next_deadline(), Some(t + 1));
+    }
+
+    #[test]
+    fn power_on_state_ticks_at_18_2_hz() {
+        let r = Rig::new();
+        assert_eq!(r.status(0), 0x80 | 0x36);
+        assert_eq!(r.clock.next_deadline(), Some(tick_time(65_536)));
+        assert_eq!(r.edge_ticks(65_535..=65_536), [65_536]);
+        assert_eq!(r.status(2), 0x80 | 0x36);
+        assert_eq!(r.latched(2), 0, "counter 2 holds 65536 with GATE low");
+    }
+
+    #[test]
+    fn refresh_bit_toggles_every_15_085_us() {
+        let r = Rig::new();
+        let bit = |ns: Nanos| {
+            r.clock.advance_to(ns);
+            r.inb(0x61) & 0x10 != 0
+        };
+        assert!(!bit(0));
+        assert!(!bit(15_084));
+        assert!(bit(15_085));
+        assert!(bit(30_169));
+        assert!(!bit(30_170));
+        assert!(bit(45_255));
+        // A delay loop counting toggles measures time: 66 toggles ~ 1 ms.
+        let mut toggles = 0;
+        let mut last = r.inb(0x61) & 0x10;
+        let start = r.clock.now();
+        while toggles < 66 {
+            r.clock.advance_by(1_000);
+            let b = r.inb(0x61) & 0x10;
+            if b != last {
+                toggles += 1;
+                last = b;
+            }
+        }
+        let took = r.clock.now() - start;
+        assert!((990_000..=1_000_000).contains(&took), "{took}");
+    }
+
+    #[test]
+    fn port_b_bits() {
+        let r = Rig::new();
+        r.outb(0x61, 0xff);
+        let v = r.inb(0x61);
+        assert_eq!(v & 0xcf, 0x0f, "bits 0-3 read back, 6-7 clear");
+        {
+            let pit = r.pit.lock().unwrap();
+            assert!(pit.channel2_gate() && pit.speaker_data_enabled());
+            assert_eq!(pit.speaker_level(), pit.channel2_out());
+        }
+        // Counter 2 in mode 3 drives bit 5 as a square wave once gated.
+        r.program(2, 3, 4);
+        let bits: Vec<bool> = (1..=5)
+            .map(|k| {
+                r.tick(k);
+                r.inb(0x61) & 0x20 != 0
+            })
+            .collect();
+        assert_eq!(bits, [H, H, L, L, H]);
+        r.outb(0x61, 0x01);
+        let pit = r.pit.lock().unwrap();
+        assert!(!pit.speaker_data_enabled() && !pit.speaker_level());
+        assert_eq!(pit.output(2), Some(true));
+        assert_eq!(pit.output(3), None);
+    }
+
+    #[test]
+    fn linux_style_tsc_calibration_on_counter_2() {
+        let r = Rig::new();
+        r.outb(0x61, (r.inb(0x61) & !0x02) | 0x01);
+        r.outb(0x43, 0xb0);
+        r.write16(2, 11_932); // 10 ms
+        let start = r.clock.now();
+        while r.inb(0x61) & 0x20 == 0 {
+            r.clock.advance_by(1_000);
+        }
+        let took = r.clock.now() - start;
+        assert!((10_000_000..=10_002_000).contains(&took), "{took}");
+    }
+
+    #[test]
+    fn tiny_periods_are_rate_bounded() {
+        for (mode, count) in [(2u8, 2u16), (3, 2), (3, 3), (2, 7)] {
+            let r = Rig::new();
+            r.program(0, mode, count);
+            r.clock.advance_to(NANOS_PER_SEC / 1000);
+            let edges = r.line.take_rising_edges();
+            let bound = NANOS_PER_SEC / 1000 / MIN_IRQ_INTERVAL_NS + 1;
+            assert!(
+                (bound - 10..=bound).contains(&edges),
+                "{mode}/{count}: {edges}"
+            );
+            let d = r.clock.next_deadline().unwrap();
+            assert!(d >= r.clock.now());
+        }
+        // Mode 2 with the illegal count 1 keeps OUT high: no edges at all.
+        let r = Rig::new();
+        r.program(0, 2, 1);
+        r.clock.advance_to(NANOS_PER_SEC / 1000);
+        assert_eq!(r.line.take_rising_edges(), 0);
+        assert!(r.line.level() && r.out(0));
+        // A period just above the bound is not thinned.
+        let r = Rig::new();
+        r.program(0, 2, 30); // 25.1 us
+        r.clock.advance_to(tick_time(1 + 30 * 100));
+        assert_eq!(r.line.take_rising_edges(), 100);
+    }
+
+    #[test]
+    fn a_one_shot_edge_too_soon_after_the_last_is_delayed_not_lost() {
+        let r = Rig::new();
+        r.program(0, 2, 1193);
+        let edge = tick_time(1 + 1193);
+        r.clock.advance_to(edge);
+        assert_eq!(r.line.take_rising_edges(), 1);
+        // Linux switching to one-shot mode 4 with a 5-pulse delta: OUT0 would rise 6 us later.
+        r.program(0, 4, 5);
+        assert_eq!(r.clock.next_deadline(), Some(edge + MIN_IRQ_INTERVAL_NS));
+        r.clock.advance_to(edge + MIN_IRQ_INTERVAL_NS - 1);
+        assert_eq!(r.line.take_rising_edges(), 0);
+        r.clock.advance_to(edge + MIN_IRQ_INTERVAL_NS);
+        assert_eq!(r.line.take_rising_edges(), 1);
+        assert_eq!(r.clock.next_deadline(), None);
+        // Later one-shots are on time again.
+        r.clock.advance_to(edge + 1_000_000);
+        r.write16(0, 5);
+        let t = r.now_tick();
+        assert_eq!(r.clock.next_deadline(), Some(tick_time(t + 7)));
+    }
+
+    #[test]
+    fn snapshot_round_trip_and_timing_continue() {
+        let r = Rig::starting_at(7_777_777);
+        let t0 = r.now_tick();
+        r.program(0, 2, 1193);
+        r.control(1, 1, 0, true);
+        r.outb(0x41, 0x99);
+        r.outb(0x61, 0x03);
+        r.program(2, 3, 1000);
+        r.clock.advance_to(tick_time(t0 + 1 + 1193 * 2 + 500));
+        r.outb(0x43, 0x80); // latch counter 2
+        r.inb(0x42); // and read half of it
+        r.outb(0x43, 0xe2); // latch counter 0's status
+        r.outb(0x40, 0x10); // half of a new count
+        r.line.take_rising_edges();
+
+        let now = r.clock.now();
+        let clock2 = Clock::new(now);
+        let line2 = Arc::new(LatchedLine::new());
+        let pit2 = Pit8254::new_shared(&clock2, line2.clone());
+        {
+            let orig = r.pit.lock().unwrap();
+            let mut fresh = pit2.lock().unwrap();
+            check_round_trip(&*orig, &mut *fresh).unwrap();
+        }
+        assert!(line2.level());
+        line2.take_rising_edges();
+        let bus2 = Bus::new(BusKind::Pio);
+        Pit8254::insert_into(&bus2, &pit2).unwrap();
+
+        // Both devices go on identically.
+        let next = tick_time(t0 + 1 + 1193 * 3);
+        assert_eq!(clock2.next_deadline(), Some(next));
+        for bus in [&r.bus, &bus2] {
+            assert_eq!(bus.read_value(0x40, 1), 0x80 | 0x34, "latched status");
+            // 2886 pulses into a mode 3 count of 1000: low half, 1000 - 2 * 386 = 228.
+            assert_eq!(bus.read_value(0x42, 1), 228 >> 8);
+            bus.write_value(0x40, 1, 0x04); // count 0x410 from the next cycle
+        }
+        r.clock.advance_to(next);
+        clock2.advance_to(next);
+        assert_eq!(line2.take_rising_edges(), 1);
+        assert_eq!(r.line.take_rising_edges(), 1);
+        let after = tick_time(t0 + 1 + 1193 * 3 + 0x410);
+        assert_eq!(clock2.next_deadline(), Some(after));
+        clock2.advance_to(after);
+        assert_eq!(line2.take_rising_edges(), 1);
+        r.clock.advance_to(after);
+        assert_eq!(r.line.take_rising_edges(), 1);
+        for port in [0x40, 0x41, 0x42] {
+            let latch = |bus: &Bus| {
+                bus.write_value(0x43, 1, (port - 0x40) << 6);
+                bus.read_value(port, 1) | (bus.read_value(port, 1) << 8)
+            };
+            assert_eq!(latch(&bus2), latch(&r.bus), "port {port:#x}");
+        }
+        assert_eq!(bus2.read_value(0x61, 1), r.bus.read_value(0x61, 1));
+
+        // Restored on a clock that reads a later time, everything shifts with it.
+        let blob = snapshot::save(&*r.pit.lock().unwrap());
+        let later = now + 5 * NANOS_PER_SEC;
+        let clock3 = Clock::new(later);
+        let pit3 = Pit8254::new_shared(&clock3, Arc::new(LatchedLine::new()));
+        let orig_deadline = r.clock.next_deadline().unwrap();
+        let orig_now = r.clock.now();
+        snapshot::restore(&mut *pit3.lock().unwrap(), &blob).unwrap();
+        assert_eq!(
+            clock3.next_deadline(),
+            Some(later + (orig_deadline - orig_now))
+        );
+    }
+
+    #[test]
+    fn restore_rejects_a_bad_control_word_and_keeps_the_device() {
+        let r = Rig::new();
+        r.program(0, 2, 100);
+        let pit = r.pit.lock().unwrap();
+        let blob = snapshot::save(&*pit);
+        let id_len = usize::from(blob[4]);
+        let payload_at = 4 + 1 + id_len + 2 + 4;
+        let mut payload = blob[payload_at..blob.len() - 4].to_vec();
+        let before = snapshot::save(&*pit);
+        drop(pit);
+        let mut pit = r.pit.lock().unwrap();
+        payload[0] = 0x04; // mode 2 with access bits 00: not a counter setting
+        let res = pit.restore_state(&mut StateReader::new(&payload), 1);
+        assert!(matches!(res, Err(SnapshotError::Invalid(_))), "{res:?}");
+        assert_eq!(snapshot::save(&*pit), before);
+    }
+
+    #[test]
+    fn any_access_to_any_port_is_harmless() {
+        let r = Rig::new();
+        let ports = [0x40u64, 0x41, 0x42, 0x43, 0x61];
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut rand = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for &port in &ports {
+            for v in 0..=255u8 {
+                r.outb(port, v);
+                for &p in &ports {
+                    r.inb(p);
+                }
+                r.clock.advance_by(rand() % 3_000);
+            }
+        }
+        for _ in 0..50_000 {
+            let x = rand();
+            let port = 0x3e + (x % 0x28);
+            let size = [1usize, 2, 4][(x >> 8) as usize % 3];
+            if x & (1 << 20) != 0 {
+                r.bus.write_value(port, size, x >> 24);
+            } else {
+                r.bus.read_value(port, size);
+            }
+            r.clock.advance_by((x >> 40) % 5_000);
+            if let Some(d) = r.clock.next_deadline() {
+                assert!(d >= r.clock.now());
+            }
+        }
+        // Whatever state that left, it snapshots and restores.
+        let clock2 = Clock::new(r.clock.now());
+        let pit2 = Pit8254::new_shared(&clock2, Arc::new(LatchedLine::new()));
+        check_round_trip(&*r.pit.lock().unwrap(), &mut *pit2.lock().unwrap()).unwrap();
+        // Unmapped bases and offsets read as ones and ignore writes.
+        let mut pit = r.pit.lock().unwrap();
+        let mut b = [0u8; 2];
+        pit.read(
+            BusAddress {
+                base: 0x80,
+                offset: 0,
+            },
+            &mut b,
+        );
+        assert_eq!(b, [0xff, 0xff]);
+        pit.write(
+            BusAddress {
+                base: 0x61,
+                offset: 5,
+            },
+            &[1],
+        );
+        let mut b = [0u8];
+        pit.read(
+            BusAddress {
+                base: 0x40,
+                offset: 3,
+            },
+            &mut b,
+        );
+        assert_eq!(b, [0xff]);
     }
 }
