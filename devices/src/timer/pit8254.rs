@@ -18,6 +18,28 @@
 //! All registers are bytes: the device declares byte access and lets the bus split wider
 //! accesses.
 //!
+//! ```
+//! use std::sync::Arc;
+//! use devices::bus::{Bus, BusKind};
+//! use devices::clock::Clock;
+//! use devices::irq::LatchedLine;
+//! use devices::timer::pit8254::Pit8254;
+//!
+//! let clock = Clock::new(0);
+//! let irq0 = Arc::new(LatchedLine::new());
+//! let pit = Pit8254::new_shared(&clock, irq0.clone());
+//! let pio = Bus::new(BusKind::Pio);
+//! Pit8254::insert_into(&pio, &pit).unwrap(); // 0x40-0x43 and 0x61
+//!
+//! // Linux's periodic tick: counter 0, mode 2, count 1193 (1000.15 Hz).
+//! pio.write_value(0x43, 1, 0x34);
+//! pio.write_value(0x40, 1, 1193 & 0xff);
+//! pio.write_value(0x40, 1, 1193 >> 8);
+//! irq0.take_rising_edges();
+//! clock.advance_to(1_000_000_000);
+//! assert_eq!(irq0.take_rising_edges(), 1000);
+//! ```
+//!
 //! # Time
 //!
 //! Counters are never stepped. CLK pulses form a grid fixed to virtual time zero at
@@ -45,9 +67,9 @@
 //! would land in the interrupt controller's single request bit anyway) and the next one
 //! delivered is still a true edge of OUT0; a one-shot edge (modes 0 and 4) that would come
 //! too soon after the previous edge is delayed to the bound, never lost. The count and OUT
-//! that the guest reads stay exact. KVM's in-kernel PIT limits the period to
-//! 200 µs and Xen's to 100 µs-0.9 ms; 20 µs (50 kHz) keeps PC-speaker sample playback
-//! through IRQ 0 working while bounding host work.
+//! that the guest reads stay exact. KVM's in-kernel PIT holds periodic timers to 200 µs by
+//! default, older Xen to 0.9 ms; 20 µs (50 kHz) keeps PC-speaker sample playback through
+//! IRQ 0 working while bounding host work.
 //!
 //! # Choices where the datasheet is silent
 //!
@@ -60,8 +82,12 @@
 //!   counter: a two-byte read must not be interrupted by another reader.
 //! - Mode 2 with a count of 1 is illegal per the datasheet; OUT stays high and no edges come.
 //!   Mode 3 with a count of 1 keeps OUT high (its low half-cycle is (N - 1) / 2 = 0 pulses).
-//! - Mode 0: writing the first byte of a two-byte count stops counting and drops OUT (the
-//!   NMOS 8254 behaviour; the CHMOS 82C54 differs in a corner case no PC software relies on).
+//! - Mode 0: writing the first byte of a two-byte count stops counting and drops OUT, as the
+//!   8254 datasheet says (the CHMOS 82C54's datasheet describes a variant that keeps counting
+//!   when the counter has already wrapped; we follow the 8254).
+//! - Mode 3 with an odd count follows the 8254 datasheet's sequence: N-1, N-3, ..., 0 while
+//!   OUT is high, N-1, ..., 2 while it is low. Some second-source datasheets describe the
+//!   same OUT waveform with a different count sequence.
 //! - BCD counts with digits above 9 are counted at their positional value and logged.
 
 use std::sync::{Arc, Mutex, Weak};
@@ -1663,15 +1689,16 @@ mod tests {
     fn bios_tick_mode3_count_0_is_18_2_hz() {
         let r = Rig::new();
         r.program(0, 3, 0);
-        assert_eq!(r.clock.next_deadline(), Some(tick_time(1 + 65_536)));
+        let edge = |k: i64| tick_time(1 + 65_536 * k);
+        assert_eq!(r.clock.next_deadline(), Some(edge(1)));
+        // The falling half is not timed: one callback per period, at the rising edge.
+        r.clock.advance_to(edge(1));
+        assert_eq!(r.line.take_rising_edges(), 1);
+        assert_eq!(r.clock.next_deadline(), Some(edge(2)));
         r.clock.advance_to(10 * NANOS_PER_SEC);
         // 10 s * 1193182 / 65536 = 182.07 rising edges.
-        assert_eq!(r.line.take_rising_edges(), 182);
-        assert_eq!(r.clock.next_deadline(), Some(tick_time(1 + 65_536 * 183)));
-        // Falling halves are not timed: one callback per period.
-        let t = tick_time(1 + 65_536 * 183) - 1;
-        r.clock.advance_to(t);
-        assert_eq!(r.clock.next_deadline(), Some(t + 1));
+        assert_eq!(r.line.take_rising_edges(), 181);
+        assert_eq!(r.clock.next_deadline(), Some(edge(183)));
     }
 
     #[test]
