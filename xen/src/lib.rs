@@ -1,2 +1,10 @@
-//! Everything Xen: the ioreq ABI, the ioreq server, DM ops, event channels, foreign memory and
-//! xenstore. Empty until the Xen device-model issue: the foundation only fixes where it goes.
+//! Everything Xen: the ioreq ABI, the transports to Xen (real and simulated), the ioreq server,
+//! the mapcache, xenstore, the QMP subset libxl speaks, and qemu-xen's command line.
+
+pub mod abi;
+pub mod cmdline;
+pub mod ioreq_server;
+pub mod mapcache;
+pub mod qmp;
+pub mod transport;
+pub mod xenstore;

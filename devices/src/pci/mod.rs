@@ -23,6 +23,7 @@ pub mod config_space;
 pub mod i440fx;
 pub mod piix3;
 pub mod root;
+pub mod xen_platform;
 
 use std::fmt;
 

@@ -1,0 +1,3 @@
+//! Display adapters.
+
+pub mod vga;

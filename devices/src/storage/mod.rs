@@ -1,0 +1,3 @@
+//! Disk controllers.
+
+pub mod ide;
