@@ -764,7 +764,7 @@ mod tests {
         let mut fresh = XenPlatform::new(host.clone());
         check_round_trip(&*r.dev.lock().unwrap(), &mut fresh).unwrap();
         assert_eq!(fresh.flags(), 1);
-        assert_eq!(*host.rom.lock().unwrap().last().unwrap(), true, "ROM lock re-applied");
+        assert!(*host.rom.lock().unwrap().last().unwrap(), "ROM lock re-applied");
         assert_eq!(fresh.driver_build(), 42);
         let ports = fresh.fixed_ports();
         for b in b"ne\n" {
