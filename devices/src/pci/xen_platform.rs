@@ -402,7 +402,11 @@ impl PciFunction for XenPlatform {
     fn bar_read(&mut self, bar: usize, offset: u64, data: &mut [u8]) {
         match bar {
             0 => {
-                let value = if offset == 0 { self.shared.flags() } else { 0xFF };
+                let value = if offset == 0 {
+                    self.shared.flags()
+                } else {
+                    0xFF
+                };
                 data.fill(value);
             }
             1 => data.fill(0),
@@ -609,7 +613,11 @@ mod tests {
         let r = rig();
         let cfg = |reg, size| r.root.config_read(BDF, reg, size);
         assert_eq!(cfg(0x00, 4), 0x0001_5853);
-        assert_eq!(cfg(0x08, 4), 0xFF80_0001, "class FF80, prog-if 0, revision 1");
+        assert_eq!(
+            cfg(0x08, 4),
+            0xFF80_0001,
+            "class FF80, prog-if 0, revision 1"
+        );
         assert_eq!(cfg(0x2C, 4), 0x0001_5853, "subsystem");
         assert_eq!(cfg(0x3D, 1), 1, "INTA#");
         assert_eq!(
@@ -639,7 +647,11 @@ mod tests {
         assert_eq!(r.pio.read_value(0xC000, 1), 0);
         assert_eq!(r.pio.read_value(0xC001, 1), 0xFF);
         r.pio.write_value(0xC000, 1, 0xFF);
-        assert_eq!(r.pio.read_value(0xC000, 1), 1, "only the ROM lock bit is kept");
+        assert_eq!(
+            r.pio.read_value(0xC000, 1),
+            1,
+            "only the ROM lock bit is kept"
+        );
         assert_eq!(*r.host.rom.lock().unwrap(), vec![true]);
         // The SUSE driver's outl(1, base + 4): bytes 1, 0, 0, 0.
         r.pio.write_value(0xC004, 4, 1);
@@ -667,7 +679,11 @@ mod tests {
         assert_eq!(p.read_value(0x10, 1), 0, "platform flags");
         assert_eq!(p.read_value(0x12, 2), 0xFFFF);
         assert_eq!(p.read_value(0x11, 2), 0xFFFF, "unaligned word");
-        assert_eq!(p.read_value(0x10, 4), 0xFFFF_FFFF, "dword reads are all ones");
+        assert_eq!(
+            p.read_value(0x10, 4),
+            0xFFFF_FFFF,
+            "dword reads are all ones"
+        );
         assert_eq!(p.read_value(0x1F, 1), 0xFF);
         p.write_value(0x12, 2, 3);
         p.write_value(0x10, 4, 0x0001_0203);
@@ -764,7 +780,10 @@ mod tests {
         let mut fresh = XenPlatform::new(host.clone());
         check_round_trip(&*r.dev.lock().unwrap(), &mut fresh).unwrap();
         assert_eq!(fresh.flags(), 1);
-        assert!(*host.rom.lock().unwrap().last().unwrap(), "ROM lock re-applied");
+        assert!(
+            *host.rom.lock().unwrap().last().unwrap(),
+            "ROM lock re-applied"
+        );
         assert_eq!(fresh.driver_build(), 42);
         let ports = fresh.fixed_ports();
         for b in b"ne\n" {
