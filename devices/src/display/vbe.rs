@@ -193,7 +193,9 @@ impl Dispi {
                 effect
             }
             _ => {
-                log::debug!("vga: DISPI write {value:#06x} to read-only or unknown index {index:#x}");
+                log::debug!(
+                    "vga: DISPI write {value:#06x} to read-only or unknown index {index:#x}"
+                );
                 DispiEffect::None
             }
         }
@@ -297,7 +299,9 @@ pub(super) enum DispiEffect {
     /// The mode geometry changed: re-derive the VGA registers.
     Geometry,
     /// The mode was just enabled: set up the VGA registers and clear this many bytes.
-    Enabled { clear_bytes: u32 },
+    Enabled {
+        clear_bytes: u32,
+    },
 }
 
 /// A captured picture: `width * height` pixels, row-major, each `0x00RRGGBB`.

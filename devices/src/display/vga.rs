@@ -76,13 +76,8 @@ pub const MMIO_BAR_SIZE: u64 = 0x1000;
 pub const LEGACY_WINDOW_BASE: u64 = 0xA_0000;
 pub const LEGACY_WINDOW_LEN: u64 = 0x2_0000;
 /// The VGA port ranges (base, length) as QEMU decodes them.
-pub const VGA_PORT_RANGES: [(u64, u64); 5] = [
-    (0x3B4, 2),
-    (0x3BA, 1),
-    (0x3C0, 16),
-    (0x3D4, 2),
-    (0x3DA, 1),
-];
+pub const VGA_PORT_RANGES: [(u64, u64); 5] =
+    [(0x3B4, 2), (0x3BA, 1), (0x3C0, 16), (0x3D4, 2), (0x3DA, 1)];
 /// The DISPI index and data ports; three ports so a 16-bit access to the data port at 0x1CF
 /// reaches the device whole.
 pub const DISPI_PORT_BASE: u64 = vbe::DISPI_INDEX_PORT as u64;
@@ -761,11 +756,11 @@ impl Vga {
                     r.ar_index
                 }
             }
-            0x3C1 => r
-                .ar
-                .get(usize::from(r.ar_index & 0x1F))
-                .copied()
-                .unwrap_or(0),
+            0x3C1 => {
+                r.ar.get(usize::from(r.ar_index & 0x1F))
+                    .copied()
+                    .unwrap_or(0)
+            }
             // Input status 0: no switch sense, no CRT interrupt (as QEMU).
             0x3C2 => 0,
             0x3C4 => r.sr_index,
@@ -1203,6 +1198,7 @@ impl Snapshot for Vga {
         w.u32(r.latch);
         self.dispi.save(w);
         w.bool(self.big_endian_fb);
+        w.u32(self.vram.len() as u32);
         let used = self.used_vram();
         let mut bytes = vec![0u8; used];
         self.vram.read(0, &mut bytes);
@@ -1243,6 +1239,14 @@ impl Snapshot for Vga {
         regs.latch = r.u32()?;
         let dispi = self.dispi.load(r)?;
         let big_endian_fb = r.bool()?;
+        let size = r.u32()? as usize;
+        if size != self.vram.len() {
+            return Err(SnapshotError::Invalid(format!(
+                "{} KiB of video memory saved, this adapter has {} KiB",
+                size >> 10,
+                self.vram.len() >> 10
+            )));
+        }
         let vram = r.var_bytes(self.vram.len())?;
         self.regs = regs;
         self.dispi = dispi;
@@ -1274,4 +1278,938 @@ impl Vga {
 }
 
 #[cfg(test)]
-mod tests {}
+mod tests {
+    use super::*;
+    use crate::bus::BusKind;
+    use crate::pci::piix3::PirqRouter;
+    use crate::pci::root::PciRoot;
+    use crate::pci::{Bdf, config_space::command};
+    use crate::snapshot::{self, check_round_trip};
+
+    struct Rig {
+        vga: Arc<Mutex<Vga>>,
+        pio: Arc<Bus>,
+        mmio: Arc<Bus>,
+    }
+
+    fn rig_with(config: VgaConfig) -> Rig {
+        let vga = Vga::new_shared(config).unwrap();
+        let pio = Arc::new(Bus::new(BusKind::Pio));
+        let mmio = Arc::new(Bus::new(BusKind::Mmio));
+        Vga::register_legacy(&vga, &pio, &mmio).unwrap();
+        Rig { vga, pio, mmio }
+    }
+
+    fn rig() -> Rig {
+        rig_with(VgaConfig::default())
+    }
+
+    impl Rig {
+        fn outb(&self, port: u16, v: u8) {
+            self.pio.write_value(u64::from(port), 1, u64::from(v));
+        }
+        fn outw(&self, port: u16, v: u16) {
+            self.pio.write_value(u64::from(port), 2, u64::from(v));
+        }
+        fn inb(&self, port: u16) -> u8 {
+            self.pio.read_value(u64::from(port), 1) as u8
+        }
+        fn inw(&self, port: u16) -> u16 {
+            self.pio.read_value(u64::from(port), 2) as u16
+        }
+        fn sr(&self, i: u8, v: u8) {
+            self.outb(0x3C4, i);
+            self.outb(0x3C5, v);
+        }
+        fn gr(&self, i: u8, v: u8) {
+            self.outb(0x3CE, i);
+            self.outb(0x3CF, v);
+        }
+        fn cr(&self, i: u8, v: u8) {
+            self.outb(0x3D4, i);
+            self.outb(0x3D5, v);
+        }
+        fn read_cr(&self, i: u8) -> u8 {
+            self.outb(0x3D4, i);
+            self.inb(0x3D5)
+        }
+        fn dispi(&self, index: u16, v: u16) {
+            self.outw(0x1CE, index);
+            self.outw(0x1CF, v);
+        }
+        fn read_dispi(&self, index: u16) -> u16 {
+            self.outw(0x1CE, index);
+            self.inw(0x1CF)
+        }
+        fn mem_w(&self, addr: u64, v: u8) {
+            self.mmio.write_value(addr, 1, u64::from(v));
+        }
+        fn mem_r(&self, addr: u64) -> u8 {
+            self.mmio.read_value(addr, 1) as u8
+        }
+        fn vram(&self, at: usize) -> u8 {
+            let mut b = [0u8];
+            self.vga.lock().unwrap().vram.read(at, &mut b);
+            b[0]
+        }
+        fn mode3(&self) {
+            for (port, value) in standard_mode_3_writes() {
+                self.outb(port, value);
+            }
+        }
+        /// Mode 12h (640x480, 16 colours, planar) register values.
+        fn mode12(&self) {
+            self.outb(0x3C2, 0xE3);
+            for (i, v) in [0x03, 0x01, 0x08, 0x00, 0x06].into_iter().enumerate() {
+                self.sr(i as u8, v);
+            }
+            self.cr(0x11, 0x0E);
+            let crtc = [
+                0x5F, 0x4F, 0x50, 0x82, 0x54, 0x80, 0x0B, 0x3E, 0x00, 0x40, 0x00, 0x00, 0x00, 0x00,
+                0x00, 0x00, 0xEA, 0x0C, 0xDF, 0x28, 0x00, 0xE7, 0x04, 0xE3, 0xFF,
+            ];
+            for (i, v) in crtc.into_iter().enumerate() {
+                self.cr(i as u8, v);
+            }
+            for (i, v) in [0x00, 0x00, 0x00, 0x00, 0x03, 0x00, 0x05, 0x0F, 0xFF]
+                .into_iter()
+                .enumerate()
+            {
+                self.gr(i as u8, v);
+            }
+        }
+        /// Mode 13h (320x200, 256 colours, chain-4).
+        fn mode13(&self) {
+            self.outb(0x3C2, 0x63);
+            for (i, v) in [0x03, 0x01, 0x0F, 0x00, 0x0E].into_iter().enumerate() {
+                self.sr(i as u8, v);
+            }
+            self.cr(0x11, 0x0E);
+            let crtc = [
+                0x5F, 0x4F, 0x50, 0x82, 0x54, 0x80, 0xBF, 0x1F, 0x00, 0x41, 0x00, 0x00, 0x00, 0x00,
+                0x00, 0x00, 0x9C, 0x0E, 0x8F, 0x28, 0x40, 0x96, 0xB9, 0xA3, 0xFF,
+            ];
+            for (i, v) in crtc.into_iter().enumerate() {
+                self.cr(i as u8, v);
+            }
+            for (i, v) in [0x00, 0x00, 0x00, 0x00, 0x00, 0x40, 0x05, 0x0F, 0xFF]
+                .into_iter()
+                .enumerate()
+            {
+                self.gr(i as u8, v);
+            }
+            self.inb(0x3DA);
+            self.outb(0x3C0, 0x10);
+            self.outb(0x3C0, 0x41);
+            self.outb(0x3C0, 0x20);
+        }
+    }
+
+    fn text(r: &Rig) -> TextScreen {
+        r.vga.lock().unwrap().text_screen().expect("a text mode")
+    }
+
+    #[test]
+    fn mode_3_text_through_the_b8000_window() {
+        let r = rig();
+        r.mode3();
+        for (i, ch) in b"Hello, VGA!".iter().enumerate() {
+            // Character then attribute, as a 16-bit store (the bus hands over both bytes).
+            r.mmio
+                .write_value(0xB8000 + 2 * i as u64, 2, u64::from(*ch) | 0x1F << 8);
+        }
+        // Row 2, column 5; code page 437 box drawing.
+        r.mem_w(0xB8000 + (2 * 80 + 5) * 2, 0xC9);
+        r.mem_w(0xB8000 + (2 * 80 + 5) * 2 + 1, 0x4E);
+        let t = text(&r);
+        assert_eq!((t.cols, t.rows), (80, 25));
+        assert_eq!(t.row_text(0), "Hello, VGA!");
+        assert_eq!(t.cell(0, 0).unwrap().attr, 0x1F);
+        assert_eq!(t.row_text(2), "     ╔");
+        assert_eq!(
+            *t.cell(5, 2).unwrap(),
+            text::TextCell {
+                code: 0xC9,
+                ch: '╔',
+                attr: 0x4E
+            }
+        );
+        // QEMU's layout: cell n's character in plane 0 and attribute in plane 1 of dword n.
+        assert_eq!(r.vram(0), b'H');
+        assert_eq!(r.vram(1), 0x1F);
+        assert_eq!(r.vram(4), b'e');
+        // Reads come back through odd/even addressing.
+        assert_eq!(r.mem_r(0xB8002), b'e');
+        assert_eq!(r.mem_r(0xB8003), 0x1F);
+        assert_eq!(r.mmio.read_value(0xB8000, 2), u64::from(b'H') | 0x1F << 8);
+        // The other windows are not decoded in this memory map.
+        assert_eq!(r.mem_r(0xA0000), 0xFF);
+        assert_eq!(
+            r.vga.lock().unwrap().mode(),
+            DisplayMode::Text {
+                cols: 80,
+                rows: 25,
+                char_width: 9,
+                char_height: 16
+            }
+        );
+    }
+
+    #[test]
+    fn start_address_scrolls_the_screen() {
+        let r = rig();
+        r.mode3();
+        r.mem_w(0xB8000 + 80 * 2, b'X');
+        assert_eq!(text(&r).row_text(1), "X");
+        r.cr(0x0C, 0);
+        r.cr(0x0D, 80);
+        assert_eq!(text(&r).row_text(0), "X");
+    }
+
+    #[test]
+    fn cursor_from_crtc_location_registers() {
+        let r = rig();
+        r.mode3();
+        r.cr(0x0E, 0x00);
+        r.cr(0x0F, 165); // row 2, column 5
+        let c = text(&r).cursor.unwrap();
+        assert_eq!((c.col, c.row), (5, 2));
+        assert_eq!((c.start_line, c.end_line), (0x0D, 0x0E));
+        r.cr(0x0E, 0x07);
+        r.cr(0x0F, 0xCF); // 1999: the last cell
+        let c = text(&r).cursor.unwrap();
+        assert_eq!((c.col, c.row), (79, 24));
+        r.cr(0x0F, 0xD0); // 2000: off the screen
+        assert_eq!(text(&r).cursor, None);
+        r.cr(0x0F, 0x00);
+        r.cr(0x0A, 0x20 | 0x0D); // cursor disable
+        assert_eq!(text(&r).cursor, None);
+    }
+
+    #[test]
+    fn dac_round_trip_with_auto_increment() {
+        let r = rig();
+        r.outb(0x3C8, 5);
+        for v in [0x3F, 0x20, 0x01, 0x02, 0x03, 0x04] {
+            r.outb(0x3C9, v);
+        }
+        assert_eq!(r.inb(0x3C8), 7, "two entries written");
+        assert_eq!(r.inb(0x3C7), 0, "write mode");
+        r.outb(0x3C7, 5);
+        assert_eq!(r.inb(0x3C7), 3, "read mode");
+        let read: Vec<u8> = (0..6).map(|_| r.inb(0x3C9)).collect();
+        assert_eq!(read, [0x3F, 0x20, 0x01, 0x02, 0x03, 0x04]);
+        // An incomplete triple is not stored.
+        r.outb(0x3C8, 9);
+        r.outb(0x3C9, 0x11);
+        r.outb(0x3C8, 10);
+        r.outb(0x3C7, 9);
+        assert_eq!(r.inb(0x3C9), 0);
+        // The PEL mask is a plain register.
+        r.outb(0x3C6, 0x0F);
+        assert_eq!(r.inb(0x3C6), 0x0F);
+        assert_eq!(r.vga.lock().unwrap().palette_rgb(5), 0xFF8204);
+    }
+
+    #[test]
+    fn attribute_flip_flop() {
+        let r = rig();
+        r.outb(0x3C2, 0x01);
+        r.inb(0x3DA); // reset: next write is an index
+        r.outb(0x3C0, 0x05);
+        // QEMU reads the index back only in the index phase, zero in the data phase.
+        assert_eq!(r.inb(0x3C0), 0);
+        r.outb(0x3C0, 0x3A); // data
+        assert_eq!(r.inb(0x3C1), 0x3A);
+        assert_eq!(r.inb(0x3C0), 0x05, "index reads back");
+        // Back in index state: this write selects register 0x10.
+        r.outb(0x3C0, 0x10);
+        // Reading input status 1 drops the pending data phase.
+        r.inb(0x3DA);
+        r.outb(0x3C0, 0x12);
+        r.outb(0x3C0, 0x0F);
+        r.outb(0x3C0, 0x12);
+        assert_eq!(r.inb(0x3C1), 0x0F);
+        r.inb(0x3DA);
+        r.outb(0x3C0, 0x10);
+        assert_eq!(r.inb(0x3C1), 0, "mode register untouched");
+        // Palette registers keep 6 bits.
+        r.inb(0x3DA);
+        r.outb(0x3C0, 0x01);
+        r.outb(0x3C0, 0xFF);
+        r.outb(0x3C0, 0x01);
+        assert_eq!(r.inb(0x3C1), 0x3F);
+    }
+
+    #[test]
+    fn input_status_toggles_and_follows_the_clock() {
+        let r = rig();
+        r.outb(0x3C2, 0x01);
+        let a = r.inb(0x3DA);
+        let b = r.inb(0x3DA);
+        assert_eq!(a ^ b, 0x09, "retrace and display bits flip on every read");
+
+        let clock = Clock::new(0);
+        let r = rig_with(VgaConfig {
+            retrace: Retrace::Clock(clock.clone()),
+            ..VgaConfig::default()
+        });
+        r.outb(0x3C2, 0x01);
+        assert_eq!(r.inb(0x3DA) & 0x09, 0, "top of the frame, in the display");
+        assert_eq!(r.inb(0x3DA) & 0x09, 0, "the clock has not moved");
+        clock.advance_to(490 * LINE_NS + 100);
+        assert_eq!(r.inb(0x3DA) & 0x09, 0x09, "vertical retrace");
+        clock.advance_to(500 * LINE_NS);
+        assert_eq!(r.inb(0x3DA) & 0x09, 0x01, "blanking, retrace over");
+        clock.advance_to(525 * LINE_NS + 3 * LINE_NS + 10);
+        assert_eq!(r.inb(0x3DA) & 0x09, 0, "next frame");
+        clock.advance_to(525 * LINE_NS + 3 * LINE_NS + 30_000);
+        assert_eq!(r.inb(0x3DA) & 0x09, 0x01, "horizontal blanking");
+    }
+
+    #[test]
+    fn misc_output_moves_the_crtc() {
+        let r = rig();
+        r.outb(0x3C2, 0x67);
+        assert_eq!(r.inb(0x3CC), 0x67);
+        r.cr(0x0C, 0x12);
+        assert_eq!(r.read_cr(0x0C), 0x12);
+        assert_eq!(r.inb(0x3B4), 0xFF, "mono CRTC not decoded in colour mode");
+        r.outb(0x3B4, 0x0C);
+        r.outb(0x3B5, 0x99);
+        assert_eq!(
+            r.read_cr(0x0C),
+            0x12,
+            "writes to the mono ports are ignored"
+        );
+        // Bit 0 clear: monochrome addressing at 0x3Bx.
+        r.outb(0x3C2, 0x66);
+        assert_eq!(r.inb(0x3CC), 0x66);
+        r.outb(0x3B4, 0x0C);
+        assert_eq!(r.inb(0x3B5), 0x12);
+        assert_eq!(r.inb(0x3D5), 0xFF);
+        r.outw(0x3B4, 0x340C); // index then data in one word
+        assert_eq!(r.inb(0x3B5), 0x34);
+        // Bit 4 is reserved.
+        r.outb(0x3C2, 0xFF);
+        assert_eq!(r.inb(0x3CC), 0xEF);
+    }
+
+    #[test]
+    fn crtc_write_protect_locks_0_to_7() {
+        let r = rig();
+        r.outb(0x3C2, 0x01);
+        r.cr(0x01, 0x4F);
+        r.cr(0x07, 0x00);
+        r.cr(0x11, 0x80);
+        r.cr(0x01, 0x27);
+        assert_eq!(r.read_cr(0x01), 0x4F);
+        r.cr(0x07, 0xFF);
+        assert_eq!(
+            r.read_cr(0x07),
+            0x10,
+            "only the line compare bit is writable"
+        );
+        r.cr(0x08, 0x05);
+        assert_eq!(r.read_cr(0x08), 0x05, "0x08 is not protected");
+        r.cr(0x11, 0x00);
+        r.cr(0x01, 0x27);
+        assert_eq!(r.read_cr(0x01), 0x27);
+    }
+
+    #[test]
+    fn planar_write_modes_and_read_modes() {
+        let r = rig();
+        r.mode12();
+        assert_eq!(
+            r.vga.lock().unwrap().mode(),
+            DisplayMode::Graphics {
+                width: 640,
+                height: 480,
+                bpp: 4
+            }
+        );
+        r.sr(2, 0x0F);
+        let planes = |a: usize| {
+            [
+                r.vram(4 * a),
+                r.vram(4 * a + 1),
+                r.vram(4 * a + 2),
+                r.vram(4 * a + 3),
+            ]
+        };
+
+        // Write mode 0, plain: the byte goes to every enabled plane.
+        r.mem_w(0xA0000, 0xA5);
+        assert_eq!(planes(0), [0xA5; 4]);
+        // Map mask selects planes.
+        r.sr(2, 0x02);
+        r.mem_w(0xA0000, 0x11);
+        assert_eq!(planes(0), [0xA5, 0x11, 0xA5, 0xA5]);
+        r.sr(2, 0x0F);
+        // Set/reset: planes 0 and 2 from the set/reset value, for the enabled planes.
+        r.gr(GR_SET_RESET as u8, 0x05);
+        r.gr(GR_ENABLE_SET_RESET as u8, 0x0F);
+        r.mem_w(0xA0001, 0x00);
+        assert_eq!(planes(1), [0xFF, 0x00, 0xFF, 0x00]);
+        r.gr(GR_ENABLE_SET_RESET as u8, 0x01);
+        r.mem_w(0xA0001, 0x3C);
+        assert_eq!(planes(1), [0xFF, 0x3C, 0x3C, 0x3C]);
+        r.gr(GR_ENABLE_SET_RESET as u8, 0x00);
+
+        // Read mode 0: the read map select picks the plane (and loads the latches).
+        r.gr(GR_READ_MAP as u8, 1);
+        assert_eq!(r.mem_r(0xA0000), 0x11);
+        r.gr(GR_READ_MAP as u8, 0);
+        assert_eq!(r.mem_r(0xA0000), 0xA5);
+
+        // Bit mask: unmasked bits come from the latches (loaded by the read of 0xA0000).
+        r.gr(GR_BIT_MASK as u8, 0x0F);
+        r.mem_w(0xA0002, 0x00);
+        assert_eq!(planes(2), [0xA0, 0x10, 0xA0, 0xA0]);
+        r.gr(GR_BIT_MASK as u8, 0xFF);
+
+        // Function select XOR against the latches; rotate by 4.
+        r.gr(GR_ROTATE as u8, 0x18 | 4);
+        r.mem_w(0xA0003, 0x0F);
+        assert_eq!(
+            planes(3),
+            [0xA5 ^ 0xF0, 0x11 ^ 0xF0, 0xA5 ^ 0xF0, 0xA5 ^ 0xF0]
+        );
+        r.gr(GR_ROTATE as u8, 0x08); // AND
+        r.mem_w(0xA0003, 0x0F);
+        assert_eq!(planes(3), [0x05, 0x01, 0x05, 0x05]);
+        r.gr(GR_ROTATE as u8, 0x00);
+
+        // Write mode 1: the latches are copied whole (a screen-to-screen copy).
+        r.gr(GR_MODE as u8, 0x01);
+        r.mem_r(0xA0000);
+        r.mem_w(0xA0010, 0x00);
+        assert_eq!(planes(0x10), [0xA5, 0x11, 0xA5, 0xA5]);
+
+        // Write mode 2: the low nibble is a colour expanded to the planes, bit mask applies.
+        r.gr(GR_MODE as u8, 0x02);
+        r.gr(GR_BIT_MASK as u8, 0xF0);
+        r.mem_r(0xA0020); // latches: zero
+        r.mem_w(0xA0020, 0x09);
+        assert_eq!(planes(0x20), [0xF0, 0x00, 0x00, 0xF0]);
+
+        // Write mode 3: the set/reset colour, masked by the rotated byte AND the bit mask.
+        r.gr(GR_MODE as u8, 0x03);
+        r.gr(GR_SET_RESET as u8, 0x06);
+        r.gr(GR_BIT_MASK as u8, 0xFF);
+        r.gr(GR_ROTATE as u8, 0x01); // rotate right by 1
+        r.mem_r(0xA0021);
+        r.mem_w(0xA0021, 0x81); // rotated: 0xC0
+        assert_eq!(planes(0x21), [0x00, 0xC0, 0xC0, 0x00]);
+        r.gr(GR_ROTATE as u8, 0x00);
+
+        // Read mode 1: colour compare 9 (planes 0 and 3) on pixels written with mode 2.
+        r.gr(GR_MODE as u8, 0x08);
+        r.gr(GR_COLOR_COMPARE as u8, 0x09);
+        r.gr(GR_DONT_CARE as u8, 0x0F);
+        assert_eq!(r.mem_r(0xA0020), 0xF0);
+        assert_eq!(r.mem_r(0xA0021), 0x00, "colour 6 and colour 0 there");
+        r.gr(GR_COLOR_COMPARE as u8, 0x06);
+        assert_eq!(r.mem_r(0xA0021), 0xC0);
+        r.gr(GR_DONT_CARE as u8, 0x0B);
+        assert_eq!(
+            r.mem_r(0xA0020),
+            0x00,
+            "colour 9 differs from 6 in planes 0, 1, 3"
+        );
+        // Only plane 2 compared: colour 6 has it set, colours 9 and 0 do not.
+        r.gr(GR_DONT_CARE as u8, 0x04);
+        assert_eq!(r.mem_r(0xA0020), 0x00);
+        assert_eq!(r.mem_r(0xA0021), 0xC0);
+        r.gr(GR_COLOR_COMPARE as u8, 0x00);
+        assert_eq!(r.mem_r(0xA0020), 0xFF);
+        r.gr(GR_DONT_CARE as u8, 0x0F);
+        r.gr(GR_COLOR_COMPARE as u8, 0x00);
+        assert_eq!(r.mem_r(0xA0021), 0x3F, "colour 0 matches the unset pixels");
+        r.gr(GR_DONT_CARE as u8, 0x00);
+        assert_eq!(
+            r.mem_r(0xA0021),
+            0xFF,
+            "nothing compared: everything matches"
+        );
+    }
+
+    #[test]
+    fn chain_4_mode_13h_pixels() {
+        let r = rig();
+        r.mode13();
+        assert_eq!(
+            r.vga.lock().unwrap().mode(),
+            DisplayMode::Graphics {
+                width: 320,
+                height: 200,
+                bpp: 8
+            }
+        );
+        for (x, y, c) in [
+            (0u64, 0u64, 1u8),
+            (1, 0, 2),
+            (319, 199, 0x7F),
+            (5, 10, 0xAA),
+        ] {
+            r.mem_w(0xA0000 + y * 320 + x, c);
+            assert_eq!(r.vram((y * 320 + x) as usize), c);
+            assert_eq!(r.mem_r(0xA0000 + y * 320 + x), c);
+        }
+        // Pixel n lives in plane n & 3: the map mask gates it.
+        r.sr(2, 0x01);
+        r.mem_w(0xA0004, 0x44); // plane 0
+        r.mem_w(0xA0005, 0x55); // plane 1: masked
+        assert_eq!((r.vram(4), r.vram(5)), (0x44, 0x00));
+    }
+
+    #[test]
+    fn font_loading_reaches_plane_2() {
+        let r = rig();
+        r.mode3();
+        // What a BIOS does to load a font: plane 2, sequential addressing, map at A0000.
+        r.sr(2, 0x04);
+        r.sr(4, 0x07);
+        r.gr(4, 0x02);
+        r.gr(5, 0x00);
+        r.gr(6, 0x04);
+        r.mem_w(0xA0000 + 0x41 * 32 + 3, 0x7E);
+        assert_eq!(r.vram((0x41 * 32 + 3) * 4 + 2), 0x7E);
+        assert_eq!(r.mem_r(0xA0000 + 0x41 * 32 + 3), 0x7E);
+        // Back to text: the characters are untouched.
+        assert_eq!(r.vram(0x41 * 32 * 4), 0);
+    }
+
+    /// The root, the VGA at 00:02.0 with its legacy ranges, BAR 0 at 0xE000_0000, BAR 2 at
+    /// 0xFEBF_0000, memory decoding on.
+    fn pci_rig(rom: Option<Vec<u8>>) -> (Rig, PciRoot, Bdf) {
+        pci_rig_with(VgaConfig {
+            rom,
+            ..VgaConfig::default()
+        })
+    }
+
+    fn pci_rig_with(config: VgaConfig) -> (Rig, PciRoot, Bdf) {
+        let r = rig_with(config);
+        let root = PciRoot::new(r.pio.clone(), r.mmio.clone(), PirqRouter::unconnected());
+        let bdf = Bdf::new(0, 2, 0).unwrap();
+        root.add_function(bdf, r.vga.clone()).unwrap();
+        root.config_write(bdf, 0x10, 4, 0xE000_0000);
+        root.config_write(bdf, 0x18, 4, 0xFEBF_0000);
+        root.config_write(
+            bdf,
+            0x04,
+            2,
+            u32::from(command::MEMORY_SPACE | command::IO_SPACE),
+        );
+        (r, root, bdf)
+    }
+
+    const LFB: u64 = 0xE000_0000;
+    const MMIO: u64 = 0xFEBF_0000;
+
+    #[test]
+    fn pci_identity_and_bar_sizing() {
+        let rom = vec![0x55; 0x6000];
+        let (_r, root, d) = pci_rig(Some(rom));
+        assert_eq!(root.config_read(d, 0x00, 4), 0x1111_1234);
+        assert_eq!(root.config_read(d, 0x08, 4), 0x0300_0002);
+        assert_eq!(root.config_read(d, 0x2C, 4), 0x1100_1AF4);
+        assert_eq!(root.config_read(d, 0x3D, 1), 0, "no interrupt pin");
+        for (reg, size_mask) in [
+            (0x10, 0xFF00_0008u32), // 16 MiB, prefetchable 32-bit memory
+            (0x14, 0),              // reserved for a 64-bit framebuffer BAR
+            (0x18, 0xFFFF_F000),    // 4 KiB MMIO
+            (0x30, 0xFFFF_8001),    // 24 KiB image in a 32 KiB ROM BAR
+        ] {
+            let old = root.config_read(d, reg, 4);
+            root.config_write(d, reg, 4, 0xFFFF_FFFF);
+            assert_eq!(root.config_read(d, reg, 4), size_mask, "register {reg:#x}");
+            root.config_write(d, reg, 4, old);
+        }
+        let (_r, root, d) = pci_rig(None);
+        root.config_write(d, 0x30, 4, 0xFFFF_FFFF);
+        assert_eq!(root.config_read(d, 0x30, 4), 0, "no ROM, no ROM BAR");
+    }
+
+    #[test]
+    fn rom_bar_returns_the_bios_image() {
+        let mut image = vec![0u8; 0x9000];
+        image[0] = 0x55;
+        image[1] = 0xAA;
+        image[2] = 0x48;
+        image[0x8FFF] = 0x77;
+        let (r, root, d) = pci_rig(Some(image));
+        root.config_write(d, 0x30, 4, 0xFEB0_0000 | 1);
+        assert_eq!(r.mmio.read_value(0xFEB0_0000, 4), 0x0048_AA55);
+        assert_eq!(r.mmio.read_value(0xFEB0_8FFF, 1), 0x77);
+        assert_eq!(r.mmio.read_value(0xFEB0_9000, 4), 0, "padding to 64 KiB");
+        r.mmio.write_value(0xFEB0_0000, 1, 0);
+        assert_eq!(r.mmio.read_value(0xFEB0_0000, 1), 0x55, "read-only");
+        // Debian's VGA BIOS, when installed: a valid option ROM header.
+        if let Ok(real) = std::fs::read("/usr/share/seabios/vgabios-stdvga.bin") {
+            let vga = Vga::new(VgaConfig {
+                rom: Some(real.clone()),
+                ..VgaConfig::default()
+            });
+            let mut vga = vga.unwrap();
+            let mut head = [0u8; 3];
+            vga.bar_read(ROM_BAR, 0, &mut head);
+            assert_eq!(&head[..2], &[0x55, 0xAA]);
+            assert!(usize::from(head[2]) * 512 <= real.len().next_power_of_two());
+        }
+    }
+
+    fn set_vbe(r: &Rig, x: u16, y: u16, bpp: u16, enable: u16) {
+        r.dispi(vbe::INDEX_ENABLE, 0);
+        r.dispi(vbe::INDEX_XRES, x);
+        r.dispi(vbe::INDEX_YRES, y);
+        r.dispi(vbe::INDEX_BPP, bpp);
+        r.dispi(vbe::INDEX_ENABLE, enable);
+    }
+
+    #[test]
+    fn vbe_1024x768x32_through_the_linear_framebuffer() {
+        let (r, _root, _d) = pci_rig(None);
+        r.mode3();
+        r.mmio.write_value(LFB + 8, 4, 0xDEAD_BEEF);
+        set_vbe(&r, 1024, 768, 32, vbe::ENABLED | vbe::LFB_ENABLED);
+        assert_eq!(
+            r.mmio.read_value(LFB + 8, 4),
+            0,
+            "enabling clears the screen"
+        );
+        let vga_mode = r.vga.lock().unwrap().mode();
+        assert_eq!(
+            vga_mode,
+            DisplayMode::Vbe {
+                width: 1024,
+                height: 768,
+                bpp: 32
+            }
+        );
+        assert!(r.vga.lock().unwrap().text_screen().is_none());
+        let px = |x: u64, y: u64| LFB + (y * 1024 + x) * 4;
+        r.mmio.write_value(px(0, 0), 4, 0x00FF_0000);
+        r.mmio.write_value(px(1023, 767), 4, 0x0012_3456);
+        r.mmio.write_value(px(10, 20), 8, 0x0000_FF00_0000_00FF);
+        assert_eq!(r.mmio.read_value(px(1023, 767), 4), 0x0012_3456);
+        let fb = r.vga.lock().unwrap().framebuffer_snapshot().unwrap();
+        assert_eq!(
+            (fb.width, fb.height, fb.pixels.len()),
+            (1024, 768, 1024 * 768)
+        );
+        assert_eq!(fb.pixel(0, 0), Some(0xFF0000));
+        assert_eq!(fb.pixel(1023, 767), Some(0x123456));
+        assert_eq!(fb.pixel(10, 20), Some(0x0000FF));
+        assert_eq!(fb.pixel(11, 20), Some(0x00FF00));
+        assert_eq!(fb.pixel(5, 5), Some(0));
+        // The VGA side is set up for it: graphics, memory map 1, chain-4 as the memory logic
+        // sees it, CRTC width and height.
+        assert_eq!(r.read_cr(0x01), 127);
+        assert_eq!(r.read_cr(0x12), 0xFF);
+        r.outb(0x3CE, 6);
+        assert_eq!(r.inb(0x3CF) & 0x0D, 0x05);
+        // Panning moves the visible start.
+        r.dispi(vbe::INDEX_Y_OFFSET, 1);
+        assert_eq!(r.read_dispi(vbe::INDEX_Y_OFFSET), 1);
+        let fb = r.vga.lock().unwrap().framebuffer_snapshot().unwrap();
+        assert_eq!(fb.pixel(1023, 766), Some(0x123456));
+        // Re-enabling with NOCLEARMEM keeps memory.
+        set_vbe(&r, 1024, 768, 32, vbe::ENABLED | vbe::NOCLEARMEM);
+        assert_eq!(r.mmio.read_value(px(0, 0), 4), 0x00FF_0000);
+        // Disabled: no framebuffer.
+        r.dispi(vbe::INDEX_ENABLE, 0);
+        assert!(r.vga.lock().unwrap().framebuffer_snapshot().is_none());
+    }
+
+    #[test]
+    fn vbe_8bpp_uses_the_dac() {
+        let (r, _root, _d) = pci_rig(None);
+        set_vbe(&r, 640, 480, 8, vbe::ENABLED | vbe::LFB_ENABLED);
+        r.outb(0x3C8, 7);
+        for v in [0x3F, 0x00, 0x20] {
+            r.outb(0x3C9, v);
+        }
+        r.mmio.write_value(LFB + 641, 1, 7);
+        let fb = r.vga.lock().unwrap().framebuffer_snapshot().unwrap();
+        assert_eq!(fb.pixel(1, 1), Some(0xFF0082));
+        // 8-bit DAC: components are taken whole.
+        r.dispi(
+            vbe::INDEX_ENABLE,
+            vbe::ENABLED | vbe::LFB_ENABLED | vbe::DAC_8BIT | vbe::NOCLEARMEM,
+        );
+        let fb = r.vga.lock().unwrap().framebuffer_snapshot().unwrap();
+        assert_eq!(fb.pixel(1, 1), Some(0x3F0020));
+    }
+
+    #[test]
+    fn vbe_banked_window() {
+        let (r, _root, _d) = pci_rig(None);
+        set_vbe(&r, 800, 600, 16, vbe::ENABLED);
+        r.mem_w(0xA0010, 0x5A);
+        assert_eq!(r.mmio.read_value(LFB + 0x10, 1), 0x5A);
+        r.dispi(vbe::INDEX_BANK, 3);
+        assert_eq!(r.read_dispi(vbe::INDEX_BANK), 3);
+        r.mmio.write_value(0xA0010, 2, 0xBEEF);
+        assert_eq!(r.mmio.read_value(LFB + 0x3_0010, 2), 0xBEEF);
+        r.mmio.write_value(LFB + 0x3_FFFE, 2, 0x1234);
+        assert_eq!(r.mmio.read_value(0xAFFFE, 2), 0x1234);
+        // Only 64 KiB at 0xA0000 in memory map 1.
+        assert_eq!(r.mem_r(0xB0000), 0xFF);
+        // The bank is masked to the memory (16 MiB: 256 banks).
+        r.dispi(vbe::INDEX_BANK, 0x1FF);
+        assert_eq!(r.read_dispi(vbe::INDEX_BANK), 0xFF);
+    }
+
+    #[test]
+    fn vbe_getcaps_and_id() {
+        let r = rig();
+        assert_eq!(r.read_dispi(vbe::INDEX_ID), vbe::ID5);
+        r.dispi(vbe::INDEX_ID, vbe::ID0 + 4);
+        assert_eq!(r.read_dispi(vbe::INDEX_ID), 0xB0C4);
+        r.dispi(vbe::INDEX_ENABLE, vbe::GETCAPS);
+        assert_eq!(r.read_dispi(vbe::INDEX_XRES), vbe::MAX_XRES);
+        assert_eq!(r.read_dispi(vbe::INDEX_YRES), vbe::MAX_YRES);
+        assert_eq!(r.read_dispi(vbe::INDEX_BPP), 32);
+        r.dispi(vbe::INDEX_ENABLE, 0);
+        assert_eq!(r.read_dispi(vbe::INDEX_BPP), 0);
+        assert_eq!(r.read_dispi(vbe::INDEX_VIDEO_MEMORY_64K), 256);
+        assert_eq!(r.inw(0x1CE), vbe::INDEX_VIDEO_MEMORY_64K);
+    }
+
+    #[test]
+    fn dispi_and_vga_ports_through_the_mmio_bar() {
+        let (r, _root, _d) = pci_rig(None);
+        // DISPI flat at 0x500 + 2 * index, both ways against the ports.
+        r.mmio.write_value(MMIO + 0x500 + 2, 2, 800);
+        assert_eq!(r.read_dispi(vbe::INDEX_XRES), 800);
+        r.dispi(vbe::INDEX_YRES, 600);
+        assert_eq!(r.mmio.read_value(MMIO + 0x504, 2), 600);
+        assert_eq!(r.mmio.read_value(MMIO + 0x500, 2), u64::from(vbe::ID5));
+        // A dword covers two registers.
+        r.mmio
+            .write_value(MMIO + 0x502, 4, u64::from(640u32 | 480 << 16));
+        assert_eq!(r.read_dispi(vbe::INDEX_XRES), 640);
+        assert_eq!(r.read_dispi(vbe::INDEX_YRES), 480);
+        // A byte write changes one byte of the register.
+        r.mmio.write_value(MMIO + 0x503, 1, 0x04);
+        assert_eq!(r.read_dispi(vbe::INDEX_XRES), 0x480);
+        r.mmio.write_value(MMIO + 0x506, 2, 32);
+        r.mmio
+            .write_value(MMIO + 0x508, 2, u64::from(vbe::ENABLED | vbe::LFB_ENABLED));
+        assert_eq!(
+            r.vga.lock().unwrap().mode(),
+            DisplayMode::Vbe {
+                width: 0x480,
+                height: 480,
+                bpp: 32
+            }
+        );
+        // VGA ports at 0x400 + (port - 0x3C0); a word write is index then data.
+        r.outb(0x3C2, 0x01);
+        r.mmio.write_value(MMIO + 0x414, 2, 0x550E); // CRTC 0x0E = 0x55
+        assert_eq!(r.read_cr(0x0E), 0x55);
+        r.mmio.write_value(MMIO + 0x408, 1, 3); // DAC write index
+        assert_eq!(r.mmio.read_value(MMIO + 0x408, 1), 3);
+        assert_eq!(r.inb(0x3C8), 3);
+        // QEMU extended registers: size and byte order.
+        assert_eq!(r.mmio.read_value(MMIO + 0x600, 4), 8);
+        assert_eq!(r.mmio.read_value(MMIO + 0x604, 4), 0x1E1E_1E1E);
+        r.mmio.write_value(MMIO + 0x604, 4, 0xBEBE_BEBE);
+        assert_eq!(r.mmio.read_value(MMIO + 0x604, 4), 0xBEBE_BEBE);
+        r.mmio.write_value(MMIO + 0x604, 2, 0x1E1E);
+        assert_eq!(
+            r.mmio.read_value(MMIO + 0x604, 4),
+            0xBEBE_BEBE,
+            "32-bit only"
+        );
+        // No EDID: zeros.
+        assert_eq!(r.mmio.read_value(MMIO, 8), 0);
+    }
+
+    #[test]
+    fn reset_clears_registers_keeps_memory() {
+        let r = rig();
+        r.mode3();
+        r.mem_w(0xB8000, b'Z');
+        r.vga.lock().unwrap().reset_registers();
+        assert_eq!(r.inb(0x3CC), 0);
+        assert_eq!(r.vram(0), b'Z');
+        r.vga.lock().unwrap().set_text_mode_3();
+        assert_eq!(text(&r).row_text(0), "Z");
+        assert_eq!(r.vga.lock().unwrap().palette_rgb(1), 0x0000AA);
+        assert_eq!(r.vga.lock().unwrap().palette_rgb(0x3F), 0xFFFFFF);
+    }
+
+    #[test]
+    fn bad_configuration_is_refused() {
+        for size in [0, 1000, 128 << 10, 512 << 20, (16 << 20) + 4096] {
+            assert!(matches!(
+                Vga::new(VgaConfig {
+                    vram_size: size,
+                    ..VgaConfig::default()
+                }),
+                Err(VgaError::BadVramSize(_))
+            ));
+        }
+        assert!(matches!(
+            Vga::new(VgaConfig {
+                rom: Some(Vec::new()),
+                ..VgaConfig::default()
+            }),
+            Err(VgaError::BadRomSize(0))
+        ));
+        assert!(matches!(
+            Vga::with_vram(VgaConfig::default(), Box::new(HeapVram::new(1 << 20))),
+            Err(VgaError::VramBackingSize { .. })
+        ));
+    }
+
+    #[test]
+    fn snapshot_round_trip_and_behaviour_continues() {
+        let r = rig();
+        r.mode3();
+        for (i, ch) in b"saved".iter().enumerate() {
+            r.mem_w(0xB8000 + 2 * i as u64, *ch);
+        }
+        r.cr(0x0F, 3);
+        // Mid-way states: a DAC read two components in, the attribute flip-flop in data phase.
+        r.outb(0x3C7, 1);
+        r.inb(0x3C9);
+        r.inb(0x3C9);
+        r.outb(0x3C0, 0x11);
+        r.dispi(vbe::INDEX_BANK, 2);
+        let original = r.vga.lock().unwrap();
+        let mut fresh = Vga::new(VgaConfig::default()).unwrap();
+        check_round_trip(&*original, &mut fresh).unwrap();
+        drop(original);
+
+        let r2 = Rig {
+            vga: Arc::new(Mutex::new(fresh)),
+            pio: Arc::new(Bus::new(BusKind::Pio)),
+            mmio: Arc::new(Bus::new(BusKind::Mmio)),
+        };
+        Vga::register_legacy(&r2.vga, &r2.pio, &r2.mmio).unwrap();
+        for rig in [&r, &r2] {
+            let t = text(rig);
+            assert_eq!(t.row_text(0), "saved");
+            assert_eq!(t.cursor.map(|c| c.col), Some(3));
+            assert_eq!(rig.inb(0x3C9), 0x2A, "blue of EGA colour 1 comes next");
+            assert_eq!(rig.inb(0x3C9), 0x00, "then entry 2's red");
+            rig.outb(0x3C0, 0x07); // data for index 0x11 (overscan)
+            assert_eq!(rig.inb(0x3C1), 0x07);
+            rig.mem_w(0xB8000 + 10, b'!');
+            assert_eq!(text(rig).row_text(0), "saved!");
+        }
+        // VBE state survives too, and a blob for a different memory size is refused.
+        let r3 = rig();
+        set_vbe(&r3, 640, 480, 32, vbe::ENABLED);
+        r3.dispi(vbe::INDEX_BANK, 5);
+        r3.mmio.write_value(0xA0000, 4, 0x0102_0304);
+        let blob = snapshot::save(&*r3.vga.lock().unwrap());
+        let mut other = Vga::new(VgaConfig::default()).unwrap();
+        snapshot::restore(&mut other, &blob).unwrap();
+        assert_eq!(other.mode(), r3.vga.lock().unwrap().mode());
+        let mut b = [0u8; 4];
+        other.vram.read(5 << 16, &mut b);
+        assert_eq!(u32::from_le_bytes(b), 0x0102_0304);
+        let mut small = Vga::new(VgaConfig {
+            vram_size: 4 << 20,
+            ..VgaConfig::default()
+        })
+        .unwrap();
+        assert!(matches!(
+            snapshot::restore(&mut small, &blob),
+            Err(SnapshotError::Invalid(_))
+        ));
+        assert_eq!(
+            small.mode(),
+            DisplayMode::Text {
+                cols: 1,
+                rows: 1,
+                char_width: 9,
+                char_height: 1
+            },
+            "a refused blob changes nothing"
+        );
+    }
+
+    #[test]
+    fn pci_snapshot_goes_through_the_root() {
+        let (r, root, d) = pci_rig(None);
+        r.mode3();
+        r.mem_w(0xB8000, b'P');
+        let blob = snapshot::save(&root);
+        let (r2, mut root2, _d) = pci_rig(None);
+        snapshot::restore(&mut root2, &blob).unwrap();
+        assert_eq!(text(&r2).row_text(0), "P");
+        assert_eq!(root2.config_read(d, 0x10, 4), 0xE000_0008);
+    }
+
+    /// xorshift64*: deterministic noise for the random test.
+    struct Noise(u64);
+    impl Noise {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        }
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+    }
+
+    #[test]
+    fn random_accesses_never_panic() {
+        // 1 MiB of video memory keeps the snapshot at the end quick.
+        let (r, root, d) = pci_rig_with(VgaConfig {
+            vram_size: 1 << 20,
+            rom: Some(vec![0x55; 0x1234]),
+            retrace: Retrace::Toggle,
+        });
+        root.config_write(d, 0x30, 4, 0xFEB0_0001);
+        let mut n = Noise(0x9E37_79B9_7F4A_7C15);
+        let ports: Vec<u64> = VGA_PORT_RANGES
+            .iter()
+            .flat_map(|&(b, l)| b..b + l)
+            .chain(DISPI_PORT_BASE..DISPI_PORT_BASE + DISPI_PORT_LEN)
+            .collect();
+        for i in 0..100_000u32 {
+            let size = 1usize << n.below(4);
+            let value = n.next();
+            let write = n.below(2) == 0;
+            let (bus, addr) = match n.below(6) {
+                0 | 1 => (&r.pio, ports[n.below(ports.len() as u64) as usize]),
+                2 => (&r.mmio, LEGACY_WINDOW_BASE + n.below(LEGACY_WINDOW_LEN)),
+                3 => (&r.mmio, MMIO + n.below(MMIO_BAR_SIZE)),
+                4 => (&r.mmio, LFB + n.below(1 << 20)),
+                _ => (&r.mmio, 0xFEB0_0000 + n.below(0x2000)),
+            };
+            // Keep the DISPI geometry interesting: mostly small modes, sometimes anything.
+            if bus.kind() == BusKind::Pio && addr >= DISPI_PORT_BASE && i % 3 == 0 {
+                r.outw(0x1CE, n.below(12) as u16);
+            }
+            if write {
+                bus.write_value(addr, size, value);
+            } else {
+                bus.read_value(addr, size);
+            }
+            if i % 5000 == 0 {
+                let v = r.vga.lock().unwrap();
+                let _ = v.text_screen();
+                let _ = v.mode();
+                let _ = v.framebuffer_snapshot();
+            }
+        }
+        let v = r.vga.lock().unwrap();
+        let mut fresh = Vga::new(VgaConfig {
+            vram_size: 1 << 20,
+            ..VgaConfig::default()
+        })
+        .unwrap();
+        check_round_trip(&*v, &mut fresh).unwrap();
+    }
+}
