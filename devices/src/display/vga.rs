@@ -476,13 +476,17 @@ impl Vga {
         })
     }
 
-    /// The visible picture of a VBE mode of 8, 15, 16, 24 or 32 bpp (`None` otherwise).
+    /// The visible picture, in a VBE mode of 8, 15, 16, 24 or 32 bpp or a VGA 16- or
+    /// 256-colour graphics mode (`None` in text, CGA 4-colour and VBE 4 bpp modes). The split
+    /// screen and horizontal panning are not applied.
     pub fn framebuffer_snapshot(&self) -> Option<Framebuffer> {
         if !self.dispi.enabled() {
-            return None;
+            return self.vga_graphics_snapshot();
         }
-        let bits = self.dispi.bits_per_pixel();
-        let bits = if self.dispi.bpp() == 15 { 15 } else { bits };
+        let bits = match self.dispi.bpp() {
+            15 => 15,
+            _ => self.dispi.bits_per_pixel(),
+        };
         if !matches!(bits, 8 | 15 | 16 | 24 | 32) {
             return None;
         }
@@ -490,15 +494,7 @@ impl Vga {
         let bytes_pp = bits.div_ceil(8) as usize;
         let mut row = vec![0u8; width as usize * bytes_pp];
         let mut pixels = Vec::with_capacity(width as usize * height as usize);
-        let dac8 = self.dispi.dac_8bit();
-        let palette = |i: u8| {
-            let at = usize::from(i & self.regs.pel_mask) * 3;
-            let c = |k: usize| {
-                let v = self.regs.palette[at + k];
-                u32::from(if dac8 { v } else { vbe::dac6_to_8(v) })
-            };
-            c(0) << 16 | c(1) << 8 | c(2)
-        };
+        let palette = |i: u8| self.palette_rgb(i & self.regs.pel_mask);
         for y in 0..height {
             let at = u64::from(self.dispi.start) + u64::from(y) * u64::from(self.dispi.line_offset);
             self.read_vram_clamped(at, &mut row);
@@ -509,6 +505,58 @@ impl Vga {
                     b[..bytes_pp].reverse();
                 }
                 pixels.push(vbe::decode_pixel(bits, &b, palette));
+            }
+        }
+        Some(Framebuffer {
+            width,
+            height,
+            pixels,
+        })
+    }
+
+    /// A VGA graphics mode, read the way QEMU's display side does: the CRTC start address and
+    /// offset count planar addresses (dwords), 256-colour pixels are consecutive bytes, 16-colour
+    /// pixels take one bit from each plane and go through the attribute palette.
+    fn vga_graphics_snapshot(&self) -> Option<Framebuffer> {
+        let DisplayMode::Graphics { width, height, bpp } = self.mode() else {
+            return None;
+        };
+        if bpp == 2 {
+            return None;
+        }
+        let cr = &self.regs.cr;
+        let start = (u64::from(cr[0x0C]) << 8 | u64::from(cr[0x0D])) * 4;
+        let line = u64::from(cr[0x13]) * 8;
+        let (width, height) = (u32::from(width), u32::from(height));
+        let ar = &self.regs.ar;
+        let ar_to_dac = |v: u8| {
+            let entry = ar[usize::from(v & 0x0F)];
+            if ar[AR_MODE] & 0x80 != 0 {
+                (ar[0x14] & 0x0F) << 4 | (entry & 0x0F)
+            } else {
+                (ar[0x14] & 0x0C) << 4 | (entry & 0x3F)
+            }
+        };
+        let mut pixels = Vec::with_capacity(width as usize * height as usize);
+        let mut row = vec![0u8; width as usize * if bpp == 8 { 1 } else { 4 }];
+        for y in 0..u64::from(height) {
+            let at = start + y * line;
+            if bpp == 8 {
+                self.read_vram_clamped(at, &mut row);
+                pixels.extend(
+                    row.iter()
+                        .map(|&i| self.palette_rgb(i & self.regs.pel_mask)),
+                );
+            } else {
+                // Eight pixels per planar address: one dword, a byte per plane.
+                self.read_vram_clamped(at, &mut row[..width as usize / 2]);
+                for x in 0..width as usize {
+                    let dword = &row[(x / 8) * 4..(x / 8) * 4 + 4];
+                    let bit = 7 - (x % 8);
+                    let v = (0..4).fold(0u8, |v, p| v | ((dword[p] >> bit) & 1) << p);
+                    let v = v & ar[0x12] & 0x0F;
+                    pixels.push(self.palette_rgb(ar_to_dac(v) & self.regs.pel_mask));
+                }
             }
         }
         Some(Framebuffer {
@@ -1360,7 +1408,7 @@ mod tests {
         /// Mode 12h (640x480, 16 colours, planar) register values.
         fn mode12(&self) {
             self.outb(0x3C2, 0xE3);
-            for (i, v) in [0x03, 0x01, 0x08, 0x00, 0x06].into_iter().enumerate() {
+            for (i, v) in [0x03, 0x01, 0x0F, 0x00, 0x06].into_iter().enumerate() {
                 self.sr(i as u8, v);
             }
             self.cr(0x11, 0x0E);
@@ -1765,6 +1813,54 @@ mod tests {
     }
 
     #[test]
+    fn vga_graphics_framebuffers() {
+        let r = rig();
+        r.mode13();
+        r.outb(0x3C8, 0x21);
+        for v in [0x3F, 0x3F, 0x00] {
+            r.outb(0x3C9, v);
+        }
+        r.mem_w(0xA0000 + 3 * 320 + 7, 0x21);
+        let fb = r.vga.lock().unwrap().framebuffer_snapshot().unwrap();
+        assert_eq!((fb.width, fb.height), (320, 200));
+        assert_eq!(fb.pixel(7, 3), Some(0xFFFF00));
+        assert_eq!(fb.pixel(8, 3), Some(0));
+
+        // Mode 12h: colour 9 through an attribute palette that maps it to DAC entry 0x3C.
+        let r = rig();
+        r.mode12();
+        r.inb(0x3DA);
+        for (i, v) in [(0x09u8, 0x3Cu8), (0x10, 0x01), (0x12, 0x0F), (0x14, 0x00)] {
+            r.outb(0x3C0, i);
+            r.outb(0x3C0, v);
+        }
+        r.outb(0x3C0, 0x20);
+        r.outb(0x3C8, 0x3C);
+        for v in [0x00, 0x3F, 0x3F] {
+            r.outb(0x3C9, v);
+        }
+        r.gr(GR_MODE as u8, 0x02);
+        r.gr(GR_BIT_MASK as u8, 0x40); // the second pixel of the byte
+        r.mem_r(0xA0000 + 80 * 10 + 1);
+        r.mem_w(0xA0000 + 80 * 10 + 1, 0x09);
+        let fb = r.vga.lock().unwrap().framebuffer_snapshot().unwrap();
+        assert_eq!((fb.width, fb.height), (640, 480));
+        assert_eq!(fb.pixel(9, 10), Some(0x00FFFF));
+        assert_eq!(fb.pixel(8, 10), Some(0));
+        assert_eq!(fb.pixel(10, 10), Some(0));
+        // Disabling plane 3 in the attribute controller turns colour 9 into colour 1.
+        r.inb(0x3DA);
+        r.outb(0x3C0, 0x12);
+        r.outb(0x3C0, 0x07);
+        let fb = r.vga.lock().unwrap().framebuffer_snapshot().unwrap();
+        assert_eq!(fb.pixel(9, 10), Some(0));
+        // Text modes have no framebuffer.
+        let r = rig();
+        r.mode3();
+        assert!(r.vga.lock().unwrap().framebuffer_snapshot().is_none());
+    }
+
+    #[test]
     fn font_loading_reaches_plane_2() {
         let r = rig();
         r.mode3();
@@ -1919,9 +2015,12 @@ mod tests {
         // Re-enabling with NOCLEARMEM keeps memory.
         set_vbe(&r, 1024, 768, 32, vbe::ENABLED | vbe::NOCLEARMEM);
         assert_eq!(r.mmio.read_value(px(0, 0), 4), 0x00FF_0000);
-        // Disabled: no framebuffer.
+        // Disabled: the VGA registers show the 256-colour mode VBE left behind.
         r.dispi(vbe::INDEX_ENABLE, 0);
-        assert!(r.vga.lock().unwrap().framebuffer_snapshot().is_none());
+        assert!(matches!(
+            r.vga.lock().unwrap().mode(),
+            DisplayMode::Graphics { bpp: 8, .. }
+        ));
     }
 
     #[test]
