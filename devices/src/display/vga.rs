@@ -1050,15 +1050,22 @@ impl Vga {
     /// For boards that start a guest without running the VGA BIOS.
     pub fn set_text_mode_3(&mut self) {
         self.reset_registers();
-        for (port, value) in standard_mode_3_writes() {
-            self.port_write(port, value);
+        for (port, value) in standard_mode_3_accesses() {
+            match value {
+                Some(v) => self.port_write(port, v),
+                None => {
+                    self.port_read(port);
+                }
+            }
         }
     }
 }
 
-/// Port writes that set up mode 3: misc, sequencer, CRTC (unlocked first), graphics
-/// controller, attribute controller, then the DAC (EGA palette in entries 0-63).
-fn standard_mode_3_writes() -> Vec<(u16, u8)> {
+/// Port accesses (a write of the value, or a read for `None`) that set up mode 3: misc,
+/// sequencer, CRTC (unlocked first), graphics controller, attribute controller (after a read
+/// of input status 1 puts its flip-flop in the index phase), then the DAC (EGA palette in
+/// entries 0-63).
+fn standard_mode_3_accesses() -> Vec<(u16, Option<u8>)> {
     const SEQ: [u8; 5] = [0x03, 0x00, 0x03, 0x00, 0x02];
     const CRTC: [u8; 25] = [
         0x5F, 0x4F, 0x50, 0x82, 0x55, 0x81, 0xBF, 0x1F, 0x00, 0x4F, 0x0D, 0x0E, 0x00, 0x00, 0x00,
@@ -1069,28 +1076,32 @@ fn standard_mode_3_writes() -> Vec<(u16, u8)> {
         0x00, 0x01, 0x02, 0x03, 0x04, 0x05, 0x14, 0x07, 0x38, 0x39, 0x3A, 0x3B, 0x3C, 0x3D, 0x3E,
         0x3F, 0x0C, 0x00, 0x0F, 0x08, 0x00,
     ];
-    let mut w = vec![(0x3C2, 0x67)];
+    let mut w = vec![(0x3C2, Some(0x67))];
     for (i, v) in SEQ.iter().enumerate() {
-        w.extend([(0x3C4, i as u8), (0x3C5, *v)]);
+        w.extend([(0x3C4, Some(i as u8)), (0x3C5, Some(*v))]);
     }
-    w.extend([(0x3D4, 0x11), (0x3D5, 0x0E)]);
+    w.extend([(0x3D4, Some(0x11)), (0x3D5, Some(0x0E))]);
     for (i, v) in CRTC.iter().enumerate() {
-        w.extend([(0x3D4, i as u8), (0x3D5, *v)]);
+        w.extend([(0x3D4, Some(i as u8)), (0x3D5, Some(*v))]);
     }
     for (i, v) in GC.iter().enumerate() {
-        w.extend([(0x3CE, i as u8), (0x3CF, *v)]);
+        w.extend([(0x3CE, Some(i as u8)), (0x3CF, Some(*v))]);
     }
-    w.push((0x3DA, 0));
+    w.push((0x3DA, None));
     for (i, v) in AC.iter().enumerate() {
-        w.extend([(0x3C0, i as u8), (0x3C0, *v)]);
+        w.extend([(0x3C0, Some(i as u8)), (0x3C0, Some(*v))]);
     }
     // Re-enable the display (palette address source).
-    w.push((0x3C0, 0x20));
-    w.push((0x3C8, 0));
+    w.push((0x3C0, Some(0x20)));
+    w.push((0x3C8, Some(0)));
     for i in 0..64u8 {
         // EGA colour i: bits 5:0 = r'g'b'RGB, each primary 2/3 bright, each secondary 1/3.
         let c = |hi: u8, lo: u8| ((i >> hi) & 1) * 0x2A + ((i >> lo) & 1) * 0x15;
-        w.extend([(0x3C9, c(2, 5)), (0x3C9, c(1, 4)), (0x3C9, c(0, 3))]);
+        w.extend([
+            (0x3C9, Some(c(2, 5))),
+            (0x3C9, Some(c(1, 4))),
+            (0x3C9, Some(c(0, 3))),
+        ]);
     }
     w
 }
@@ -1401,8 +1412,13 @@ mod tests {
             b[0]
         }
         fn mode3(&self) {
-            for (port, value) in standard_mode_3_writes() {
-                self.outb(port, value);
+            for (port, value) in standard_mode_3_accesses() {
+                match value {
+                    Some(v) => self.outb(port, v),
+                    None => {
+                        self.inb(port);
+                    }
+                }
             }
         }
         /// Mode 12h (640x480, 16 colours, planar) register values.
