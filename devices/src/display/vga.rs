@@ -29,12 +29,13 @@
 //! **Video memory layout** (QEMU's): the four planes are interleaved, byte `4 * a + p` being byte
 //! `a` of plane `p`, so a planar address `a` is one little-endian dword holding all four
 //! planes (what the latches load). In chain-4 mode (mode 13h, VBE) the window maps bytes
-//! linearly, which in this layout puts pixel `n` in plane `n & 3` as the hardware does. Text
-//! mode (odd/even) puts the character of cell `n` at byte `4n` (plane 0) and its attribute at
-//! `4n + 1` (plane 1); the font lives in plane 2, 32 bytes per glyph. Following current QEMU,
-//! CPU addresses are converted to planar addresses with the word/doubleword mode of the CRTC
-//! applied on the CPU side (CRTC 0x14 bit 6, 0x17 bit 6), so the display side reads cells at
-//! consecutive planar addresses.
+//! linearly, which in this layout puts pixel `n` in plane `n & 3` (as the hardware does) at
+//! planar address `n / 4` (the hardware keeps `n` and has the CRTC skip in doubleword mode).
+//! Text mode (odd/even) puts the character of cell `n` at byte `4n` (plane 0) and its attribute
+//! at `4n + 1` (plane 1); the font lives in plane 2, 32 bytes per glyph. Following current
+//! QEMU, CPU addresses are converted to planar addresses with the word/doubleword mode of the
+//! CRTC applied on the CPU side (CRTC 0x14 bit 6, 0x17 bit 6), so the display side reads cells
+//! and pixels at consecutive planar addresses.
 //!
 //! **Input status 1** must change for BIOS and driver wait loops to end. [`Retrace::Toggle`]
 //! (QEMU's default "dumb" retrace) flips the vertical retrace and display-disabled bits on every
