@@ -48,7 +48,9 @@ impl ForeignFrames {
 
     /// Every page under `offset..offset+len` was mapped.
     fn check(&self, offset: usize, len: usize) -> Result<(), GuestMemoryError> {
-        let end = offset.checked_add(len).filter(|&e| e <= self.mapping.region.len());
+        let end = offset
+            .checked_add(len)
+            .filter(|&e| e <= self.mapping.region.len());
         let bad = || GuestMemoryError::Unmapped {
             addr: offset as u64,
             len,
@@ -58,7 +60,12 @@ impl ForeignFrames {
             return Ok(());
         }
         let pages = offset / PAGE_SIZE..=(end - 1) / PAGE_SIZE;
-        if self.mapping.errors.get(pages).is_some_and(|e| e.iter().all(|&e| e == 0)) {
+        if self
+            .mapping
+            .errors
+            .get(pages)
+            .is_some_and(|e| e.iter().all(|&e| e == 0))
+        {
             Ok(())
         } else {
             Err(bad())
@@ -101,14 +108,13 @@ impl FrameMapper for ForeignMapper {
         let gfns: Vec<u64> = (0..count as u64)
             .map(|i| first_frame.saturating_add(i))
             .collect();
-        let mapping = self
-            .transport
-            .map_foreign(self.domid, &gfns)
-            .map_err(|e| GuestMemoryError::MapFailed {
+        let mapping = self.transport.map_foreign(self.domid, &gfns).map_err(|e| {
+            GuestMemoryError::MapFailed {
                 first: first_frame,
                 count,
                 reason: e.to_string(),
-            })?;
+            }
+        })?;
         Ok(Arc::new(ForeignFrames::new(mapping)))
     }
 }

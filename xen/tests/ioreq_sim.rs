@@ -5,8 +5,8 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use devices::bus::{BusAddress, BusDevice, BusKind};
 use devices::bus::Bus;
+use devices::bus::{BusAddress, BusDevice, BusKind};
 use devices::chardev::NullSink;
 use devices::clock::Clock;
 use devices::pci::i440fx::{I440FX_BDF, I440fx};
@@ -81,7 +81,8 @@ fn rig() -> Rig {
     let mmio = Arc::new(Bus::new(BusKind::Mmio));
     let probe = Arc::new(Mutex::new(Probe::default()));
     pio.insert("probe", PROBE_PORT, 16, probe.clone()).unwrap();
-    mmio.insert("probe", PROBE_MMIO, 0x1000, probe.clone()).unwrap();
+    mmio.insert("probe", PROBE_MMIO, 0x1000, probe.clone())
+        .unwrap();
 
     let router = PirqRouter::unconnected();
     router.set_listener(Arc::new(XenLinkRoutes::new(transport.clone(), DOMID)));
@@ -93,10 +94,16 @@ fn rig() -> Rig {
     let isa = IsaIrq::lines(&transport, DOMID);
     let clock = Clock::new(0);
     let uart = Uart16550::new_shared(&clock, isa[4].clone(), Box::new(NullSink));
-    pio.insert("com1", COM1_BASE, UART_PORT_COUNT, uart).unwrap();
-    let latch = ShutdownLatch::new();
-    pio.insert("power", 0xB004, 2, Arc::new(Mutex::new(PowerButton(latch.clone()))))
+    pio.insert("com1", COM1_BASE, UART_PORT_COUNT, uart)
         .unwrap();
+    let latch = ShutdownLatch::new();
+    pio.insert(
+        "power",
+        0xB004,
+        2,
+        Arc::new(Mutex::new(PowerButton(latch.clone()))),
+    )
+    .unwrap();
 
     let cache = Arc::new(new_mapcache(transport.clone(), DOMID));
     let offsets = Arc::new(Mutex::new(Vec::new()));
@@ -125,7 +132,11 @@ impl Rig {
         let v = self.xen.vcpu(vcpu).unwrap();
         v.post(&req).unwrap();
         self.server.handle_events(&mut self.dm).unwrap();
-        assert_eq!(v.state(), STATE_IORESP_READY, "request {req:?} not completed");
+        assert_eq!(
+            v.state(),
+            STATE_IORESP_READY,
+            "request {req:?} not completed"
+        );
         assert!(v.take_notified(), "vCPU port not notified");
         let resp = v.response().unwrap();
         assert_eq!(v.state(), STATE_IOREQ_NONE);
@@ -164,7 +175,10 @@ fn setup_claims_every_range_and_teardown_destroys() {
     let r = rig();
     let ops = r.xen.dm_ops();
     // The board's PIRQ listener reports the power-on routes (all disabled) first.
-    assert_eq!(&ops[..4], &[0, 1, 2, 3].map(|link| DmOp::SetPciLinkRoute { link, irq: 0 }));
+    assert_eq!(
+        &ops[..4],
+        &[0, 1, 2, 3].map(|link| DmOp::SetPciLinkRoute { link, irq: 0 })
+    );
     // The log holds ops as issued (OUT fields still zero).
     assert_eq!(ops[4], DmOp::NrVcpus { vcpus: 0 });
     let ops = &ops[5..];
@@ -176,7 +190,10 @@ fn setup_claims_every_range_and_teardown_destroys() {
         }
     ));
     assert!(matches!(ops[1], DmOp::GetIoreqServerInfo { flags: 1, .. }));
-    assert!(matches!(ops[2], DmOp::SetIoreqServerState { enabled: true, .. }));
+    assert!(matches!(
+        ops[2],
+        DmOp::SetIoreqServerState { enabled: true, .. }
+    ));
     let ranges = r.xen.ranges();
     for want in [
         (RangeKind::Port, PROBE_PORT, PROBE_PORT + 15),
@@ -187,14 +204,25 @@ fn setup_claims_every_range_and_teardown_destroys() {
     ] {
         assert!(ranges.contains(&want), "{want:?} not claimed: {ranges:?}");
     }
-    assert!(ops.iter().any(|o| matches!(o, DmOp::MapIoRange { ty: XEN_DMOP_IO_RANGE_PCI, start: 8, end: 8, .. })));
+    assert!(ops.iter().any(|o| matches!(
+        o,
+        DmOp::MapIoRange {
+            ty: XEN_DMOP_IO_RANGE_PCI,
+            start: 8,
+            end: 8,
+            ..
+        }
+    )));
     assert_eq!(r.server.vcpu_ports().len(), 2);
     assert_eq!(r.xen.server_state(), Some(true));
     let Rig { xen, server, .. } = r;
     xen.take_dm_ops();
     server.shutdown().unwrap();
     let ops = xen.take_dm_ops();
-    assert!(matches!(ops[0], DmOp::SetIoreqServerState { enabled: false, .. }));
+    assert!(matches!(
+        ops[0],
+        DmOp::SetIoreqServerState { enabled: false, .. }
+    ));
     assert!(matches!(ops.last(), Some(DmOp::DestroyIoreqServer { .. })));
     assert_eq!(xen.server_state(), None);
 }
@@ -206,7 +234,14 @@ fn port_io_of_each_size_in_both_directions() {
         // Bits above `size` are garbage the device must not see.
         r.run(pio(false, PROBE_PORT + 4, size, 0xDEAD_BEEF_1122_3344));
         let log = r.take_log();
-        assert_eq!(log, vec![('w', PROBE_PORT + 4, 0x1122_3344u32.to_le_bytes()[..size as usize].to_vec())]);
+        assert_eq!(
+            log,
+            vec![(
+                'w',
+                PROBE_PORT + 4,
+                0x1122_3344u32.to_le_bytes()[..size as usize].to_vec()
+            )]
+        );
         let resp = r.run(pio(true, PROBE_PORT, size, 0));
         let log = r.take_log();
         let mut want = [0u8; 8];
@@ -226,7 +261,14 @@ fn mmio_of_each_size_in_both_directions() {
     for size in [1u32, 2, 4, 8] {
         r.run(mmio(false, PROBE_MMIO + 8, size, 0x0102_0304_0506_0708));
         let log = r.take_log();
-        assert_eq!(log, vec![('w', PROBE_MMIO + 8, 0x0102_0304_0506_0708u64.to_le_bytes()[..size as usize].to_vec())]);
+        assert_eq!(
+            log,
+            vec![(
+                'w',
+                PROBE_MMIO + 8,
+                0x0102_0304_0506_0708u64.to_le_bytes()[..size as usize].to_vec()
+            )]
+        );
         let resp = r.run(mmio(true, PROBE_MMIO + 16, size, 0));
         let log = r.take_log();
         let mut want = [0u8; 8];
@@ -240,11 +282,21 @@ fn rep_stos_to_mmio_steps_with_df() {
     let mut r = rig();
     r.run(mmio(false, PROBE_MMIO + 0x100, 4, 0xAABB_CCDD).with_count(3));
     let addrs: Vec<u64> = r.take_log().iter().map(|e| e.1).collect();
-    assert_eq!(addrs, vec![PROBE_MMIO + 0x100, PROBE_MMIO + 0x104, PROBE_MMIO + 0x108]);
-    r.run(mmio(false, PROBE_MMIO + 0x100, 2, 0x1234).with_count(3).with_df(true));
+    assert_eq!(
+        addrs,
+        vec![PROBE_MMIO + 0x100, PROBE_MMIO + 0x104, PROBE_MMIO + 0x108]
+    );
+    r.run(
+        mmio(false, PROBE_MMIO + 0x100, 2, 0x1234)
+            .with_count(3)
+            .with_df(true),
+    );
     let log = r.take_log();
     let addrs: Vec<u64> = log.iter().map(|e| e.1).collect();
-    assert_eq!(addrs, vec![PROBE_MMIO + 0x100, PROBE_MMIO + 0xFE, PROBE_MMIO + 0xFC]);
+    assert_eq!(
+        addrs,
+        vec![PROBE_MMIO + 0x100, PROBE_MMIO + 0xFE, PROBE_MMIO + 0xFC]
+    );
     assert!(log.iter().all(|e| e.2 == vec![0x34, 0x12]));
     // Rep reads keep the last value.
     let resp = r.run(mmio(true, PROBE_MMIO, 1, 0).with_count(3));
@@ -257,20 +309,44 @@ fn rep_stos_to_mmio_steps_with_df() {
 fn rep_ins_and_outs_through_guest_memory_both_directions() {
     let mut r = rig();
     // INSW x4 upwards into 0x2000.
-    let resp = r.run(pio(true, PROBE_PORT, 2, 0x2000).with_count(4).with_data_is_ptr(true));
+    let resp = r.run(
+        pio(true, PROBE_PORT, 2, 0x2000)
+            .with_count(4)
+            .with_data_is_ptr(true),
+    );
     assert_eq!(resp.data, 0x2000, "the pointer is left alone");
     assert_eq!(r.ram(0x2000, 8), vec![0, 1, 2, 3, 4, 5, 6, 7]);
     assert_eq!(r.take_log().len(), 4);
     // INSB x3 downwards from 0x3002.
-    r.run(pio(true, PROBE_PORT, 1, 0x3002).with_count(3).with_data_is_ptr(true).with_df(true));
+    r.run(
+        pio(true, PROBE_PORT, 1, 0x3002)
+            .with_count(3)
+            .with_data_is_ptr(true)
+            .with_df(true),
+    );
     assert_eq!(r.ram(0x3000, 3), vec![10, 9, 8]);
     r.take_log();
     // OUTSD x2 upwards from 0x4000, then downwards.
     r.xen.ram_write(0x4000, &[1, 2, 3, 4, 5, 6, 7, 8]).unwrap();
-    r.run(pio(false, PROBE_PORT + 8, 4, 0x4000).with_count(2).with_data_is_ptr(true));
+    r.run(
+        pio(false, PROBE_PORT + 8, 4, 0x4000)
+            .with_count(2)
+            .with_data_is_ptr(true),
+    );
     let log = r.take_log();
-    assert_eq!(log, vec![('w', PROBE_PORT + 8, vec![1, 2, 3, 4]), ('w', PROBE_PORT + 8, vec![5, 6, 7, 8])]);
-    r.run(pio(false, PROBE_PORT + 8, 4, 0x4004).with_count(2).with_data_is_ptr(true).with_df(true));
+    assert_eq!(
+        log,
+        vec![
+            ('w', PROBE_PORT + 8, vec![1, 2, 3, 4]),
+            ('w', PROBE_PORT + 8, vec![5, 6, 7, 8])
+        ]
+    );
+    r.run(
+        pio(false, PROBE_PORT + 8, 4, 0x4004)
+            .with_count(2)
+            .with_data_is_ptr(true)
+            .with_df(true),
+    );
     let log = r.take_log();
     assert_eq!(log[0].2, vec![5, 6, 7, 8]);
     assert_eq!(log[1].2, vec![1, 2, 3, 4]);
@@ -280,15 +356,30 @@ fn rep_ins_and_outs_through_guest_memory_both_directions() {
 fn rep_movs_between_mmio_and_guest_memory() {
     let mut r = rig();
     // MMIO -> RAM, 8-byte items, crossing a guest page boundary in RAM.
-    r.run(mmio(true, PROBE_MMIO, 8, 0x1FF8).with_count(2).with_data_is_ptr(true));
+    r.run(
+        mmio(true, PROBE_MMIO, 8, 0x1FF8)
+            .with_count(2)
+            .with_data_is_ptr(true),
+    );
     assert_eq!(r.ram(0x1FF8, 16), (0u8..16).collect::<Vec<_>>());
     let log = r.take_log();
     assert_eq!((log[0].1, log[1].1), (PROBE_MMIO, PROBE_MMIO + 8));
     // RAM -> MMIO downwards: both sides step down.
     r.xen.ram_write(0x5000, &[0xA, 0xB, 0xC, 0xD]).unwrap();
-    r.run(mmio(false, PROBE_MMIO + 0x12, 2, 0x5002).with_count(2).with_data_is_ptr(true).with_df(true));
+    r.run(
+        mmio(false, PROBE_MMIO + 0x12, 2, 0x5002)
+            .with_count(2)
+            .with_data_is_ptr(true)
+            .with_df(true),
+    );
     let log = r.take_log();
-    assert_eq!(log, vec![('w', PROBE_MMIO + 0x12, vec![0xC, 0xD]), ('w', PROBE_MMIO + 0x10, vec![0xA, 0xB])]);
+    assert_eq!(
+        log,
+        vec![
+            ('w', PROBE_MMIO + 0x12, vec![0xC, 0xD]),
+            ('w', PROBE_MMIO + 0x10, vec![0xA, 0xB])
+        ]
+    );
 }
 
 #[test]
@@ -297,18 +388,30 @@ fn buffered_writes_in_order_with_pairs_and_wrap_around() {
     // Start just before the end of the ring so the entries wrap to slot 0; the 8-byte pair
     // straddles slots 510 and 0.
     r.xen.set_ring_pointers(1019, 1019).unwrap();
-    r.xen.push_buffered(IOREQ_TYPE_COPY, 0xA0000, 1, 0x11).unwrap();
-    r.xen.push_buffered(IOREQ_TYPE_COPY, 0xA0002, 8, 0x8877_6655_4433_2211).unwrap();
-    r.xen.push_buffered(IOREQ_TYPE_PIO, PROBE_PORT as u32, 2, 0xBEEF).unwrap();
+    r.xen
+        .push_buffered(IOREQ_TYPE_COPY, 0xA0000, 1, 0x11)
+        .unwrap();
+    r.xen
+        .push_buffered(IOREQ_TYPE_COPY, 0xA0002, 8, 0x8877_6655_4433_2211)
+        .unwrap();
+    r.xen
+        .push_buffered(IOREQ_TYPE_PIO, PROBE_PORT as u32, 2, 0xBEEF)
+        .unwrap();
     // The VGA window is not mapped here: put the probe on it.
-    r.dm.mmio.insert("vga", 0xA0000, 0x20000, r.probe.clone()).unwrap();
+    r.dm.mmio
+        .insert("vga", 0xA0000, 0x20000, r.probe.clone())
+        .unwrap();
     assert_eq!(r.serve(), 3);
     let log = r.take_log();
     assert_eq!(
         log,
         vec![
             ('w', 0xA0000, vec![0x11]),
-            ('w', 0xA0002, 0x8877_6655_4433_2211u64.to_le_bytes().to_vec()),
+            (
+                'w',
+                0xA0002,
+                0x8877_6655_4433_2211u64.to_le_bytes().to_vec()
+            ),
             ('w', PROBE_PORT, vec![0xEF, 0xBE]),
         ]
     );
@@ -319,9 +422,13 @@ fn buffered_writes_in_order_with_pairs_and_wrap_around() {
 #[test]
 fn buffered_ring_is_drained_before_a_synchronous_request() {
     let mut r = rig();
-    r.xen.push_buffered(IOREQ_TYPE_COPY, (PROBE_MMIO & 0xFFFFF) as u32, 1, 1).unwrap();
+    r.xen
+        .push_buffered(IOREQ_TYPE_COPY, (PROBE_MMIO & 0xFFFFF) as u32, 1, 1)
+        .unwrap();
     // The buffered address field has 20 bits: put the probe where it lands.
-    r.dm.mmio.insert("low", PROBE_MMIO & 0xFFFFF, 16, r.probe.clone()).unwrap();
+    r.dm.mmio
+        .insert("low", PROBE_MMIO & 0xFFFFF, 16, r.probe.clone())
+        .unwrap();
     r.run(pio(true, PROBE_PORT, 1, 0));
     let kinds: Vec<char> = r.take_log().iter().map(|e| e.0).collect();
     assert_eq!(kinds, vec!['w', 'r']);
@@ -330,8 +437,16 @@ fn buffered_ring_is_drained_before_a_synchronous_request() {
 #[test]
 fn timeoffset_reaches_the_board_sync_and_buffered() {
     let mut r = rig();
-    r.run(IoReq::new(IOREQ_TYPE_TIMEOFFSET, false, 0, 8, (-3600i64) as u64));
-    r.xen.push_buffered(IOREQ_TYPE_TIMEOFFSET, 0, 8, 0x1_0000_0002).unwrap();
+    r.run(IoReq::new(
+        IOREQ_TYPE_TIMEOFFSET,
+        false,
+        0,
+        8,
+        (-3600i64) as u64,
+    ));
+    r.xen
+        .push_buffered(IOREQ_TYPE_TIMEOFFSET, 0, 8, 0x1_0000_0002)
+        .unwrap();
     r.serve();
     assert_eq!(*r.offsets.lock().unwrap(), vec![-3600, 0x1_0000_0002]);
 }
@@ -348,27 +463,55 @@ fn invalidate_flushes_the_mapcache() {
     assert_eq!(resp.data, u64::MAX);
     assert_eq!(r.cache.mapped_buckets(), 0);
     r.run(pio(true, PROBE_PORT, 1, 0x1000).with_data_is_ptr(true));
-    assert_eq!(r.xen.foreign_map_calls(), calls + 1, "re-mapped after the flush");
+    assert_eq!(
+        r.xen.foreign_map_calls(),
+        calls + 1,
+        "re-mapped after the flush"
+    );
 }
 
 #[test]
 fn pci_config_reaches_the_root_and_pirq_routes_become_dm_ops() {
     let mut r = rig();
     let cfg = |read, sbdf: u32, reg: u64, size, data| {
-        IoReq::new(IOREQ_TYPE_PCI_CONFIG, read, (u64::from(sbdf) << 32) | reg, size, data)
+        IoReq::new(
+            IOREQ_TYPE_PCI_CONFIG,
+            read,
+            (u64::from(sbdf) << 32) | reg,
+            size,
+            data,
+        )
     };
     assert_eq!(r.run(cfg(true, pci_sbdf(0, 0, 0, 0), 0, 2, 0)).data, 0x8086);
-    assert_eq!(r.run(cfg(true, pci_sbdf(0, 0, 0, 0), 0, 4, 0)).data, 0x1237_8086);
+    assert_eq!(
+        r.run(cfg(true, pci_sbdf(0, 0, 0, 0), 0, 4, 0)).data,
+        0x1237_8086
+    );
     assert_eq!(r.run(cfg(true, pci_sbdf(0, 0, 1, 0), 2, 2, 0)).data, 0x7000);
     // No function at 00:05.0; another segment.
-    assert_eq!(r.run(cfg(true, pci_sbdf(0, 0, 5, 0), 0, 4, 0)).data, 0xFFFF_FFFF);
-    assert_eq!(r.run(cfg(true, pci_sbdf(1, 0, 0, 0), 0, 2, 0)).data, u64::MAX);
+    assert_eq!(
+        r.run(cfg(true, pci_sbdf(0, 0, 5, 0), 0, 4, 0)).data,
+        0xFFFF_FFFF
+    );
+    assert_eq!(
+        r.run(cfg(true, pci_sbdf(1, 0, 0, 0), 0, 2, 0)).data,
+        u64::MAX
+    );
     r.xen.take_dm_ops();
     r.run(cfg(false, pci_sbdf(0, 0, 1, 0), 0x61, 1, 0x0B));
-    assert_eq!(r.xen.take_dm_ops(), vec![DmOp::SetPciLinkRoute { link: 1, irq: 11 }]);
-    assert_eq!(r.run(cfg(true, pci_sbdf(0, 0, 1, 0), 0x61, 1, 0)).data, 0x0B);
+    assert_eq!(
+        r.xen.take_dm_ops(),
+        vec![DmOp::SetPciLinkRoute { link: 1, irq: 11 }]
+    );
+    assert_eq!(
+        r.run(cfg(true, pci_sbdf(0, 0, 1, 0), 0x61, 1, 0)).data,
+        0x0B
+    );
     r.run(cfg(false, pci_sbdf(0, 0, 1, 0), 0x61, 1, 0x80));
-    assert_eq!(r.xen.take_dm_ops(), vec![DmOp::SetPciLinkRoute { link: 1, irq: 0 }]);
+    assert_eq!(
+        r.xen.take_dm_ops(),
+        vec![DmOp::SetPciLinkRoute { link: 1, irq: 0 }]
+    );
 }
 
 #[test]
@@ -377,10 +520,16 @@ fn device_interrupts_become_dm_ops() {
     r.xen.take_dm_ops();
     // Enabling the UART's THR-empty interrupt raises IRQ 4 at once.
     r.run(pio(false, COM1_BASE + 1, 1, 0x02));
-    assert_eq!(r.xen.take_dm_ops(), vec![DmOp::SetIsaIrqLevel { irq: 4, level: 1 }]);
+    assert_eq!(
+        r.xen.take_dm_ops(),
+        vec![DmOp::SetIsaIrqLevel { irq: 4, level: 1 }]
+    );
     // Reading IIR acknowledges THRE: the line drops.
     r.run(pio(true, COM1_BASE + 2, 1, 0));
-    assert_eq!(r.xen.take_dm_ops(), vec![DmOp::SetIsaIrqLevel { irq: 4, level: 0 }]);
+    assert_eq!(
+        r.xen.take_dm_ops(),
+        vec![DmOp::SetIsaIrqLevel { irq: 4, level: 0 }]
+    );
     // PCI INTx through the sink: repeats are not re-sent.
     let sink = XenIntxSink::new(r.transport.clone(), DOMID);
     sink.set_intx_level(3, IntxPin::B, true);
@@ -389,8 +538,20 @@ fn device_interrupts_become_dm_ops() {
     assert_eq!(
         r.xen.take_dm_ops(),
         vec![
-            DmOp::SetPciIntxLevel { domain: 0, bus: 0, device: 3, intx: 1, level: 1 },
-            DmOp::SetPciIntxLevel { domain: 0, bus: 0, device: 3, intx: 1, level: 0 },
+            DmOp::SetPciIntxLevel {
+                domain: 0,
+                bus: 0,
+                device: 3,
+                intx: 1,
+                level: 1
+            },
+            DmOp::SetPciIntxLevel {
+                domain: 0,
+                bus: 0,
+                device: 3,
+                intx: 1,
+                level: 0
+            },
         ]
     );
 }
@@ -402,7 +563,12 @@ fn guest_poweroff_is_sent_before_the_vcpu_is_released() {
     let v = r.xen.vcpu(0).unwrap();
     v.post(&pio(false, 0xB004, 2, 0x3400)).unwrap();
     r.serve();
-    assert_eq!(r.xen.take_dm_ops(), vec![DmOp::RemoteShutdown { reason: SHUTDOWN_POWEROFF }]);
+    assert_eq!(
+        r.xen.take_dm_ops(),
+        vec![DmOp::RemoteShutdown {
+            reason: SHUTDOWN_POWEROFF
+        }]
+    );
     assert_eq!(v.state(), STATE_IORESP_READY);
 }
 
@@ -435,10 +601,21 @@ fn malformed_requests_complete_as_unclaimed_cycles() {
 
     // A huge or zero count: nothing touched, guest memory included.
     r.xen.ram_write(0x2000, &[0x5A; 8]).unwrap();
-    let resp = r.run(pio(true, PROBE_PORT, 1, 0x2000).with_count(u32::MAX).with_data_is_ptr(true));
+    let resp = r.run(
+        pio(true, PROBE_PORT, 1, 0x2000)
+            .with_count(u32::MAX)
+            .with_data_is_ptr(true),
+    );
     assert_eq!(resp.data, 0x2000);
-    r.run(mmio(false, PROBE_MMIO, 4, 0x2000).with_count(0).with_data_is_ptr(true));
-    assert_eq!(r.run(mmio(true, PROBE_MMIO, 4, 0).with_count(5000)).data, u64::MAX);
+    r.run(
+        mmio(false, PROBE_MMIO, 4, 0x2000)
+            .with_count(0)
+            .with_data_is_ptr(true),
+    );
+    assert_eq!(
+        r.run(mmio(true, PROBE_MMIO, 4, 0).with_count(5000)).data,
+        u64::MAX
+    );
     assert_eq!(r.ram(0x2000, 8), vec![0x5A; 8]);
     assert!(r.take_log().is_empty());
     assert_eq!(r.server.oddities().count(Oddity::BadCount), 3);
@@ -451,12 +628,24 @@ fn malformed_requests_complete_as_unclaimed_cycles() {
 
     // String I/O to frames that are not RAM: device side still happens, memory side is
     // unassigned (reads ones, writes dropped).
-    r.run(pio(true, PROBE_PORT, 2, RAM + 0x10).with_count(2).with_data_is_ptr(true));
+    r.run(
+        pio(true, PROBE_PORT, 2, RAM + 0x10)
+            .with_count(2)
+            .with_data_is_ptr(true),
+    );
     assert_eq!(r.take_log().len(), 2);
-    r.run(pio(false, PROBE_PORT, 2, RAM - 2).with_count(2).with_data_is_ptr(true));
+    r.run(
+        pio(false, PROBE_PORT, 2, RAM - 2)
+            .with_count(2)
+            .with_data_is_ptr(true),
+    );
     let log = r.take_log();
     assert_eq!(log[1].2, vec![0xFF, 0xFF]);
-    r.run(mmio(false, PROBE_MMIO, 4, u64::MAX - 1).with_count(1).with_data_is_ptr(true));
+    r.run(
+        mmio(false, PROBE_MMIO, 4, u64::MAX - 1)
+            .with_count(1)
+            .with_data_is_ptr(true),
+    );
     assert_eq!(r.take_log(), vec![('w', PROBE_MMIO, vec![0xFF; 4])]);
     assert!(r.server.oddities().count(Oddity::UnmappedBuffer) >= 3);
 
@@ -488,13 +677,17 @@ fn a_corrupt_buffered_ring_does_not_stall() {
     r.serve();
     assert_eq!(r.xen.ring_pointers().unwrap(), (600, 600));
     // An 8-byte entry whose second half was never published.
-    r.xen.write_ring_slot(600, BufIoReq::new(IOREQ_TYPE_COPY, false, 3, 0xA0000, 1)).unwrap();
+    r.xen
+        .write_ring_slot(600, BufIoReq::new(IOREQ_TYPE_COPY, false, 3, 0xA0000, 1))
+        .unwrap();
     r.xen.set_ring_pointers(600, 601).unwrap();
     r.xen.notify_buffered().unwrap();
     r.serve();
     assert_eq!(r.xen.ring_pointers().unwrap(), (601, 601));
     // A buffered "read" is ignored.
-    r.xen.push_buffered_raw(&[BufIoReq::new(IOREQ_TYPE_PIO, true, 0, PROBE_PORT as u32, 0)]).unwrap();
+    r.xen
+        .push_buffered_raw(&[BufIoReq::new(IOREQ_TYPE_PIO, true, 0, PROBE_PORT as u32, 0)])
+        .unwrap();
     r.serve();
     assert!(r.take_log().is_empty());
     assert_eq!(r.server.oddities().count(Oddity::RingOutOfOrder), 2);

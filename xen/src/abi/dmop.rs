@@ -347,7 +347,10 @@ impl DmOp {
                 handle_bufioreq,
                 id,
             } => {
-                u.u8(offset_of!(CreateIoreqServer, handle_bufioreq), handle_bufioreq);
+                u.u8(
+                    offset_of!(CreateIoreqServer, handle_bufioreq),
+                    handle_bufioreq,
+                );
                 u.u16(offset_of!(CreateIoreqServer, id), id);
             }
             DmOp::GetIoreqServerInfo {

@@ -65,8 +65,7 @@ pub struct PrivcmdMmapResource {
 }
 
 pub const IOCTL_PRIVCMD_HYPERCALL: u32 = ioc(IOC_NONE, b'P', 0, size_of::<PrivcmdHypercall>());
-pub const IOCTL_PRIVCMD_MMAPBATCH_V2: u32 =
-    ioc(IOC_NONE, b'P', 4, size_of::<PrivcmdMmapBatchV2>());
+pub const IOCTL_PRIVCMD_MMAPBATCH_V2: u32 = ioc(IOC_NONE, b'P', 4, size_of::<PrivcmdMmapBatchV2>());
 pub const IOCTL_PRIVCMD_DM_OP: u32 = ioc(IOC_NONE, b'P', 5, size_of::<PrivcmdDmOp>());
 pub const IOCTL_PRIVCMD_RESTRICT: u32 = ioc(IOC_NONE, b'P', 6, size_of::<u16>());
 pub const IOCTL_PRIVCMD_MMAP_RESOURCE: u32 =

@@ -147,7 +147,11 @@ impl IoReq {
     }
 
     pub fn dir(&self) -> u8 {
-        if self.is_read() { IOREQ_READ } else { IOREQ_WRITE }
+        if self.is_read() {
+            IOREQ_READ
+        } else {
+            IOREQ_WRITE
+        }
     }
 
     pub fn df(&self) -> bool {
@@ -167,7 +171,10 @@ impl IoReq {
 
 /// `XEN_DMOP_PCI_SBDF(s, b, d, f)`.
 pub const fn pci_sbdf(segment: u16, bus: u8, device: u8, function: u8) -> u32 {
-    (segment as u32) << 16 | (bus as u32) << 8 | ((device & 0x1F) as u32) << 3 | (function & 7) as u32
+    (segment as u32) << 16
+        | (bus as u32) << 8
+        | ((device & 0x1F) as u32) << 3
+        | (function & 7) as u32
 }
 
 /// `buf_ioreq_t`: `u8 type; u8 pad:1, dir:1, size:2; u32 addr:20; u32 data`, which GCC packs
@@ -267,9 +274,15 @@ mod tests {
         assert_eq!(b.w0.to_le_bytes()[1], 0x0c);
         let b = BufIoReq::new(1, false, 0, 0x12345, 0xdead_beef);
         assert_eq!(&b.w0.to_le_bytes()[1..4], &[0x50, 0x34, 0x12]);
-        assert_eq!((b.ty(), b.addr(), b.size(), b.data), (1, 0x12345, 1, 0xdead_beef));
+        assert_eq!(
+            (b.ty(), b.addr(), b.size(), b.data),
+            (1, 0x12345, 1, 0xdead_beef)
+        );
         let r = BufIoReq::new(7, true, 2, 0xF_FFFF, 0);
-        assert_eq!((r.ty(), r.is_read(), r.size(), r.addr()), (7, true, 4, 0xF_FFFF));
+        assert_eq!(
+            (r.ty(), r.is_read(), r.size(), r.addr()),
+            (7, true, 4, 0xF_FFFF)
+        );
     }
 
     #[test]

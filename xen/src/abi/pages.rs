@@ -31,7 +31,7 @@ impl<'a> IoreqSlot<'a> {
             return None;
         }
         let base = page_offset.checked_add(vcpu * IOREQ_SIZE)?;
-        if base.checked_add(IOREQ_SIZE)? > region.len() || page_offset % PAGE_SIZE != 0 {
+        if base.checked_add(IOREQ_SIZE)? > region.len() || !page_offset.is_multiple_of(PAGE_SIZE) {
             return None;
         }
         Some(IoreqSlot { page: region, base })
@@ -84,7 +84,8 @@ impl<'a> IoreqSlot<'a> {
 
     /// The response value (the only field the device model writes besides `state`).
     pub fn set_data(&self, data: u64) {
-        self.page.write_u64(self.base + offset_of!(IoReq, data), data);
+        self.page
+            .write_u64(self.base + offset_of!(IoReq, data), data);
     }
 
     // ----- Xen's side (the simulator) -----
@@ -111,7 +112,8 @@ impl<'a> IoreqSlot<'a> {
 
     /// Xen's half of enabling a server: publish the slot's event-channel port.
     pub fn set_vp_eport(&self, port: u32) {
-        self.page.write_u32(self.base + offset_of!(IoReq, vp_eport), port);
+        self.page
+            .write_u32(self.base + offset_of!(IoReq, vp_eport), port);
     }
 }
 
@@ -128,7 +130,9 @@ const SLOTS: usize = offset_of!(BufferedIoPage, buf_ioreq);
 
 impl<'a> BufferedPage<'a> {
     pub fn new(region: &'a MappedRegion, page_offset: usize) -> Option<Self> {
-        if page_offset.checked_add(PAGE_SIZE)? > region.len() || page_offset % PAGE_SIZE != 0 {
+        if page_offset.checked_add(PAGE_SIZE)? > region.len()
+            || !page_offset.is_multiple_of(PAGE_SIZE)
+        {
             return None;
         }
         Some(BufferedPage {
@@ -206,14 +210,23 @@ mod tests {
         assert_eq!(r.read_u64(base + 8), Some(0x55));
         assert_eq!(r.read_u32(base + 16), Some(2));
         assert_eq!(r.read_u32(base + 20), Some(1));
-        assert_eq!(r.atomic_u8(base + 30).unwrap().load(Ordering::Relaxed), 0x61);
+        assert_eq!(
+            r.atomic_u8(base + 30).unwrap().load(Ordering::Relaxed),
+            0x61
+        );
         assert_eq!(slot.state(), STATE_IOREQ_READY);
         let back = slot.read();
-        assert_eq!((back.addr, back.data, back.count, back.size), (0x3f8, 0x55, 2, 1));
+        assert_eq!(
+            (back.addr, back.data, back.count, back.size),
+            (0x3f8, 0x55, 2, 1)
+        );
         assert!(back.is_read() && back.df());
         slot.set_data(0xAB);
         slot.set_state(&back, STATE_IORESP_READY);
-        assert_eq!(r.atomic_u8(base + 30).unwrap().load(Ordering::Relaxed), 0x63);
+        assert_eq!(
+            r.atomic_u8(base + 30).unwrap().load(Ordering::Relaxed),
+            0x63
+        );
         assert_eq!(slot.read().data, 0xAB);
         assert!(IoreqSlot::new(&r, 0, 128).is_none());
         assert!(IoreqSlot::new(&r, 4096, 0).is_none());

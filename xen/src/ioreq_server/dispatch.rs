@@ -52,7 +52,10 @@ impl Oddities {
         }
         if self.seen & bit == 0 {
             self.seen |= bit;
-            warn!("{kind:?}: {} (further ones logged at debug level)", detail());
+            warn!(
+                "{kind:?}: {} (further ones logged at debug level)",
+                detail()
+            );
         } else {
             debug!("{kind:?}: {}", detail());
         }
@@ -112,7 +115,10 @@ pub fn emulate(dm: &mut DeviceModel, req: &IoReq, odd: &mut Oddities) -> u64 {
         }
         other => {
             odd.report(Oddity::UnknownType, || {
-                format!("ioreq type {other} at {:#x} answered as unclaimed", req.addr)
+                format!(
+                    "ioreq type {other} at {:#x} answered as unclaimed",
+                    req.addr
+                )
             });
             refused(req)
         }
@@ -148,7 +154,9 @@ fn bad_size(req: &IoReq, odd: &mut Oddities) -> u64 {
 fn load(dm: &DeviceModel, gpa: u64, size: usize, odd: &mut Oddities) -> u64 {
     let mut b = [0u8; 8];
     if let Err(e) = dm.memory.read(gpa, &mut b[..size]) {
-        odd.report(Oddity::UnmappedBuffer, || format!("string source: {e}; reads as ones"));
+        odd.report(Oddity::UnmappedBuffer, || {
+            format!("string source: {e}; reads as ones")
+        });
         return u64::MAX;
     }
     u64::from_le_bytes(b)
@@ -157,7 +165,9 @@ fn load(dm: &DeviceModel, gpa: u64, size: usize, odd: &mut Oddities) -> u64 {
 /// Store one item of a string into guest memory; unmapped memory drops it.
 fn store(dm: &DeviceModel, gpa: u64, size: usize, value: u64, odd: &mut Oddities) {
     if let Err(e) = dm.memory.write(gpa, &value.to_le_bytes()[..size]) {
-        odd.report(Oddity::UnmappedBuffer, || format!("string target: {e}; dropped"));
+        odd.report(Oddity::UnmappedBuffer, || {
+            format!("string target: {e}; dropped")
+        });
     }
 }
 
@@ -254,7 +264,10 @@ fn pci_config(dm: &mut DeviceModel, req: &IoReq, odd: &mut Oddities) -> u64 {
     let reg = u16::try_from(req.pci_reg()).ok().filter(|_| segment == 0);
     let Some(reg) = reg else {
         odd.report(Oddity::BadPciConfig, || {
-            format!("PCI_CONFIG to segment {segment} register {:#x}", req.pci_reg())
+            format!(
+                "PCI_CONFIG to segment {segment} register {:#x}",
+                req.pci_reg()
+            )
         });
         return refused(req);
     };

@@ -76,7 +76,11 @@ impl IrqLine for IsaIrq {
             let r = self
                 .transport
                 .set_isa_irq_level(self.domid, self.irq, asserted);
-            report(&format!("set_isa_irq_level({}, {asserted})", self.irq), r, &self.level);
+            report(
+                &format!("set_isa_irq_level({}, {asserted})", self.irq),
+                r,
+                &self.level,
+            );
         }
     }
 }
@@ -114,7 +118,10 @@ impl IrqLine for PciIntxLine {
                 asserted,
             );
             report(
-                &format!("set_pci_intx_level({}, {:?}, {asserted})", self.device, self.pin),
+                &format!(
+                    "set_pci_intx_level({}, {:?}, {asserted})",
+                    self.device, self.pin
+                ),
                 r,
                 &self.level,
             );
@@ -150,14 +157,9 @@ impl IntxSink for XenIntxSink {
             return;
         };
         if level.changes_to(asserted) {
-            let r = self.transport.set_pci_intx_level(
-                self.domid,
-                0,
-                0,
-                device,
-                pin.index(),
-                asserted,
-            );
+            let r =
+                self.transport
+                    .set_pci_intx_level(self.domid, 0, 0, device, pin.index(), asserted);
             report(
                 &format!("set_pci_intx_level({device}, {pin:?}, {asserted})"),
                 r,
@@ -215,12 +217,9 @@ impl ShutdownLatch {
 
     /// Request `SHUTDOWN_*` `reason`; the first request wins until it is taken.
     pub fn request_shutdown(&self, reason: u32) {
-        let _ = self.reason.compare_exchange(
-            NO_SHUTDOWN,
-            reason,
-            Ordering::AcqRel,
-            Ordering::Acquire,
-        );
+        let _ =
+            self.reason
+                .compare_exchange(NO_SHUTDOWN, reason, Ordering::AcqRel, Ordering::Acquire);
     }
 
     /// The pending reason, clearing it.
@@ -239,7 +238,10 @@ impl SystemControl for ShutdownLatch {
 
     fn set_a20(&self, enabled: bool) {
         // Under Xen the vCPU's address masking is Xen's; port 0x92/8042 A20 is ignored.
-        debug!("A20 {} ignored under Xen", if enabled { "on" } else { "off" });
+        debug!(
+            "A20 {} ignored under Xen",
+            if enabled { "on" } else { "off" }
+        );
     }
 
     fn request_exit(&self, status: i32) {

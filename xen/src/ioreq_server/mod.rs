@@ -233,7 +233,13 @@ impl IoreqServer {
             (XENMEM_RESOURCE_IOREQ_SERVER_FRAME_IOREQ, 1)
         };
         let pages = t
-            .map_resource(domid, XENMEM_RESOURCE_IOREQ_SERVER, u32::from(id), first, count)
+            .map_resource(
+                domid,
+                XENMEM_RESOURCE_IOREQ_SERVER,
+                u32::from(id),
+                first,
+                count,
+            )
             .map_err(xen("map ioreq server pages"))?;
         if pages.len() < count * PAGE_SIZE {
             return Err(ServerError::ShortMapping(pages.len()));
@@ -395,7 +401,6 @@ fn sync_ranges(
 }
 
 impl IoreqServer {
-
     /// One step of the serve loop: handle every pending event. Returns how many requests
     /// (synchronous and buffered) were handled. An error means the event channel failed; the
     /// board should report it and exit.
@@ -483,7 +488,11 @@ impl IoreqServer {
             };
             if entry.is_read() {
                 self.odd.report(Oddity::BufferedRead, || {
-                    format!("buffered read of type {} at {:#x} ignored", entry.ty(), entry.addr())
+                    format!(
+                        "buffered read of type {} at {:#x} ignored",
+                        entry.ty(),
+                        entry.addr()
+                    )
                 });
             } else {
                 let req = IoReq::new(
@@ -521,19 +530,17 @@ impl IoreqServer {
             slot.set_data(data);
         }
         if self.ranges_stale.swap(false, Ordering::AcqRel) {
-            sync_ranges(
-                &*self.transport,
-                self.domid,
-                self.id,
-                &mut self.claimed,
-                dm,
-            );
+            sync_ranges(&*self.transport, self.domid, self.id, &mut self.claimed, dm);
         }
         if let Some(reason) = dm.shutdown.as_ref().and_then(|l| l.take()) {
-            info!("dom{}: guest requested shutdown (reason {reason})", self.domid);
+            info!(
+                "dom{}: guest requested shutdown (reason {reason})",
+                self.domid
+            );
             if let Err(e) = self.transport.remote_shutdown(self.domid, reason) {
-                self.odd
-                    .report(Oddity::DmOpFailed, || format!("remote_shutdown({reason}): {e}"));
+                self.odd.report(Oddity::DmOpFailed, || {
+                    format!("remote_shutdown({reason}): {e}")
+                });
             }
         }
         if slot.state() != STATE_IOREQ_INPROCESS {
@@ -573,7 +580,11 @@ impl IoreqServer {
         if self.enabled {
             note(self.set_enabled(false));
         }
-        let ports: Vec<u32> = self.vcpu_ports.drain(..).chain(self.buf_port.take()).collect();
+        let ports: Vec<u32> = self
+            .vcpu_ports
+            .drain(..)
+            .chain(self.buf_port.take())
+            .collect();
         for p in ports {
             note(self.transport.unbind(p).map_err(xen("unbind")));
         }

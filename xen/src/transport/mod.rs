@@ -20,8 +20,7 @@ use std::os::fd::BorrowedFd;
 use thiserror::Error;
 
 use crate::abi::dmop::{
-    DmOp, XEN_DMOP_IO_RANGE_MEMORY, XEN_DMOP_IO_RANGE_PCI, XEN_DMOP_IO_RANGE_PORT,
-    XEN_DMOP_NO_GFNS,
+    DmOp, XEN_DMOP_IO_RANGE_MEMORY, XEN_DMOP_IO_RANGE_PCI, XEN_DMOP_IO_RANGE_PORT, XEN_DMOP_NO_GFNS,
 };
 pub use os::MappedRegion;
 
@@ -72,8 +71,12 @@ pub struct ForeignMapping {
 pub trait Transport: Send + Sync {
     /// Issue one DM op for `domid`. `op` is the 32-byte `struct xen_dm_op` (buffer 0); Xen's
     /// OUT fields are written back into it. `extra` are further buffers some ops take.
-    fn dm_op(&self, domid: DomId, op: &mut [u8; 32], extra: &mut [&mut [u8]])
-    -> Result<(), TransportError>;
+    fn dm_op(
+        &self,
+        domid: DomId,
+        op: &mut [u8; 32],
+        extra: &mut [&mut [u8]],
+    ) -> Result<(), TransportError>;
 
     /// Map `count` frames of a resource (`XENMEM_resource_*` `kind`, `id`), from frame `first`.
     fn map_resource(
@@ -140,7 +143,11 @@ pub struct IoreqServerInfo {
 pub trait DmOps {
     fn dm(&self, domid: DomId, op: DmOp) -> Result<DmOp, TransportError>;
 
-    fn create_ioreq_server(&self, domid: DomId, handle_bufioreq: u8) -> Result<u16, TransportError> {
+    fn create_ioreq_server(
+        &self,
+        domid: DomId,
+        handle_bufioreq: u8,
+    ) -> Result<u16, TransportError> {
         match self.dm(
             domid,
             DmOp::CreateIoreqServer {
@@ -153,7 +160,11 @@ pub trait DmOps {
         }
     }
 
-    fn get_ioreq_server_info(&self, domid: DomId, id: u16) -> Result<IoreqServerInfo, TransportError> {
+    fn get_ioreq_server_info(
+        &self,
+        domid: DomId,
+        id: u16,
+    ) -> Result<IoreqServerInfo, TransportError> {
         match self.dm(
             domid,
             DmOp::GetIoreqServerInfo {
@@ -179,7 +190,14 @@ pub trait DmOps {
     }
 
     /// Claim `start..=end` (inclusive, as Xen takes it).
-    fn map_io_range(&self, domid: DomId, id: u16, kind: RangeKind, start: u64, end: u64) -> Result<(), TransportError> {
+    fn map_io_range(
+        &self,
+        domid: DomId,
+        id: u16,
+        kind: RangeKind,
+        start: u64,
+        end: u64,
+    ) -> Result<(), TransportError> {
         self.dm(
             domid,
             DmOp::MapIoRange {
@@ -192,7 +210,14 @@ pub trait DmOps {
         .map(drop)
     }
 
-    fn unmap_io_range(&self, domid: DomId, id: u16, kind: RangeKind, start: u64, end: u64) -> Result<(), TransportError> {
+    fn unmap_io_range(
+        &self,
+        domid: DomId,
+        id: u16,
+        kind: RangeKind,
+        start: u64,
+        end: u64,
+    ) -> Result<(), TransportError> {
         self.dm(
             domid,
             DmOp::UnmapIoRange {
@@ -205,8 +230,14 @@ pub trait DmOps {
         .map(drop)
     }
 
-    fn set_ioreq_server_state(&self, domid: DomId, id: u16, enabled: bool) -> Result<(), TransportError> {
-        self.dm(domid, DmOp::SetIoreqServerState { id, enabled }).map(drop)
+    fn set_ioreq_server_state(
+        &self,
+        domid: DomId,
+        id: u16,
+        enabled: bool,
+    ) -> Result<(), TransportError> {
+        self.dm(domid, DmOp::SetIoreqServerState { id, enabled })
+            .map(drop)
     }
 
     fn destroy_ioreq_server(&self, domid: DomId, id: u16) -> Result<(), TransportError> {
@@ -224,7 +255,15 @@ pub trait DmOps {
         .map(drop)
     }
 
-    fn set_pci_intx_level(&self, domid: DomId, segment: u16, bus: u8, device: u8, intx: u8, level: bool) -> Result<(), TransportError> {
+    fn set_pci_intx_level(
+        &self,
+        domid: DomId,
+        segment: u16,
+        bus: u8,
+        device: u8,
+        intx: u8,
+        level: bool,
+    ) -> Result<(), TransportError> {
         self.dm(
             domid,
             DmOp::SetPciIntxLevel {
@@ -240,7 +279,8 @@ pub trait DmOps {
 
     /// Route PCI link `link` (0 = PIRQA#) to ISA IRQ `irq` (0 disables the link).
     fn set_pci_link_route(&self, domid: DomId, link: u8, irq: u8) -> Result<(), TransportError> {
-        self.dm(domid, DmOp::SetPciLinkRoute { link, irq }).map(drop)
+        self.dm(domid, DmOp::SetPciLinkRoute { link, irq })
+            .map(drop)
     }
 
     fn inject_msi(&self, domid: DomId, addr: u64, data: u32) -> Result<(), TransportError> {

@@ -93,7 +93,7 @@ impl MappedRegion {
         len: usize,
     ) -> io::Result<()> {
         let end = at.checked_add(len).filter(|&e| e <= self.len);
-        if end.is_none() || len == 0 || at % crate::abi::PAGE_SIZE != 0 {
+        if end.is_none() || len == 0 || !at.is_multiple_of(crate::abi::PAGE_SIZE) {
             return Err(io::Error::from_raw_os_error(libc::EINVAL));
         }
         let offset = libc::off_t::try_from(offset)
@@ -132,7 +132,7 @@ impl MappedRegion {
 
     fn at(&self, off: usize, size: usize) -> Option<*mut u8> {
         let end = off.checked_add(size)?;
-        if end > self.len || off % size.clamp(1, 8) != 0 && size <= 8 {
+        if end > self.len || !off.is_multiple_of(size.clamp(1, 8)) && size <= 8 {
             return None;
         }
         // SAFETY: `off + size <= len`, so the pointer stays inside the mapping.
@@ -220,7 +220,7 @@ impl MappedRegion {
             // are only issued at 8-aligned addresses with 8 bytes left.
             unsafe {
                 let q = p.add(i);
-                if (q as usize) % 8 == 0 && buf.len() - i >= 8 {
+                if (q as usize).is_multiple_of(8) && buf.len() - i >= 8 {
                     let v = q.cast::<u64>().read_volatile();
                     buf[i..i + 8].copy_from_slice(&v.to_ne_bytes());
                     i += 8;
@@ -243,7 +243,7 @@ impl MappedRegion {
             // SAFETY: as in `read_bytes`.
             unsafe {
                 let q = p.add(i);
-                if (q as usize) % 8 == 0 && buf.len() - i >= 8 {
+                if (q as usize).is_multiple_of(8) && buf.len() - i >= 8 {
                     let mut v = [0u8; 8];
                     v.copy_from_slice(&buf[i..i + 8]);
                     q.cast::<u64>().write_volatile(u64::from_ne_bytes(v));
@@ -260,7 +260,8 @@ impl MappedRegion {
 
 /// An anonymous memory file of `len` bytes (shared pages and guest RAM for the simulator).
 pub fn memfd(name: &str, len: u64) -> io::Result<OwnedFd> {
-    let cname = std::ffi::CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let cname =
+        std::ffi::CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     // SAFETY: `cname` is a valid NUL-terminated string for the duration of the call.
     let fd = check(unsafe { libc::memfd_create(cname.as_ptr(), libc::MFD_CLOEXEC) })?;
     // SAFETY: `fd` was just returned by the kernel and is owned by nobody else.
@@ -370,9 +371,8 @@ impl Epoll {
         // SAFETY: plain syscall.
         let fd = check(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })?;
         // SAFETY: a fresh fd owned by nobody else.
-        Ok(Epoll {
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-        })
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Epoll { fd })
     }
 
     fn ctl(&self, op: libc::c_int, fd: RawFd, token: u64) -> io::Result<()> {

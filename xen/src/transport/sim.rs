@@ -183,9 +183,8 @@ fn xen_dm_op(shared: &Shared, st: &mut XenState, op: DmOp) -> Result<DmOp, i32> 
                 .find(|i| !st.servers.contains_key(i))
                 .ok_or(libc::ENOSPC)?;
             let pages = os::memfd("sim-xen-ioreq", 2 * PAGE_SIZE as u64).map_err(errno)?;
-            let view = Arc::new(
-                MappedRegion::map_shared(pages.as_fd(), 2 * PAGE_SIZE, 0).map_err(errno)?,
-            );
+            let view =
+                Arc::new(MappedRegion::map_shared(pages.as_fd(), 2 * PAGE_SIZE, 0).map_err(errno)?);
             let mut vcpu_ports = Vec::new();
             for _ in 0..shared.cfg.vcpus {
                 vcpu_ports.push(alloc_channel(st).map_err(errno)?);
@@ -325,7 +324,8 @@ impl Transport for SimTransport {
         _extra: &mut [&mut [u8]],
     ) -> Result<(), TransportError> {
         self.check_domid("DM_OP", domid)?;
-        let decoded = DmOp::decode(op).map_err(|_| TransportError::errno("DM_OP", libc::EOPNOTSUPP))?;
+        let decoded =
+            DmOp::decode(op).map_err(|_| TransportError::errno("DM_OP", libc::EOPNOTSUPP))?;
         let mut st = self.shared.lock();
         st.dm_ops.push(decoded);
         let answer = xen_dm_op(&self.shared, &mut st, decoded)
@@ -760,7 +760,9 @@ mod tests {
     #[test]
     fn sim_server_life_cycle_and_event_channels() {
         let (t, xen) = pair(SimConfig::default()).unwrap();
-        let id = t.create_ioreq_server(7, HVM_IOREQSRV_BUFIOREQ_ATOMIC).unwrap();
+        let id = t
+            .create_ioreq_server(7, HVM_IOREQSRV_BUFIOREQ_ATOMIC)
+            .unwrap();
         let info = t.get_ioreq_server_info(7, id).unwrap();
         assert_ne!(info.bufioreq_port, 0);
         let pages = t.map_resource(7, 0, u32::from(id), 0, 2).unwrap();
@@ -772,8 +774,12 @@ mod tests {
         assert!(t.bind_interdomain(8, remote).is_err(), "wrong domain");
 
         let v1 = xen.vcpu(1).unwrap();
-        v1.post(&IoReq::new(IOREQ_TYPE_PIO, true, 0x80, 1, 0)).unwrap();
-        assert!(matches!(v1.post(&IoReq::default()), Err(SimError::SlotBusy(1, 1))));
+        v1.post(&IoReq::new(IOREQ_TYPE_PIO, true, 0x80, 1, 0))
+            .unwrap();
+        assert!(matches!(
+            v1.post(&IoReq::default()),
+            Err(SimError::SlotBusy(1, 1))
+        ));
         let mut ports = [0u32; 4];
         assert_eq!(t.pending(&mut ports).unwrap(), 1);
         assert_eq!(ports[0], local);
@@ -788,10 +794,15 @@ mod tests {
         assert!(v1.take_notified());
         assert!(!v1.take_notified());
 
-        t.map_io_range(7, id, RangeKind::Port, 0x3f8, 0x3ff).unwrap();
-        let e = t.map_io_range(7, id, RangeKind::Port, 0x3f0, 0x3f8).unwrap_err();
+        t.map_io_range(7, id, RangeKind::Port, 0x3f8, 0x3ff)
+            .unwrap();
+        let e = t
+            .map_io_range(7, id, RangeKind::Port, 0x3f0, 0x3f8)
+            .unwrap_err();
         assert_eq!(e.raw_os_error(), Some(libc::EEXIST));
-        let e = t.unmap_io_range(7, id, RangeKind::Port, 0x3f0, 0x3f8).unwrap_err();
+        let e = t
+            .unmap_io_range(7, id, RangeKind::Port, 0x3f0, 0x3f8)
+            .unwrap_err();
         assert_eq!(e.raw_os_error(), Some(libc::ENOENT));
         assert_eq!(xen.ranges(), vec![(RangeKind::Port, 0x3f8, 0x3ff)]);
         t.destroy_ioreq_server(7, id).unwrap();
