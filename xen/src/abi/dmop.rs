@@ -113,6 +113,31 @@ pub struct SetPciLinkRoute {
     pub isa_irq: u8,
 }
 
+/// Buffer 1 is the OUT dirty bitmap, `(nr + 7) / 8` bytes.
+#[repr(C)]
+pub struct TrackDirtyVram {
+    pub nr: u32,
+    pub pad: u32,
+    pub first_pfn: u64,
+}
+
+/// Buffer 1 is an array of [`ModifiedMemoryExtent`].
+#[repr(C)]
+pub struct ModifiedMemory {
+    pub nr_extents: u32,
+    pub opaque: u32,
+}
+
+/// `struct xen_dm_op_modified_memory_extent`.
+#[repr(C)]
+pub struct ModifiedMemoryExtent {
+    pub nr: u32,
+    pub pad: u32,
+    pub first_pfn: u64,
+}
+
+pub const MODIFIED_MEMORY_EXTENT_SIZE: usize = size_of::<ModifiedMemoryExtent>();
+
 #[repr(C)]
 pub struct SetMemType {
     pub nr: u32,
@@ -179,6 +204,11 @@ const _: () = {
     assert!(offset_of!(SetPciIntxLevel, level) == 5);
     assert!(size_of::<SetIsaIrqLevel>() == 2);
     assert!(size_of::<SetPciLinkRoute>() == 2);
+    assert!(size_of::<TrackDirtyVram>() == 16);
+    assert!(offset_of!(TrackDirtyVram, first_pfn) == 8);
+    assert!(size_of::<ModifiedMemory>() == 8);
+    assert!(size_of::<ModifiedMemoryExtent>() == 16);
+    assert!(offset_of!(ModifiedMemoryExtent, first_pfn) == 8);
     assert!(size_of::<SetMemType>() == 16);
     assert!(offset_of!(SetMemType, mem_type) == 4);
     assert!(offset_of!(SetMemType, first_pfn) == 8);
@@ -241,6 +271,13 @@ pub enum DmOp {
     SetPciLinkRoute {
         link: u8,
         irq: u8,
+    },
+    TrackDirtyVram {
+        first_pfn: u64,
+        nr: u32,
+    },
+    ModifiedMemory {
+        nr_extents: u32,
     },
     SetMemType {
         nr: u32,
@@ -328,6 +365,8 @@ impl DmOp {
             DmOp::SetPciIntxLevel { .. } => XEN_DMOP_SET_PCI_INTX_LEVEL,
             DmOp::SetIsaIrqLevel { .. } => XEN_DMOP_SET_ISA_IRQ_LEVEL,
             DmOp::SetPciLinkRoute { .. } => XEN_DMOP_SET_PCI_LINK_ROUTE,
+            DmOp::TrackDirtyVram { .. } => XEN_DMOP_TRACK_DIRTY_VRAM,
+            DmOp::ModifiedMemory { .. } => XEN_DMOP_MODIFIED_MEMORY,
             DmOp::SetMemType { .. } => XEN_DMOP_SET_MEM_TYPE,
             DmOp::InjectMsi { .. } => XEN_DMOP_INJECT_MSI,
             DmOp::RemoteShutdown { .. } => XEN_DMOP_REMOTE_SHUTDOWN,
@@ -397,6 +436,13 @@ impl DmOp {
             DmOp::SetPciLinkRoute { link, irq } => {
                 u.u8(offset_of!(SetPciLinkRoute, link), link);
                 u.u8(offset_of!(SetPciLinkRoute, isa_irq), irq);
+            }
+            DmOp::TrackDirtyVram { first_pfn, nr } => {
+                u.u32(offset_of!(TrackDirtyVram, nr), nr);
+                u.u64(offset_of!(TrackDirtyVram, first_pfn), first_pfn);
+            }
+            DmOp::ModifiedMemory { nr_extents } => {
+                u.u32(offset_of!(ModifiedMemory, nr_extents), nr_extents);
             }
             DmOp::SetMemType {
                 nr,
@@ -484,6 +530,13 @@ impl DmOp {
             XEN_DMOP_SET_PCI_LINK_ROUTE => DmOp::SetPciLinkRoute {
                 link: g8(b, offset_of!(SetPciLinkRoute, link)),
                 irq: g8(b, offset_of!(SetPciLinkRoute, isa_irq)),
+            },
+            XEN_DMOP_TRACK_DIRTY_VRAM => DmOp::TrackDirtyVram {
+                nr: g32(b, offset_of!(TrackDirtyVram, nr)),
+                first_pfn: g64(b, offset_of!(TrackDirtyVram, first_pfn)),
+            },
+            XEN_DMOP_MODIFIED_MEMORY => DmOp::ModifiedMemory {
+                nr_extents: g32(b, offset_of!(ModifiedMemory, nr_extents)),
             },
             XEN_DMOP_SET_MEM_TYPE => DmOp::SetMemType {
                 nr: g32(b, offset_of!(SetMemType, nr)),
@@ -625,6 +678,11 @@ mod tests {
                 ty: 6,
             },
             DmOp::NrVcpus { vcpus: 4 },
+            DmOp::TrackDirtyVram {
+                first_pfn: 0xf0000,
+                nr: 2048,
+            },
+            DmOp::ModifiedMemory { nr_extents: 3 },
         ];
         for op in ops {
             assert_eq!(DmOp::decode(&op.encode()), Ok(op));

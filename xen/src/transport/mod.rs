@@ -20,8 +20,10 @@ use std::os::fd::BorrowedFd;
 use thiserror::Error;
 
 use crate::abi::dmop::{
-    DmOp, XEN_DMOP_IO_RANGE_MEMORY, XEN_DMOP_IO_RANGE_PCI, XEN_DMOP_IO_RANGE_PORT, XEN_DMOP_NO_GFNS,
+    DmOp, MODIFIED_MEMORY_EXTENT_SIZE, XEN_DMOP_IO_RANGE_MEMORY, XEN_DMOP_IO_RANGE_PCI,
+    XEN_DMOP_IO_RANGE_PORT, XEN_DMOP_NO_GFNS,
 };
+use crate::abi::ioctl::DM_OP_MAX_BUF_SIZE;
 pub use os::MappedRegion;
 
 /// A domain id (`domid_t`).
@@ -292,6 +294,21 @@ pub trait DmOps {
         self.dm(domid, DmOp::RemoteShutdown { reason }).map(drop)
     }
 
+    /// Which of `nr` frames from `first_pfn` the guest wrote since the last call (VGA
+    /// refresh): bit `i` of `bitmap` (at least `(nr + 7) / 8` bytes) for frame `first_pfn + i`.
+    /// Xen answers ENODATA when it cannot tell; treat that as "all dirty".
+    fn track_dirty_vram(
+        &self,
+        domid: DomId,
+        first_pfn: u64,
+        nr: u32,
+        bitmap: &mut [u8],
+    ) -> Result<(), TransportError>;
+
+    /// Report guest frames the device model wrote (needed while Xen tracks dirty memory for
+    /// live migration): `(first_pfn, count)` extents.
+    fn modified_memory(&self, domid: DomId, extents: &[(u64, u32)]) -> Result<(), TransportError>;
+
     fn nr_vcpus(&self, domid: DomId) -> Result<u32, TransportError> {
         match self.dm(domid, DmOp::NrVcpus { vcpus: 0 })? {
             DmOp::NrVcpus { vcpus } => Ok(vcpus),
@@ -315,5 +332,38 @@ impl<T: Transport + ?Sized> DmOps for T {
             op: "dm_op",
             detail: e.to_string(),
         })
+    }
+
+    fn track_dirty_vram(
+        &self,
+        domid: DomId,
+        first_pfn: u64,
+        nr: u32,
+        bitmap: &mut [u8],
+    ) -> Result<(), TransportError> {
+        let need = (nr as usize).div_ceil(8);
+        if bitmap.len() < need || need > DM_OP_MAX_BUF_SIZE {
+            return Err(TransportError::errno("track_dirty_vram", libc::EINVAL));
+        }
+        let mut bytes = DmOp::TrackDirtyVram { first_pfn, nr }.encode();
+        self.dm_op(domid, &mut bytes, &mut [&mut bitmap[..need]])
+    }
+
+    fn modified_memory(&self, domid: DomId, extents: &[(u64, u32)]) -> Result<(), TransportError> {
+        // One buffer holds at most a page of extents (privcmd's per-buffer limit).
+        for chunk in extents.chunks(DM_OP_MAX_BUF_SIZE / MODIFIED_MEMORY_EXTENT_SIZE) {
+            let mut buf = Vec::with_capacity(chunk.len() * MODIFIED_MEMORY_EXTENT_SIZE);
+            for &(first_pfn, nr) in chunk {
+                buf.extend_from_slice(&nr.to_le_bytes());
+                buf.extend_from_slice(&0u32.to_le_bytes());
+                buf.extend_from_slice(&first_pfn.to_le_bytes());
+            }
+            let mut bytes = DmOp::ModifiedMemory {
+                nr_extents: chunk.len() as u32,
+            }
+            .encode();
+            self.dm_op(domid, &mut bytes, &mut [&mut buf])?;
+        }
+        Ok(())
     }
 }

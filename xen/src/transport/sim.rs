@@ -296,6 +296,8 @@ fn xen_dm_op(shared: &Shared, st: &mut XenState, op: DmOp) -> Result<DmOp, i32> 
             vcpus: shared.cfg.vcpus,
         }),
         RemoteShutdown { .. }
+        | TrackDirtyVram { .. }
+        | ModifiedMemory { .. }
         | InjectMsi { .. }
         | SetMemType { .. }
         | RelocateMemory { .. }
@@ -321,13 +323,27 @@ impl Transport for SimTransport {
         &self,
         domid: DomId,
         op: &mut [u8; 32],
-        _extra: &mut [&mut [u8]],
+        extra: &mut [&mut [u8]],
     ) -> Result<(), TransportError> {
         self.check_domid("DM_OP", domid)?;
         let decoded =
             DmOp::decode(op).map_err(|_| TransportError::errno("DM_OP", libc::EOPNOTSUPP))?;
         let mut st = self.shared.lock();
         st.dm_ops.push(decoded);
+        match decoded {
+            // The simulator does not track writes: everything is dirty.
+            DmOp::TrackDirtyVram { nr, .. } => match extra.first_mut() {
+                Some(b) if b.len() >= (nr as usize).div_ceil(8) => b.fill(0xFF),
+                _ => return Err(TransportError::errno("DM_OP", libc::EINVAL)),
+            },
+            DmOp::ModifiedMemory { nr_extents } => {
+                let len = extra.first().map_or(0, |b| b.len());
+                if len != nr_extents as usize * crate::abi::dmop::MODIFIED_MEMORY_EXTENT_SIZE {
+                    return Err(TransportError::errno("DM_OP", libc::EINVAL));
+                }
+            }
+            _ => {}
+        }
         let answer = xen_dm_op(&self.shared, &mut st, decoded)
             .map_err(|e| TransportError::errno("DM_OP", e))?;
         *op = answer.encode();
@@ -805,6 +821,20 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.raw_os_error(), Some(libc::ENOENT));
         assert_eq!(xen.ranges(), vec![(RangeKind::Port, 0x3f8, 0x3ff)]);
+        let mut bitmap = [0u8; 3];
+        t.track_dirty_vram(7, 0xA0, 20, &mut bitmap).unwrap();
+        assert_eq!(bitmap, [0xFF; 3]);
+        assert!(t.track_dirty_vram(7, 0xA0, 40, &mut bitmap).is_err());
+        let extents: Vec<(u64, u32)> = (0..300).map(|i| (i * 16, 1)).collect();
+        xen.take_dm_ops();
+        t.modified_memory(7, &extents).unwrap();
+        assert_eq!(
+            xen.take_dm_ops(),
+            vec![
+                DmOp::ModifiedMemory { nr_extents: 256 },
+                DmOp::ModifiedMemory { nr_extents: 44 }
+            ]
+        );
         t.destroy_ioreq_server(7, id).unwrap();
         assert_eq!(xen.server_state(), None);
     }
