@@ -766,3 +766,63 @@ fn the_event_fd_drives_a_mio_loop() {
         assert!(r.xen.response(round % 2).is_some());
     }
 }
+
+/// A PCI function with one 32-byte I/O BAR whose registers read back their offset.
+struct IoBarDev {
+    config: devices::pci::ConfigSpace,
+}
+
+impl devices::pci::PciFunction for IoBarDev {
+    fn name(&self) -> &str {
+        "iobar"
+    }
+    fn config(&self) -> &devices::pci::ConfigSpace {
+        &self.config
+    }
+    fn config_mut(&mut self) -> &mut devices::pci::ConfigSpace {
+        &mut self.config
+    }
+    fn bar_read(&mut self, _bar: usize, offset: u64, data: &mut [u8]) {
+        for (i, b) in data.iter_mut().enumerate() {
+            *b = offset as u8 + i as u8;
+        }
+    }
+}
+
+#[test]
+fn bar_programming_through_pci_config_claims_and_moves_ranges() {
+    use devices::pci::{BarKind, Bdf, ConfigSpace, PciIds};
+    let mut r = rig();
+    let mut config = ConfigSpace::new(PciIds {
+        vendor_id: 0x1B36,
+        device_id: 0x0001,
+        revision_id: 0,
+        class_code: 0xFF_00_00,
+        subsystem_vendor_id: 0,
+        subsystem_id: 0,
+    });
+    config.add_bar(0, BarKind::Io, 0x20).unwrap();
+    let root = r.dm.pci.clone().unwrap();
+    root.add(Bdf::new(0, 3, 0).unwrap(), IoBarDev { config })
+        .unwrap();
+    r.server.mark_ranges_stale();
+    let sbdf = u64::from(pci_sbdf(0, 0, 3, 0));
+    let cfg = |read, reg: u64, size, data| {
+        IoReq::new(IOREQ_TYPE_PCI_CONFIG, read, (sbdf << 32) | reg, size, data)
+    };
+    assert_eq!(r.run(cfg(true, 0, 2, 0)).data, 0x1B36);
+    assert!(r.xen.ranges().contains(&(RangeKind::Pci, sbdf, sbdf)));
+    // BAR0 = 0xC000, then I/O decode on: the range is claimed before the vCPU resumes.
+    r.run(cfg(false, 0x10, 4, 0xC000));
+    r.run(cfg(false, 0x04, 2, 0x0001));
+    assert!(r.xen.ranges().contains(&(RangeKind::Port, 0xC000, 0xC01F)));
+    assert_eq!(r.run(pio(true, 0xC004, 2, 0)).data, 0x0504);
+    // Moving the BAR releases the old range.
+    r.run(cfg(false, 0x10, 4, 0xC100));
+    let ranges = r.xen.ranges();
+    assert!(ranges.contains(&(RangeKind::Port, 0xC100, 0xC11F)));
+    assert!(!ranges.contains(&(RangeKind::Port, 0xC000, 0xC01F)));
+    // Decode off: gone.
+    r.run(cfg(false, 0x04, 2, 0));
+    assert!(!r.xen.ranges().iter().any(|x| x.1 == 0xC100));
+}
