@@ -4,6 +4,8 @@
 //!
 //! Lines remember the level they last reported and skip repeats (Xen's answer would not
 //! change, and each DM op is a hypercall); a failed op forgets it so the next change retries.
+//! Xen takes one level per ISA IRQ: if two devices share an ISA line, the board must OR them
+//! before an [`IsaIrq`] (PCI INTx sharing is handled by the PCI root and Xen).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU32, Ordering};

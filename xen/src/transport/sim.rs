@@ -677,7 +677,7 @@ impl SimXen {
             let w = ring.write_pointer();
             let r = ring.read_pointer();
             let n = entries.len() as u32;
-            if w.wrapping_sub(r) + n > crate::abi::IOREQ_BUFFER_SLOT_NUM {
+            if w.wrapping_sub(r).saturating_add(n) > crate::abi::IOREQ_BUFFER_SLOT_NUM {
                 return Err(SimError::RingFull);
             }
             for (i, e) in entries.iter().enumerate() {
