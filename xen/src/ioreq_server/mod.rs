@@ -40,10 +40,11 @@ use devices::pci::{BarMappingListener, BarRegion, Bdf, PciRoot};
 
 use crate::abi::pages::{BufferedPage, IoreqSlot};
 use crate::abi::{
-    HVM_IOREQSRV_BUFIOREQ_ATOMIC, HVM_IOREQSRV_BUFIOREQ_OFF, IOREQ_BUFFER_SLOT_NUM, IoReq,
-    MAX_VCPU_SLOTS, PAGE_SIZE, STATE_IOREQ_INPROCESS, STATE_IOREQ_READY, STATE_IORESP_READY,
-    XENMEM_RESOURCE_IOREQ_SERVER, XENMEM_RESOURCE_IOREQ_SERVER_FRAME_BUFIOREQ,
-    XENMEM_RESOURCE_IOREQ_SERVER_FRAME_IOREQ, pci_sbdf,
+    HVM_IOREQSRV_BUFIOREQ_ATOMIC, HVM_IOREQSRV_BUFIOREQ_OFF, IOREQ_BUFFER_SLOT_NUM,
+    IOREQ_TYPE_PCI_CONFIG, IoReq, MAX_VCPU_SLOTS, PAGE_SIZE, STATE_IOREQ_INPROCESS,
+    STATE_IOREQ_READY, STATE_IORESP_READY, XENMEM_RESOURCE_IOREQ_SERVER,
+    XENMEM_RESOURCE_IOREQ_SERVER_FRAME_BUFIOREQ, XENMEM_RESOURCE_IOREQ_SERVER_FRAME_IOREQ,
+    pci_sbdf,
 };
 use crate::mapcache::DmMemory;
 use crate::transport::os::MappedRegion;
@@ -529,7 +530,10 @@ impl IoreqServer {
         if req.is_read() && !req.data_is_ptr() {
             slot.set_data(data);
         }
-        if self.ranges_stale.swap(false, Ordering::AcqRel) {
+        // A config write can move a decoder that is not a BAR (the PIIX4's PMBA), which the
+        // root does not report; re-checking the claims after each one is cheap (they are rare).
+        let config_write = req.ty == IOREQ_TYPE_PCI_CONFIG && !req.is_read();
+        if self.ranges_stale.swap(false, Ordering::AcqRel) || config_write {
             sync_ranges(&*self.transport, self.domid, self.id, &mut self.claimed, dm);
         }
         if let Some(reason) = dm.shutdown.as_ref().and_then(|l| l.take()) {
