@@ -129,10 +129,8 @@ pub(crate) mod test_util {
         pub fn new(tag: &str, size: u64) -> TempImage {
             static NEXT: AtomicU64 = AtomicU64::new(0);
             let n = NEXT.fetch_add(1, Ordering::Relaxed);
-            let path = std::env::temp_dir().join(format!(
-                "vireo-test-{tag}-{}-{n}.img",
-                std::process::id()
-            ));
+            let path = std::env::temp_dir()
+                .join(format!("vireo-test-{tag}-{}-{n}.img", std::process::id()));
             let f = std::fs::File::create(&path).unwrap();
             f.set_len(size).unwrap();
             TempImage { path }

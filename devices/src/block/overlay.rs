@@ -129,12 +129,14 @@ impl CowOverlay {
 
     fn store_read(&self, offset: u64, buf: &mut [u8]) -> Result<(), BlockError> {
         match &self.store {
-            Store::File(f) => f.read_exact_at(buf, offset).map_err(|source| BlockError::Io {
-                op: "overlay read",
-                offset,
-                len: buf.len(),
-                source,
-            }),
+            Store::File(f) => f
+                .read_exact_at(buf, offset)
+                .map_err(|source| BlockError::Io {
+                    op: "overlay read",
+                    offset,
+                    len: buf.len(),
+                    source,
+                }),
             Store::Memory(map) => {
                 let mut done = 0;
                 while done < buf.len() {
@@ -157,12 +159,14 @@ impl CowOverlay {
     fn store_write(&mut self, offset: u64, buf: &[u8]) -> Result<(), BlockError> {
         let size = self.size;
         match &mut self.store {
-            Store::File(f) => f.write_all_at(buf, offset).map_err(|source| BlockError::Io {
-                op: "overlay write",
-                offset,
-                len: buf.len(),
-                source,
-            }),
+            Store::File(f) => f
+                .write_all_at(buf, offset)
+                .map_err(|source| BlockError::Io {
+                    op: "overlay write",
+                    offset,
+                    len: buf.len(),
+                    source,
+                }),
             Store::Memory(map) => {
                 let mut done = 0;
                 while done < buf.len() {
@@ -241,7 +245,7 @@ impl BlockBackend for CowOverlay {
         let first = offset / SECTOR_SIZE;
         let last = (end - 1) / SECTOR_SIZE;
         // Sectors the write covers only in part keep the base's bytes around it.
-        if offset % SECTOR_SIZE != 0 {
+        if !offset.is_multiple_of(SECTOR_SIZE) {
             self.copy_up(first)?;
         }
         if end < self.sector_span(last).1 {

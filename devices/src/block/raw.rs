@@ -196,10 +196,7 @@ mod tests {
         let img = TempImage::new("raw-ro", 1024);
         let mut raw = RawFile::open(img.path(), true).unwrap();
         assert!(raw.is_read_only());
-        assert!(matches!(
-            raw.write_at(0, &[1]),
-            Err(BlockError::ReadOnly)
-        ));
+        assert!(matches!(raw.write_at(0, &[1]), Err(BlockError::ReadOnly)));
         raw.flush().unwrap();
         assert_eq!(img.contents(), vec![0u8; 1024]);
     }

@@ -1,3 +1,4 @@
 //! Disk controllers.
 
+pub mod atapi;
 pub mod ide;
