@@ -610,11 +610,15 @@ fn load_op(r: &mut StateReader<'_>) -> Result<Op, SnapshotError> {
             dma: r.bool()?,
             limit: r.u16()?,
         },
-        6 => Op::AtapiPio {
-            src: load_source(r)?,
-            left: r.u64()?,
-            limit: r.u16()?,
-        },
+        6 => {
+            let (src, left, limit) = (load_source(r)?, r.u64()?, r.u16()?);
+            if limit < 2 {
+                return Err(SnapshotError::Invalid(format!(
+                    "ATAPI byte count limit {limit}"
+                )));
+            }
+            Op::AtapiPio { src, left, limit }
+        }
         _ => Op::AtapiDma {
             src: load_source(r)?,
             left: r.u64()?,
@@ -625,6 +629,8 @@ fn load_op(r: &mut StateReader<'_>) -> Result<Op, SnapshotError> {
 /// A drive position: the attached drive (if any) and its registers.
 struct Drive {
     dev: Option<IdeDrive>,
+    /// 0 for the master, 1 for the slave.
+    unit: usize,
     serial: String,
     /// Default CHS geometry of a disk (cylinders capped at 16383, 16 heads, 63 sectors).
     chs: (u16, u8, u8),
@@ -653,6 +659,7 @@ impl Drive {
         let kind = dev.as_ref().map(|d| d.kind);
         Drive {
             dev,
+            unit: position % 2,
             serial,
             chs,
             st: DriveState::power_on(kind, chs),
@@ -840,7 +847,9 @@ impl Drive {
 
     // ----- IDENTIFY -----
 
-    fn identify_words(&self) -> [u16; 256] {
+    /// IDENTIFY (PACKET) DEVICE data. `peer_present`: the other drive of the channel exists,
+    /// which word 93 reports.
+    fn identify_words(&self, peer_present: bool) -> [u16; 256] {
         let mut w = [0u16; 256];
         let Some(dev) = &self.dev else {
             return w;
@@ -902,8 +911,6 @@ impl Drive {
                 w[86] = 1 << 13 | 1 << 12 | 1 << 10;
                 w[87] = 1 << 14;
                 w[88] = 0x003F | udma_selected; // UDMA 0-5
-                // Device 0 passed diagnostics by jumper, 80-conductor cable detected.
-                w[93] = 1 | 1 << 14 | 1 << 13;
                 w[100] = total as u16;
                 w[101] = (total >> 16) as u16;
                 w[102] = (total >> 32) as u16;
@@ -927,6 +934,7 @@ impl Drive {
                 w[88] = 0x003F | udma_selected;
             }
         }
+        w[93] = hardware_reset_result(self.unit, peer_present);
         // Integrity word: signature A5h, and a checksum making all 512 bytes sum to zero.
         w[255] = 0x00A5;
         let sum = w
@@ -948,7 +956,7 @@ impl Drive {
     // ----- Commands -----
 
     /// Execute `opcode` (never EXECUTE DEVICE DIAGNOSTIC, which the channel runs).
-    fn command(&mut self, opcode: u8) -> Irq {
+    fn command(&mut self, opcode: u8, peer_present: bool) -> Irq {
         self.st.error = 0;
         self.st.standby = self.st.standby
             && matches!(
@@ -959,11 +967,11 @@ impl Drive {
         match opcode {
             cmd::IDENTIFY_DEVICE if cdrom => self.abort_with_signature(),
             cmd::IDENTIFY_DEVICE => {
-                let data = words_to_bytes(&self.identify_words());
+                let data = words_to_bytes(&self.identify_words(peer_present));
                 self.start_pio_in(data)
             }
             cmd::IDENTIFY_PACKET_DEVICE if cdrom => {
-                let data = words_to_bytes(&self.identify_words());
+                let data = words_to_bytes(&self.identify_words(peer_present));
                 self.start_pio_in(data)
             }
             cmd::PACKET if cdrom => {
@@ -1157,10 +1165,10 @@ impl Drive {
             warn!("IDE: read of sectors {lba}+{n} failed: {e}");
             return self.abort();
         }
-        self.set_address(lba + u64::from(n));
+        self.set_address(lba.saturating_add(u64::from(n)));
         self.set_count(left - n);
         self.st.op = Op::ReadPio {
-            lba: lba + u64::from(n),
+            lba: lba.saturating_add(u64::from(n)),
             left: left - n,
             block,
         };
@@ -1210,13 +1218,13 @@ impl Drive {
             return self.abort();
         }
         let left = left - n;
-        self.set_address(lba + u64::from(n));
+        self.set_address(lba.saturating_add(u64::from(n)));
         self.set_count(left);
         if left == 0 {
             return self.complete();
         }
         self.st.op = Op::WritePio {
-            lba: lba + u64::from(n),
+            lba: lba.saturating_add(u64::from(n)),
             left,
             block,
         };
@@ -1328,7 +1336,7 @@ impl Drive {
                         0,
                     ));
                 }
-                *offset = at + out.len() as u64;
+                *offset = at.saturating_add(out.len() as u64);
                 Ok(())
             }
         }
@@ -1485,7 +1493,7 @@ impl Drive {
                 total,
                 done,
             } => {
-                let at = lba * SECTOR_SIZE + done;
+                let at = dma_offset(lba, done);
                 let result = match self.medium() {
                     Some(m) => m.read_at(at, out),
                     None => return Err(()),
@@ -1536,7 +1544,7 @@ impl Drive {
         else {
             return Err(());
         };
-        let at = lba * SECTOR_SIZE + done;
+        let at = dma_offset(lba, done);
         let result = match self.medium() {
             Some(m) => m.write_at(at, data),
             None => return Err(()),
@@ -1564,7 +1572,7 @@ impl Drive {
                 ..
             } => {
                 let sectors = total / SECTOR_SIZE;
-                self.set_address(lba + sectors);
+                self.set_address(lba.saturating_add(sectors));
                 self.set_count(0);
                 if !to_memory
                     && !self.st.write_cache
@@ -1596,6 +1604,26 @@ impl Drive {
             }
             _ => Irq::None,
         }
+    }
+}
+
+/// The byte offset of a DMA transfer's progress; past the 64-bit range (only a corrupt
+/// snapshot gets there) it saturates, and the backend's range check refuses it.
+fn dma_offset(lba: u64, done: u64) -> u64 {
+    lba.saturating_mul(SECTOR_SIZE).saturating_add(done)
+}
+
+/// IDENTIFY word 93, the hardware reset result (ATA/ATAPI-6 8.15.54): device number set by
+/// jumper, diagnostics passed, an 80-conductor cable, and whether device 0 saw device 1
+/// (PDIAG-/DASP-) or answers for it. SeaBIOS skips probing device 1 when device 0 says it
+/// answers for it.
+fn hardware_reset_result(unit: usize, peer_present: bool) -> u16 {
+    let common = 1 << 14 | 1 << 13;
+    if unit == 0 {
+        let device1 = if peer_present { 0x30 } else { 0x40 };
+        common | device1 | 0x08 | 0x02 | 0x01
+    } else {
+        common | 0x0800 | 0x0200 | 0x0100
     }
 }
 
@@ -1884,7 +1912,8 @@ impl IdeChannel {
             self.raise_irq();
             return;
         }
-        let irq = drive.command(opcode);
+        let peer_present = self.drives[1 - unit].present();
+        let irq = self.drives[unit].command(opcode, peer_present);
         self.signal(irq);
         if self.drives[unit].dma_direction().is_some() {
             self.run_dma(unit);
@@ -2773,6 +2802,12 @@ mod tests {
         assert_eq!(w[63], 0x0407, "MWDMA 0-2, mode 2 selected");
         assert_eq!(w[88] & 0xFF, 0x3F, "UDMA 0-5 supported");
         assert_eq!(w[47], 0x8010);
+        assert_eq!(w[93], 0x604B, "no device 1: device 0 answers for it");
+        assert_eq!(
+            w[93] & 0xDF61,
+            0x4041,
+            "SeaBIOS's test for skipping device 1"
+        );
         assert_eq!(w[59], 0x0110);
         assert_eq!(w[255] & 0xFF, 0xA5);
         let sum = w
@@ -3161,6 +3196,11 @@ mod tests {
         assert_eq!(sig(&rig)[2..], [0x14, 0xEB]);
         let w = rig.identify(CMD, cmd::IDENTIFY_PACKET_DEVICE);
         assert_eq!(w[0], 0x85C0);
+        assert_eq!(w[93], 0x6B00, "device 1, jumpered, PDIAG- asserted");
+        rig.outb(CMD + 6, 0xA0);
+        let w = rig.identify(CMD, cmd::IDENTIFY_DEVICE);
+        assert_eq!(w[93], 0x603B, "device 0 saw device 1");
+        rig.outb(CMD + 6, 0xB0);
         assert_eq!(w[27], u16::from_be_bytes(*b"VI"));
         // EXECUTE DEVICE DIAGNOSTIC resets both and interrupts.
         rig.irq14.take_rising_edges();
@@ -3731,106 +3771,180 @@ mod tests {
         }
     }
 
-    #[test]
-    fn random_accesses_never_panic() {
-        let img = patterned("ide-random", 128);
-        let img2 = patterned("ide-random2", 16);
-        let cd = iso("ide-random-cd", 16);
-        let commands = [
-            0x00u8, 0x08, 0x10, 0x20, 0x21, 0x24, 0x25, 0x27, 0x29, 0x30, 0x34, 0x35, 0x39, 0x40,
-            0x42, 0x70, 0x90, 0x91, 0xA0, 0xA1, 0xC4, 0xC5, 0xC6, 0xC8, 0xCA, 0xE0, 0xE1, 0xE5,
-            0xE7, 0xEA, 0xEC, 0xEF, 0xF8,
-        ];
-        let cdbs = [
-            0x00u8, 0x03, 0x12, 0x1B, 0x1E, 0x25, 0x28, 0x43, 0x46, 0x4A, 0x5A, 0xA8, 0xBE,
-        ];
-        for seed in [1u64, 0xDEAD_BEEF, 42] {
-            let mut rig = Rig::new(
-                [Some(disk(&img)), Some(cdrom(&cd))],
-                [
-                    Some(IdeDrive::disk(Box::new(CowOverlay::in_memory(Box::new(
-                        RawFile::open(img2.path(), true).unwrap(),
-                    ))))),
-                    None,
-                ],
-            );
-            let mut rng = Rng(seed);
-            for step in 0..60_000u32 {
-                let base = if rng.below(2) == 0 { CMD } else { SEC_CMD };
-                match rng.below(12) {
-                    0 => rig.outb(
-                        base + 7,
-                        commands[rng.below(commands.len() as u64) as usize],
-                    ),
-                    1 => rig.outb(base + 7, rng.next() as u8),
-                    2 => rig.outb(base + 1 + rng.below(6) as u16, rng.next() as u8),
-                    3 => rig.outb(base + 2, rng.below(4) as u8),
-                    4 => {
-                        let _ = rig.inw(base);
-                    }
-                    5 => rig.outw(base, u16::from(cdbs[rng.below(cdbs.len() as u64) as usize])),
-                    6 => {
-                        let port = base + rng.below(8) as u16;
-                        match rng.below(3) {
-                            0 => {
-                                rig.inb(port);
-                            }
-                            1 => {
-                                rig.inl(port);
-                            }
-                            _ => rig.outl(port, rng.next() as u32),
+    const FUZZ_COMMANDS: [u8; 33] = [
+        0x00, 0x08, 0x10, 0x20, 0x21, 0x24, 0x25, 0x27, 0x29, 0x30, 0x34, 0x35, 0x39, 0x40, 0x42,
+        0x70, 0x90, 0x91, 0xA0, 0xA1, 0xC4, 0xC5, 0xC6, 0xC8, 0xCA, 0xE0, 0xE1, 0xE5, 0xE7, 0xEA,
+        0xEC, 0xEF, 0xF8,
+    ];
+    const FUZZ_CDBS: [u8; 13] = [
+        0x00, 0x03, 0x12, 0x1B, 0x1E, 0x25, 0x28, 0x43, 0x46, 0x4A, 0x5A, 0xA8, 0xBE,
+    ];
+
+    /// `steps` random accesses to every port, the engines and the PRD tables in RAM.
+    fn random_io(rig: &mut Rig, rng: &mut Rng, steps: u32) {
+        for _ in 0..steps {
+            let base = if rng.below(2) == 0 { CMD } else { SEC_CMD };
+            match rng.below(12) {
+                0 => rig.outb(
+                    base + 7,
+                    FUZZ_COMMANDS[rng.below(FUZZ_COMMANDS.len() as u64) as usize],
+                ),
+                1 => rig.outb(base + 7, rng.next() as u8),
+                2 => rig.outb(base + 1 + rng.below(6) as u16, rng.next() as u8),
+                3 => rig.outb(base + 2, rng.below(4) as u8),
+                4 => {
+                    let _ = rig.inw(base);
+                }
+                5 => rig.outw(
+                    base,
+                    u16::from(FUZZ_CDBS[rng.below(FUZZ_CDBS.len() as u64) as usize]),
+                ),
+                6 => {
+                    let port = base + rng.below(8) as u16;
+                    match rng.below(3) {
+                        0 => {
+                            rig.inb(port);
                         }
-                    }
-                    7 => {
-                        let ctl = if base == CMD { CTL } else { SEC_CTL };
-                        let v = [0u8, 2, 4, 0x80, rng.next() as u8][rng.below(5) as usize];
-                        rig.outb(ctl, v);
-                        rig.inb(ctl);
-                    }
-                    8 => {
-                        let off = rng.below(16);
-                        let v = match off % 8 {
-                            0 => [0u8, 1, 8, 9][rng.below(4) as usize],
-                            _ => rng.next() as u8,
-                        };
-                        rig.bm_out(off, v);
-                        rig.bm_in(rng.below(16));
-                    }
-                    9 => {
-                        // A PRD table somewhere in (or beyond) RAM, with random entries.
-                        let table = (rng.below(RAM_SIZE as u64 + 0x1000) & !7) as u32;
-                        for i in 0..rng.below(8) {
-                            let addr = rng.below(RAM_SIZE as u64 + 0x10000) as u32;
-                            let count = rng.next() as u32 & 0x8000_FFFF;
-                            let at = u64::from(table) + 8 * i;
-                            let _ = rig.ram.write_u32(at, addr);
-                            let _ = rig.ram.write_u32(at + 4, count);
+                        1 => {
+                            rig.inl(port);
                         }
-                        rig.bm_table(rng.below(2), table);
-                    }
-                    10 => {
-                        let _ = rig.inw(base);
-                        let _ = rig.inw(base);
-                        rig.outw(base, rng.next() as u16);
-                    }
-                    _ => {
-                        let cmdw = COMMAND;
-                        let v = if rng.below(8) == 0 { 1u16 } else { 5 };
-                        rig.ide.write_config(cmdw, &v.to_le_bytes());
+                        _ => rig.outl(port, rng.next() as u32),
                     }
                 }
-                if step % 10_000 == 0 {
-                    let blob = snapshot::save(&rig.ide);
-                    snapshot::restore(&mut rig.ide, &blob).unwrap();
-                    assert_eq!(snapshot::save(&rig.ide), blob);
+                7 => {
+                    let ctl = if base == CMD { CTL } else { SEC_CTL };
+                    let v = [0u8, 2, 4, 0x80, rng.next() as u8][rng.below(5) as usize];
+                    rig.outb(ctl, v);
+                    rig.inb(ctl);
                 }
-                for ch in &rig.ide.channels {
-                    let ch = lock(ch);
-                    for d in &ch.drives {
-                        assert!(d.st.buf.len() <= MAX_BUFFER);
+                8 => {
+                    let off = rng.below(16);
+                    let v = match off % 8 {
+                        0 => [0u8, 1, 8, 9][rng.below(4) as usize],
+                        _ => rng.next() as u8,
+                    };
+                    rig.bm_out(off, v);
+                    rig.bm_in(rng.below(16));
+                }
+                9 => {
+                    // A PRD table somewhere in (or beyond) RAM, with random entries.
+                    let table = (rng.below(RAM_SIZE as u64 + 0x1000) & !7) as u32;
+                    for i in 0..rng.below(8) {
+                        let addr = rng.below(RAM_SIZE as u64 + 0x10000) as u32;
+                        let count = rng.next() as u32 & 0x8000_FFFF;
+                        let at = u64::from(table) + 8 * i;
+                        let _ = rig.ram.write_u32(at, addr);
+                        let _ = rig.ram.write_u32(at + 4, count);
                     }
+                    rig.bm_table(rng.below(2), table);
+                }
+                10 => {
+                    let _ = rig.inw(base);
+                    let _ = rig.inw(base);
+                    rig.outw(base, rng.next() as u16);
+                }
+                _ => {
+                    let v = if rng.below(8) == 0 { 1u16 } else { 5 };
+                    rig.ide.write_config(COMMAND, &v.to_le_bytes());
+                }
+            }
+            for ch in &rig.ide.channels {
+                let ch = lock(ch);
+                for d in &ch.drives {
+                    assert!(d.st.buf.len() <= MAX_BUFFER);
+                    assert!(d.st.pos <= d.st.buf.len() + 4);
                 }
             }
         }
+    }
+
+    struct FuzzImages {
+        disk: TempImage,
+        small: TempImage,
+        cd: TempImage,
+    }
+
+    impl FuzzImages {
+        fn new() -> FuzzImages {
+            FuzzImages {
+                disk: patterned("ide-random", 128),
+                small: patterned("ide-random2", 16),
+                cd: iso("ide-random-cd", 16),
+            }
+        }
+
+        fn rig(&self) -> Rig {
+            Rig::new(
+                [Some(disk(&self.disk)), Some(cdrom(&self.cd))],
+                [
+                    Some(IdeDrive::disk(Box::new(CowOverlay::in_memory(Box::new(
+                        RawFile::open(self.small.path(), true).unwrap(),
+                    ))))),
+                    None,
+                ],
+            )
+        }
+    }
+
+    #[test]
+    fn random_accesses_never_panic() {
+        let images = FuzzImages::new();
+        for seed in [1u64, 0xDEAD_BEEF, 42] {
+            let mut rig = images.rig();
+            let mut rng = Rng(seed);
+            for _ in 0..6 {
+                random_io(&mut rig, &mut rng, 10_000);
+                let blob = snapshot::save(&rig.ide);
+                snapshot::restore(&mut rig.ide, &blob).unwrap();
+                assert_eq!(snapshot::save(&rig.ide), blob);
+            }
+        }
+    }
+
+    /// CRC-32 (IEEE), to re-seal mutated snapshot payloads.
+    fn crc32(data: &[u8]) -> u32 {
+        let mut crc = !0u32;
+        for &b in data {
+            crc ^= u32::from(b);
+            for _ in 0..8 {
+                crc = (crc >> 1) ^ (0xEDB8_8320 & (crc & 1).wrapping_neg());
+            }
+        }
+        !crc
+    }
+
+    #[test]
+    fn hostile_snapshots_never_panic() {
+        let images = FuzzImages::new();
+        let mut rng = Rng(7);
+        let mut source = images.rig();
+        let mut restored = 0;
+        for round in 0..300 {
+            random_io(&mut source, &mut rng, 200);
+            let mut blob = snapshot::save(&source.ide);
+            // Mutate the payload (after magic, id, version and length), then re-seal it.
+            let header = 4 + 1 + "piix3-ide".len() + 2 + 4;
+            let payload_len = blob.len() - header - 4;
+            for _ in 0..1 + rng.below(4) {
+                let at = header + rng.below(payload_len as u64) as usize;
+                blob[at] = match rng.below(3) {
+                    0 => rng.next() as u8,
+                    1 => 0xFF,
+                    _ => blob[at] ^ 1,
+                };
+            }
+            let body = blob.len() - 4;
+            let crc = crc32(&blob[..body]);
+            blob[body..].copy_from_slice(&crc.to_le_bytes());
+            let mut target = images.rig();
+            if snapshot::restore(&mut target.ide, &blob).is_ok() {
+                restored += 1;
+                random_io(&mut target, &mut rng, 300);
+            }
+            if round % 50 == 0 {
+                source = images.rig();
+            }
+        }
+        assert!(restored > 0, "some mutations are valid states");
     }
 }
