@@ -66,6 +66,28 @@ use crate::pci::config_space::{BarKind, ConfigSpace, PciIds, command, status};
 use crate::pci::{Bdf, PciFunction};
 use crate::snapshot::{self, Snapshot, SnapshotError, StateReader, StateWriter};
 
+/// Warnings a guest can trigger at will (reads past the end, bad PRD tables): the first
+/// [`GUEST_WARNINGS`] of each call site in the process are logged as warnings, later ones at debug level, so a
+/// guest cannot flood the log.
+macro_rules! guest_warn {
+    ($($arg:tt)*) => {{
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static COUNT: AtomicU32 = AtomicU32::new(0);
+        let n = COUNT.fetch_add(1, Ordering::Relaxed);
+        if n < GUEST_WARNINGS {
+            warn!($($arg)*);
+        } else {
+            if n == GUEST_WARNINGS {
+                warn!("IDE: further warnings of this kind are logged at debug level");
+            }
+            debug!($($arg)*);
+        }
+    }};
+}
+
+/// How many of each guest-triggered warning are logged as such.
+const GUEST_WARNINGS: u32 = 16;
+
 /// Where the function sits on the i440FX board: device 1 (the PIIX3), function 1.
 pub const PIIX3_IDE_BDF: Bdf = Bdf::from_devfn(0, 0x09);
 
@@ -839,7 +861,7 @@ impl Drive {
         };
         let total = self.disk_sectors();
         if lba.saturating_add(u64::from(count)) > total {
-            warn!("IDE: sectors {lba}+{count} lie beyond the {total}-sector disk");
+            guest_warn!("IDE: sectors {lba}+{count} lie beyond the {total}-sector disk");
             return None;
         }
         Some((lba, count))
@@ -1131,7 +1153,7 @@ impl Drive {
             && !m.is_read_only()
             && let Err(e) = m.flush()
         {
-            warn!("IDE: flush failed: {e}");
+            guest_warn!("IDE: flush failed: {e}");
             return self.abort();
         }
         self.complete()
@@ -1162,7 +1184,7 @@ impl Drive {
             None => return self.abort(),
         };
         if let Err(e) = result {
-            warn!("IDE: read of sectors {lba}+{n} failed: {e}");
+            guest_warn!("IDE: read of sectors {lba}+{n} failed: {e}");
             return self.abort();
         }
         self.set_address(lba.saturating_add(u64::from(n)));
@@ -1181,7 +1203,7 @@ impl Drive {
     fn start_write(&mut self, lba48: bool, block: u32) -> Irq {
         self.st.lba48 = lba48;
         if self.medium().is_some_and(|m| m.is_read_only()) {
-            warn!("IDE: write to a read-only disk refused");
+            guest_warn!("IDE: write to a read-only disk refused");
             return self.abort();
         }
         let Some((lba, count)) = self.checked_range() else {
@@ -1214,7 +1236,7 @@ impl Drive {
             None => return self.abort(),
         };
         if let Err(e) = result {
-            warn!("IDE: write of sectors {lba}+{n} failed: {e}");
+            guest_warn!("IDE: write of sectors {lba}+{n} failed: {e}");
             return self.abort();
         }
         let left = left - n;
@@ -1237,7 +1259,7 @@ impl Drive {
     fn start_dma(&mut self, lba48: bool, to_memory: bool) -> Irq {
         self.st.lba48 = lba48;
         if !to_memory && self.medium().is_some_and(|m| m.is_read_only()) {
-            warn!("IDE: DMA write to a read-only disk refused");
+            guest_warn!("IDE: DMA write to a read-only disk refused");
             return self.abort();
         }
         let Some((lba, count)) = self.checked_range() else {
@@ -1329,7 +1351,7 @@ impl Drive {
                     }
                 };
                 if let Err(e) = result {
-                    warn!("ATAPI: read of {} bytes at {at:#x} failed: {e}", out.len());
+                    guest_warn!("ATAPI: read of {} bytes at {at:#x} failed: {e}", out.len());
                     return Err(Sense::new(
                         atapi::sense_key::MEDIUM_ERROR,
                         atapi::asc::UNRECOVERED_READ_ERROR,
@@ -1499,7 +1521,7 @@ impl Drive {
                     None => return Err(()),
                 };
                 if let Err(e) = result {
-                    warn!("IDE: DMA read at byte {at:#x} failed: {e}");
+                    guest_warn!("IDE: DMA read at byte {at:#x} failed: {e}");
                     self.st.op = Op::Dma {
                         to_memory: true,
                         lba,
@@ -1550,7 +1572,7 @@ impl Drive {
             None => return Err(()),
         };
         if let Err(e) = result {
-            warn!("IDE: DMA write at byte {at:#x} failed: {e}");
+            guest_warn!("IDE: DMA write at byte {at:#x} failed: {e}");
             return Err(());
         }
         self.st.op = Op::Dma {
@@ -1579,7 +1601,7 @@ impl Drive {
                     && let Some(m) = self.medium()
                     && let Err(e) = m.flush()
                 {
-                    warn!("IDE: write-through flush failed: {e}");
+                    guest_warn!("IDE: write-through flush failed: {e}");
                     return self.abort();
                 }
                 self.complete()
@@ -2049,13 +2071,13 @@ impl IdeChannel {
             return;
         };
         let end = if !self.bus_master_enabled.load(Ordering::Acquire) {
-            warn!(
+            guest_warn!(
                 "IDE{}: DMA with bus mastering disabled in the PCI command register",
                 self.index
             );
             DmaEnd::BusError
         } else if to_memory != (self.bm.command & bm::CMD_TO_MEMORY != 0) {
-            warn!(
+            guest_warn!(
                 "IDE{}: bus-master direction disagrees with the drive's command",
                 self.index
             );
@@ -2110,7 +2132,7 @@ impl IdeChannel {
                     return DmaEnd::TableEnd;
                 }
                 if self.bm.entries >= MAX_PRD_ENTRIES {
-                    warn!(
+                    guest_warn!(
                         "IDE{}: PRD table longer than {MAX_PRD_ENTRIES} entries",
                         self.index
                     );
@@ -2119,7 +2141,7 @@ impl IdeChannel {
                 let at = u64::from(self.bm.next_entry);
                 let mut entry = [0u8; 8];
                 if let Err(e) = self.memory.read(at, &mut entry) {
-                    warn!("IDE{}: PRD fetch: {e}", self.index);
+                    guest_warn!("IDE{}: PRD fetch: {e}", self.index);
                     return DmaEnd::BusError;
                 }
                 let addr = u32::from_le_bytes([entry[0], entry[1], entry[2], entry[3]]);
@@ -2142,12 +2164,12 @@ impl IdeChannel {
                     return DmaEnd::DriveError;
                 }
                 if let Err(e) = self.memory.write(addr, &chunk) {
-                    warn!("IDE{}: DMA to guest memory: {e}", self.index);
+                    guest_warn!("IDE{}: DMA to guest memory: {e}", self.index);
                     return DmaEnd::BusError;
                 }
             } else {
                 if let Err(e) = self.memory.read(addr, &mut chunk) {
-                    warn!("IDE{}: DMA from guest memory: {e}", self.index);
+                    guest_warn!("IDE{}: DMA from guest memory: {e}", self.index);
                     return DmaEnd::BusError;
                 }
                 if drive.dma_consume(&chunk).is_err() {
