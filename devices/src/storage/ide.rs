@@ -3287,6 +3287,148 @@ mod tests {
         assert_eq!(rig.irq15.take_rising_edges(), 0);
     }
 
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    enum Class {
+        None,
+        Ata,
+        Atapi,
+    }
+
+    /// Linux's probe (libata-sff `ata_sff_softreset`: devchk, SRST, wait, classify).
+    fn linux_classify(rig: &Rig, base: u16, ctl: u16) -> [Class; 2] {
+        let select = |dev: u8| rig.outb(base + 6, 0xA0 | dev << 4);
+        let devchk = |dev: u8| {
+            select(dev);
+            for (n, l) in [(0x55, 0xAA), (0xAA, 0x55), (0x55, 0xAA)] {
+                rig.outb(base + 2, n);
+                rig.outb(base + 3, l);
+            }
+            (rig.inb(base + 2), rig.inb(base + 3)) == (0x55, 0xAA)
+        };
+        let present = [devchk(0), devchk(1)];
+        select(0);
+        rig.outb(ctl, 0x08);
+        rig.outb(ctl, 0x08 | device_control::SRST);
+        rig.outb(ctl, 0x08);
+        assert_eq!(rig.inb(base + 7) & BSY, 0, "device 0 ready after reset");
+        if present[1] {
+            select(1);
+            assert_eq!((rig.inb(base + 2), rig.inb(base + 3)), (1, 1));
+            assert_eq!(rig.inb(base + 7) & BSY, 0);
+        }
+        let classify = |dev: u8, err: &mut u8| {
+            select(dev);
+            *err = rig.inb(base + 1);
+            let (mid, high) = (rig.inb(base + 4), rig.inb(base + 5));
+            let diag_failed = match *err {
+                0 => true,
+                1 => false,
+                0x81 if dev == 0 => false,
+                _ => return Class::None,
+            };
+            match (mid, high) {
+                (0, 0) if rig.inb(base + 7) == 0 => Class::None,
+                (0, 0) => Class::Ata,
+                (0x14, 0xEB) => Class::Atapi,
+                _ if present[usize::from(dev)] && diag_failed => Class::Ata,
+                _ => Class::None,
+            }
+        };
+        let mut err = 0;
+        let c0 = classify(0, &mut err);
+        let c1 = if err != 0x81 {
+            classify(1, &mut err)
+        } else {
+            Class::None
+        };
+        [c0, c1]
+    }
+
+    /// SeaBIOS's `ata_detect`: which positions it finds a drive at, and of what kind.
+    fn seabios_detect(rig: &Rig, base: u16, ctl: u16) -> [Class; 2] {
+        let mut found = [Class::None; 2];
+        let mut did_reset = false;
+        for slave in 0..2u8 {
+            if rig.inb(base + 7) & BSY != 0 {
+                continue;
+            }
+            let dh = 0xA0 | slave << 4;
+            rig.outb(base + 6, dh);
+            rig.outb(base + 2, 0x55);
+            rig.outb(base + 3, 0xAA);
+            let (sc, sn, back) = (rig.inb(base + 2), rig.inb(base + 3), rig.inb(base + 6));
+            if (sc, sn, back) != (0x55, 0xAA, dh) {
+                continue;
+            }
+            if !did_reset {
+                rig.outb(ctl, 0x0A | device_control::SRST);
+                rig.outb(ctl, 0x0A);
+                if slave == 1 {
+                    rig.outb(base + 6, 0xB0);
+                    assert_eq!(rig.inb(base + 6), 0xB0);
+                } else {
+                    rig.outb(base + 6, 0xA0);
+                }
+                did_reset = true;
+            }
+            let identify = |command: u8| -> Option<[u16; 256]> {
+                rig.outb(base + 6, dh);
+                rig.outb(base + 7, command);
+                let st = rig.inb(base + 7);
+                if st & ERR != 0 || st & DRQ == 0 {
+                    return None;
+                }
+                let b = rig.read_words(base, 256);
+                Some(std::array::from_fn(|i| {
+                    u16::from_le_bytes([b[2 * i], b[2 * i + 1]])
+                }))
+            };
+            let words = if let Some(w) = identify(cmd::IDENTIFY_PACKET_DEVICE) {
+                found[usize::from(slave)] = Class::Atapi;
+                w
+            } else {
+                if rig.inb(base + 7) == 0 {
+                    continue;
+                }
+                let Some(w) = identify(cmd::IDENTIFY_DEVICE) else {
+                    continue;
+                };
+                found[usize::from(slave)] = Class::Ata;
+                w
+            };
+            rig.outb(ctl, 0x08);
+            if slave == 0 && words[93] & 0xDF61 == 0x4041 {
+                break;
+            }
+        }
+        found
+    }
+
+    #[test]
+    fn linux_and_seabios_probes_find_exactly_the_attached_drives() {
+        let img = TempImage::new("ide-probe", 1 << 20);
+        let cd = iso("ide-probe-cd", 16);
+        let d = || Some(disk(&img));
+        let c = || Some(cdrom(&cd));
+        use Class::{Ata, Atapi, None as No};
+        let cases: [(ChannelDrives, [Class; 2]); 6] = [
+            ([d(), None], [Ata, No]),
+            ([c(), None], [Atapi, No]),
+            ([d(), c()], [Ata, Atapi]),
+            ([c(), d()], [Atapi, Ata]),
+            ([None, d()], [No, Ata]),
+            ([None, None], [No, No]),
+        ];
+        for (drives, expect) in cases {
+            let rig = Rig::new(drives, [None, None]);
+            assert_eq!(linux_classify(&rig, CMD, CTL), expect, "Linux");
+            assert_eq!(seabios_detect(&rig, CMD, CTL), expect, "SeaBIOS");
+            // The empty secondary channel is empty to both.
+            assert_eq!(linux_classify(&rig, SEC_CMD, SEC_CTL), [No, No]);
+            assert_eq!(seabios_detect(&rig, SEC_CMD, SEC_CTL), [No, No]);
+        }
+    }
+
     /// Send a PACKET command and collect its data-in by PIO. Returns (data, status, error).
     fn packet(rig: &Rig, base: u16, cdb: &[u8], limit: u16) -> (Vec<u8>, u8, u8) {
         let mut c = [0u8; 12];
