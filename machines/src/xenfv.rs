@@ -43,6 +43,7 @@ use devices::pci::xen_platform::{
 };
 use devices::pci::{Bdf, PciError};
 use devices::serial::uart16550::{COM1_BASE, UART_PORT_COUNT, Uart16550};
+use devices::storage::ide::{ChannelDrives, IdeHandle, PIIX3_IDE_BDF, Piix3Ide};
 use devices::system::SystemControl;
 use thiserror::Error;
 use xen::abi::SHUTDOWN_POWEROFF;
@@ -76,6 +77,8 @@ pub struct XenfvConfig {
     pub display: Display,
     /// Where COM1's output goes; `None` leaves COM1 out (`-serial none`).
     pub serial: Option<Box<dyn CharSink>>,
+    /// The PIIX3 IDE drives: (master, slave) of the primary and the secondary channel.
+    pub ide: [ChannelDrives; 2],
 }
 
 /// Forwards the PM's S5 request to Xen as a poweroff.
@@ -101,6 +104,7 @@ pub struct Xenfv {
     pub com1: Option<Arc<Mutex<Uart16550>>>,
     pub i8042: Arc<Mutex<I8042>>,
     pub vga: Option<Arc<Mutex<Vga>>>,
+    pub ide: IdeHandle,
     pub pm: Arc<Mutex<Piix4Pm>>,
     /// Keeps the PM I/O block where the guest's PMBA puts it.
     pub pm_io: Arc<PmIoMapper>,
@@ -129,6 +133,19 @@ impl Xenfv {
             CONFIG_IO_LEN,
             Arc::new(Mutex::new(config_io)),
         )?;
+
+        let memory = Arc::new(new_mapcache(transport, domid));
+        let [primary, secondary] = config.ide;
+        let ide = Piix3Ide::new(
+            memory.clone(),
+            isa[14].clone(),
+            isa[15].clone(),
+            primary,
+            secondary,
+        );
+        ide.register_legacy_ports(&pio)?;
+        let ide_handle = ide.handle();
+        pci.add(PIIX3_IDE_BDF, ide)?;
 
         let power = Arc::new(XenPower(shutdown.clone()));
         let mut pm = Piix4Pm::new(
@@ -188,7 +205,6 @@ impl Xenfv {
             Arc::new(Mutex::new(Port92::new(system))),
         )?;
 
-        let memory = Arc::new(new_mapcache(transport, domid));
         let dm = DeviceModel::new(pio, mmio, memory)
             .with_pci(pci)
             .with_shutdown(shutdown.clone());
@@ -200,8 +216,22 @@ impl Xenfv {
             com1,
             i8042,
             vga,
+            ide: ide_handle,
             pm,
             pm_io,
         })
+    }
+}
+
+impl Xenfv {
+    /// Act on the PV drivers' unplug request, if one came (the platform device latches it so
+    /// that no device lock is held while disks go away).
+    pub fn apply_unplug(&self) {
+        if let Some(mask) = self.unplug.take() {
+            log::info!("PV drivers asked to unplug emulated devices: {mask:?}");
+            if mask.ide_disks() {
+                self.ide.unplug_disks(mask.keep_primary_master());
+            }
+        }
     }
 }

@@ -4,7 +4,9 @@
 
 use std::sync::{Arc, Mutex};
 
+use devices::block::raw::RawFile;
 use devices::chardev::CharSink;
+use devices::storage::ide::{ChannelDrives, IdeDrive};
 use xen::abi::dmop::DmOp;
 use xen::abi::*;
 use xen::ioreq_server::{IoreqServer, ServerConfig};
@@ -32,6 +34,10 @@ struct Rig {
 }
 
 fn rig(display: Display) -> Rig {
+    rig_with(display, [[None, None], [None, None]])
+}
+
+fn rig_with(display: Display, ide: [ChannelDrives; 2]) -> Rig {
     let (t, xen) = pair(SimConfig {
         domid: DOMID,
         vcpus: 1,
@@ -46,6 +52,7 @@ fn rig(display: Display) -> Rig {
             domid: DOMID,
             display,
             serial: Some(Box::new(serial.clone())),
+            ide,
         },
     )
     .unwrap();
@@ -95,6 +102,7 @@ fn pci_functions_answer_where_hvmloader_looks() {
     let id = |r: &mut Rig, dev, func| r.config(true, dev, func, 0, 4, 0);
     assert_eq!(id(&mut r, 0, 0), 0x1237_8086, "i440FX");
     assert_eq!(id(&mut r, 1, 0), 0x7000_8086, "PIIX3");
+    assert_eq!(id(&mut r, 1, 1), 0x7010_8086, "PIIX3 IDE");
     assert_eq!(id(&mut r, 1, 3), 0x7113_8086, "PIIX4 PM");
     assert_eq!(id(&mut r, 2, 0), 0x1111_1234, "std VGA");
     assert_eq!(id(&mut r, 3, 0), 0x0001_5853, "Xen platform");
@@ -106,7 +114,7 @@ fn pci_functions_answer_where_hvmloader_looks() {
         .filter(|(k, _, _)| *k == RangeKind::Pci)
         .map(|(_, first, _)| first)
         .collect();
-    for (dev, func) in [(0, 0), (1, 0), (1, 3), (2, 0), (3, 0)] {
+    for (dev, func) in [(0, 0), (1, 0), (1, 1), (1, 3), (2, 0), (3, 0)] {
         assert!(
             pci.contains(&u64::from(pci_sbdf(0, 0, dev, func))),
             "{dev}.{func} not claimed"
@@ -129,7 +137,9 @@ fn the_platform_xen_emulates_is_left_to_xen() {
     for port in [0x20, 0xa0, 0x40, 0x43, 0x70, 0x71, 0xe9, 0x4d0] {
         assert!(!claimed(port), "port {port:#x} must stay with Xen");
     }
-    for port in [0x3f8, 0x60, 0x64, 0x92, 0xcf8, 0xcf9, 0xb2, 0x10] {
+    for port in [
+        0x3f8, 0x60, 0x64, 0x92, 0xcf8, 0xcf9, 0xb2, 0x10, 0x1f0, 0x3f6, 0x170,
+    ] {
         assert!(claimed(port), "port {port:#x} is the device model's");
     }
     assert!(r.board.vga.is_none());
@@ -182,4 +192,60 @@ fn reset_through_0xcf9_reboots_the_domain() {
             reason: SHUTDOWN_REBOOT
         }]
     );
+}
+
+#[test]
+fn ide_dma_reads_a_sector_into_guest_memory_through_the_mapcache() {
+    let dir = std::env::temp_dir().join(format!("vireo-xenfv-ide-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let image = dir.join("disk.img");
+    let mut bytes = vec![0u8; 64 * 512];
+    for (i, b) in bytes[512..1024].iter_mut().enumerate() {
+        *b = (i as u8).wrapping_mul(7) ^ 0x5a;
+    }
+    std::fs::write(&image, &bytes).unwrap();
+    let disk = IdeDrive::disk(Box::new(RawFile::open(&image, false).unwrap()));
+    let mut r = rig_with(Display::None, [[Some(disk), None], [None, None]]);
+
+    // Firmware's part: bus-master BAR at 0xc000, I/O and bus mastering on.
+    r.config(false, 1, 1, 0x20, 4, 0xc001);
+    r.config(false, 1, 1, 0x04, 2, 0x0005);
+    assert!(r.xen.ranges().contains(&(RangeKind::Port, 0xc000, 0xc00f)));
+    // One PRD entry: 512 bytes to 0x2000, end of table.
+    r.xen
+        .ram_write(0x1000, &[0x00, 0x20, 0, 0, 0x00, 0x02, 0x00, 0x80])
+        .unwrap();
+    r.xen.take_dm_ops();
+    // READ DMA of LBA 1, one sector, on the primary master.
+    for (port, value) in [
+        (0x1f6, 0xe0),
+        (0x1f2, 1),
+        (0x1f3, 1),
+        (0x1f4, 0),
+        (0x1f5, 0),
+        (0x1f7, 0xc8),
+    ] {
+        r.pio(false, port, 1, value);
+    }
+    r.pio(false, 0xc004, 4, 0x1000);
+    r.pio(false, 0xc000, 1, 0x09);
+    let mut got = vec![0u8; 512];
+    r.xen.ram_read(0x2000, &mut got).unwrap();
+    assert_eq!(got, bytes[512..1024]);
+    assert_eq!(
+        r.pio(true, 0xc002, 1, 0) & 0x04,
+        0x04,
+        "bus-master interrupt bit"
+    );
+    assert!(
+        r.xen
+            .take_dm_ops()
+            .contains(&DmOp::SetIsaIrqLevel { irq: 14, level: 1 })
+    );
+    assert_eq!(
+        r.pio(true, 0x1f7, 1, 0) & 0x89,
+        0x00,
+        "not busy, no DRQ, no error"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
 }
