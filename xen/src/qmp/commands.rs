@@ -50,6 +50,7 @@ pub const COMMANDS: &[&str] = &[
     "query-version",
     "query-name",
     "query-commands",
+    "query-cpus-fast",
     "query-command-line-options",
     "cont",
     "stop",
@@ -335,6 +336,24 @@ pub fn execute(
                 Some(n) => json!({"name": n}),
                 None => json!({}),
             })
+        }
+        "query-cpus-fast" => {
+            a.finish()?;
+            // The vCPUs are Xen's; libxl only reads `cpu-index` to learn which are online.
+            let tid = std::process::id();
+            Ok(Value::Array(
+                (0..info.online_vcpus)
+                    .map(|i| {
+                        json!({
+                            "cpu-index": i,
+                            "qom-path": format!("/machine/unattached/device[{i}]"),
+                            "thread-id": tid,
+                            "props": {"core-id": 0, "thread-id": 0, "socket-id": i},
+                            "target": "i386",
+                        })
+                    })
+                    .collect(),
+            ))
         }
         "query-commands" => {
             a.finish()?;

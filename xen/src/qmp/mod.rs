@@ -115,7 +115,9 @@ pub trait QmpHandler {
     fn save_state(&mut self, out: &mut File, live: bool) -> Result<(), String>;
     /// `xen-load-devices-state`: read a blob written by `save_state`.
     fn load_state(&mut self, input: &mut File) -> Result<(), String>;
-    /// `quit`: the reply has been queued; end the device model.
+    /// `quit`: end the device model. The server queues the reply and flushes it before
+    /// [`QmpServer::handle_ready`] returns (and once more when dropped); the board then
+    /// leaves its loop ([`QmpServer::quit_requested`] is also set).
     fn quit(&mut self);
     /// `xen-set-global-dirty-log` (live migration): report every guest page the device
     /// model writes while enabled.
@@ -137,6 +139,9 @@ pub struct ChardevInfo {
 pub struct ServerInfo {
     pub chardevs: Vec<ChardevInfo>,
     pub name: Option<String>,
+    /// vCPUs online (`-smp`), reported by `query-cpus-fast`: libxl reads them before every
+    /// save (`libxl_retrieve_domain_configuration`) and fails the save without an answer.
+    pub online_vcpus: u32,
     pub version: (u32, u32, u32),
     pub package: String,
 }
@@ -173,6 +178,7 @@ impl ServerInfo {
         ServerInfo {
             chardevs,
             name: cfg.name.clone(),
+            online_vcpus: cfg.smp.cpus,
             version: QEMU_VERSION,
             package: format!("vireo {}", env!("CARGO_PKG_VERSION")),
         }
@@ -184,6 +190,7 @@ impl Default for ServerInfo {
         ServerInfo {
             chardevs: Vec::new(),
             name: None,
+            online_vcpus: 1,
             version: QEMU_VERSION,
             package: format!("vireo {}", env!("CARGO_PKG_VERSION")),
         }
@@ -726,5 +733,59 @@ fn read_client(c: &mut Client) -> ReadEnd {
                 return ReadEnd::Eof;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_shape_checks() {
+        let ok = json!({"execute": "cont", "id": 1, "arguments": {"a": 1}});
+        let (cmd, args) = parse_command(&ok).unwrap();
+        assert_eq!(cmd, "cont");
+        assert_eq!(args.unwrap()["a"], json!(1));
+        assert!(
+            parse_command(&json!({"execute": "cont"}))
+                .unwrap()
+                .1
+                .is_none()
+        );
+        for bad in [
+            json!(null),
+            json!("cont"),
+            json!({"arguments": {}}),
+            json!({"execute": null}),
+            json!({"execute": "x", "arguments": 3}),
+            json!({"execute": "x", "extra": 3}),
+        ] {
+            assert_eq!(
+                parse_command(&bad).unwrap_err().class,
+                "GenericError",
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn syntax_error_offsets_point_into_the_buffer() {
+        let buf = b"{\"b\":\n  }\n";
+        let err = serde_json::from_slice::<Value>(buf).unwrap_err();
+        let at = e_offset(buf, &err);
+        assert_eq!(buf[at], b'}');
+        // Offsets never run past the end, whatever the error says.
+        let err = serde_json::from_slice::<Value>(b"\n\n\n{").unwrap_err();
+        assert!(e_offset(b"\n\n\n{", &err) <= 4);
+    }
+
+    #[test]
+    fn run_state_names_are_qemus() {
+        assert_eq!(RunState::Prelaunch.as_str(), "prelaunch");
+        assert_eq!(RunState::InMigrate.as_str(), "inmigrate");
+        assert_eq!(RunState::PostMigrate.as_str(), "postmigrate");
+        assert_eq!(RunState::InternalError.as_str(), "internal-error");
+        assert!(RunState::Running.is_running());
+        assert!(!RunState::Paused.is_running());
     }
 }
