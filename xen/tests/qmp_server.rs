@@ -22,6 +22,7 @@ struct Shared {
     state: Option<RunState>,
     blob: Vec<u8>,
     fail_load: bool,
+    refuse_dirty_log: bool,
 }
 
 struct Board(Arc<Mutex<Shared>>);
@@ -60,6 +61,14 @@ impl QmpHandler for Board {
     }
     fn quit(&mut self) {
         self.0.lock().unwrap().calls.push("quit".into());
+    }
+    fn set_dirty_log(&mut self, enable: bool) -> Result<(), String> {
+        let mut s = self.0.lock().unwrap();
+        s.calls.push(format!("dirty-log {enable}"));
+        if s.refuse_dirty_log {
+            return Err("dirty-page logging is not available".into());
+        }
+        Ok(())
     }
 }
 
@@ -408,8 +417,21 @@ fn unknown_commands_and_bad_arguments() {
     );
     let r = c.execute("add-fd", 16);
     assert!(r["error"]["desc"].as_str().unwrap().contains("SCM_RIGHTS"));
+    dm.shared.lock().unwrap().refuse_dirty_log = true;
     c.send(json!({"execute": "xen-set-global-dirty-log", "arguments": {"enable": true}, "id": 17}));
-    assert_eq!(c.reply()["error"]["class"], json!("GenericError"));
+    let r = c.reply();
+    assert_eq!(r["error"]["class"], json!("GenericError"));
+    assert!(
+        r["error"]["desc"]
+            .as_str()
+            .unwrap()
+            .contains("not available")
+    );
+    c.send(json!({"execute": "xen-set-global-dirty-log", "arguments": {}, "id": 17}));
+    assert_eq!(
+        c.reply()["error"]["desc"],
+        json!("Parameter 'enable' is missing")
+    );
     assert_eq!(
         c.execute("query-vnc", 18)["return"],
         json!({"enabled": false})

@@ -119,12 +119,13 @@ pub trait QmpHandler {
     /// [`QmpServer::handle_ready`] returns (and once more when dropped); the board then
     /// leaves its loop ([`QmpServer::quit_requested`] is also set).
     fn quit(&mut self);
-    /// `xen-set-global-dirty-log` (live migration): report every guest page the device
-    /// model writes while enabled.
-    fn set_dirty_log(&mut self, enable: bool) -> Result<(), String> {
-        let _ = enable;
-        Err("dirty-page logging is not supported by this device model".to_string())
-    }
+    /// `xen-set-global-dirty-log`: while enabled, report every guest page the device model
+    /// writes (`XEN_DMOP_modified_memory`) so a live migration re-sends it. libxl sends
+    /// `enable: true` at the start of **every** save, live or not (seen on the testbed), and
+    /// a refusal aborts the save; so a board without tracking must decide whether to accept
+    /// (correct for `xl save`, where the guest is suspended and the DM stopped before memory
+    /// is copied) or refuse (safe for live migration).
+    fn set_dirty_log(&mut self, enable: bool) -> Result<(), String>;
 }
 
 /// One line of `query-chardev`.
