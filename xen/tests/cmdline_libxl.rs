@@ -580,6 +580,16 @@ fn libxl_probe_instance() {
 fn restore_passes_the_state_descriptor() {
     let cfg = plus(&["-incoming", "fd:9"]).unwrap();
     assert_eq!(cfg.incoming, Some(Incoming::Fd(9)));
+    // The descriptor is reopened through /proc/self/fd: try it on one this test owns.
+    let path = std::env::temp_dir().join(format!("vireo-incoming-{}", std::process::id()));
+    std::fs::write(&path, b"saved device state").unwrap();
+    let f = std::fs::File::open(&path).unwrap();
+    let n = std::os::fd::AsRawFd::as_raw_fd(&f);
+    let mut data = Vec::new();
+    std::io::Read::read_to_end(&mut Incoming::Fd(n).open().unwrap(), &mut data).unwrap();
+    assert_eq!(data, b"saved device state");
+    drop(f);
+    std::fs::remove_file(&path).unwrap();
     let e = plus(&["-incoming", "tcp:0:4444"]).unwrap_err();
     assert_eq!(e.option(), "-incoming");
 }

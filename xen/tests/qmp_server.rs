@@ -652,3 +652,69 @@ fn a_client_that_vanishes_mid_command_is_dropped_cleanly() {
     c.w.shutdown(std::net::Shutdown::Write).unwrap();
     assert!(c.at_eof());
 }
+
+/// `xl save` as libxl 4.17 drove Vireo's QMP server on the testbed (`xl -vvv save` log):
+/// query-cpus-fast; xen-set-global-dirty-log on (its own connection); stop, add-fd with the
+/// save file's descriptor, xen-save-devices-state to `/dev/fdset/<id>` (one connection);
+/// xen-set-global-dirty-log off.
+#[test]
+fn xl_save_sequence_seen_on_the_testbed() {
+    let dm = start("xlsave");
+    let path = dm.sock("qmp-libxl-2");
+    dm.shared.lock().unwrap().state = Some(RunState::Running);
+
+    let mut c = Client::negotiated(&path);
+    assert_eq!(
+        c.execute("query-cpus-fast", 2020372736)["return"][0]["cpu-index"],
+        json!(0)
+    );
+    drop(c);
+
+    let mut c = Client::negotiated(&path);
+    c.send(json!({"execute": "xen-set-global-dirty-log", "arguments": {"enable": true}, "id": 2020372736}));
+    assert_eq!(c.reply(), json!({"return": {}, "id": 2020372736u64}));
+    drop(c);
+
+    let target = dm.dir.join("qemu-save.2");
+    let f = std::fs::File::create(&target).unwrap();
+    let mut c = Client::negotiated(&path);
+    c.send(json!({"execute": "stop", "id": 2020372736}));
+    assert_eq!(c.reply(), json!({"return": {}, "id": 2020372736u64}));
+    let msg = format!("{}\r\n", json!({"execute": "add-fd", "id": 2020372735}));
+    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut cmsg = rustix::net::SendAncillaryBuffer::new(&mut space);
+    let fds = [f.as_fd()];
+    assert!(cmsg.push(rustix::net::SendAncillaryMessage::ScmRights(&fds)));
+    rustix::net::sendmsg(
+        &c.w,
+        &[std::io::IoSlice::new(msg.as_bytes())],
+        &mut cmsg,
+        rustix::net::SendFlags::empty(),
+    )
+    .unwrap();
+    drop(f);
+    let set = c.reply()["return"]["fdset-id"].as_i64().unwrap();
+    c.send(json!({"execute": "xen-save-devices-state",
+                  "arguments": {"live": false, "filename": format!("/dev/fdset/{set}")},
+                  "id": 2020372734}));
+    assert_eq!(c.reply(), json!({"return": {}, "id": 2020372734u64}));
+    drop(c);
+
+    let mut c = Client::negotiated(&path);
+    c.send(json!({"execute": "xen-set-global-dirty-log", "arguments": {"enable": false}, "id": 2020372736}));
+    assert_eq!(c.reply(), json!({"return": {}, "id": 2020372736u64}));
+
+    assert_eq!(
+        std::fs::read(&target).unwrap(),
+        b"VIREO-DEVICE-STATE\x00\x01\x02"
+    );
+    assert_eq!(
+        dm.shared.lock().unwrap().calls,
+        [
+            "dirty-log true",
+            "pause",
+            "save live=false",
+            "dirty-log false"
+        ]
+    );
+}
