@@ -459,10 +459,12 @@ fn older_cdrom_form_and_unindexed_drives() {
     let cfg = plus(&[
         "-drive",
         "file=/srv/a.img,if=ide,media=disk,format=raw",
+        // libxl before 4.15: `if=ide,index=%d,readonly=on,media=cdrom,id=ide-%i[,file,format]`.
         "-drive",
-        "file=/srv/cd.iso,if=ide,index=0,media=cdrom,format=raw",
+        "if=ide,index=0,readonly=on,media=cdrom,id=ide-768,file=/srv/cd.iso,format=raw",
     ])
     .unwrap();
+    assert_eq!(cfg.drives[0].id.as_deref(), Some("ide-768"));
     // The indexed CD-ROM keeps index 0; the unindexed disk takes the first free slot.
     assert_eq!(cfg.drives[0].media, Media::Cdrom);
     assert!(cfg.drives[0].read_only);
@@ -710,6 +712,30 @@ fn refused_options_name_themselves() {
         (&["-frobnicate"], "-frobnicate"),
         (&["-display", "sdl"], "-display"),
         (&["-monitor", "stdio"], "-monitor"),
+        // COLO replication disks, SCSI (sd*) disks, AHCI disks as libxl spells them.
+        (
+            &[
+                "-drive",
+                "if=ide,index=0,media=disk,cache=writeback,driver=quorum,id=colo1",
+            ],
+            "-drive",
+        ),
+        (
+            &[
+                "-drive",
+                "file=/d,if=scsi,bus=0,unit=0,format=raw,cache=writeback",
+            ],
+            "-drive",
+        ),
+        (
+            &[
+                "-drive",
+                "file=/d,if=none,id=ahcidisk-0,format=raw,cache=writeback",
+                "-device",
+                "ide-hd,bus=ahci0.0,unit=0,drive=ahcidisk-0",
+            ],
+            "-device",
+        ),
     ];
     for (extra, option) in cases {
         let err = plus(extra).unwrap_err();
