@@ -36,7 +36,8 @@
 //! ## Checked on the testbed
 //!
 //! A probe DM built on this client ran under the real libxl 4.17 and C xenstored of the Xen
-//! testbed: it connected through `/run/xenstored/socket`, read its own domid (0) and the guest
+//! testbed, once through `/run/xenstored/socket` and once through `/dev/xen/xenbus`
+//! (`XENSTORED_PATH`, which xl passes on to the DM): it read its own domid (0) and the guest
 //! keys, watched its state node (the first event came at once), read inside a transaction,
 //! got `ENOENT` for a missing key, published an empty `backends` directory, wrote
 //! `state = running` (libxl's `xl create` then succeeded), and received watch events in its
