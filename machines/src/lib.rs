@@ -3,3 +3,4 @@
 //! build on it.
 
 pub mod pc;
+pub mod xenfv;
