@@ -2,5 +2,6 @@
 //! time. Today the PC's legacy device set; the standalone `pc` board and the Xen `xenfv` board
 //! build on it.
 
+pub mod device_state;
 pub mod pc;
 pub mod xenfv;

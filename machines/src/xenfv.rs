@@ -43,9 +43,13 @@ use devices::pci::xen_platform::{
 };
 use devices::pci::{Bdf, PciError};
 use devices::serial::uart16550::{COM1_BASE, UART_PORT_COUNT, Uart16550};
+use devices::snapshot::{self, Snapshot, SnapshotError};
 use devices::storage::ide::{ChannelDrives, IdeHandle, PIIX3_IDE_BDF, Piix3Ide};
 use devices::system::SystemControl;
 use thiserror::Error;
+
+use crate::device_state::{self, DeviceStateError};
+use crate::pc::SnapshotDevice;
 use xen::abi::SHUTDOWN_POWEROFF;
 use xen::ioreq_server::{DeviceModel, IsaIrq, ShutdownLatch, XenIntxSink, XenLinkRoutes};
 use xen::mapcache::new_mapcache;
@@ -62,6 +66,21 @@ pub enum XenfvError {
     Pci(#[from] PciError),
     #[error("building the VGA: {0}")]
     Vga(#[from] VgaError),
+    #[error("reading device state: {0}")]
+    DeviceState(#[from] DeviceStateError),
+    #[error("restoring {device}: {source}")]
+    Restore {
+        device: String,
+        source: SnapshotError,
+    },
+}
+
+fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn lock_save<T: Snapshot>(m: &Mutex<T>) -> Vec<u8> {
+    snapshot::save(&*lock(m))
 }
 
 /// Which display adapter the guest gets.
@@ -224,6 +243,39 @@ impl Xenfv {
 }
 
 impl Xenfv {
+    /// Every device's state (`xen-save-devices-state`): the PCI root carries its functions
+    /// (IDE, VGA, PM, platform); the ISA devices are saved beside it.
+    pub fn save_state(&self) -> Vec<u8> {
+        let mut blobs = vec![("i8042".to_string(), lock_save(&self.i8042))];
+        if let Some(com1) = &self.com1 {
+            blobs.push(("com1".to_string(), lock_save(com1)));
+        }
+        if let Some(pci) = &self.dm.pci {
+            blobs.push(("pci".to_string(), snapshot::save(pci)));
+        }
+        device_state::encode(&blobs)
+    }
+
+    /// Restore what [`Xenfv::save_state`] wrote (`xen-load-devices-state`, `-incoming`).
+    pub fn load_state(&self, data: &[u8]) -> Result<(), XenfvError> {
+        let blobs = device_state::decode(data)?;
+        let restore = |name: &str, device: &mut dyn SnapshotDevice| -> Result<(), XenfvError> {
+            let blob = device_state::find(&blobs, name)?;
+            snapshot::restore(device, blob).map_err(|source| XenfvError::Restore {
+                device: name.to_string(),
+                source,
+            })
+        };
+        restore("i8042", &mut *lock(&self.i8042))?;
+        if let Some(com1) = &self.com1 {
+            restore("com1", &mut *lock(com1))?;
+        }
+        if let Some(pci) = &self.dm.pci {
+            restore("pci", &mut pci.clone())?;
+        }
+        Ok(())
+    }
+
     /// Act on the PV drivers' unplug request, if one came (the platform device latches it so
     /// that no device lock is held while disks go away).
     pub fn apply_unplug(&self) {
