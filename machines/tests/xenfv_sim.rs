@@ -249,3 +249,28 @@ fn ide_dma_reads_a_sector_into_guest_memory_through_the_mapcache() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn device_state_saves_and_restores_across_boards() {
+    let mut r = rig(Display::Std { vgabios: None });
+    // Guest-visible state in an ISA device and in a PCI function.
+    r.pio(false, 0x3ff, 1, 0xa5);
+    r.config(false, 1, 3, 0x40, 4, 0xb001);
+    r.config(false, 1, 3, 0x80, 1, 1);
+    let saved = r.board.save_state();
+
+    let mut fresh = rig(Display::Std { vgabios: None });
+    fresh.board.load_state(&saved).unwrap();
+    fresh.server.mark_ranges_stale();
+    assert_eq!(fresh.pio(true, 0x3ff, 1, 0), 0xa5);
+    assert_eq!(fresh.config(true, 1, 3, 0x40, 4, 0), 0xb001);
+    // The restored PMBA decodes again: S5 still powers off.
+    fresh.xen.take_dm_ops();
+    fresh.pio(false, 0xb004, 2, 0x2000);
+    assert!(fresh.xen.take_dm_ops().contains(&DmOp::RemoteShutdown { reason: SHUTDOWN_POWEROFF }));
+
+    // A board without the VGA refuses the state of one with it, without panicking.
+    let other = rig(Display::None);
+    assert!(other.board.load_state(&saved).is_err());
+    assert!(other.board.load_state(b"garbage").is_err());
+}
