@@ -1,1 +1,170 @@
-//! placeholder
+//! Vireo's x86 CPU: decoder, tier-0 threaded-code interpreter and MMU.
+//!
+//! Guest code is decoded once with `iced-x86` into blocks of pre-decoded operations (a handler
+//! plus resolved operands, see [`decode::op::Op`]); [`Cpu::run`] executes them in a tight loop
+//! and handles interrupts between blocks. The CPU talks to the machine only through
+//! [`CpuBus`] (ports, MMIO, the interrupt line) and reads RAM directly from [`PhysMem`].
+//!
+//! Layout: `state.rs` registers and descriptor caches, `flags.rs` lazy arithmetic flags,
+//! `decode/` iced → `Op`, `block/` block builder and cache, `exec/` one file per instruction
+//! family, `mmu/` segmentation, paging and the TLB, `interrupt.rs` exception and interrupt
+//! delivery, `exception.rs` the fault type, `cpuid.rs`.
+
+pub mod block;
+pub mod bus;
+pub mod conformance;
+pub mod cpu;
+pub mod cpuid;
+pub mod decode;
+pub mod exception;
+pub mod exec;
+pub mod flags;
+pub mod interrupt;
+pub mod mmu;
+pub mod state;
+
+pub use bus::{CpuBus, NullBus, PhysMem};
+pub use cpu::{Cpu, Mode};
+pub use exception::{Exit, Fault};
+pub use exec::x87;
+
+use exception::vector;
+use state::flag;
+
+/// Why [`Cpu::run`] returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunExit {
+    /// The instruction budget is used up.
+    Budget,
+    /// HLT: the CPU waits for an interrupt. Call `run` again once INTR or NMI is raised.
+    Halted,
+    /// Triple fault: the CPU shut down ([`CpuBus::shutdown`] was called). Reset it to go on.
+    Shutdown,
+}
+
+impl Cpu {
+    /// Run up to `budget` instructions.
+    pub fn run(&mut self, bus: &mut dyn CpuBus, budget: u64) -> RunExit {
+        let mut left = budget;
+        loop {
+            if left == 0 {
+                return RunExit::Budget;
+            }
+            // Events are taken at block boundaries, never inside the interrupt shadow.
+            let shadow = std::mem::take(&mut self.irq_shadow);
+            if !shadow {
+                if bus.take_nmi() {
+                    self.halted = false;
+                    if !self.raise(bus, Fault::new(vector::NMI), false) {
+                        return RunExit::Shutdown;
+                    }
+                } else if self.rflags & flag::IF != 0 && bus.intr_pending() {
+                    let v = bus.intr_ack();
+                    self.halted = false;
+                    if !self.raise(bus, Fault::new(v), false) {
+                        return RunExit::Shutdown;
+                    }
+                }
+            }
+            if self.halted {
+                return RunExit::Halted;
+            }
+            let block = match self.get_block(bus) {
+                Ok(b) => b,
+                Err(Exit::Fault(f)) => {
+                    // A fetch fault consumes budget too, so fault loops cannot spin forever.
+                    left -= 1;
+                    if !self.raise(bus, f, true) {
+                        return RunExit::Shutdown;
+                    }
+                    continue;
+                }
+                Err(Exit::Halt) => return RunExit::Halted,
+            };
+            // TF: one instruction at a time, each followed by a single-step #DB trap.
+            let single_step = self.rflags & flag::TF != 0;
+            let n = if shadow || single_step {
+                1
+            } else {
+                block.ops.len()
+            };
+            let n = n.min(left as usize);
+            self.block_break = false;
+            self.smc_hit = false;
+            let mask = self.ip_mask();
+            for op in &block.ops[..n] {
+                let start = self.rip;
+                let rsp = self.regs[4];
+                self.rip = start.wrapping_add(op.len as u64) & mask;
+                match (op.exec)(self, op, bus) {
+                    Ok(()) => {}
+                    Err(Exit::Fault(f)) => {
+                        // Precise fault: back to the instruction's first byte and stack.
+                        self.rip = start;
+                        self.regs[4] = rsp;
+                        left -= 1;
+                        if !self.raise(bus, f, true) {
+                            return RunExit::Shutdown;
+                        }
+                        break;
+                    }
+                    Err(Exit::Halt) => {
+                        self.icount += 1;
+                        return RunExit::Halted;
+                    }
+                }
+                self.icount += 1;
+                left -= 1;
+                // The trap is taken when TF was set before and after the instruction: INT n
+                // and exception delivery clear TF and so skip it (as the hardware does); a POPF
+                // that clears TF also skips it here, where the hardware would still trap once.
+                if single_step && self.rflags & flag::TF != 0 {
+                    self.dr[6] |= 1 << 14; // DR6.BS
+                    if !self.raise(bus, Fault::new(vector::DB), true) {
+                        return RunExit::Shutdown;
+                    }
+                    break;
+                }
+                if self.block_break || self.smc_hit {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Deliver an exception or interrupt, escalating to #DF and to shutdown per the SDM's
+    /// contributory/page-fault rules. Returns false on triple fault.
+    pub(crate) fn raise(&mut self, bus: &mut dyn CpuBus, first: Fault, exception: bool) -> bool {
+        if exception {
+            self.last_fault = Some(first);
+        }
+        let mut f = first;
+        for _ in 0..4 {
+            match self.deliver(bus, f.vector, f.error_code, true) {
+                Ok(()) => return true,
+                Err(f2) => {
+                    log::debug!("fault {f2:?} while delivering {f:?}");
+                    if f.vector == vector::DF {
+                        break;
+                    }
+                    let double = (f.is_contributory() && f2.is_contributory())
+                        || (f.vector == vector::PF
+                            && (f2.is_contributory() || f2.vector == vector::PF));
+                    f = if double {
+                        Fault::with_code(vector::DF, 0)
+                    } else {
+                        f2
+                    };
+                }
+            }
+        }
+        log::warn!(
+            "triple fault at {:04x}:{:x}",
+            self.segs[state::sreg::CS].selector,
+            self.rip
+        );
+        bus.shutdown();
+        self.halted = true;
+        false
+    }
+}

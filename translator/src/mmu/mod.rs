@@ -1,0 +1,194 @@
+//! Memory access: segmentation (logical → linear), paging (linear → physical) and the physical
+//! access itself (RAM directly, everything else through the bus). Self-modifying code is caught
+//! here: a store to a physical page that holds translated code invalidates its blocks.
+
+pub mod paging;
+pub mod segmentation;
+pub mod tlb;
+
+use crate::Cpu;
+use crate::bus::CpuBus;
+use crate::exception::{Exit, Fault};
+
+/// Kind of memory access, for protection checks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    Read,
+    Write,
+    Exec,
+}
+
+impl Cpu {
+    /// Read `size` (1..=8) bytes of physical memory, little-endian. Never faults: unbacked
+    /// addresses go to the bus.
+    pub(crate) fn phys_read(&mut self, bus: &mut dyn CpuBus, pa: u64, size: u8) -> u64 {
+        let mut buf = [0u8; 8];
+        let n = size as usize;
+        let first = self.mem.is_backed(pa);
+        let last = self.mem.is_backed(pa + n as u64 - 1);
+        if first && last {
+            return self.mem.load(pa, size);
+        } else if !first && !last {
+            // Wholly outside RAM: one bus access of the natural size.
+            bus.mmio_read(pa, &mut buf[..n]);
+        } else {
+            for (i, b) in buf[..n].iter_mut().enumerate() {
+                let a = pa + i as u64;
+                if self.mem.is_backed(a) {
+                    self.mem.read_backed(a, std::slice::from_mut(b));
+                } else {
+                    bus.mmio_read(a, std::slice::from_mut(b));
+                }
+            }
+        }
+        u64::from_le_bytes(buf)
+    }
+
+    /// Write physical memory. ROM drops writes; pages with translated code lose their blocks.
+    /// Callers split accesses at 4 KiB boundaries, so one page check covers the whole write.
+    pub(crate) fn phys_write(&mut self, bus: &mut dyn CpuBus, pa: u64, size: u8, v: u64) {
+        let bytes = v.to_le_bytes();
+        let n = size as usize;
+        let last = pa + n as u64 - 1;
+        if (pa ^ last) >> 12 != 0 {
+            // Only page-table updates of misaligned entries get here: split bytewise.
+            for (i, b) in bytes[..n].iter().enumerate() {
+                self.phys_write(bus, pa + i as u64, 1, *b as u64);
+            }
+            return;
+        }
+        if !self.mem.is_backed(pa) || !self.mem.is_backed(last) {
+            bus.mmio_write(pa, &bytes[..n]);
+            return;
+        }
+        if self.mem.is_rom(pa) {
+            return;
+        }
+        let page = pa >> 12;
+        if self.cache.is_code_page(page) {
+            self.cache.invalidate_page(page);
+            self.smc_hit = true;
+        }
+        self.mem.store(pa, size, v);
+    }
+
+    /// Is this access made at user privilege (for page protection)?
+    #[inline]
+    pub(crate) fn user_access(&self) -> bool {
+        self.cpl == 3
+    }
+
+    /// Read `size` bytes at a linear address.
+    pub(crate) fn read_lin(
+        &mut self,
+        bus: &mut dyn CpuBus,
+        lin: u64,
+        size: u8,
+        acc: Access,
+        user: bool,
+    ) -> Result<u64, Fault> {
+        let off = lin & 0xFFF;
+        if off + size as u64 <= 0x1000 {
+            let pa = self.translate(bus, lin, acc, user)?;
+            Ok(self.phys_read(bus, pa, size))
+        } else {
+            // Crosses a page: translate both halves before touching either.
+            let first = (0x1000 - off) as u8;
+            let pa1 = self.translate(bus, lin, acc, user)?;
+            let pa2 = self.translate(bus, lin + first as u64, acc, user)?;
+            let lo = self.phys_read(bus, pa1, first);
+            let hi = self.phys_read(bus, pa2, size - first);
+            Ok(lo | (hi << (first as u32 * 8)))
+        }
+    }
+
+    /// Write `size` bytes at a linear address; both pages of a split access are checked first.
+    pub(crate) fn write_lin(
+        &mut self,
+        bus: &mut dyn CpuBus,
+        lin: u64,
+        size: u8,
+        v: u64,
+        user: bool,
+    ) -> Result<(), Fault> {
+        let off = lin & 0xFFF;
+        if off + size as u64 <= 0x1000 {
+            let pa = self.translate(bus, lin, Access::Write, user)?;
+            self.phys_write(bus, pa, size, v);
+        } else {
+            let first = (0x1000 - off) as u8;
+            let pa1 = self.translate(bus, lin, Access::Write, user)?;
+            let pa2 = self.translate(bus, lin + first as u64, Access::Write, user)?;
+            self.phys_write(bus, pa1, first, v);
+            self.phys_write(bus, pa2, size - first, v >> (first as u32 * 8));
+        }
+        Ok(())
+    }
+
+    /// Read a data operand through segment `seg` at offset `off`.
+    #[inline]
+    pub fn read_mem(
+        &mut self,
+        bus: &mut dyn CpuBus,
+        seg: usize,
+        off: u64,
+        size: u8,
+    ) -> Result<u64, Exit> {
+        let lin = self.seg_lin(seg, off, size, Access::Read)?;
+        let user = self.user_access();
+        Ok(self.read_lin(bus, lin, size, Access::Read, user)?)
+    }
+
+    /// Write a data operand through segment `seg` at offset `off`.
+    #[inline]
+    pub fn write_mem(
+        &mut self,
+        bus: &mut dyn CpuBus,
+        seg: usize,
+        off: u64,
+        size: u8,
+        v: u64,
+    ) -> Result<(), Exit> {
+        let lin = self.seg_lin(seg, off, size, Access::Write)?;
+        let user = self.user_access();
+        Ok(self.write_lin(bus, lin, size, v, user)?)
+    }
+
+    /// Check that a write of `size` bytes at `seg:off` would succeed, without writing (for
+    /// instructions that must fault before changing anything, like PUSHA or far CALL).
+    pub(crate) fn probe_write(
+        &mut self,
+        bus: &mut dyn CpuBus,
+        seg: usize,
+        off: u64,
+        size: u8,
+    ) -> Result<(), Exit> {
+        let lin = self.seg_lin(seg, off, size, Access::Write)?;
+        let user = self.user_access();
+        self.translate(bus, lin, Access::Write, user)?;
+        if (lin & 0xFFF) + size as u64 > 0x1000 {
+            self.translate(bus, (lin | 0xFFF) + 1, Access::Write, user)?;
+        }
+        Ok(())
+    }
+
+    /// Read at a linear address with supervisor privilege (descriptor tables, TSS, IDT).
+    pub(crate) fn read_sys(
+        &mut self,
+        bus: &mut dyn CpuBus,
+        lin: u64,
+        size: u8,
+    ) -> Result<u64, Fault> {
+        self.read_lin(bus, lin, size, Access::Read, false)
+    }
+
+    pub(crate) fn write_sys(
+        &mut self,
+        bus: &mut dyn CpuBus,
+        lin: u64,
+        size: u8,
+        v: u64,
+    ) -> Result<(), Fault> {
+        self.write_lin(bus, lin, size, v, false)
+    }
+}
