@@ -267,7 +267,9 @@ fn device_state_saves_and_restores_across_boards() {
     // The restored PMBA decodes again: S5 still powers off.
     fresh.xen.take_dm_ops();
     fresh.pio(false, 0xb004, 2, 0x2000);
-    assert!(fresh.xen.take_dm_ops().contains(&DmOp::RemoteShutdown { reason: SHUTDOWN_POWEROFF }));
+    assert!(fresh.xen.take_dm_ops().contains(&DmOp::RemoteShutdown {
+        reason: SHUTDOWN_POWEROFF
+    }));
 
     // A board without the VGA refuses the state of one with it, without panicking.
     let other = rig(Display::None);

@@ -198,7 +198,6 @@ fn run() -> Result<()> {
         }
     }
     qmp.flush();
-    drop(control);
     server.shutdown().context("destroying the ioreq server")?;
     log::info!("dom{domid}: device model ended");
     Ok(())
