@@ -11,6 +11,7 @@
 # Options:  --modes LIST   comma list of boot-stdvga, boot-none, destroy, save-restore (default all)
 #           --wait S       seconds to wait for each guest marker (default 400: qemu-xen needs ~100 s)
 #           --results DIR  where results go (default target/xen-e2e/results)
+#           --disk-backend qdisk|phy  PV backend libxl sets up beside the emulated disk (default qdisk)
 # Env:      SHARED_DIR (default <repo>/../shared), OUT (testbed build, as in the testbed scripts),
 #           plus run.sh's knobs (MEM, SMP, DOM0_MEM, TIMEOUT, ...).
 # Exit status 0 only if every check passed; the last line is "xen-e2e: N passed, M failed".
@@ -23,6 +24,7 @@ MODE=testbed
 DM=$ROOT/target/release/vireo-xen-dm
 MODES=boot-stdvga,boot-none,destroy,save-restore
 WAIT_S=400
+DISK_BACKEND=qdisk
 RESULTS=$BASE/results
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -33,9 +35,11 @@ while [ $# -gt 0 ]; do
         --wait=*) WAIT_S=${1#*=} ;;
         --results) RESULTS=$2; shift ;;
         --results=*) RESULTS=${1#*=} ;;
+        --disk-backend) DISK_BACKEND=$2; shift ;;
+        --disk-backend=*) DISK_BACKEND=${1#*=} ;;
         --dm) DM=$2; shift ;;
         --dm=*) DM=${1#*=} ;;
-        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
         -*) echo "e2e: unknown option $1" >&2; exit 2 ;;
         *) DM=$1 ;;
     esac
@@ -150,6 +154,7 @@ case "$DM" in
 esac
 echo "$MODES" > "$JOB/modes"
 echo "$WAIT_S" > "$JOB/wait_s"
+echo "$DISK_BACKEND" > "$JOB/disk_backend"
 
 # The device model libxl starts: logs its argv (the exact qemu-xen command line libxl built),
 # then becomes the real device model (same pid, same fds).
@@ -167,7 +172,12 @@ cat > "$JOB/run.sh" <<'EOS'
 #!/bin/bash
 set -u
 R=/job/results; mkdir -p "$R"
-MODES=$(cat /job/modes); WAIT_S=$(cat /job/wait_s)
+MODES=$(cat /job/modes); WAIT_S=$(cat /job/wait_s); DISK_BACKEND=$(cat /job/disk_backend)
+# libxl picks the "phy" PV backend for a raw file (loop device + xen-blkback, which the testbed
+# does not load) and then waits 10 s for it and fails. "qdisk" is served by the device model
+# itself, and libxl does not wait for it. The emulated IDE disk is the same -drive either way.
+if [ "$DISK_BACKEND" = phy ]; then modprobe xen-blkback || echo "E2E modprobe xen-blkback failed"; DISK_BACKEND_SPEC=
+else DISK_BACKEND_SPEC="backendtype=$DISK_BACKEND,"; fi
 DMESG=$R/xl-dmesg.txt
 up() { cut -d' ' -f1 /proc/uptime; }
 since() { awk -v a="$1" -v b="$(up)" 'BEGIN{printf "%.1f", b-a}'; }
@@ -198,7 +208,7 @@ vnc=0
 sdl=0
 vga="$2"
 serial="file:$R/$1-serial.log"
-disk=['format=raw,vdev=hda,access=rw,target=/job/disks/$1.img']
+disk=['format=raw,vdev=hda,access=rw,${DISK_BACKEND_SPEC}target=/job/disks/$1.img']
 boot="c"
 on_poweroff="destroy"
 on_crash="preserve"
