@@ -185,7 +185,7 @@ elapsed_lt() { awk -v a="$1" -v b="$(up)" -v l="$2" 'BEGIN{exit !((b-a) < l)}'; 
 P=0; F=0
 check() { local what=$1; shift; if "$@"; then echo "E2E CHECK PASS $what"; P=$((P + 1)); else echo "E2E CHECK FAIL $what"; F=$((F + 1)); fi; }
 drain() { xl dmesg -c >> "$DMESG" 2>/dev/null; }
-gline() { grep -E "^\(d$1\) .*$2" "$DMESG" "${@:3}"; }   # guest $1's lines matching ERE $2 (grep options after)
+gline() { grep -E "^\(d$1\) .*($2)" "$DMESG" "${@:3}"; }   # guest $1's lines matching ERE $2 (grep options after)
 gts() { gline "$1" "$2" | head -1 | sed -n 's/^(d[0-9]*) \[ *\([0-9.]*\)\].*/\1/p'; }  # Xen timestamp
 exists() { xl list "$1" >/dev/null 2>&1; }
 pid_gone() { ! kill -0 "$1" 2>/dev/null; }
