@@ -17,7 +17,7 @@
 ;      if still running ~2 s later it prints "VIREO-E2E: poweroff failed" and halts;
 ;      built with -DWAIT: prints "VIREO-E2E: heartbeat XXXX" (hex counter) about once a second
 ;      forever instead, for xl save / xl restore (the counter must carry on across a restore).
-; Any failure prints "VIREO-E2E: FAIL <reason>" and halts (see the err_ strings below).
+; Any failure prints "VIREO-E2E: FAIL <reason>" and halts with interrupts on (see the err_ strings).
 ;
 ; Only plain BIOS state is relied on: the tick counter at 0040:006C, advanced by the BIOS IRQ 0
 ; handler (~18.2 Hz). Every wait is bounded by ticks, so a missing device gives a FAIL line, not a hang.
@@ -76,8 +76,8 @@ start:
         mov     si, err_bar4
         mov     eax, IDE_CFG + 0x20     ; BAR4: bus-master I/O base
         call    pci_read
-        and     al, 0xFC
-        jz      fail                    ; I/O BARs are 16-byte aligned: low byte 0 means unset
+        and     ax, 0xFFFC              ; (the low byte alone may well be 0: Xen's hvmloader gives 0xC101)
+        jz      fail
         mov     [bmiba], ax
         mov     eax, IDE_CFG + 0x04     ; command register: I/O space + bus master
         call    pci_read
@@ -180,8 +180,10 @@ fail:
         pop     si
         call    puts
         call    newline
+; Interrupts stay on: under Xen a hlt with IF clear takes the vCPU down and, with every vCPU down,
+; Xen powers the domain off, which would pass for the PM1a poweroff.
 halt:
-        cli
+        sti
         hlt
         jmp     halt
 
