@@ -245,8 +245,10 @@ boot_test() { # boot_test VGA
     cfg "$name" "$1" boot.img
     create "$name" || { xl destroy "$name" 2>/dev/null; return; }
     local t_up; t_up=$(up)
-    local t0=$t_create st=none
+    local t0=$t_create st=none mem= m
     while elapsed_lt "$t0" "$WAIT_S"; do
+        # the DM's memory, sampled while it lives (it is gone soon after the poweroff)
+        m=$(awk '/^(VmHWM|VmRSS):/{printf "%s %s %s  ", $1, $2, $3}' /proc/$dmpid/status 2>/dev/null); [ -n "$m" ] && mem=$m
         drain
         if gline "$domid" 'VIREO-E2E: DMA read OK' -q; then st=ok; break; fi
         if gline "$domid" "$STOP" -q; then st=stop; break; fi
@@ -262,9 +264,7 @@ boot_test() { # boot_test VGA
     [ -n "$t_hvm" ] && [ -n "$t_mark" ] && echo "E2E TIME $name: hvmloader start -> DMA marker $(awk -v a="$t_hvm" -v b="$t_mark" 'BEGIN{printf "%.1f", b-a}')s (Xen timestamps)"
     [ -n "$t_hvm" ] && [ -n "$t_boot" ] && echo "E2E TIME $name: hvmloader start -> SeaBIOS 'Booting from' $(awk -v a="$t_hvm" -v b="$t_boot" 'BEGIN{printf "%.1f", b-a}')s"
     [ $st = ok ] && echo "E2E TIME $name: xl create start -> DMA marker seen $(since "$t0")s (dom0 clock, 1 s polling)"
-    if [ -n "$dmpid" ]; then
-        echo "E2E $name: dm memory: $(awk '/^(VmHWM|VmRSS):/{printf "%s %s %s  ", $1, $2, $3}' /proc/$dmpid/status 2>/dev/null)"
-    fi
+    echo "E2E $name: dm memory (last sample before the marker): $mem"
     local t_off; t_off=$(up)
     if [ $st = ok ]; then
         wait_until 90 bash -c "! xl list $name >/dev/null 2>&1"
