@@ -255,7 +255,8 @@ boot_test() { # boot_test VGA
         exists "$name" || { drain; st=gone; gline "$domid" 'VIREO-E2E: DMA read OK' -q && st=ok; break; }
         sleep 1
     done
-    echo "E2E $name: marker wait ended ($st) $(since "$t0")s after xl create started, $(since "$t_up")s after it returned"
+    local t_seen t_seen_up; t_seen=$(since "$t0"); t_seen_up=$(since "$t_up")
+    echo "E2E $name: marker wait ended ($st) ${t_seen}s after xl create started, ${t_seen_up}s after it returned"
     gline "$domid" 'VIREO-E2E|Booting from|No bootable|Boot failed' | sed "s/^/E2E $name: guest: /"
     check "$name: 'VIREO-E2E: boot sector running' in xl dmesg (port 0xE9)" gline "$domid" 'VIREO-E2E: boot sector running' -q
     check "$name: 'VIREO-E2E: DMA read OK' in xl dmesg (port 0xE9)" [ $st = ok ]
@@ -263,7 +264,7 @@ boot_test() { # boot_test VGA
     t_hvm=$(gts "$domid" 'HVM Loader'); t_boot=$(gts "$domid" 'Booting from'); t_mark=$(gts "$domid" 'VIREO-E2E: DMA read OK')
     [ -n "$t_hvm" ] && [ -n "$t_mark" ] && echo "E2E TIME $name: hvmloader start -> DMA marker $(awk -v a="$t_hvm" -v b="$t_mark" 'BEGIN{printf "%.1f", b-a}')s (Xen timestamps)"
     [ -n "$t_hvm" ] && [ -n "$t_boot" ] && echo "E2E TIME $name: hvmloader start -> SeaBIOS 'Booting from' $(awk -v a="$t_hvm" -v b="$t_boot" 'BEGIN{printf "%.1f", b-a}')s"
-    [ $st = ok ] && echo "E2E TIME $name: xl create start -> DMA marker seen $(since "$t0")s (dom0 clock, 1 s polling)"
+    [ $st = ok ] && echo "E2E TIME $name: xl create start -> DMA marker seen ${t_seen}s, after xl create returned ${t_seen_up}s (dom0 clock, 1 s polling)"
     echo "E2E $name: dm memory (last sample before the marker): $mem"
     local t_off; t_off=$(up)
     if [ $st = ok ]; then
