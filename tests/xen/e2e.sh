@@ -9,9 +9,10 @@
 #   tests/xen/e2e.sh --check-image-with-qemu
 #                                          boots the images under the host's qemu-system-i386 only
 # Options:  --modes LIST   comma list of boot-stdvga, boot-none, destroy, save-restore (default all)
-#           --wait S       seconds to wait for each guest marker (default 400: qemu-xen needs ~100 s)
+#           --wait S       seconds to wait for each guest marker (default 400; qemu-xen took 10-140 s)
 #           --results DIR  where results go (default target/xen-e2e/results)
 #           --disk-backend qdisk|phy  PV backend libxl sets up beside the emulated disk (default qdisk)
+#           --cfg-extra FILE  extra xl config lines for every guest (e.g. device_model_args=[...])
 # Env:      SHARED_DIR (default <repo>/../shared), OUT (testbed build, as in the testbed scripts),
 #           plus run.sh's knobs (MEM, SMP, DOM0_MEM, TIMEOUT, ...).
 # Exit status 0 only if every check passed; the last line is "xen-e2e: N passed, M failed".
@@ -25,6 +26,7 @@ DM=$ROOT/target/release/vireo-xen-dm
 MODES=boot-stdvga,boot-none,destroy,save-restore
 WAIT_S=400
 DISK_BACKEND=qdisk
+CFG_EXTRA=
 RESULTS=$BASE/results
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -37,9 +39,11 @@ while [ $# -gt 0 ]; do
         --results=*) RESULTS=${1#*=} ;;
         --disk-backend) DISK_BACKEND=$2; shift ;;
         --disk-backend=*) DISK_BACKEND=${1#*=} ;;
+        --cfg-extra) CFG_EXTRA=$2; shift ;;
+        --cfg-extra=*) CFG_EXTRA=${1#*=} ;;
         --dm) DM=$2; shift ;;
         --dm=*) DM=${1#*=} ;;
-        -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
         -*) echo "e2e: unknown option $1" >&2; exit 2 ;;
         *) DM=$1 ;;
     esac
@@ -108,7 +112,7 @@ if [ "$MODE" = qemu ]; then
     # The check must be able to fail: a copy with sector 9's sequence word damaged.
     cp "$IMG" "$Q/bad.img"
     printf 'XX' | dd of="$Q/bad.img" bs=1 seek=$((9 * 512 + 510)) conv=notrunc status=none
-    runq "$Q/bad.img" bad 15
+    runq "$Q/bad.img" bad 6
     check "damaged image: reports 'FAIL data', never 'DMA read OK'" \
         bash -c "grep -q 'VIREO-E2E: FAIL data' '$Q/bad-debugcon.log' && ! grep -q 'DMA read OK' '$Q/bad-debugcon.log'"
     echo "logs in $Q"
@@ -155,6 +159,7 @@ esac
 echo "$MODES" > "$JOB/modes"
 echo "$WAIT_S" > "$JOB/wait_s"
 echo "$DISK_BACKEND" > "$JOB/disk_backend"
+[ -n "$CFG_EXTRA" ] && cp "$CFG_EXTRA" "$JOB/guest.cfg-extra"
 
 # The device model libxl starts: logs its argv (the exact qemu-xen command line libxl built),
 # then becomes the real device model (same pid, same fds).
@@ -220,6 +225,7 @@ create() { # create NAME: sets domid, dmpid, t_create (uptime at xl create start
     drain; t_create=$(up)
     xl -vvv create "/root/$1.cfg" > "$R/$1-xl-create.log" 2>&1; local rc=$?
     echo "E2E $1: xl create rc=$rc in $(since "$t_create")s"
+    [ $rc = 0 ] || grep -E 'libxl: error|startup timed out' "$R/$1-xl-create.log" | head -5 | sed "s/^/E2E $1: /"
     check "$1: xl create succeeds" [ $rc = 0 ]
     domid=$(xl domid "$1" 2>/dev/null); dmpid=
     [ -n "$domid" ] || return 1
