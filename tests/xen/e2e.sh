@@ -8,7 +8,8 @@
 #                                          "fake" (the testbed's fake-dm.py: start-up plumbing only)
 #   tests/xen/e2e.sh --check-image-with-qemu
 #                                          boots the images under the host's qemu-system-i386 only
-# Options:  --modes LIST   comma list of boot-stdvga, boot-none, destroy, save-restore (default all)
+# Options:  --modes LIST   comma list of boot-stdvga, boot-none, destroy, save-restore (default all),
+#                          ref-boot-stdvga, ref-boot-none (the same boot with qemu-xen, for comparison)
 #           --wait S       seconds to wait for each guest marker (default 400; qemu-xen took 10-140 s)
 #           --results DIR  where results go (default target/xen-e2e/results)
 #           --disk-backend qdisk|phy  PV backend libxl sets up beside the emulated disk (default qdisk)
@@ -245,8 +246,8 @@ pci_report() { # pci_report NAME DOMID: what hvmloader and SeaBIOS saw on the bu
     check "$1: SeaBIOS found PCI devices" gline "$2" 'Found [1-9][0-9]* PCI devices' -q
 }
 
-boot_test() { # boot_test VGA
-    local name=e2e-boot-$1
+boot_test() { # boot_test VGA [NAME-PREFIX]
+    local name=${2:-e2e}-boot-$1
     echo "E2E ===== $name: guest boots boot.img with vga=\"$1\", must print the DMA marker and power off"
     cfg "$name" "$1" boot.img
     create "$name" || { xl destroy "$name" 2>/dev/null; return; }
@@ -367,6 +368,12 @@ for m in ${MODES//,/ }; do
         boot-none) boot_test none ;;
         destroy) destroy_test ;;
         save-restore) save_restore_test ;;
+        # The same guest served by Debian's qemu-xen in this same testbed boot: the reference
+        # for docs/performance.md's side-by-side (its checks count like ours).
+        ref-boot-stdvga|ref-boot-none)
+            own=$(cat /job/dm-target); echo /usr/libexec/xen-qemu-system-i386 > /job/dm-target
+            boot_test "${m#ref-boot-}" qemu-xen
+            echo "$own" > /job/dm-target ;;
         *) echo "E2E CHECK FAIL unknown mode $m" ;;
     esac
 done
