@@ -1,0 +1,234 @@
+//! Differential test against the host CPU (issue 3, oracle 2): every case runs natively in a
+//! forked child in 32-bit compatibility mode and in Vireo's CPU (32-bit flat protected mode with
+//! paging, CPL 3); registers, EFLAGS (less the flags the manuals call undefined), the memory
+//! area and the exception raised must agree. See `translator/HOST_DIFF.md`.
+//!
+//! `VIREO_HOSTDIFF_CASES=N` sets the cases per form (default 1000), `VIREO_HOSTDIFF_SEED` the
+//! seed, `VIREO_HOSTDIFF_FILTER=substring` limits the forms, `VIREO_HOSTDIFF_REPORT=path` writes
+//! the per-form table there.
+
+#[path = "host_diff/common.rs"]
+mod common;
+#[path = "host_diff/gen.rs"]
+mod generator;
+#[path = "host_diff/native.rs"]
+mod native;
+#[path = "host_diff/vireo.rs"]
+mod vireo;
+
+use common::*;
+use generator::{Form, Mask};
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::time::Instant;
+
+fn env_num(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+struct FormResult {
+    name: String,
+    cases: usize,
+    pass: usize,
+    fail: usize,
+    faults: usize,
+    informational: usize,
+    examples: Vec<String>,
+}
+
+fn disasm(bytes: &[u8]) -> String {
+    use iced_x86::{Decoder, DecoderOptions, Formatter, IntelFormatter};
+    let mut d = Decoder::with_ip(32, bytes, CODE as u64, DecoderOptions::NONE);
+    let mut f = IntelFormatter::new();
+    let mut s = String::new();
+    for ins in d.iter() {
+        if !s.is_empty() {
+            s.push_str("; ");
+        }
+        f.format(&ins, &mut s);
+    }
+    s
+}
+
+fn show(o: &Outcome) -> String {
+    let mut s = String::new();
+    if o.harness_error != 0 {
+        let _ = write!(s, "HARNESS ERROR {:#x} ", o.harness_error);
+    }
+    if o.vector != NO_FAULT {
+        let _ = write!(s, "fault #{} err={:#x} cr2={:#x} eip={:#x} ", o.vector, o.err, o.cr2, o.eip);
+    }
+    let names = ["eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi"];
+    for (n, v) in names.iter().zip(o.regs) {
+        let _ = write!(s, "{n}={v:08x} ");
+    }
+    let _ = write!(s, "efl={:08x} mem: {} bytes changed", o.eflags, o.ndiff);
+    if o.ndiff > 0 {
+        s.push_str(" [");
+        for d in &o.diffs[..(o.ndiff as usize).min(8)] {
+            let _ = write!(s, "{:#x}={:02x} ", AREA + (d >> 8), d & 0xFF);
+        }
+        s.push(']');
+    }
+    s
+}
+
+/// Compare; `None` when they agree under the mask, else a description of what differs.
+fn compare(n: &Outcome, v: &Outcome, mask: &Mask) -> Option<String> {
+    let mut what = Vec::new();
+    if n.harness_error != 0 || v.harness_error != 0 {
+        what.push("harness".to_string());
+    }
+    if n.vector != v.vector {
+        what.push("vector".into());
+    } else if n.vector != NO_FAULT {
+        if n.err != v.err {
+            what.push("error code".into());
+        }
+        if n.cr2 != v.cr2 {
+            what.push("cr2".into());
+        }
+        if n.eip != v.eip {
+            what.push("eip".into());
+        }
+    }
+    for i in 0..8 {
+        if mask.regs & (1 << i) == 0 && n.regs[i] != v.regs[i] {
+            what.push(["eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi"][i].into());
+        }
+    }
+    let fm = if n.vector != NO_FAULT { generator::COMPARE_FLAGS } else { mask.flags };
+    if (n.eflags ^ v.eflags) & fm != 0 {
+        what.push(format!("eflags({:#x})", (n.eflags ^ v.eflags) & fm));
+    }
+    if n.ndiff != v.ndiff || n.diff_hash != v.diff_hash {
+        what.push("memory".into());
+    }
+    if what.is_empty() { None } else { Some(what.join(",")) }
+}
+
+fn run_form(form: &Form, cases: usize, seed: u64, h: &native::Harness, vm: &mut vireo::Vireo) -> FormResult {
+    let mut rng = Rng(seed ^ common::splitmix(form.name.bytes().fold(0u64, |a, b| a.wrapping_mul(31).wrapping_add(b as u64))));
+    let mut list = Vec::with_capacity(cases);
+    let mut masks = Vec::with_capacity(cases);
+    for _ in 0..cases {
+        let (c, m) = generator::gen_case(form, &mut rng);
+        list.push(c);
+        masks.push(m);
+    }
+    let mut r = FormResult { name: form.name.clone(), cases, pass: 0, fail: 0, faults: 0, informational: 0, examples: Vec::new() };
+    for chunk in (0..cases).collect::<Vec<_>>().chunks(20_000) {
+        let (lo, hi) = (chunk[0], chunk[chunk.len() - 1] + 1);
+        let nat = native::run_batch(h, &list[lo..hi]);
+        for (k, n) in nat.iter().enumerate() {
+            let i = lo + k;
+            let c = &list[i];
+            let v = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| vm.run(c))) {
+                Ok(v) => v,
+                Err(_) => {
+                    *vm = vireo::Vireo::new();
+                    Outcome { harness_error: 0xBAD, ..Outcome::default() }
+                }
+            };
+            if n.vector != NO_FAULT {
+                r.faults += 1;
+            }
+            match compare(n, &v, &masks[i]) {
+                None => r.pass += 1,
+                Some(what) => {
+                    if masks[i].informational {
+                        r.informational += 1;
+                    } else {
+                        r.fail += 1;
+                    }
+                    if r.examples.len() < 3 {
+                        r.examples.push(format!(
+                            "  [{}] {} | bytes {:02x?} | in: {} efl={:08x} seed={:#x} patch@{:#x}={:02x?}\n    native: {}\n    vireo:  {}",
+                            what,
+                            disasm(c.code()),
+                            c.code(),
+                            c.regs.iter().map(|x| format!("{x:08x}")).collect::<Vec<_>>().join(" "),
+                            c.eflags,
+                            c.seed,
+                            AREA + c.patch_off as u32,
+                            &c.patch[..c.patch_len as usize],
+                            show(n),
+                            show(&v)
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    r
+}
+
+#[test]
+fn host_cpu_differential() {
+    let start = Instant::now();
+    let cases = env_num("VIREO_HOSTDIFF_CASES", 1000) as usize;
+    let seed = env_num("VIREO_HOSTDIFF_SEED", 0x5EED_0003);
+    let filter = std::env::var("VIREO_HOSTDIFF_FILTER").ok();
+    let mut forms = generator::forms();
+    if let Some(f) = &filter {
+        forms.retain(|x| x.name.contains(f.as_str()));
+    }
+    let host = native::host_cpu();
+    println!("host CPU: {host}");
+    println!("{} forms x {} cases, seed {:#x}", forms.len(), cases, seed);
+    let h = native::Harness::new();
+    let next = Mutex::new(0usize);
+    let results = Mutex::new(Vec::new());
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(2);
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| {
+                let mut vm = vireo::Vireo::new();
+                loop {
+                    let i = {
+                        let mut g = next.lock().unwrap();
+                        let i = *g;
+                        *g += 1;
+                        i
+                    };
+                    if i >= forms.len() {
+                        break;
+                    }
+                    let r = run_form(&forms[i], cases, seed, &h, &mut vm);
+                    results.lock().unwrap().push((i, r));
+                }
+            });
+        }
+    });
+    let mut results = results.into_inner().unwrap();
+    results.sort_by_key(|(i, _)| *i);
+    let mut report = String::new();
+    let _ = writeln!(report, "host CPU: {host}\nseed {seed:#x}, {cases} cases per form\n");
+    let _ = writeln!(report, "{:<40} {:>7} {:>7} {:>6} {:>6} {:>6}", "form", "cases", "pass", "fail", "info", "faults");
+    let (mut tp, mut tf, mut ti, mut tc) = (0, 0, 0, 0);
+    let mut failing = Vec::new();
+    for (_, r) in &results {
+        let _ = writeln!(report, "{:<40} {:>7} {:>7} {:>6} {:>6} {:>6}", r.name, r.cases, r.pass, r.fail, r.informational, r.faults);
+        tp += r.pass;
+        tf += r.fail;
+        ti += r.informational;
+        tc += r.cases;
+        if r.fail > 0 || r.informational > 0 {
+            failing.push(r);
+        }
+    }
+    let _ = writeln!(report, "\nTOTAL {} forms, {tc} cases: {tp} pass, {tf} fail, {ti} informational (documented differences)", results.len());
+    let _ = writeln!(report, "time {:.1}s", start.elapsed().as_secs_f64());
+    let _ = writeln!(report, "\nexamples:");
+    for r in &failing {
+        let _ = writeln!(report, "{} ({} fail, {} info):", r.name, r.fail, r.informational);
+        for e in &r.examples {
+            let _ = writeln!(report, "{e}");
+        }
+    }
+    println!("{report}");
+    if let Ok(p) = std::env::var("VIREO_HOSTDIFF_REPORT") {
+        std::fs::write(p, &report).unwrap();
+    }
+    assert_eq!(tf, 0, "{tf} cases differ from the host CPU (see the report above)");
+}
