@@ -34,6 +34,8 @@ struct FormResult {
     faults: usize,
     informational: usize,
     examples: Vec<String>,
+    /// Seconds spent generating, natively, in Vireo.
+    times: [f64; 3],
 }
 
 fn disasm(bytes: &[u8]) -> String {
@@ -109,6 +111,7 @@ fn compare(n: &Outcome, v: &Outcome, mask: &Mask) -> Option<String> {
 
 fn run_form(form: &Form, cases: usize, seed: u64, h: &native::Harness, vm: &mut vireo::Vireo) -> FormResult {
     let mut rng = Rng(seed ^ common::splitmix(form.name.bytes().fold(0u64, |a, b| a.wrapping_mul(31).wrapping_add(b as u64))));
+    let t0 = Instant::now();
     let mut list = Vec::with_capacity(cases);
     let mut masks = Vec::with_capacity(cases);
     for _ in 0..cases {
@@ -116,20 +119,29 @@ fn run_form(form: &Form, cases: usize, seed: u64, h: &native::Harness, vm: &mut 
         list.push(c);
         masks.push(m);
     }
-    let mut r = FormResult { name: form.name.clone(), cases, pass: 0, fail: 0, faults: 0, informational: 0, examples: Vec::new() };
+    let mut r = FormResult { name: form.name.clone(), cases, pass: 0, fail: 0, faults: 0, informational: 0, examples: Vec::new(), times: [0.0; 3] };
+    r.times[0] = t0.elapsed().as_secs_f64();
     for chunk in (0..cases).collect::<Vec<_>>().chunks(20_000) {
         let (lo, hi) = (chunk[0], chunk[chunk.len() - 1] + 1);
+        let t1 = Instant::now();
         let nat = native::run_batch(h, &list[lo..hi]);
-        for (k, n) in nat.iter().enumerate() {
-            let i = lo + k;
-            let c = &list[i];
-            let v = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| vm.run(c))) {
+        r.times[1] += t1.elapsed().as_secs_f64();
+        let t2 = Instant::now();
+        let mut vo = Vec::with_capacity(hi - lo);
+        for c in &list[lo..hi] {
+            vo.push(match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| vm.run(c))) {
                 Ok(v) => v,
                 Err(_) => {
                     *vm = vireo::Vireo::new();
                     Outcome { harness_error: 0xBAD, ..Outcome::default() }
                 }
-            };
+            });
+        }
+        r.times[2] += t2.elapsed().as_secs_f64();
+        for (k, n) in nat.iter().enumerate() {
+            let i = lo + k;
+            let c = &list[i];
+            let v = vo[k];
             if n.vector != NO_FAULT {
                 r.faults += 1;
             }
@@ -141,7 +153,8 @@ fn run_form(form: &Form, cases: usize, seed: u64, h: &native::Harness, vm: &mut 
                     } else {
                         r.fail += 1;
                     }
-                    if r.examples.len() < 3 {
+                    let seen = r.examples.iter().filter(|e| e.starts_with(&format!("  [{what}]"))).count();
+                    if seen < 1 && r.examples.len() < 4 {
                         r.examples.push(format!(
                             "  [{}] {} | bytes {:02x?} | in: {} efl={:08x} seed={:#x} patch@{:#x}={:02x?}\n    native: {}\n    vireo:  {}",
                             what,
@@ -194,7 +207,11 @@ fn host_cpu_differential() {
                     if i >= forms.len() {
                         break;
                     }
+                    let t = Instant::now();
                     let r = run_form(&forms[i], cases, seed, &h, &mut vm);
+                    if std::env::var_os("VIREO_HOSTDIFF_VERBOSE").is_some() {
+                        eprintln!("{:<40} {:>6.2}s {} fail", forms[i].name, t.elapsed().as_secs_f64(), r.fail);
+                    }
                     results.lock().unwrap().push((i, r));
                 }
             });
@@ -206,6 +223,7 @@ fn host_cpu_differential() {
     let _ = writeln!(report, "host CPU: {host}\nseed {seed:#x}, {cases} cases per form\n");
     let _ = writeln!(report, "{:<40} {:>7} {:>7} {:>6} {:>6} {:>6}", "form", "cases", "pass", "fail", "info", "faults");
     let (mut tp, mut tf, mut ti, mut tc) = (0, 0, 0, 0);
+    let mut times = [0.0f64; 3];
     let mut failing = Vec::new();
     for (_, r) in &results {
         let _ = writeln!(report, "{:<40} {:>7} {:>7} {:>6} {:>6} {:>6}", r.name, r.cases, r.pass, r.fail, r.informational, r.faults);
@@ -213,12 +231,22 @@ fn host_cpu_differential() {
         tf += r.fail;
         ti += r.informational;
         tc += r.cases;
+        for k in 0..3 {
+            times[k] += r.times[k];
+        }
         if r.fail > 0 || r.informational > 0 {
             failing.push(r);
         }
     }
     let _ = writeln!(report, "\nTOTAL {} forms, {tc} cases: {tp} pass, {tf} fail, {ti} informational (documented differences)", results.len());
-    let _ = writeln!(report, "time {:.1}s", start.elapsed().as_secs_f64());
+    let _ = writeln!(
+        report,
+        "time {:.1}s wall; cpu seconds: generate {:.1}, native {:.1}, vireo {:.1}",
+        start.elapsed().as_secs_f64(),
+        times[0],
+        times[1],
+        times[2]
+    );
     let _ = writeln!(report, "\nexamples:");
     for r in &failing {
         let _ = writeln!(report, "{} ({} fail, {} info):", r.name, r.fail, r.informational);

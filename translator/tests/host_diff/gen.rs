@@ -425,7 +425,7 @@ fn stack_ptr(rng: &mut Rng) -> u32 {
 
 /// Generate one case of a form; `None` when this attempt picked an impossible combination.
 pub fn gen_case(form: &Form, rng: &mut Rng) -> (Case, Mask) {
-    loop {
+    for _ in 0..10_000 {
         let r = match &form.kind {
             Kind::Generic { code, mem } => gen_generic(*code, *mem, rng),
             Kind::Str { code, rep } => gen_string(*code, *rep, rng),
@@ -435,6 +435,7 @@ pub fn gen_case(form: &Form, rng: &mut Rng) -> (Case, Mask) {
             return x;
         }
     }
+    panic!("form {} yields no case", form.name)
 }
 
 fn gen_generic(code: Code, mem: bool, rng: &mut Rng) -> Option<(Case, Mask)> {
@@ -508,6 +509,7 @@ fn gen_generic(code: Code, mem: bool, rng: &mut Rng) -> Option<(Case, Mask)> {
                 ops[i] = Some(Opnd::I(v));
             }
             Tok::One => ops[i] = Some(Opnd::I(1)),
+            Tok::Rel => ops[i] = Some(Opnd::I(0)), // placeholder: branches are built below
             _ => {}
         }
     }
