@@ -95,6 +95,8 @@ impl Harness {
                 a.pop(r)?;
             }
             a.cld()?;
+            // The x87 control word is callee-saved in the SysV ABI.
+            a.fninit()?;
             a.ret()
         });
         let restorer = asm_at(64, RESTORER, |a| {
