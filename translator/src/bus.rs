@@ -42,11 +42,14 @@ pub trait CpuBus {
 /// to [`CpuBus::mmio_read`]/[`CpuBus::mmio_write`].
 pub struct PhysMem {
     data: Box<[u8]>,
-    /// 1 bit per 4 KiB page of `data`: the page is backed by `data` (RAM or ROM).
-    backed: bitvec::vec::BitVec,
-    /// 1 bit per 4 KiB page: writes are ignored (ROM).
-    rom: bitvec::vec::BitVec,
+    /// One entry per 4 KiB page of `data`: [`PAGE_RAM`], [`PAGE_ROM`] or [`PAGE_BUS`]. A byte
+    /// per page rather than bits: this is probed on every access.
+    kind: Box<[u8]>,
 }
+
+const PAGE_BUS: u8 = 0;
+const PAGE_RAM: u8 = 1;
+const PAGE_ROM: u8 = 2;
 
 impl PhysMem {
     /// `size` bytes of zeroed RAM starting at physical address 0 (rounded up to whole pages).
@@ -54,8 +57,7 @@ impl PhysMem {
         let pages = size.div_ceil(4096);
         PhysMem {
             data: vec![0u8; pages * 4096].into_boxed_slice(),
-            backed: bitvec::vec::BitVec::repeat(true, pages),
-            rom: bitvec::vec::BitVec::repeat(false, pages),
+            kind: vec![PAGE_RAM; pages].into_boxed_slice(),
         }
     }
     /// Size of the backing store in bytes.
@@ -79,27 +81,31 @@ impl PhysMem {
     /// it as RAM. Page granular.
     pub fn set_mmio(&mut self, start: u64, end: u64) {
         for p in (start >> 12)..end.div_ceil(4096) {
-            if let Some(mut b) = self.backed.get_mut(p as usize) {
-                *b = false;
+            if let Some(k) = self.kind.get_mut(p as usize) {
+                *k = PAGE_BUS;
             }
         }
     }
     /// Mark `[start, end)` as ROM: readable from the backing store, writes dropped.
     pub fn set_rom(&mut self, start: u64, end: u64, rom: bool) {
         for p in (start >> 12)..end.div_ceil(4096) {
-            if let Some(mut b) = self.rom.get_mut(p as usize) {
-                *b = rom;
+            if let Some(k) = self.kind.get_mut(p as usize)
+                && *k != PAGE_BUS
+            {
+                *k = if rom { PAGE_ROM } else { PAGE_RAM };
             }
         }
     }
     /// Is the byte at `addr` backed by this store (RAM or ROM)?
     #[inline]
     pub fn is_backed(&self, addr: u64) -> bool {
-        (addr as usize) < self.data.len() && self.backed[(addr >> 12) as usize]
+        self.kind
+            .get((addr >> 12) as usize)
+            .is_some_and(|&k| k != PAGE_BUS)
     }
     #[inline]
     pub(crate) fn is_rom(&self, addr: u64) -> bool {
-        self.rom[(addr >> 12) as usize]
+        self.kind.get((addr >> 12) as usize) == Some(&PAGE_ROM)
     }
     /// Read `buf.len()` bytes; the caller checked [`PhysMem::is_backed`] for the range's page.
     #[inline]
@@ -107,10 +113,37 @@ impl PhysMem {
         let a = addr as usize;
         buf.copy_from_slice(&self.data[a..a + buf.len()]);
     }
+    /// Little-endian load of 1, 2, 4 or 8 bytes from backed memory (fixed-size loads, no
+    /// memcpy call). The caller checked that the range is backed and within one page.
     #[inline]
-    pub(crate) fn write_backed(&mut self, addr: u64, buf: &[u8]) {
+    pub(crate) fn load(&self, addr: u64, size: u8) -> u64 {
         let a = addr as usize;
-        self.data[a..a + buf.len()].copy_from_slice(buf);
+        let d = &self.data;
+        match size {
+            1 => d[a] as u64,
+            2 => u16::from_le_bytes([d[a], d[a + 1]]) as u64,
+            4 => u32::from_le_bytes(d[a..a + 4].try_into().unwrap_or([0; 4])) as u64,
+            8 => u64::from_le_bytes(d[a..a + 8].try_into().unwrap_or([0; 8])),
+            n => {
+                let mut b = [0u8; 8];
+                b[..n as usize].copy_from_slice(&d[a..a + n as usize]);
+                u64::from_le_bytes(b)
+            }
+        }
+    }
+
+    /// Little-endian store counterpart of [`PhysMem::load`].
+    #[inline]
+    pub(crate) fn store(&mut self, addr: u64, size: u8, v: u64) {
+        let a = addr as usize;
+        let d = &mut self.data;
+        match size {
+            1 => d[a] = v as u8,
+            2 => d[a..a + 2].copy_from_slice(&(v as u16).to_le_bytes()),
+            4 => d[a..a + 4].copy_from_slice(&(v as u32).to_le_bytes()),
+            8 => d[a..a + 8].copy_from_slice(&v.to_le_bytes()),
+            n => d[a..a + n as usize].copy_from_slice(&v.to_le_bytes()[..n as usize]),
+        }
     }
 }
 
@@ -120,7 +153,11 @@ pub struct NullBus;
 
 impl CpuBus for NullBus {
     fn io_read(&mut self, _port: u16, size: u8) -> u32 {
-        if size >= 4 { u32::MAX } else { (1u32 << (size * 8)) - 1 }
+        if size >= 4 {
+            u32::MAX
+        } else {
+            (1u32 << (size * 8)) - 1
+        }
     }
     fn io_write(&mut self, _port: u16, _size: u8, _value: u32) {}
 }

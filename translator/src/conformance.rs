@@ -16,9 +16,22 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
 /// Register names in test order, mapped to our GPR numbers.
-const GPRS: [(&str, usize); 8] =
-    [("ax", 0), ("bx", 3), ("cx", 1), ("dx", 2), ("sp", 4), ("bp", 5), ("si", 6), ("di", 7)];
-const SEGS: [(&str, usize); 4] = [("cs", sreg::CS), ("ss", sreg::SS), ("ds", sreg::DS), ("es", sreg::ES)];
+const GPRS: [(&str, usize); 8] = [
+    ("ax", 0),
+    ("bx", 3),
+    ("cx", 1),
+    ("dx", 2),
+    ("sp", 4),
+    ("bp", 5),
+    ("si", 6),
+    ("di", 7),
+];
+const SEGS: [(&str, usize); 4] = [
+    ("cs", sreg::CS),
+    ("ss", sreg::SS),
+    ("ds", sreg::DS),
+    ("es", sreg::ES),
+];
 
 /// Per-opcode flag masks and the revocation list.
 #[derive(Default)]
@@ -33,7 +46,9 @@ impl SuiteInfo {
     pub fn load(dir: &Path) -> SuiteInfo {
         let mut info = SuiteInfo::default();
         let find = |name: &str| -> Option<PathBuf> {
-            [dir.join(name), dir.join("..").join(name)].into_iter().find(|p| p.exists())
+            [dir.join(name), dir.join("..").join(name)]
+                .into_iter()
+                .find(|p| p.exists())
         };
         if let Some(p) = find("metadata.json")
             && let Ok(text) = std::fs::read_to_string(p)
@@ -116,7 +131,11 @@ fn reg16(v: &Value, name: &str) -> Option<u16> {
 
 impl Runner {
     pub fn new() -> Self {
-        Runner { cpu: Cpu::new(PhysMem::new(16 << 20)), bus: NullBus, dirty_pages: Vec::new() }
+        Runner {
+            cpu: Cpu::new(PhysMem::new(16 << 20)),
+            bus: NullBus,
+            dirty_pages: Vec::new(),
+        }
     }
 
     /// Run one test (a parsed JSON line) with flag mask `mask`.
@@ -130,7 +149,10 @@ impl Runner {
         }
         let cpu = &mut self.cpu;
         cpu.reset();
-        cpu.idtr = TableReg { base: 0, limit: 0x3FF };
+        cpu.idtr = TableReg {
+            base: 0,
+            limit: 0x3FF,
+        };
         let init = &t["initial"];
         let iregs = &init["regs"];
         for (n, r) in GPRS {
@@ -179,7 +201,10 @@ impl Runner {
             if let Some(reason) = known_286_difference(t, first_fault, fault_si_di) {
                 return Outcome::Known(reason);
             }
-            return Outcome::Fail(format!("did not reach HLT: {exit:?} at {:04x}:{:04x}", cpu.segs[1].selector, cpu.rip));
+            return Outcome::Fail(format!(
+                "did not reach HLT: {exit:?} at {:04x}:{:04x}",
+                cpu.segs[1].selector, cpu.rip
+            ));
         }
 
         let fregs = &fin["regs"];
@@ -202,14 +227,17 @@ impl Runner {
         }
         let gf = cpu.rflags() as u16;
         if gf & mask != want("flags") & mask {
-            diffs.push(format!("flags={gf:04x} want {:04x} (mask {mask:04x})", want("flags")));
+            diffs.push(format!(
+                "flags={gf:04x} want {:04x} (mask {mask:04x})",
+                want("flags")
+            ));
         }
         // Where the exception frame's FLAGS word is: SS:(final SP + 4). The suite's
         // `flag_address` is rounded down to an even address, which is wrong when SP is odd, so
         // it is computed from the expected final SS:SP instead.
-        let flag_addr = t["exception"]["flag_address"].as_u64().map(|_| {
-            ((want("ss") as u64) << 4) + ((want("sp") as u64 + 4) & 0xFFFF)
-        });
+        let flag_addr = t["exception"]["flag_address"]
+            .as_u64()
+            .map(|_| ((want("ss") as u64) << 4) + ((want("sp") as u64 + 4) & 0xFFFF));
         if let Some(ram) = fin["ram"].as_array() {
             for e in ram {
                 let a = e[0].as_u64().unwrap_or(0);
@@ -237,7 +265,11 @@ impl Runner {
     /// Run every test of one `.jsonl.gz` file.
     pub fn run_file(&mut self, path: &Path, info: &SuiteInfo) -> std::io::Result<FileResult> {
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        let key = name.trim_end_matches(".gz").trim_end_matches(".jsonl").trim_end_matches(".json").to_string();
+        let key = name
+            .trim_end_matches(".gz")
+            .trim_end_matches(".jsonl")
+            .trim_end_matches(".json")
+            .to_string();
         let mask = info.flags_mask(&key);
         let f = std::fs::File::open(path)?;
         let reader: Box<dyn BufRead> = if name.ends_with(".gz") {
@@ -245,10 +277,15 @@ impl Runner {
         } else {
             Box::new(BufReader::new(f))
         };
-        let mut res = FileResult { key, ..FileResult::default() };
+        let mut res = FileResult {
+            key,
+            ..FileResult::default()
+        };
         for line in reader.lines() {
             let line = line?;
-            let Ok(t) = serde_json::from_str::<Value>(&line) else { continue };
+            let Ok(t) = serde_json::from_str::<Value>(&line) else {
+                continue;
+            };
             if t.get("header").is_some() || t.get("initial").is_none() {
                 continue;
             }
@@ -265,7 +302,11 @@ impl Runner {
                 Outcome::Fail(d) => {
                     res.fail += 1;
                     if res.samples.len() < 5 {
-                        res.samples.push(format!("{} {:?}: {d}", t["name"].as_str().unwrap_or("?"), t["bytes"]));
+                        res.samples.push(format!(
+                            "{} {:?}: {d}",
+                            t["name"].as_str().unwrap_or("?"),
+                            t["bytes"]
+                        ));
                     }
                 }
             }
@@ -292,13 +333,24 @@ pub fn test_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 /// Every reason here is explained in `translator/KNOWN_286_DIFFERENCES.md`.
 /// `ours` is the first exception Vireo raised for the test, if any.
 /// `si_di` are SI and DI right after that exception was delivered.
-pub fn known_286_difference(t: &Value, ours: Option<u8>, si_di: (u16, u16)) -> Option<&'static str> {
-    let bytes: Vec<u8> = t["bytes"].as_array()?.iter().filter_map(|b| b.as_u64().map(|x| x as u8)).collect();
+pub fn known_286_difference(
+    t: &Value,
+    ours: Option<u8>,
+    si_di: (u16, u16),
+) -> Option<&'static str> {
+    let bytes: Vec<u8> = t["bytes"]
+        .as_array()?
+        .iter()
+        .filter_map(|b| b.as_u64().map(|x| x as u8))
+        .collect();
     let exc = t["exception"]["number"].as_u64().map(|v| v as u8);
     // Instruction bytes without the trailing HLT.
     let insn = &bytes[..bytes.len().saturating_sub(1)];
-    let prefixes: Vec<u8> =
-        insn.iter().copied().take_while(|b| matches!(b, 0x26 | 0x2E | 0x36 | 0x3E | 0xF0 | 0xF2 | 0xF3)).collect();
+    let prefixes: Vec<u8> = insn
+        .iter()
+        .copied()
+        .take_while(|b| matches!(b, 0x26 | 0x2E | 0x36 | 0x3E | 0xF0 | 0xF2 | 0xF3))
+        .collect();
     let opcode = insn.get(prefixes.len()).copied().unwrap_or(0);
     if exc == Some(13) && insn.len() > 10 && ours.is_none() {
         return Some(LONG_INSN);
@@ -307,7 +359,11 @@ pub fn known_286_difference(t: &Value, ours: Option<u8>, si_di: (u16, u16)) -> O
         return Some(LOCK);
     }
     let modrm_reg = insn.get(prefixes.len() + 1).map(|m| (m >> 3) & 7);
-    if exc == Some(6) && ours.is_none() && matches!(opcode, 0x8C | 0x8E) && matches!(modrm_reg, Some(4 | 5)) {
+    if exc == Some(6)
+        && ours.is_none()
+        && matches!(opcode, 0x8C | 0x8E)
+        && matches!(modrm_reg, Some(4 | 5))
+    {
         return Some(NO_FS_GS);
     }
     if exc == Some(13) && ours == Some(12) {
@@ -318,14 +374,19 @@ pub fn known_286_difference(t: &Value, ours: Option<u8>, si_di: (u16, u16)) -> O
         || r["di"].as_u64() == Some(0xFFFF)
         || si_di.0 == 0xFFFF
         || si_di.1 == 0xFFFF;
-    if at_ffff && matches!(ours, Some(12 | 13)) && matches!(opcode, 0x6D | 0x6F | 0xA5 | 0xA7 | 0xAB | 0xAD | 0xAF) {
+    if at_ffff
+        && matches!(ours, Some(12 | 13))
+        && matches!(opcode, 0x6D | 0x6F | 0xA5 | 0xA7 | 0xAB | 0xAD | 0xAF)
+    {
         return Some(STRING_WRAP);
     }
     None
 }
 
 pub const NO_FS_GS: &str = "286: there is no FS or GS, so MOV to/from segment register 4 or 5 (8C/8E) is #UD; a 386+ moves FS/GS";
-pub const LONG_INSN: &str = "286: an instruction longer than 10 bytes raises #GP(13); a 386+ allows 15";
+pub const LONG_INSN: &str =
+    "286: an instruction longer than 10 bytes raises #GP(13); a 386+ allows 15";
 pub const LOCK: &str = "286: LOCK is accepted on any instruction; a 386+ raises #UD unless it is a lockable read-modify-write of memory";
-pub const SS_OVERRUN: &str = "286: a segment-limit overrun on an SS-relative access raises #GP(13); a 386+ raises #SS(12)";
+pub const SS_OVERRUN: &str =
+    "286: a segment-limit overrun on an SS-relative access raises #GP(13); a 386+ raises #SS(12)";
 pub const STRING_WRAP: &str = "286: a word string access at offset FFFFh is carried out (wrapping to offset 0) and SI/DI advance, sometimes followed by #GP; a 386+ raises #GP/#SS before any change";

@@ -119,17 +119,37 @@ impl Cpu {
         }
         self.segs[sreg::CS].selector = 0xF000;
         self.segs[sreg::CS].base = 0xFFFF_0000;
-        self.gdtr = TableReg { base: 0, limit: 0xFFFF };
-        self.idtr = TableReg { base: 0, limit: 0xFFFF };
-        self.ldtr = Segment { selector: 0, base: 0, limit: 0xFFFF, attr: 0x82 };
-        self.tr = Segment { selector: 0, base: 0, limit: 0xFFFF, attr: 0x8B };
+        self.gdtr = TableReg {
+            base: 0,
+            limit: 0xFFFF,
+        };
+        self.idtr = TableReg {
+            base: 0,
+            limit: 0xFFFF,
+        };
+        self.ldtr = Segment {
+            selector: 0,
+            base: 0,
+            limit: 0xFFFF,
+            attr: 0x82,
+        };
+        self.tr = Segment {
+            selector: 0,
+            base: 0,
+            limit: 0xFFFF,
+            attr: 0x8B,
+        };
         self.cr0 = cr0::ET | cr0::CD | cr0::NW;
         self.cr2 = 0;
         self.cr3 = 0;
         self.cr4 = 0;
         self.efer = 0;
         self.dr = [0, 0, 0, 0, 0, 0, 0xFFFF_0FF0, 0x400];
-        self.msr = Msrs { apic_base: 0xFEE0_0900, pat: 0x0007_0406_0007_0406, ..Msrs::default() };
+        self.msr = Msrs {
+            apic_base: 0xFEE0_0900,
+            pat: 0x0007_0406_0007_0406,
+            ..Msrs::default()
+        };
         self.fpu = Fpu::default();
         self.cpl = 0;
         self.halted = false;
@@ -161,7 +181,8 @@ impl Cpu {
     /// Is the current code 64-bit (long mode with CS.L)?
     #[inline]
     pub fn long64(&self) -> bool {
-        self.efer & crate::state::efer::LMA != 0 && self.segs[sreg::CS].attr & crate::state::attr::L != 0
+        self.efer & crate::state::efer::LMA != 0
+            && self.segs[sreg::CS].attr & crate::state::attr::L != 0
     }
 
     /// Default operand/address size of the code segment: 16, 32 or 64.
@@ -236,7 +257,13 @@ impl Cpu {
             // INC/DEC keep CF: settle the previous operation so CF in `rflags` is current.
             self.rflags();
         }
-        self.lazy = LazyFlags { op, size, a, b, res };
+        self.lazy = LazyFlags {
+            op,
+            size,
+            a,
+            b,
+            res,
+        };
     }
 
     /// Set the six arithmetic flags eagerly (for instructions with irregular flag rules).

@@ -26,8 +26,16 @@ pub fn cpuid(leaf: u32, _sub: u32) -> [u32; 4] {
             SIGNATURE,
             0,
             0,
-            // No FPU bit yet: the x87 is only a first slice (see exec/x87.rs).
-            edx1::PSE | edx1::TSC | edx1::MSR | edx1::PAE | edx1::CX8 | edx1::PGE | edx1::CMOV,
+            // FPU: the x87 is implemented with f64 arithmetic (see exec/x87.rs). FCMOV and FCOMI
+            // come with CMOV. No FXSR, SSE, APIC, SEP, MTRR, VME yet.
+            edx1::FPU
+                | edx1::PSE
+                | edx1::TSC
+                | edx1::MSR
+                | edx1::PAE
+                | edx1::CX8
+                | edx1::PGE
+                | edx1::CMOV,
         ],
         0x8000_0000 => [0x8000_0001, 0, 0, 0],
         // NX (bit 20) is implemented in the page walker.

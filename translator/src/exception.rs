@@ -33,10 +33,16 @@ pub struct Fault {
 
 impl Fault {
     pub const fn new(vector: u8) -> Self {
-        Fault { vector, error_code: None }
+        Fault {
+            vector,
+            error_code: None,
+        }
     }
     pub const fn with_code(vector: u8, code: u32) -> Self {
-        Fault { vector, error_code: Some(code) }
+        Fault {
+            vector,
+            error_code: Some(code),
+        }
     }
     pub const fn de() -> Self {
         Self::new(vector::DE)

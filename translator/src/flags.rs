@@ -37,7 +37,13 @@ pub struct LazyFlags {
 
 impl Default for LazyFlags {
     fn default() -> Self {
-        LazyFlags { op: FlagOp::None, size: 1, a: 0, b: 0, res: 0 }
+        LazyFlags {
+            op: FlagOp::None,
+            size: 1,
+            a: 0,
+            b: 0,
+            res: 0,
+        }
     }
 }
 
@@ -59,7 +65,7 @@ pub fn sign_bit(size: u8) -> u64 {
 /// PF: set when the low byte of the result has an even number of 1 bits.
 #[inline]
 pub fn parity(v: u64) -> bool {
-    (v as u8).count_ones() % 2 == 0
+    (v as u8).count_ones().is_multiple_of(2)
 }
 
 /// ZF, SF and PF of a result.

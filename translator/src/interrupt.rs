@@ -11,14 +11,21 @@ use crate::state::{Segment, attr, flag, sreg};
 impl Cpu {
     /// INT n / INT3 / INTO: like `deliver`, plus the protected-mode gate DPL check.
     pub(crate) fn software_interrupt(&mut self, bus: &mut dyn CpuBus, v: u8) -> Result<(), Exit> {
-        self.deliver_inner(bus, v, None, true, false).map_err(Exit::Fault)
+        self.deliver_inner(bus, v, None, true, false)
+            .map_err(Exit::Fault)
     }
 
     /// Deliver vector `v` now, pushing `self.rip` as the return address (the loop has already
     /// rolled it back to the faulting instruction for faults). `ext` marks events not caused by
     /// an instruction (external interrupts, exceptions): it sets bit 0 of error codes raised
     /// during delivery.
-    pub(crate) fn deliver(&mut self, bus: &mut dyn CpuBus, v: u8, code: Option<u32>, ext: bool) -> Result<(), Fault> {
+    pub(crate) fn deliver(
+        &mut self,
+        bus: &mut dyn CpuBus,
+        v: u8,
+        code: Option<u32>,
+        ext: bool,
+    ) -> Result<(), Fault> {
         self.deliver_inner(bus, v, code, false, ext)
     }
 
@@ -47,8 +54,17 @@ impl Cpu {
             0x6 | 0x7 => false,
             0xE | 0xF => true,
             0x5 => {
-                log::warn!("task gate for vector {v:#x}: task switching is not implemented");
-                return Err(Fault::gp(idt_off as u32 + 2 + e));
+                if soft && gdpl < self.cpl {
+                    return Err(Fault::gp(idt_off as u32 + 2));
+                }
+                if !gpresent {
+                    return Err(Fault::np(idt_off as u32 + 2 + e));
+                }
+                let tss = ((gate >> 16) & 0xFFFF) as u16;
+                self.halted = false;
+                return self
+                    .task_switch(bus, tss, crate::exec::task::TaskSource::Int, code)
+                    .map_err(exit_fault);
             }
             _ => return Err(Fault::gp(idt_off as u32 + 2 + e)),
         };
@@ -60,7 +76,12 @@ impl Cpu {
             return Err(Fault::np(idt_off as u32 + 2 + e));
         }
         let sel = ((gate >> 16) & 0xFFFF) as u16;
-        let mut off = (gate & 0xFFFF) | if is32 { ((gate >> 48) & 0xFFFF) << 16 } else { 0 };
+        let mut off = (gate & 0xFFFF)
+            | if is32 {
+                ((gate >> 48) & 0xFFFF) << 16
+            } else {
+                0
+            };
         if !is32 {
             off &= 0xFFFF;
         }
@@ -86,7 +107,9 @@ impl Cpu {
             // Inner privilege: switch to the stack for the new CPL from the TSS.
             let new_cpl = d.dpl();
             let (new_ss, new_sp) = self.tss_stack(bus, new_cpl, e)?;
-            let (ssd, _) = self.fetch_descriptor(bus, new_ss).map_err(|x| ts_of(x, new_ss, e))?;
+            let (ssd, _) = self
+                .fetch_descriptor(bus, new_ss)
+                .map_err(|x| ts_of(x, new_ss, e))?;
             let sserr = (new_ss & !3) as u32 + e;
             if new_ss & 3 != new_cpl as u16
                 || ssd.dpl() != new_cpl
@@ -119,7 +142,11 @@ impl Cpu {
             }
             // Write the frame on the new stack before committing any register.
             let new_ss_seg = ssd.to_segment(new_ss);
-            let ssmask = if new_ss_seg.big() { 0xFFFF_FFFF } else { 0xFFFF };
+            let ssmask = if new_ss_seg.big() {
+                0xFFFF_FFFF
+            } else {
+                0xFFFF
+            };
             let mut sp = new_sp & ssmask;
             let saved_ss = self.segs[sreg::SS];
             let saved_cpl = self.cpl;
@@ -140,7 +167,12 @@ impl Cpu {
             }
             if v86 {
                 for s in [sreg::ES, sreg::DS, sreg::FS, sreg::GS] {
-                    self.segs[s] = Segment { selector: 0, base: 0, limit: 0, attr: 0 };
+                    self.segs[s] = Segment {
+                        selector: 0,
+                        base: 0,
+                        limit: 0,
+                        attr: 0,
+                    };
                 }
             }
         } else {
@@ -157,7 +189,8 @@ impl Cpu {
             let mut sp = self.sp();
             for &x in &frame {
                 sp = sp.wrapping_sub(psize as u64) & sm;
-                self.write_mem(bus, sreg::SS, sp, psize, x).map_err(exit_fault)?;
+                self.write_mem(bus, sreg::SS, sp, psize, x)
+                    .map_err(exit_fault)?;
             }
             self.set_sp(sp);
         }
@@ -238,7 +271,9 @@ fn exit_fault(e: Exit) -> Fault {
 /// A fault while fetching the new SS descriptor during a stack switch is reported as #TS.
 fn ts_of(e: Exit, sel: u16, ext: u32) -> Fault {
     match e {
-        Exit::Fault(f) if f.vector == crate::exception::vector::GP => Fault::ts((sel & !3) as u32 + ext),
+        Exit::Fault(f) if f.vector == crate::exception::vector::GP => {
+            Fault::ts((sel & !3) as u32 + ext)
+        }
         other => exit_fault(other),
     }
 }

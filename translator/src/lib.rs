@@ -81,7 +81,13 @@ impl Cpu {
                 }
                 Err(Exit::Halt) => return RunExit::Halted,
             };
-            let n = if shadow { 1 } else { block.ops.len() };
+            // TF: one instruction at a time, each followed by a single-step #DB trap.
+            let single_step = self.rflags & flag::TF != 0;
+            let n = if shadow || single_step {
+                1
+            } else {
+                block.ops.len()
+            };
             let n = n.min(left as usize);
             self.block_break = false;
             self.smc_hit = false;
@@ -109,6 +115,16 @@ impl Cpu {
                 }
                 self.icount += 1;
                 left -= 1;
+                // The trap is taken when TF was set before and after the instruction: INT n
+                // and exception delivery clear TF and so skip it (as the hardware does); a POPF
+                // that clears TF also skips it here, where the hardware would still trap once.
+                if single_step && self.rflags & flag::TF != 0 {
+                    self.dr[6] |= 1 << 14; // DR6.BS
+                    if !self.raise(bus, Fault::new(vector::DB), true) {
+                        return RunExit::Shutdown;
+                    }
+                    break;
+                }
                 if self.block_break || self.smc_hit {
                     break;
                 }
@@ -118,7 +134,7 @@ impl Cpu {
 
     /// Deliver an exception or interrupt, escalating to #DF and to shutdown per the SDM's
     /// contributory/page-fault rules. Returns false on triple fault.
-    fn raise(&mut self, bus: &mut dyn CpuBus, first: Fault, exception: bool) -> bool {
+    pub(crate) fn raise(&mut self, bus: &mut dyn CpuBus, first: Fault, exception: bool) -> bool {
         if exception {
             self.last_fault = Some(first);
         }
@@ -132,12 +148,21 @@ impl Cpu {
                         break;
                     }
                     let double = (f.is_contributory() && f2.is_contributory())
-                        || (f.vector == vector::PF && (f2.is_contributory() || f2.vector == vector::PF));
-                    f = if double { Fault::with_code(vector::DF, 0) } else { f2 };
+                        || (f.vector == vector::PF
+                            && (f2.is_contributory() || f2.vector == vector::PF));
+                    f = if double {
+                        Fault::with_code(vector::DF, 0)
+                    } else {
+                        f2
+                    };
                 }
             }
         }
-        log::warn!("triple fault at {:04x}:{:x}", self.segs[state::sreg::CS].selector, self.rip);
+        log::warn!(
+            "triple fault at {:04x}:{:x}",
+            self.segs[state::sreg::CS].selector,
+            self.rip
+        );
         bus.shutdown();
         self.halted = true;
         false

@@ -122,7 +122,11 @@ impl Segment {
             selector,
             base: (selector as u64) << 4,
             limit: 0xFFFF,
-            attr: if code { attr::REAL_CODE } else { attr::REAL_DATA },
+            attr: if code {
+                attr::REAL_CODE
+            } else {
+                attr::REAL_DATA
+            },
         }
     }
     #[inline]

@@ -42,7 +42,10 @@ fn put32(mem: &mut PhysMem, addr: u64, v: u32) {
 }
 
 fn gate(offset: u64, sel: u16, attr: u8) -> u64 {
-    (offset & 0xFFFF) | ((sel as u64) << 16) | ((attr as u64) << 40) | (((offset >> 16) & 0xFFFF) << 48)
+    (offset & 0xFFFF)
+        | ((sel as u64) << 16)
+        | ((attr as u64) << 40)
+        | (((offset >> 16) & 0xFFFF) << 48)
 }
 
 fn asm32(ip: u64, f: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>) -> Vec<u8> {
@@ -77,9 +80,21 @@ fn machine(main: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>) -> (C
     put32(&mut mem, GDTR + 2, GDT as u32);
     put(&mut mem, IDTR, &0x7FFu16.to_le_bytes());
     put32(&mut mem, IDTR + 2, IDT as u32);
-    put(&mut mem, IDT + 13 * 8, &gate(GP_HANDLER, 0x08, 0x8E).to_le_bytes());
-    put(&mut mem, IDT + 14 * 8, &gate(PF_HANDLER, 0x08, 0x8E).to_le_bytes());
-    put(&mut mem, IDT + 0x80 * 8, &gate(SYSCALL, 0x08, 0xEE).to_le_bytes());
+    put(
+        &mut mem,
+        IDT + 13 * 8,
+        &gate(GP_HANDLER, 0x08, 0x8E).to_le_bytes(),
+    );
+    put(
+        &mut mem,
+        IDT + 14 * 8,
+        &gate(PF_HANDLER, 0x08, 0x8E).to_le_bytes(),
+    );
+    put(
+        &mut mem,
+        IDT + 0x80 * 8,
+        &gate(SYSCALL, 0x08, 0xEE).to_le_bytes(),
+    );
     put32(&mut mem, TSS + 4, 0x8F000); // ESP0
     put32(&mut mem, TSS + 8, 0x10); // SS0
     put(&mut mem, TSS + 0x66, &0x68u16.to_le_bytes());
@@ -143,7 +158,12 @@ fn machine(main: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>) -> (C
 
 fn run(cpu: &mut Cpu, bus: &mut TestBus) {
     let exit = cpu.run(bus, 100_000);
-    assert_eq!(exit, RunExit::Halted, "program did not halt; output so far {:x?}", bus.out);
+    assert_eq!(
+        exit,
+        RunExit::Halted,
+        "program did not halt; output so far {:x?}",
+        bus.out
+    );
 }
 
 #[test]
@@ -350,4 +370,391 @@ fn code_rewritten_on_a_loop_pass_is_retranslated() {
     put(&mut cpu.mem, SMC, &code);
     run(&mut cpu, &mut bus);
     assert_eq!(bus.out, vec![0x1111, 0x1122]);
+}
+
+#[test]
+fn pae_with_nx_faults_on_fetch() {
+    const PDPT: u64 = 0x20000;
+    let (mut cpu, mut bus) = machine(|a| {
+        // EFER.NXE
+        a.mov(ecx, 0xC000_0080u32)?;
+        a.rdmsr()?;
+        a.or(eax, 1 << 11)?;
+        a.wrmsr()?;
+        a.mov(eax, cr4)?;
+        a.or(eax, 1 << 5)?;
+        a.mov(cr4, eax)?;
+        a.mov(eax, PDPT as u32)?;
+        a.mov(cr3, eax)?;
+        a.mov(eax, cr0)?;
+        a.or(eax, 0x8000_0000u32 as i32)?;
+        a.mov(cr0, eax)?;
+        // Data access to the NX page works...
+        a.mov(dword_ptr(0x40_0000), 0x90909090u32 as i32)?;
+        a.mov(eax, dword_ptr(0x6000))?;
+        report(a)?;
+        // ...executing it does not.
+        a.mov(eax, 0x40_0000)?;
+        a.jmp(eax)
+    });
+    let m = &mut cpu.mem;
+    put(m, PDPT, &(0x21000u64 | 1).to_le_bytes());
+    put(m, 0x21000, &(0x83u64).to_le_bytes()); // 2 MiB identity page at 0
+    put(m, 0x21000 + 2 * 8, &(0x22000u64 | 7).to_le_bytes()); // 0x400000: a page table
+    put(m, 0x22000, &(0x6000u64 | 3 | 1 << 63).to_le_bytes());
+    run(&mut cpu, &mut bus);
+    // Error code: present + instruction fetch; CR2 = the target.
+    assert_eq!(bus.out, vec![0x9090_9090, 0x11, 0x40_0000]);
+}
+
+/// Enter ring 3 at RING3 with paging on: every page user-accessible but the one at 0x6000.
+fn ring3_paged(r3: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>) -> (Cpu, TestBus) {
+    let (mut cpu, bus) = machine(|a| {
+        a.mov(ax, 0x28)?;
+        a.ltr(ax)?;
+        enable_paging(a)?;
+        a.push(0x23)?;
+        a.push(0x70000)?;
+        a.pushfd()?;
+        a.push(0x1B)?;
+        a.push(RING3 as i32)?;
+        a.iretd()
+    });
+    setup_paging(&mut cpu);
+    put32(&mut cpu.mem, PD + 0x1000 + 6 * 4, 0x6000 | 3);
+    let code = asm32(RING3, r3);
+    put(&mut cpu.mem, RING3, &code);
+    (cpu, bus)
+}
+
+#[test]
+fn user_access_to_a_supervisor_page_faults() {
+    let (mut cpu, mut bus) = ring3_paged(|a| {
+        // IRET to ring 3 nulled DS (its DPL 0 is below CPL 3): load the ring-3 data segment.
+        a.mov(ax, 0x23)?;
+        a.mov(ds, ax)?;
+        a.mov(eax, dword_ptr(0x5000))?; // a user page: fine
+        a.mov(eax, dword_ptr(0x6004))?;
+        a.hlt()
+    });
+    run(&mut cpu, &mut bus);
+    // Present, read, user.
+    assert_eq!(bus.out, vec![5, 0x6004]);
+}
+
+#[test]
+fn user_port_access_without_iopl_is_gp() {
+    let (mut cpu, mut bus) = ring3_paged(|a| {
+        a.mov(dx, 0x80u32)?;
+        a.in_(al, dx)?;
+        a.hlt()
+    });
+    run(&mut cpu, &mut bus);
+    assert_eq!(bus.out, vec![0, 0xDEAD_000D]);
+}
+
+/// IRETD from ring 0 into v8086 mode at 0500:0000 with the given IOPL.
+fn v86(
+    iopl: u32,
+    code: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>,
+) -> (Cpu, TestBus) {
+    let (mut cpu, bus) = machine(|a| {
+        a.mov(ax, 0x28)?;
+        a.ltr(ax)?;
+        for v in [0x0700, 0x0700, 0x0700, 0x0700, 0x0600, 0xFFE] {
+            a.push(v)?; // GS FS DS ES SS SP
+        }
+        a.push(((1 << 17) | (iopl << 12) | 2) as i32)?; // EFLAGS: VM, IOPL
+        a.push(0x0500)?; // CS
+        a.push(0)?; // IP
+        a.iretd()
+    });
+    let mut a = CodeAssembler::new(16).unwrap();
+    code(&mut a).unwrap();
+    put(&mut cpu.mem, 0x5000, &a.assemble(0).unwrap());
+    (cpu, bus)
+}
+
+#[test]
+fn v86_int_with_iopl_below_3_is_gp() {
+    let (mut cpu, mut bus) = v86(0, |a| {
+        a.mov(ax, 0x1234)?;
+        a.int(0x80)
+    });
+    run(&mut cpu, &mut bus);
+    assert_eq!(bus.out, vec![0, 0xDEAD_000D]);
+}
+
+#[test]
+fn v86_int_with_iopl_3_enters_ring0_with_the_v86_frame() {
+    let (mut cpu, mut bus) = v86(3, |a| {
+        // Real-mode addressing: DS = 0x0700 → linear 0x7000.
+        a.mov(word_ptr(0x10), 0x4321)?;
+        a.int(0x80)
+    });
+    run(&mut cpu, &mut bus);
+    // ESP0 minus GS FS DS ES SS ESP EFLAGS CS EIP; old CS; old ESP; old SS.
+    assert_eq!(bus.out, vec![0x8F000 - 36, 0x0500, 0xFFE, 0x0600]);
+    assert_eq!(
+        &cpu.mem.as_slice()[0x7010..0x7012],
+        &0x4321u16.to_le_bytes()
+    );
+    // The handler runs with the data segments nulled.
+    assert_eq!(cpu.segs[3].selector, 0);
+}
+
+#[test]
+fn task_switch_through_a_task_gate_and_back_with_iret_then_jmp() {
+    const TSS2: u64 = 0x7800;
+    const TASK2: u64 = 0x4800;
+    let (mut cpu, mut bus) = machine(|a| {
+        a.mov(ax, 0x28)?;
+        a.ltr(ax)?;
+        a.db(&[0x9A, 0, 0, 0, 0, 0x40, 0])?; // call far 0x40:0 (task gate)
+        a.mov(eax, 0x1111)?;
+        report(a)?;
+        a.db(&[0xEA, 0, 0, 0, 0, 0x38, 0])?; // jmp far 0x38:0 (TSS)
+        Ok(())
+    });
+    let m = &mut cpu.mem;
+    // Extra GDT entries: 0x38 TSS2, 0x40 task gate to it.
+    put(
+        m,
+        GDT + 7 * 8,
+        &(0x67 | ((TSS2 & 0xFF_FFFF) << 16) | (0x89u64 << 40)).to_le_bytes(),
+    );
+    put(
+        m,
+        GDT + 8 * 8,
+        &((0x38u64 << 16) | (0x85u64 << 40)).to_le_bytes(),
+    );
+    put(m, GDTR, &(9u16 * 8 - 1).to_le_bytes());
+    put32(m, TSS2 + 0x20, TASK2 as u32); // EIP
+    put32(m, TSS2 + 0x24, 2); // EFLAGS
+    put32(m, TSS2 + 0x38, 0x60000); // ESP
+    for (i, sel) in [0x10u16, 0x08, 0x10, 0x10, 0x10, 0x10].iter().enumerate() {
+        put(m, TSS2 + 0x48 + i as u64 * 4, &sel.to_le_bytes());
+    }
+    let t2 = asm32(TASK2, |a| {
+        a.str(ax)?;
+        a.movzx(eax, ax)?;
+        report(a)?;
+        a.pushfd()?;
+        a.pop(eax)?;
+        a.and(eax, 0x4000)?;
+        report(a)?;
+        a.mov(eax, dword_ptr(TSS2 as u32))?;
+        report(a)?;
+        a.iretd()?;
+        // Resumed by the JMP from task 1.
+        a.mov(eax, 0x2222)?;
+        report(a)?;
+        a.hlt()
+    });
+    put(&mut cpu.mem, TASK2, &t2);
+    run(&mut cpu, &mut bus);
+    assert_eq!(bus.out, vec![0x38, 0x4000, 0x28, 0x1111, 0x2222]);
+    assert_eq!(cpu.tr.selector, 0x38);
+    // JMP left task 1 not busy and task 2 busy; CR0.TS is set by the switches.
+    let m = cpu.mem.as_slice();
+    assert_eq!(m[(GDT + 5 * 8 + 5) as usize] & 0xF, 0x9);
+    assert_eq!(m[(GDT + 7 * 8 + 5) as usize] & 0xF, 0xB);
+    assert!(cpu.cr0 & translator::state::cr0::TS != 0);
+}
+
+#[test]
+fn bad_selector_in_the_new_tss_raises_ts_inside_the_new_task() {
+    const TSS2: u64 = 0x7800;
+    let (mut cpu, mut bus) = machine(|a| {
+        a.mov(ax, 0x28)?;
+        a.ltr(ax)?;
+        a.db(&[0xEA, 0, 0, 0, 0, 0x38, 0]) // jmp far 0x38:0 (TSS)
+    });
+    let m = &mut cpu.mem;
+    put(
+        m,
+        GDT + 7 * 8,
+        &(0x67 | ((TSS2 & 0xFF_FFFF) << 16) | (0x89u64 << 40)).to_le_bytes(),
+    );
+    put(m, GDTR, &(8u16 * 8 - 1).to_le_bytes());
+    put(m, IDT + 10 * 8, &gate(GP_HANDLER, 0x08, 0x8E).to_le_bytes());
+    put32(m, TSS2 + 0x20, 0x4800);
+    put32(m, TSS2 + 0x24, 2);
+    put32(m, TSS2 + 0x38, 0x60000);
+    // DS = 0x48 lies beyond the GDT limit.
+    for (i, sel) in [0x10u16, 0x08, 0x10, 0x48, 0x10, 0x10].iter().enumerate() {
+        put(m, TSS2 + 0x48 + i as u64 * 4, &sel.to_le_bytes());
+    }
+    run(&mut cpu, &mut bus);
+    assert_eq!(bus.out, vec![0x48, 0xDEAD_000D]);
+    assert_eq!(cpu.tr.selector, 0x38);
+    // The handler ran on the new task's stack: EIP, CS, EFLAGS and the error code were pushed,
+    // the handler popped the error code.
+    assert_eq!(cpu.regs[4] as u32, 0x60000 - 12);
+}
+
+const DATA: u32 = 0x6000;
+
+#[test]
+fn x87_arithmetic_conversions_and_compares() {
+    let (mut cpu, mut bus) = machine(|a| {
+        a.fninit()?;
+        // sqrt(1 + 1) stored as m64.
+        a.fld1()?;
+        a.fld1()?;
+        a.faddp(st1, st0)?;
+        a.fsqrt()?;
+        a.fstp(qword_ptr(DATA))?;
+        // Integer round trip: -7 → m16.
+        a.mov(dword_ptr(DATA + 8), -7)?;
+        a.fild(dword_ptr(DATA + 8))?;
+        a.fistp(word_ptr(DATA + 12))?;
+        a.movsx(eax, word_ptr(DATA + 12))?;
+        report(a)?;
+        // pi as m80.
+        a.fldpi()?;
+        a.fstp(tword_ptr(DATA + 16))?;
+        // 1 < 2: FCOM + FNSTSW AX reports C0, C3 = 0.
+        a.fld1()?;
+        a.fld1()?;
+        a.fld1()?;
+        a.faddp(st1, st0)?; // st0 = 2, st1 = 1
+        a.fxch(st0, st1)?; // st0 = 1, st1 = 2
+        a.fcom_2(st0, st1)?;
+        a.fnstsw(ax)?;
+        a.and(eax, 0x4500)?;
+        report(a)?;
+        // FCOMI sets CF for below.
+        a.fcomi(st0, st1)?;
+        a.setb(al)?;
+        a.movzx(eax, al)?;
+        report(a)?;
+        a.fcompp()?;
+        // FIST rounding: 2.5 → 2 (nearest even); with RC = chop, -2.7 → -2.
+        a.mov(dword_ptr(DATA + 32), 0x4020_0000)?; // 2.5f
+        a.fld(dword_ptr(DATA + 32))?;
+        a.fistp(dword_ptr(DATA + 36))?;
+        a.mov(eax, dword_ptr(DATA + 36))?;
+        report(a)?;
+        a.fnstcw(word_ptr(DATA + 40))?;
+        a.or(word_ptr(DATA + 40), 0x0C00)?;
+        a.fldcw(word_ptr(DATA + 40))?;
+        a.mov(dword_ptr(DATA + 32), 0xC02C_CCCDu32 as i32)?; // -2.7f
+        a.fld(dword_ptr(DATA + 32))?;
+        a.fistp(dword_ptr(DATA + 36))?;
+        a.mov(eax, dword_ptr(DATA + 36))?;
+        report(a)?;
+        // BCD store of 1234.
+        a.mov(dword_ptr(DATA + 48), 1234)?;
+        a.fild(dword_ptr(DATA + 48))?;
+        a.fbstp(tword_ptr(DATA + 52))?;
+        a.mov(eax, dword_ptr(DATA + 52))?;
+        report(a)?;
+        // The stack is empty again: TOP = 0 and every tag empty after FNSTENV.
+        a.fnstenv(ptr(DATA + 64))?;
+        a.mov(eax, dword_ptr(DATA + 64 + 8))?;
+        report(a)
+    });
+    run(&mut cpu, &mut bus);
+    assert_eq!(
+        bus.out,
+        vec![
+            (-7i32) as u32,
+            0x0100,
+            1,
+            2,
+            (-2i32) as u32,
+            0x1234,
+            0xFFFF_FFFF
+        ]
+    );
+    let m = cpu.mem.as_slice();
+    let d = DATA as usize;
+    assert_eq!(
+        f64::from_le_bytes(m[d..d + 8].try_into().unwrap()),
+        2f64.sqrt()
+    );
+    let (mant, se) = translator::x87::f64_to_f80(std::f64::consts::PI);
+    assert_eq!(&m[d + 16..d + 24], &mant.to_le_bytes());
+    assert_eq!(&m[d + 24..d + 26], &se.to_le_bytes());
+    assert_eq!(se, 0x4000);
+    assert_eq!(mant >> 11, 0xC90F_DAA2_2168_C235 >> 11);
+}
+
+#[test]
+fn x87_fnsave_frstor_round_trip() {
+    let (mut cpu, mut bus) = machine(|a| {
+        a.fninit()?;
+        a.fldpi()?;
+        a.fld1()?;
+        a.fnsave(ptr(DATA))?; // also reinitialises
+        a.fld1()?;
+        a.fstp(st0)?;
+        a.frstor(ptr(DATA))?;
+        a.fstp(qword_ptr(DATA + 200))?; // 1.0
+        a.fstp(qword_ptr(DATA + 208))?; // pi
+        a.fnstsw(ax)?;
+        a.movzx(eax, ax)?;
+        report(a)
+    });
+    run(&mut cpu, &mut bus);
+    let m = cpu.mem.as_slice();
+    let d = DATA as usize;
+    assert_eq!(
+        f64::from_le_bytes(m[d + 200..d + 208].try_into().unwrap()),
+        1.0
+    );
+    assert_eq!(
+        f64::from_le_bytes(m[d + 208..d + 216].try_into().unwrap()),
+        std::f64::consts::PI
+    );
+    // TOP back at 0, no exception flags.
+    assert_eq!(bus.out, vec![0]);
+}
+
+#[test]
+fn x87_with_cr0_em_raises_nm() {
+    let (mut cpu, mut bus) = machine(|a| {
+        a.mov(eax, cr0)?;
+        a.or(eax, 4)?; // EM
+        a.mov(cr0, eax)?;
+        a.fld1()
+    });
+    put(
+        &mut cpu.mem,
+        IDT + 7 * 8,
+        &gate(GP_HANDLER + 0x40, 0x08, 0x8E).to_le_bytes(),
+    );
+    let nm = asm32(GP_HANDLER + 0x40, |a| {
+        a.mov(eax, 0x77)?;
+        report(a)?;
+        a.hlt()
+    });
+    put(&mut cpu.mem, GP_HANDLER + 0x40, &nm);
+    run(&mut cpu, &mut bus);
+    assert_eq!(bus.out, vec![0x77]);
+}
+
+#[test]
+fn f80_conversions_are_exact_for_f64_values() {
+    use translator::x87::{f64_to_f80, f80_to_f64};
+    for v in [
+        0.0,
+        -0.0,
+        1.0,
+        -2.5,
+        1e300,
+        -1e-300,
+        5e-324,
+        f64::MAX,
+        f64::MIN_POSITIVE,
+        f64::INFINITY,
+    ] {
+        let (m, se) = f64_to_f80(v);
+        let back = f80_to_f64(m, se);
+        assert_eq!(back.to_bits(), v.to_bits(), "{v}");
+    }
+    assert!(f80_to_f64(0xC000_0000_0000_0000, 0x7FFF).is_nan());
+    // 1 + 2^-63 rounds to 1.0 in f64.
+    assert_eq!(f80_to_f64(0x8000_0000_0000_0001, 0x3FFF), 1.0);
 }

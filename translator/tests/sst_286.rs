@@ -14,7 +14,9 @@ fn suite_dir() -> Option<PathBuf> {
         return Some(PathBuf::from(d).join(rel));
     }
     let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    here.ancestors().map(|a| a.join("shared/conformance").join(rel)).find(|p| p.is_dir())
+    here.ancestors()
+        .map(|a| a.join("shared/conformance").join(rel))
+        .find(|p| p.is_dir())
 }
 
 #[test]
@@ -32,16 +34,30 @@ fn sst_80286_real_mode_developer_slice() {
     let mut known = 0;
     let mut failures = Vec::new();
     let files = test_files(&dir).expect("read suite directory");
-    assert!(files.len() >= 300, "expected the 325 opcode files, found {}", files.len());
+    assert!(
+        files.len() >= 300,
+        "expected the 325 opcode files, found {}",
+        files.len()
+    );
     for f in files {
         let r = runner.run_file(&f, &info).expect("read test file");
         pass += r.pass;
         known += r.known.values().sum::<usize>();
         if r.fail > 0 {
-            failures.push(format!("{}: {} failed, e.g. {:?}", r.key, r.fail, r.samples));
+            failures.push(format!(
+                "{}: {} failed, e.g. {:?}",
+                r.key, r.fail, r.samples
+            ));
         }
     }
-    eprintln!("{pass} passed, {known} known 80286 differences, {} files with failures", failures.len());
-    assert!(failures.is_empty(), "unexplained failures:\n{}", failures.join("\n"));
+    eprintln!(
+        "{pass} passed, {known} known 80286 differences, {} files with failures",
+        failures.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "unexplained failures:\n{}",
+        failures.join("\n")
+    );
     assert!(pass >= 159_000, "only {pass} tests passed");
 }

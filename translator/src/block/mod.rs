@@ -28,8 +28,19 @@ pub struct Block {
 }
 
 type Key = (u64, u8);
+type FastSlot = Option<(Key, Rc<Block>)>;
+
+/// Slots of the direct-mapped lookup in front of the hash map.
+const FAST_SLOTS: usize = 4096;
+
+#[inline]
+fn fast_slot(key: &Key) -> usize {
+    ((key.0 ^ (key.0 >> 12) ^ key.1 as u64) as usize) & (FAST_SLOTS - 1)
+}
 
 pub(crate) struct BlockCache {
+    /// Direct-mapped cache of recent lookups (most block transitions hit here).
+    fast: Box<[FastSlot]>,
     map: HashMap<Key, Rc<Block>>,
     by_page: HashMap<u64, SmallVec<[Key; 4]>>,
     code_pages: BitVec,
@@ -37,10 +48,18 @@ pub(crate) struct BlockCache {
 
 impl BlockCache {
     pub fn new() -> Self {
-        BlockCache { map: HashMap::new(), by_page: HashMap::new(), code_pages: BitVec::new() }
+        BlockCache {
+            fast: vec![None; FAST_SLOTS].into_boxed_slice(),
+            map: HashMap::new(),
+            by_page: HashMap::new(),
+            code_pages: BitVec::new(),
+        }
     }
 
     pub fn clear(&mut self) {
+        if !self.map.is_empty() {
+            self.fast.fill(None);
+        }
         self.map.clear();
         self.by_page.clear();
         self.code_pages.fill(false);
@@ -55,6 +74,10 @@ impl BlockCache {
         if let Some(keys) = self.by_page.remove(&page) {
             for k in keys {
                 self.map.remove(&k);
+                let slot = &mut self.fast[fast_slot(&k)];
+                if slot.as_ref().is_some_and(|(fk, _)| *fk == k) {
+                    *slot = None;
+                }
             }
         }
         if let Some(mut b) = self.code_pages.get_mut(page as usize) {
@@ -62,8 +85,17 @@ impl BlockCache {
         }
     }
 
-    fn get(&self, key: &Key) -> Option<Rc<Block>> {
-        self.map.get(key).cloned()
+    #[inline]
+    fn get(&mut self, key: &Key) -> Option<Rc<Block>> {
+        let slot = fast_slot(key);
+        if let Some((k, b)) = &self.fast[slot]
+            && k == key
+        {
+            return Some(b.clone());
+        }
+        let b = self.map.get(key).cloned()?;
+        self.fast[slot] = Some((*key, b.clone()));
+        Some(b)
     }
 
     fn insert(&mut self, key: Key, block: Rc<Block>) {
@@ -88,7 +120,11 @@ impl Cpu {
         if !long && ip > cs.limit as u64 {
             return Err(Fault::gp(0).into());
         }
-        let lin = if long { cs.base.wrapping_add(ip) } else { cs.base.wrapping_add(ip) & 0xFFFF_FFFF };
+        let lin = if long {
+            cs.base.wrapping_add(ip)
+        } else {
+            cs.base.wrapping_add(ip) & 0xFFFF_FFFF
+        };
         let user = self.user_access();
         let phys = self.translate(bus, lin, Access::Exec, user)?;
         let key = (phys, bitness as u8);
@@ -133,7 +169,11 @@ impl Cpu {
         loop {
             let cur_ip = ip + off;
             let in_page = 0x1000 - ((phys + off) & 0xFFF);
-            let in_seg = if long { u64::MAX } else { (cs_limit + 1).saturating_sub(cur_ip) };
+            let in_seg = if long {
+                u64::MAX
+            } else {
+                (cs_limit + 1).saturating_sub(cur_ip)
+            };
             let avail = max_len.min(in_page).min(in_seg);
             if avail == 0 {
                 // Next instruction starts beyond the CS limit: fault when (if) it is reached.
@@ -163,14 +203,18 @@ impl Cpu {
                     self.fetch_bytes(bus, phys2, &mut tmp[..rest]);
                     buf[n..n + rest].copy_from_slice(&tmp[..rest]);
                     let total = n + rest;
-                    let mut dec = Decoder::with_ip(bitness, &buf[..total], cur_ip, DecoderOptions::NONE);
+                    let mut dec =
+                        Decoder::with_ip(bitness, &buf[..total], cur_ip, DecoderOptions::NONE);
                     let ins = dec.decode();
                     if ins.is_invalid() && dec.last_error() == DecoderError::NoMoreBytes {
                         return Err(Fault::gp(0).into());
                     }
                     let op = decode::translate(&ins, &buf[..ins.len().max(1)], bitness);
                     // byte_len 0 marks the block as not cacheable.
-                    return Ok(Block { ops: vec![op].into_boxed_slice(), byte_len: 0 });
+                    return Ok(Block {
+                        ops: vec![op].into_boxed_slice(),
+                        byte_len: 0,
+                    });
                 }
                 // Longer than the maximum instruction length.
                 return Err(Fault::gp(0).into());
@@ -186,6 +230,9 @@ impl Cpu {
                 break;
             }
         }
-        Ok(Block { ops: ops.into_boxed_slice(), byte_len: off })
+        Ok(Block {
+            ops: ops.into_boxed_slice(),
+            byte_len: off,
+        })
     }
 }

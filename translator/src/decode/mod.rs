@@ -4,7 +4,10 @@
 
 pub mod op;
 
-use crate::exec::{self, arith, bcd, bits, control, flags_ops, io, logic, moves, shift_rotate, stack, string, system, x87};
+use crate::exec::{
+    self, arith, bcd, bits, control, flags_ops, io, logic, moves, shift_rotate, stack, string,
+    system, x87,
+};
 use iced_x86::{Code, Instruction, Mnemonic as M, OpKind, Register};
 use op::{Handler, Op, loc, pfx};
 
@@ -19,7 +22,14 @@ struct Prefixes {
 }
 
 fn scan_prefixes(bytes: &[u8], bitness: u32) -> Prefixes {
-    let mut p = Prefixes { opsize: false, adsize: false, rep: false, repne: false, lock: false, rex_w: false };
+    let mut p = Prefixes {
+        opsize: false,
+        adsize: false,
+        rep: false,
+        repne: false,
+        lock: false,
+        rex_w: false,
+    };
     for &b in bytes {
         match b {
             0x26 | 0x2E | 0x36 | 0x3E | 0x64 | 0x65 => {}
@@ -134,7 +144,11 @@ pub fn translate(ins: &Instruction, bytes: &[u8], bitness: u32) -> Op {
             }
         }
     };
-    let ssz: u8 = if bitness == 64 { if p.opsize { 2 } else { 8 } } else { osz };
+    let ssz: u8 = if bitness == 64 {
+        if p.opsize { 2 } else { 8 }
+    } else {
+        osz
+    };
     op.asize = match bitness {
         64 => {
             if p.adsize {
@@ -198,8 +212,16 @@ pub fn translate(ins: &Instruction, bytes: &[u8], bitness: u32) -> Op {
     }
 
     let n = ins.op_count();
-    let (d, dsz) = if n > 0 { operand(ins, 0, &mut op) } else { (loc::NONE, 0) };
-    let (s, ssize) = if n > 1 { operand(ins, 1, &mut op) } else { (loc::NONE, 0) };
+    let (d, dsz) = if n > 0 {
+        operand(ins, 0, &mut op)
+    } else {
+        (loc::NONE, 0)
+    };
+    let (s, ssize) = if n > 1 {
+        operand(ins, 1, &mut op)
+    } else {
+        (loc::NONE, 0)
+    };
     op.dst = d;
     op.src = s;
     op.osize = if dsz != 0 { dsz } else { osz };
@@ -316,7 +338,11 @@ pub fn translate(ins: &Instruction, bytes: &[u8], bitness: u32) -> Op {
         },
         M::Movzx | M::Movsx | M::Movsxd => {
             op.aux = ssize;
-            if ins.mnemonic() == M::Movzx { moves::movzx } else { moves::movsx }
+            if ins.mnemonic() == M::Movzx {
+                moves::movzx
+            } else {
+                moves::movsx
+            }
         }
         M::Xchg => {
             // Keep the register in src: xchg r, r/m is symmetric.
@@ -332,13 +358,41 @@ pub fn translate(ins: &Instruction, bytes: &[u8], bitness: u32) -> Op {
                 moves::lea
             }
         }
-        M::Cmovo | M::Cmovno | M::Cmovb | M::Cmovae | M::Cmove | M::Cmovne | M::Cmovbe | M::Cmova | M::Cmovs
-        | M::Cmovns | M::Cmovp | M::Cmovnp | M::Cmovl | M::Cmovge | M::Cmovle | M::Cmovg => {
+        M::Cmovo
+        | M::Cmovno
+        | M::Cmovb
+        | M::Cmovae
+        | M::Cmove
+        | M::Cmovne
+        | M::Cmovbe
+        | M::Cmova
+        | M::Cmovs
+        | M::Cmovns
+        | M::Cmovp
+        | M::Cmovnp
+        | M::Cmovl
+        | M::Cmovge
+        | M::Cmovle
+        | M::Cmovg => {
             op.aux = cc;
             moves::cmov
         }
-        M::Seto | M::Setno | M::Setb | M::Setae | M::Sete | M::Setne | M::Setbe | M::Seta | M::Sets
-        | M::Setns | M::Setp | M::Setnp | M::Setl | M::Setge | M::Setle | M::Setg => {
+        M::Seto
+        | M::Setno
+        | M::Setb
+        | M::Setae
+        | M::Sete
+        | M::Setne
+        | M::Setbe
+        | M::Seta
+        | M::Sets
+        | M::Setns
+        | M::Setp
+        | M::Setnp
+        | M::Setl
+        | M::Setge
+        | M::Setle
+        | M::Setg => {
             op.aux = cc;
             moves::setcc
         }
@@ -412,8 +466,22 @@ pub fn translate(ins: &Instruction, bytes: &[u8], bitness: u32) -> Op {
             stack::leave
         }
         // ---- control transfer ----
-        M::Jo | M::Jno | M::Jb | M::Jae | M::Je | M::Jne | M::Jbe | M::Ja | M::Js | M::Jns | M::Jp | M::Jnp
-        | M::Jl | M::Jge | M::Jle | M::Jg => {
+        M::Jo
+        | M::Jno
+        | M::Jb
+        | M::Jae
+        | M::Je
+        | M::Jne
+        | M::Jbe
+        | M::Ja
+        | M::Js
+        | M::Jns
+        | M::Jp
+        | M::Jnp
+        | M::Jl
+        | M::Jge
+        | M::Jle
+        | M::Jg => {
             op.aux = cc;
             op.imm = rel;
             op.osize = branch_size(ins.op_kind(0));
@@ -427,7 +495,11 @@ pub fn translate(ins: &Instruction, bytes: &[u8], bitness: u32) -> Op {
             }
             OpKind::FarBranch16 | OpKind::FarBranch32 => {
                 let f32b = ins.op_kind(0) == OpKind::FarBranch32;
-                op.imm = if f32b { ins.far_branch32() as u64 } else { ins.far_branch16() as u64 };
+                op.imm = if f32b {
+                    ins.far_branch32() as u64
+                } else {
+                    ins.far_branch16() as u64
+                };
                 op.imm2 = ins.far_branch_selector() as u32;
                 op.osize = if f32b { 4 } else { 2 };
                 control::jmp_far_ptr
@@ -451,7 +523,11 @@ pub fn translate(ins: &Instruction, bytes: &[u8], bitness: u32) -> Op {
             }
             OpKind::FarBranch16 | OpKind::FarBranch32 => {
                 let f32b = ins.op_kind(0) == OpKind::FarBranch32;
-                op.imm = if f32b { ins.far_branch32() as u64 } else { ins.far_branch16() as u64 };
+                op.imm = if f32b {
+                    ins.far_branch32() as u64
+                } else {
+                    ins.far_branch16() as u64
+                };
                 op.imm2 = ins.far_branch_selector() as u32;
                 op.osize = if f32b { 4 } else { 2 };
                 control::call_far_ptr
@@ -473,7 +549,11 @@ pub fn translate(ins: &Instruction, bytes: &[u8], bitness: u32) -> Op {
             control::ret_near
         }
         M::Retf => {
-            op.osize = if bitness == 64 && p.rex_w { 8 } else { osz.min(4) };
+            op.osize = if bitness == 64 && p.rex_w {
+                8
+            } else {
+                osz.min(4)
+            };
             op.imm = if n > 0 { ins.immediate16() as u64 } else { 0 };
             control::ret_far
         }
@@ -579,8 +659,15 @@ pub fn translate(ins: &Instruction, bytes: &[u8], bitness: u32) -> Op {
         }
         M::Bound => bits::bound,
         // ---- system ----
-        M::Nop | M::Pause | M::Lfence | M::Mfence | M::Sfence | M::Prefetchnta | M::Prefetcht0
-        | M::Prefetcht1 | M::Prefetcht2 => exec::nop,
+        M::Nop
+        | M::Pause
+        | M::Lfence
+        | M::Mfence
+        | M::Sfence
+        | M::Prefetchnta
+        | M::Prefetcht0
+        | M::Prefetcht1
+        | M::Prefetcht2 => exec::nop,
         M::Cpuid => system::cpuid,
         M::Rdtsc => system::rdtsc,
         M::Rdmsr => system::rdmsr,
@@ -623,51 +710,8 @@ pub fn translate(ins: &Instruction, bytes: &[u8], bitness: u32) -> Op {
             system::lar_lsl
         }
         M::Arpl if bitness != 64 => system::arpl,
-        // ---- x87 (first slice) ----
         M::Wait => x87::fwait,
-        M::Fninit => x87::fninit,
-        M::Fnstsw => x87::fnstsw,
-        M::Fnstcw => x87::fnstcw,
-        M::Fldcw => {
-            op.src = op.dst;
-            op.dst = loc::NONE;
-            x87::fldcw
-        }
-        M::Fld1 | M::Fldz => {
-            op.aux = (ins.mnemonic() == M::Fldz) as u8;
-            x87::fld_const
-        }
-        M::Fld if matches!(ins.code(), Code::Fld_m32fp | Code::Fld_m64fp | Code::Fld_sti) => {
-            x87_src(ins, &mut op, 0);
-            x87::fld
-        }
-        M::Fst | M::Fstp if matches!(ins.code(), Code::Fst_m32fp | Code::Fst_m64fp | Code::Fst_sti | Code::Fstp_m32fp | Code::Fstp_m64fp | Code::Fstp_sti) => {
-            op.aux = (ins.mnemonic() == M::Fstp) as u8;
-            if op.dst == loc::MEM {
-                op.osize = ins.memory_size().size() as u8;
-            } else {
-                op.dst = st_index(ins.op_register(0));
-            }
-            x87::fst
-        }
-        M::Fadd | M::Fmul | M::Fcom | M::Fcomp | M::Fsub | M::Fsubr | M::Fdiv | M::Fdivr
-            if is_d8_form(ins.code()) =>
-        {
-            op.aux = match ins.mnemonic() {
-                M::Fadd => 0,
-                M::Fmul => 1,
-                M::Fcom => 2,
-                M::Fcomp => 3,
-                M::Fsub => 4,
-                M::Fsubr => 5,
-                M::Fdiv => 6,
-                _ => 7,
-            };
-            let last = n - 1;
-            x87_src(ins, &mut op, last);
-            x87::farith
-        }
-        _ => exec::undefined,
+        _ => x87::translate(ins, &mut op, osz).unwrap_or(exec::undefined),
     };
     if std::ptr::fn_addr_eq(h, exec::undefined as Handler) {
         op.prefix |= pfx::UNDEFINED;
@@ -676,47 +720,15 @@ pub fn translate(ins: &Instruction, bytes: &[u8], bitness: u32) -> Op {
     op
 }
 
-fn x87_src(ins: &Instruction, op: &mut Op, i: u32) {
-    if ins.op_kind(i) == OpKind::Memory {
-        op.src = loc::MEM;
-        op.osize = ins.memory_size().size() as u8;
-    } else {
-        op.src = st_index(ins.op_register(i));
-    }
-    op.dst = loc::NONE;
-}
-
-fn st_index(r: Register) -> u8 {
-    (r as u32).wrapping_sub(Register::ST0 as u32) as u8 & 7
-}
-
-/// The D8 group encodings the x87 slice implements (m32 or ST(0), ST(i)).
-fn is_d8_form(c: Code) -> bool {
-    matches!(
-        c,
-        Code::Fadd_m32fp
-            | Code::Fmul_m32fp
-            | Code::Fcom_m32fp
-            | Code::Fcomp_m32fp
-            | Code::Fsub_m32fp
-            | Code::Fsubr_m32fp
-            | Code::Fdiv_m32fp
-            | Code::Fdivr_m32fp
-            | Code::Fadd_st0_sti
-            | Code::Fmul_st0_sti
-            | Code::Fcom_st0_sti
-            | Code::Fcomp_st0_sti
-            | Code::Fsub_st0_sti
-            | Code::Fsubr_st0_sti
-            | Code::Fdiv_st0_sti
-            | Code::Fdivr_st0_sti
-    )
-}
-
 fn is_string(ins: &Instruction) -> bool {
     matches!(
         ins.op_kind(0),
-        OpKind::MemoryESDI | OpKind::MemoryESEDI | OpKind::MemoryESRDI | OpKind::MemorySegSI | OpKind::MemorySegESI | OpKind::MemorySegRSI
+        OpKind::MemoryESDI
+            | OpKind::MemoryESEDI
+            | OpKind::MemoryESRDI
+            | OpKind::MemorySegSI
+            | OpKind::MemorySegESI
+            | OpKind::MemorySegRSI
     )
 }
 
@@ -733,7 +745,12 @@ fn elem(m: M) -> u8 {
 fn is_far_mem(ins: &Instruction) -> bool {
     matches!(
         ins.code(),
-        Code::Jmp_m1616 | Code::Jmp_m1632 | Code::Jmp_m1664 | Code::Call_m1616 | Code::Call_m1632 | Code::Call_m1664
+        Code::Jmp_m1616
+            | Code::Jmp_m1632
+            | Code::Jmp_m1664
+            | Code::Call_m1616
+            | Code::Call_m1632
+            | Code::Call_m1664
     )
 }
 

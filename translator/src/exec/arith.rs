@@ -30,12 +30,18 @@ pub fn alu<const K: u8>(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecRes
         kind::ADD => (a.wrapping_add(b), FlagOp::Add),
         kind::ADC => {
             let c = cpu.flag(flag::CF) as u64;
-            (a.wrapping_add(b).wrapping_add(c), if c != 0 { FlagOp::Adc1 } else { FlagOp::Add })
+            (
+                a.wrapping_add(b).wrapping_add(c),
+                if c != 0 { FlagOp::Adc1 } else { FlagOp::Add },
+            )
         }
         kind::SUB | kind::CMP => (a.wrapping_sub(b), FlagOp::Sub),
         kind::SBB => {
             let c = cpu.flag(flag::CF) as u64;
-            (a.wrapping_sub(b).wrapping_sub(c), if c != 0 { FlagOp::Sbb1 } else { FlagOp::Sub })
+            (
+                a.wrapping_sub(b).wrapping_sub(c),
+                if c != 0 { FlagOp::Sbb1 } else { FlagOp::Sub },
+            )
         }
         kind::AND | kind::TEST => (a & b, FlagOp::Logic),
         kind::OR => (a | b, FlagOp::Logic),
@@ -138,7 +144,11 @@ pub fn imul_n(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecResult {
     let size = op.osize;
     let b = sext(cpu.rd(bus, op, op.src)?, size) as i128;
     // aux = 1: three-operand form, multiplier in imm; otherwise dst is the multiplier.
-    let a = if op.aux == 1 { sext(op.imm, size) as i128 } else { sext(cpu.reg(op.dst, size), size) as i128 };
+    let a = if op.aux == 1 {
+        sext(op.imm, size) as i128
+    } else {
+        sext(cpu.reg(op.dst, size), size) as i128
+    };
     let p = a * b;
     let lo = (p as u64) & size_mask(size);
     cpu.set_reg(op.dst, size, lo);

@@ -13,14 +13,21 @@ use crate::state::flag;
 pub fn bt(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecResult {
     let size = op.osize;
     let bits = size as u64 * 8;
-    let raw = if op.src == loc::IMM { op.imm } else { cpu.reg(op.src, size) };
+    let raw = if op.src == loc::IMM {
+        op.imm
+    } else {
+        cpu.reg(op.src, size)
+    };
     let (val, bit, addr) = if op.dst == loc::MEM {
         let base = cpu.ea(op);
         let (byte_off, bit) = if op.src == loc::IMM {
             (0i64, raw % bits)
         } else {
             let s = sext(raw, size);
-            (s.div_euclid(bits as i64) * size as i64, s.rem_euclid(bits as i64) as u64)
+            (
+                s.div_euclid(bits as i64) * size as i64,
+                s.rem_euclid(bits as i64) as u64,
+            )
         };
         let a = base.wrapping_add(byte_off as u64) & size_mask(op.asize);
         (cpu.read_mem(bus, op.seg as usize, a, size)?, bit, Some(a))
@@ -52,7 +59,11 @@ pub fn bsf_bsr(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecResult {
         cpu.set_arith_flags(f | flag::ZF);
         return Ok(());
     }
-    let r = if op.aux == 0 { v.trailing_zeros() as u64 } else { 63 - v.leading_zeros() as u64 };
+    let r = if op.aux == 0 {
+        v.trailing_zeros() as u64
+    } else {
+        63 - v.leading_zeros() as u64
+    };
     cpu.set_reg(op.dst, op.osize, r);
     cpu.set_arith_flags(f);
     Ok(())

@@ -80,7 +80,10 @@ fn check_target(cpu: &Cpu, t: u64) -> Result<(), Exit> {
 pub fn ret_near(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecResult {
     let t = cpu.peek(bus, 0, op.osize)?;
     check_target(cpu, t)?;
-    let sp = cpu.sp().wrapping_add(op.osize as u64).wrapping_add(op.imm & 0xFFFF);
+    let sp = cpu
+        .sp()
+        .wrapping_add(op.osize as u64)
+        .wrapping_add(op.imm & 0xFFFF);
     cpu.set_sp(sp);
     cpu.rip = t;
     Ok(())
@@ -140,12 +143,17 @@ pub fn int3(cpu: &mut Cpu, _op: &Op, bus: &mut dyn CpuBus) -> ExecResult {
 
 /// INT1 / ICEBP: a #DB trap.
 pub fn int1(cpu: &mut Cpu, _op: &Op, bus: &mut dyn CpuBus) -> ExecResult {
-    cpu.deliver(bus, vector::DB, None, false).map_err(Exit::Fault)
+    cpu.deliver(bus, vector::DB, None, false)
+        .map_err(Exit::Fault)
 }
 
 /// INTO: INT 4 if OF.
 pub fn into(cpu: &mut Cpu, _op: &Op, bus: &mut dyn CpuBus) -> ExecResult {
-    if cpu.flag(flag::OF) { cpu.software_interrupt(bus, vector::OF) } else { Ok(()) }
+    if cpu.flag(flag::OF) {
+        cpu.software_interrupt(bus, vector::OF)
+    } else {
+        Ok(())
+    }
 }
 
 /// IRET/IRETD/IRETQ.

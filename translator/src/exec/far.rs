@@ -1,14 +1,18 @@
-//! Far transfers: JMP/CALL far, RETF and IRET, in real, v8086 and protected mode (code segments
-//! and call gates; returns to an outer privilege level; IRET to v8086 mode). Task switches
-//! through TSS descriptors and task gates are not implemented yet: they raise #GP(selector) and
-//! log a warning.
+//! Far transfers: JMP/CALL far, RETF and IRET, in real, v8086 and protected mode (code segments,
+//! call gates, returns to an outer privilege level, IRET to v8086 mode). TSS descriptors and
+//! task gates hand over to the task switch in `task.rs`.
 
 use crate::Cpu;
 use crate::bus::CpuBus;
 use crate::exception::{Exit, Fault};
+use crate::exec::task::TaskSource;
 use crate::flags::size_mask;
 use crate::mmu::segmentation::Descriptor;
 use crate::state::{Segment, attr, flag, sreg};
+
+/// A resolved far-transfer target: the code descriptor, its address, the selector and offset
+/// to load, and for a call gate (parameter count, gate size in bytes).
+type FarTarget = (Descriptor, u64, u16, u64, Option<(u8, u8)>);
 
 impl Cpu {
     fn real_cs(&mut self, sel: u16) {
@@ -41,7 +45,14 @@ impl Cpu {
         Ok(())
     }
 
-    fn set_cs_pm(&mut self, bus: &mut dyn CpuBus, mut d: Descriptor, addr: u64, sel: u16, cpl: u8) -> Result<(), Exit> {
+    fn set_cs_pm(
+        &mut self,
+        bus: &mut dyn CpuBus,
+        mut d: Descriptor,
+        addr: u64,
+        sel: u16,
+        cpl: u8,
+    ) -> Result<(), Exit> {
         self.mark_accessed(bus, &mut d, addr)?;
         let old_bitness = self.code_bitness();
         self.segs[sreg::CS] = d.to_segment((sel & !3) | cpl as u16);
@@ -54,12 +65,7 @@ impl Cpu {
 
     /// Resolve a far JMP/CALL selector to (code descriptor, its address, final offset, gate
     /// param count and gate size) going through a call gate when the selector names one.
-    fn far_target(
-        &mut self,
-        bus: &mut dyn CpuBus,
-        sel: u16,
-        off: u64,
-    ) -> Result<(Descriptor, u64, u16, u64, Option<(u8, u8)>), Exit> {
+    fn far_target(&mut self, bus: &mut dyn CpuBus, sel: u16, off: u64) -> Result<FarTarget, Exit> {
         if sel & !3 == 0 {
             return Err(Fault::gp(0).into());
         }
@@ -95,16 +101,51 @@ impl Cpu {
                 if !td.present() {
                     return Err(Fault::np(terr).into());
                 }
-                Ok((td, taddr, tsel, toff, Some((params, if is32 { 4 } else { 2 }))))
+                Ok((
+                    td,
+                    taddr,
+                    tsel,
+                    toff,
+                    Some((params, if is32 { 4 } else { 2 })),
+                ))
             }
-            _ => {
-                log::warn!("far transfer to system descriptor type {:#x}: task switching is not implemented", d.sys_type());
-                Err(Fault::gp(err).into())
-            }
+            // TSS descriptors and task gates are resolved by the callers (task switch).
+            _ => Err(Fault::gp(err).into()),
         }
     }
 
-    pub(crate) fn far_jump(&mut self, bus: &mut dyn CpuBus, sel: u16, off: u64, osize: u8) -> Result<(), Exit> {
+    /// If `sel` names a TSS descriptor or a task gate (with the privilege checks of a far
+    /// JMP/CALL), the TSS selector to switch to.
+    fn task_target(&mut self, bus: &mut dyn CpuBus, sel: u16) -> Result<Option<u16>, Exit> {
+        if sel & !3 == 0 {
+            return Ok(None);
+        }
+        let (d, _) = self.fetch_descriptor(bus, sel)?;
+        if d.is_seg() || !matches!(d.sys_type(), 0x1 | 0x5 | 0x9) {
+            return Ok(None);
+        }
+        let err = (sel & !3) as u32;
+        let rpl = (sel & 3) as u8;
+        if d.dpl() < self.cpl || d.dpl() < rpl {
+            return Err(Fault::gp(err).into());
+        }
+        if !d.present() {
+            return Err(Fault::np(err).into());
+        }
+        Ok(Some(if d.sys_type() == 0x5 {
+            ((d.raw >> 16) & 0xFFFF) as u16
+        } else {
+            sel
+        }))
+    }
+
+    pub(crate) fn far_jump(
+        &mut self,
+        bus: &mut dyn CpuBus,
+        sel: u16,
+        off: u64,
+        osize: u8,
+    ) -> Result<(), Exit> {
         let off = off & size_mask(osize);
         if !self.protected() || self.rflags & flag::VM != 0 {
             if off > self.segs[sreg::CS].limit as u64 {
@@ -113,6 +154,9 @@ impl Cpu {
             self.real_cs(sel);
             self.rip = off;
             return Ok(());
+        }
+        if let Some(tss) = self.task_target(bus, sel)? {
+            return self.task_switch(bus, tss, TaskSource::Jmp, None);
         }
         let (d, addr, tsel, toff, gate) = self.far_target(bus, sel, off)?;
         let cpl = self.cpl;
@@ -125,7 +169,11 @@ impl Cpu {
         } else {
             self.check_code_target(&d, sel)?;
         }
-        let toff = if gate.is_some_and(|g| g.1 == 2) { toff & 0xFFFF } else { toff };
+        let toff = if gate.is_some_and(|g| g.1 == 2) {
+            toff & 0xFFFF
+        } else {
+            toff
+        };
         if toff > d.limit() as u64 {
             return Err(Fault::gp(0).into());
         }
@@ -134,7 +182,13 @@ impl Cpu {
         Ok(())
     }
 
-    pub(crate) fn far_call(&mut self, bus: &mut dyn CpuBus, sel: u16, off: u64, osize: u8) -> Result<(), Exit> {
+    pub(crate) fn far_call(
+        &mut self,
+        bus: &mut dyn CpuBus,
+        sel: u16,
+        off: u64,
+        osize: u8,
+    ) -> Result<(), Exit> {
         let off = off & size_mask(osize);
         let old_cs = self.segs[sreg::CS].selector as u64;
         let ret = self.rip;
@@ -152,6 +206,9 @@ impl Cpu {
             self.real_cs(sel);
             self.rip = off;
             return Ok(());
+        }
+        if let Some(tss) = self.task_target(bus, sel)? {
+            return self.task_switch(bus, tss, TaskSource::Call, None);
         }
         let (d, addr, tsel, toff, gate) = self.far_target(bus, sel, off)?;
         let cpl = self.cpl;
@@ -215,14 +272,25 @@ impl Cpu {
         let ty = self.tr.attr & 0xF;
         let (new_ss, new_sp) = if ty == 0x9 || ty == 0xB {
             let o = 4 + new_cpl as u64 * 8;
-            (self.read_sys(bus, self.tr.base + o + 4, 2)? as u16, self.read_sys(bus, self.tr.base + o, 4)?)
+            (
+                self.read_sys(bus, self.tr.base + o + 4, 2)? as u16,
+                self.read_sys(bus, self.tr.base + o, 4)?,
+            )
         } else {
             let o = 2 + new_cpl as u64 * 4;
-            (self.read_sys(bus, self.tr.base + o + 2, 2)? as u16, self.read_sys(bus, self.tr.base + o, 2)?)
+            (
+                self.read_sys(bus, self.tr.base + o + 2, 2)? as u16,
+                self.read_sys(bus, self.tr.base + o, 2)?,
+            )
         };
         let (ssd, _) = self.fetch_descriptor(bus, new_ss)?;
         let sserr = (new_ss & !3) as u32;
-        if new_ss & 3 != new_cpl as u16 || ssd.dpl() != new_cpl || ssd.is_code() || !ssd.is_seg() || ssd.attr() & attr::RW == 0 {
+        if new_ss & 3 != new_cpl as u16
+            || ssd.dpl() != new_cpl
+            || ssd.is_code()
+            || !ssd.is_seg()
+            || ssd.attr() & attr::RW == 0
+        {
             return Err(Fault::ts(sserr).into());
         }
         if !ssd.present() {
@@ -265,7 +333,11 @@ impl Cpu {
     }
 
     /// Check a CS selector popped by RETF/IRET and return its descriptor.
-    fn check_return_cs(&mut self, bus: &mut dyn CpuBus, sel: u16) -> Result<(Descriptor, u64), Exit> {
+    fn check_return_cs(
+        &mut self,
+        bus: &mut dyn CpuBus,
+        sel: u16,
+    ) -> Result<(Descriptor, u64), Exit> {
         if sel & !3 == 0 {
             return Err(Fault::gp(0).into());
         }
@@ -294,13 +366,25 @@ impl Cpu {
             let seg = self.segs[s];
             let conforming_code = seg.is_code() && seg.attr & attr::DC != 0;
             if !seg.unusable() && !conforming_code && seg.dpl() < self.cpl {
-                self.segs[s] = Segment { selector: 0, base: 0, limit: 0, attr: 0 };
+                self.segs[s] = Segment {
+                    selector: 0,
+                    base: 0,
+                    limit: 0,
+                    attr: 0,
+                };
             }
         }
     }
 
     /// Pop SS:SP for an outer-level return from stack offset `at` and load them.
-    fn load_outer_stack(&mut self, bus: &mut dyn CpuBus, at: u64, size: u8, rpl: u8, release: u64) -> Result<(), Exit> {
+    fn load_outer_stack(
+        &mut self,
+        bus: &mut dyn CpuBus,
+        at: u64,
+        size: u8,
+        rpl: u8,
+        release: u64,
+    ) -> Result<(), Exit> {
         let new_sp = self.peek(bus, at, size)?;
         let new_ss = self.peek(bus, at + size as u64, size)? as u16;
         if new_ss & !3 == 0 {
@@ -308,7 +392,12 @@ impl Cpu {
         }
         let (mut ssd, ssaddr) = self.fetch_descriptor(bus, new_ss)?;
         let err = (new_ss & !3) as u32;
-        if new_ss & 3 != rpl as u16 || ssd.dpl() != rpl || ssd.is_code() || !ssd.is_seg() || ssd.attr() & attr::RW == 0 {
+        if new_ss & 3 != rpl as u16
+            || ssd.dpl() != rpl
+            || ssd.is_code()
+            || !ssd.is_seg()
+            || ssd.attr() & attr::RW == 0
+        {
             return Err(Fault::gp(err).into());
         }
         if !ssd.present() {
@@ -325,7 +414,12 @@ impl Cpu {
         Ok(())
     }
 
-    pub(crate) fn far_return(&mut self, bus: &mut dyn CpuBus, osize: u8, release: u64) -> Result<(), Exit> {
+    pub(crate) fn far_return(
+        &mut self,
+        bus: &mut dyn CpuBus,
+        osize: u8,
+        release: u64,
+    ) -> Result<(), Exit> {
         let ip = self.peek(bus, 0, osize)?;
         let cs = self.peek(bus, osize as u64, osize)? as u16;
         if !self.protected() || self.rflags & flag::VM != 0 {
@@ -391,8 +485,9 @@ impl Cpu {
             return Ok(());
         }
         if old & flag::NT != 0 {
-            log::warn!("IRET with NT set (task return) is not implemented");
-            return Err(Fault::gp((self.tr.selector & !3) as u32).into());
+            // Return to the task in the back link of the current TSS.
+            let link = self.read_sys(bus, self.tr.base, 2)? as u16;
+            return self.task_switch(bus, link, TaskSource::Iret, None);
         }
         let ip = self.peek(bus, 0, osize)?;
         let cs = self.peek(bus, osize as u64, osize)? as u16;
@@ -423,7 +518,8 @@ impl Cpu {
         }
         // Flag privilege rules use the CPL the IRET executed at.
         let iopl = ((old & flag::IOPL) >> 12) as u8;
-        let mut change = flag::ARITH | flag::TF | flag::DF | flag::NT | flag::AC | flag::ID | flag::RF;
+        let mut change =
+            flag::ARITH | flag::TF | flag::DF | flag::NT | flag::AC | flag::ID | flag::RF;
         if old_cpl <= iopl {
             change |= flag::IF;
         }
@@ -447,7 +543,13 @@ impl Cpu {
         let [esp, ss, es, ds, fs, gs] = vals;
         self.set_rflags(f);
         self.cpl = 3;
-        for (s, sel) in [(sreg::ES, es), (sreg::DS, ds), (sreg::FS, fs), (sreg::GS, gs), (sreg::SS, ss)] {
+        for (s, sel) in [
+            (sreg::ES, es),
+            (sreg::DS, ds),
+            (sreg::FS, fs),
+            (sreg::GS, gs),
+            (sreg::SS, ss),
+        ] {
             self.load_seg(bus, s, sel as u16)?;
         }
         self.real_cs(cs);

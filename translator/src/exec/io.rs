@@ -10,7 +10,12 @@ use crate::state::flag;
 impl Cpu {
     /// May the current code access `size` ports from `port`? In protected mode with CPL > IOPL,
     /// and always in v8086 mode, the TSS I/O bitmap decides; a 16-bit TSS has none (#GP).
-    pub(crate) fn check_io(&mut self, bus: &mut dyn CpuBus, port: u16, size: u8) -> Result<(), Exit> {
+    pub(crate) fn check_io(
+        &mut self,
+        bus: &mut dyn CpuBus,
+        port: u16,
+        size: u8,
+    ) -> Result<(), Exit> {
         if !self.protected() {
             return Ok(());
         }
@@ -39,7 +44,11 @@ impl Cpu {
 
 /// IN AL/AX/EAX, imm8 or DX (src = IMM or DX).
 pub fn in_(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecResult {
-    let port = if op.src == loc::IMM { op.imm as u16 } else { cpu.reg(2, 2) as u16 };
+    let port = if op.src == loc::IMM {
+        op.imm as u16
+    } else {
+        cpu.reg(2, 2) as u16
+    };
     cpu.check_io(bus, port, op.osize)?;
     let v = bus.io_read(port, op.osize) as u64;
     cpu.set_reg(0, op.osize, v);
@@ -48,7 +57,11 @@ pub fn in_(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecResult {
 
 /// OUT imm8 or DX, AL/AX/EAX (dst = IMM or DX).
 pub fn out(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecResult {
-    let port = if op.dst == loc::IMM { op.imm as u16 } else { cpu.reg(2, 2) as u16 };
+    let port = if op.dst == loc::IMM {
+        op.imm as u16
+    } else {
+        cpu.reg(2, 2) as u16
+    };
     cpu.check_io(bus, port, op.osize)?;
     let v = cpu.reg(0, op.osize);
     bus.io_write(port, op.osize, v as u32);

@@ -15,6 +15,7 @@ pub mod shift_rotate;
 pub mod stack;
 pub mod string;
 pub mod system;
+pub mod task;
 pub mod x87;
 
 use crate::Cpu;
@@ -39,7 +40,11 @@ impl Cpu {
     pub(crate) fn ea(&self, op: &Op) -> u64 {
         let mut a = op.disp;
         if op.base != loc::NO_REG {
-            let b = if op.base == loc::RIP { self.rip } else { self.regs[op.base as usize & 15] };
+            let b = if op.base == loc::RIP {
+                self.rip
+            } else {
+                self.regs[op.base as usize & 15]
+            };
             a = a.wrapping_add(b);
         }
         if op.index != loc::NO_REG {
@@ -55,7 +60,13 @@ impl Cpu {
     }
 
     #[inline]
-    pub(crate) fn rd_sized(&mut self, bus: &mut dyn CpuBus, op: &Op, l: u8, size: u8) -> Result<u64, Exit> {
+    pub(crate) fn rd_sized(
+        &mut self,
+        bus: &mut dyn CpuBus,
+        op: &Op,
+        l: u8,
+        size: u8,
+    ) -> Result<u64, Exit> {
         match l {
             loc::MEM => {
                 let ea = self.ea(op);
@@ -73,7 +84,14 @@ impl Cpu {
     }
 
     #[inline]
-    pub(crate) fn wr_sized(&mut self, bus: &mut dyn CpuBus, op: &Op, l: u8, size: u8, v: u64) -> ExecResult {
+    pub(crate) fn wr_sized(
+        &mut self,
+        bus: &mut dyn CpuBus,
+        op: &Op,
+        l: u8,
+        size: u8,
+        v: u64,
+    ) -> ExecResult {
         match l {
             loc::MEM => {
                 let ea = self.ea(op);
@@ -89,7 +107,18 @@ impl Cpu {
     /// Evaluate condition code `cc` (0-15, the low nibble of Jcc/SETcc/CMOVcc).
     #[inline]
     pub(crate) fn cond(&mut self, cc: u8) -> bool {
+        use crate::flags::{FlagOp, sign_bit};
         use crate::state::flag::*;
+        // Fast paths: ZF and SF straight from the pending result.
+        if self.lazy.op != FlagOp::None && matches!(cc >> 1, 2 | 4) {
+            let res = self.lazy.res & size_mask(self.lazy.size);
+            let r = if cc >> 1 == 2 {
+                res == 0
+            } else {
+                res & sign_bit(self.lazy.size) != 0
+            };
+            return r ^ (cc & 1 != 0);
+        }
         let f = self.rflags();
         let r = match cc >> 1 {
             0 => f & OF != 0,

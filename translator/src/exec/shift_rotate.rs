@@ -23,7 +23,11 @@ pub mod kind {
 /// Count source: `src` is IMM (imm holds 1 or imm8) or CL (register 1, byte).
 #[inline]
 fn count(cpu: &Cpu, op: &Op) -> u32 {
-    let raw = if op.src == loc::IMM { op.imm } else { cpu.reg(1, 1) };
+    let raw = if op.src == loc::IMM {
+        op.imm
+    } else {
+        cpu.reg(1, 1)
+    };
     (raw as u32) & if op.osize == 8 { 0x3F } else { 0x1F }
 }
 
@@ -45,13 +49,21 @@ pub fn shift<const K: u8>(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecR
     match K {
         kind::ROL => {
             let c = cnt % bits;
-            res = if c == 0 { v } else { ((v << c) | (v >> (bits - c))) & m };
+            res = if c == 0 {
+                v
+            } else {
+                ((v << c) | (v >> (bits - c))) & m
+            };
             cf = res & 1 != 0;
             of = ((res & sign) != 0) ^ cf;
         }
         kind::ROR => {
             let c = cnt % bits;
-            res = if c == 0 { v } else { ((v >> c) | (v << (bits - c))) & m };
+            res = if c == 0 {
+                v
+            } else {
+                ((v >> c) | (v << (bits - c))) & m
+            };
             cf = res & sign != 0;
             of = ((res & sign) != 0) ^ ((res & (sign >> 1)) != 0);
         }
@@ -59,7 +71,11 @@ pub fn shift<const K: u8>(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecR
             let c = cnt % (bits + 1);
             let wide = ((cf_old as u128) << bits) | v as u128;
             let w = bits + 1;
-            let r = if c == 0 { wide } else { ((wide << c) | (wide >> (w - c))) & ((1u128 << w) - 1) };
+            let r = if c == 0 {
+                wide
+            } else {
+                ((wide << c) | (wide >> (w - c))) & ((1u128 << w) - 1)
+            };
             res = (r as u64) & m;
             cf = (r >> bits) & 1 != 0;
             of = ((res & sign) != 0) ^ cf;
@@ -68,20 +84,32 @@ pub fn shift<const K: u8>(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecR
             let c = cnt % (bits + 1);
             let wide = ((cf_old as u128) << bits) | v as u128;
             let w = bits + 1;
-            let r = if c == 0 { wide } else { ((wide >> c) | (wide << (w - c))) & ((1u128 << w) - 1) };
+            let r = if c == 0 {
+                wide
+            } else {
+                ((wide >> c) | (wide << (w - c))) & ((1u128 << w) - 1)
+            };
             res = (r as u64) & m;
             cf = (r >> bits) & 1 != 0;
             of = ((res & sign) != 0) ^ ((res & (sign >> 1)) != 0);
         }
         kind::SHL | kind::SAL => {
             res = if cnt >= 64 { 0 } else { (v << cnt) & m };
-            cf = if cnt > bits { false } else { (v >> (bits - cnt)) & 1 != 0 };
+            cf = if cnt > bits {
+                false
+            } else {
+                (v >> (bits - cnt)) & 1 != 0
+            };
             of = ((res & sign) != 0) ^ cf;
             f = szp(res, size);
         }
         kind::SHR => {
             res = if cnt >= 64 { 0 } else { v >> cnt };
-            cf = if cnt > 64 { false } else { (v >> (cnt - 1)) & 1 != 0 };
+            cf = if cnt > 64 {
+                false
+            } else {
+                (v >> (cnt - 1)) & 1 != 0
+            };
             // The top two result bits differ: the original sign for a count of 1, and 0 for
             // larger counts (what the 80286 and Bochs both produce; the SDM leaves it undefined).
             of = ((res << 1) ^ res) & sign != 0;

@@ -149,7 +149,8 @@ pub fn popf(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecResult {
         return Err(Fault::gp(0).into());
     }
     let v = cpu.pop(bus, op.osize)?;
-    let mut changeable = flag::ARITH | flag::TF | flag::DF | flag::NT | flag::AC | flag::ID | flag::IF | flag::IOPL;
+    let mut changeable =
+        flag::ARITH | flag::TF | flag::DF | flag::NT | flag::AC | flag::ID | flag::IF | flag::IOPL;
     if cpu.protected() {
         let iopl = ((old & flag::IOPL) >> 12) as u8;
         if v8086 || cpu.cpl > 0 {

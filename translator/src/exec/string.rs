@@ -100,7 +100,11 @@ fn one<const K: u8>(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus, step: u64) -> 
 
 pub fn string<const K: u8>(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecResult {
     let size = op.osize as u64;
-    let step = if cpu.rflags & flag::DF != 0 { size.wrapping_neg() } else { size };
+    let step = if cpu.rflags & flag::DF != 0 {
+        size.wrapping_neg()
+    } else {
+        size
+    };
     let rep = op.prefix & (pfx::REP | pfx::REPNE);
     if rep == 0 {
         return one::<K>(cpu, op, bus, step);

@@ -41,7 +41,11 @@ pub fn lgdt_lidt(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecResult {
         base &= 0xFF_FFFF;
     }
     let t = TableReg { base, limit };
-    if op.aux == 0 { cpu.gdtr = t } else { cpu.idtr = t }
+    if op.aux == 0 {
+        cpu.gdtr = t
+    } else {
+        cpu.idtr = t
+    }
     Ok(())
 }
 
@@ -55,14 +59,28 @@ pub fn sgdt_sidt(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecResult {
     let bsize = if cpu.long64() { 8 } else { 4 };
     cpu.probe_write(bus, op.seg as usize, ea, 2 + bsize)?;
     cpu.write_mem(bus, op.seg as usize, ea, 2, t.limit as u64)?;
-    cpu.write_mem(bus, op.seg as usize, (ea + 2) & size_mask(op.asize), bsize, t.base)
+    cpu.write_mem(
+        bus,
+        op.seg as usize,
+        (ea + 2) & size_mask(op.asize),
+        bsize,
+        t.base,
+    )
 }
 
 /// SLDT (aux 0) / STR (aux 1).
 pub fn sldt_str(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecResult {
     require_pmode(cpu)?;
-    let sel = if op.aux == 0 { cpu.ldtr.selector } else { cpu.tr.selector } as u64;
-    if op.dst == loc::MEM { cpu.wr_sized(bus, op, op.dst, 2, sel) } else { cpu.wr(bus, op, op.dst, sel) }
+    let sel = if op.aux == 0 {
+        cpu.ldtr.selector
+    } else {
+        cpu.tr.selector
+    } as u64;
+    if op.dst == loc::MEM {
+        cpu.wr_sized(bus, op, op.dst, 2, sel)
+    } else {
+        cpu.wr(bus, op, op.dst, sel)
+    }
 }
 
 /// LLDT r/m16.
@@ -71,7 +89,12 @@ pub fn lldt(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecResult {
     require_cpl0(cpu)?;
     let sel = cpu.rd_sized(bus, op, op.src, 2)? as u16;
     if sel & !3 == 0 {
-        cpu.ldtr = Segment { selector: sel, base: 0, limit: 0, attr: 0 };
+        cpu.ldtr = Segment {
+            selector: sel,
+            base: 0,
+            limit: 0,
+            attr: 0,
+        };
         return Ok(());
     }
     if sel & 4 != 0 {
@@ -114,7 +137,11 @@ pub fn ltr(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecResult {
 /// of CR0).
 pub fn smsw(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecResult {
     let v = cpu.cr0;
-    if op.dst == loc::MEM { cpu.wr_sized(bus, op, op.dst, 2, v) } else { cpu.wr(bus, op, op.dst, v) }
+    if op.dst == loc::MEM {
+        cpu.wr_sized(bus, op, op.dst, 2, v)
+    } else {
+        cpu.wr(bus, op, op.dst, v)
+    }
 }
 
 /// LMSW r/m16: loads PE, MP, EM, TS; PE can be set but not cleared.
@@ -350,7 +377,11 @@ pub fn lar_lsl(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecResult {
     })?;
     match ok {
         Some(d) => {
-            let v = if op.aux == 0 { (d.raw >> 32) & 0x00F0_FF00 } else { d.limit() as u64 };
+            let v = if op.aux == 0 {
+                (d.raw >> 32) & 0x00F0_FF00
+            } else {
+                d.limit() as u64
+            };
             cpu.set_reg(op.dst, op.osize, v);
             cpu.set_flag(flag::ZF, true);
         }
@@ -368,7 +399,11 @@ pub fn verr_verw(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecResult {
         if !d.is_seg() {
             return false;
         }
-        if write { !d.is_code() && d.attr() & attr::RW != 0 } else { !d.is_code() || d.attr() & attr::RW != 0 }
+        if write {
+            !d.is_code() && d.attr() & attr::RW != 0
+        } else {
+            !d.is_code() || d.attr() & attr::RW != 0
+        }
     })?;
     cpu.set_flag(flag::ZF, ok.is_some());
     Ok(())

@@ -1,16 +1,42 @@
-//! x87 FPU — a first slice: the register stack, control/status/tag words, FNINIT, FNSTSW,
-//! FNSTCW, FLDCW, FLD/FSTP of m32/m64/ST(i), FLD1/FLDZ and the D8 arithmetic group (FADD, FMUL,
-//! FCOM, FCOMP, FSUB, FSUBR, FDIV, FDIVR with m32 or ST(i)).
+//! x87 FPU: the register stack, control/status/tag words, loads and stores of every format
+//! (m32/m64/m80 real, m16/m32/m64 integer, m80 BCD), arithmetic in all operand forms, compares
+//! (FCOM/FUCOM/FICOM/FCOMI/FUCOMI/FTST/FXAM), FCMOVcc, the transcendental and rounding
+//! instructions, FXCH/FFREE/FINCSTP/FDECSTP, and FNINIT/FNCLEX/FNSTSW/FNSTCW/FLDCW/FNSTENV/
+//! FLDENV/FNSAVE/FRSTOR.
 //!
-//! Results are computed in f64, not 80-bit extended precision: programs that depend on the
-//! extra 11 mantissa bits or on precision control see different last bits. Every other x87
-//! opcode is #UD for now (so CPUID does not claim an FPU yet).
+//! **Precision:** values are kept in f64, not 80-bit extended precision. Results therefore
+//! carry 53 mantissa bits whatever the precision control says, the rounding-control field only
+//! affects integer conversions and FRNDINT, m80 loads round to 53 bits, and transcendental
+//! results come from the host's libm. Exceptions are always handled as if masked (the default
+//! control word): invalid operations produce the indefinite NaN, stack faults set IE|SF, and
+//! #MF/FERR# is never raised.
 
 use crate::Cpu;
 use crate::bus::CpuBus;
-use crate::decode::op::{Op, loc};
+use crate::decode::op::{Handler, Op, loc};
 use crate::exception::{ExecResult, Exit, Fault};
-use crate::state::cr0;
+use crate::flags::size_mask;
+use crate::state::{cr0, flag};
+use iced_x86::{Code, Instruction, Mnemonic as M, OpKind, Register};
+
+/// Status word bits.
+pub mod sw {
+    pub const IE: u16 = 1 << 0;
+    pub const DE: u16 = 1 << 1;
+    pub const ZE: u16 = 1 << 2;
+    pub const OE: u16 = 1 << 3;
+    pub const UE: u16 = 1 << 4;
+    pub const PE: u16 = 1 << 5;
+    pub const SF: u16 = 1 << 6;
+    pub const ES: u16 = 1 << 7;
+    pub const C0: u16 = 1 << 8;
+    pub const C1: u16 = 1 << 9;
+    pub const C2: u16 = 1 << 10;
+    pub const C3: u16 = 1 << 14;
+}
+
+/// The indefinite QNaN that masked invalid operations produce.
+const INDEFINITE: f64 = f64::from_bits(0xFFF8_0000_0000_0000);
 
 /// x87 state.
 #[derive(Clone, Copy, Debug)]
@@ -21,14 +47,21 @@ pub struct Fpu {
     pub cw: u16,
     /// Status word without TOP (bits 11-13 are filled in on read).
     pub sw: u16,
-    /// Tag word: 2 bits per physical register, 11 = empty.
+    /// Tag word: 2 bits per physical register, 11 = empty (only empty/non-empty is tracked;
+    /// FNSTENV computes the full tags from the values).
     pub tw: u16,
 }
 
 impl Default for Fpu {
     fn default() -> Self {
-        // FNINIT state.
-        Fpu { st: [0.0; 8], top: 0, cw: 0x037F, sw: 0, tw: 0xFFFF }
+        // The FNINIT state.
+        Fpu {
+            st: [0.0; 8],
+            top: 0,
+            cw: 0x037F,
+            sw: 0,
+            tw: 0xFFFF,
+        }
     }
 }
 
@@ -39,7 +72,16 @@ impl Fpu {
     fn phys(&self, i: u8) -> usize {
         ((self.top + i) & 7) as usize
     }
-    fn get(&self, i: u8) -> f64 {
+    fn empty(&self, i: u8) -> bool {
+        (self.tw >> (self.phys(i) * 2)) & 3 == 3
+    }
+    /// ST(i), or the indefinite NaN with a stack underflow flagged if it is empty.
+    fn get(&mut self, i: u8) -> f64 {
+        if self.empty(i) {
+            self.sw |= sw::IE | sw::SF;
+            self.sw &= !sw::C1;
+            return INDEFINITE;
+        }
         self.st[self.phys(i)]
     }
     fn set(&mut self, i: u8, v: f64) {
@@ -48,7 +90,15 @@ impl Fpu {
         self.tw &= !(3 << (p * 2));
     }
     fn push(&mut self, v: f64) {
-        self.top = (self.top + 7) & 7;
+        let p = ((self.top + 7) & 7) as usize;
+        if (self.tw >> (p * 2)) & 3 != 3 {
+            // Stack overflow: the register is overwritten with the indefinite NaN.
+            self.sw |= sw::IE | sw::SF | sw::C1;
+            self.top = p as u8;
+            self.set(0, INDEFINITE);
+            return;
+        }
+        self.top = p as u8;
         self.set(0, v);
     }
     fn pop(&mut self) {
@@ -56,23 +106,108 @@ impl Fpu {
         self.tw |= 3 << (p * 2);
         self.top = (self.top + 1) & 7;
     }
-    /// FCOM condition codes: C3 C2 C0 = 000 (>), 001 (<), 100 (=), 111 (unordered).
-    fn compare(&mut self, a: f64, b: f64) {
-        let (c3, c2, c0) = if a.is_nan() || b.is_nan() {
-            (true, true, true)
-        } else if a < b {
-            (false, false, true)
-        } else if a == b {
-            (true, false, false)
-        } else {
-            (false, false, false)
-        };
-        self.sw &= !(0x4000 | 0x0400 | 0x0100 | 0x0200);
+    fn set_cc(&mut self, c3: bool, c2: bool, c0: bool) {
+        self.sw &= !(sw::C3 | sw::C2 | sw::C1 | sw::C0);
         self.sw |= (c3 as u16) << 14 | (c2 as u16) << 10 | (c0 as u16) << 8;
+    }
+    /// Tag of a value for FNSTENV: 00 valid, 01 zero, 10 special.
+    fn full_tags(&self) -> u16 {
+        let mut t = 0;
+        for p in 0..8 {
+            let tag = if (self.tw >> (p * 2)) & 3 == 3 {
+                3
+            } else {
+                let v = self.st[p];
+                if v == 0.0 {
+                    1
+                } else if !v.is_finite() || v.is_subnormal() {
+                    2
+                } else {
+                    0
+                }
+            };
+            t |= tag << (p * 2);
+        }
+        t
+    }
+    /// Round to an integer per the rounding-control field.
+    fn round(&self, v: f64) -> f64 {
+        match (self.cw >> 10) & 3 {
+            0 => {
+                let r = v.round();
+                // Ties to even.
+                if (v - v.trunc()).abs() == 0.5 {
+                    2.0 * (v / 2.0).round()
+                } else {
+                    r
+                }
+            }
+            1 => v.floor(),
+            2 => v.ceil(),
+            _ => v.trunc(),
+        }
     }
 }
 
-/// CR0.EM or CR0.TS: #NM before any x87 work.
+/// 80-bit extended → f64 (rounded to nearest).
+pub fn f80_to_f64(mant: u64, se: u16) -> f64 {
+    let neg = se & 0x8000 != 0;
+    let e = (se & 0x7FFF) as i32;
+    let v = if e == 0x7FFF {
+        if mant << 1 == 0 {
+            f64::INFINITY
+        } else {
+            f64::from_bits(0x7FF8_0000_0000_0000 | ((mant >> 11) & 0x000F_FFFF_FFFF_FFFF))
+        }
+    } else if mant == 0 {
+        0.0
+    } else {
+        // mant × 2^(e − 16383 − 63), scaled in steps so intermediates stay finite.
+        let mut x = mant as f64;
+        let mut k = e - 16383 - 63;
+        while k > 1000 {
+            x *= 2f64.powi(1000);
+            k -= 1000;
+        }
+        while k < -1000 {
+            x *= 2f64.powi(-1000);
+            k += 1000;
+        }
+        x * 2f64.powi(k)
+    };
+    if neg { -v } else { v }
+}
+
+/// f64 → 80-bit extended (exact). Returns (mantissa, sign/exponent).
+pub fn f64_to_f80(v: f64) -> (u64, u16) {
+    let bits = v.to_bits();
+    let sign = ((bits >> 63) as u16) << 15;
+    let e = ((bits >> 52) & 0x7FF) as i32;
+    let frac = bits & 0x000F_FFFF_FFFF_FFFF;
+    if e == 0x7FF {
+        let m = if frac == 0 {
+            1u64 << 63
+        } else {
+            (1u64 << 63) | (frac << 11)
+        };
+        return (m, sign | 0x7FFF);
+    }
+    if e == 0 {
+        if frac == 0 {
+            return (0, sign);
+        }
+        let shift = frac.leading_zeros() - 11;
+        let m = (frac << shift) << 11;
+        let exp = 1 - 1023 - shift as i32 + 16383;
+        return (m, sign | exp as u16);
+    }
+    (
+        (1u64 << 63) | (frac << 11),
+        sign | (e - 1023 + 16383) as u16,
+    )
+}
+
+/// #NM when CR0.EM or CR0.TS is set.
 fn check_nm(cpu: &Cpu) -> Result<(), Exit> {
     if cpu.cr0 & (cr0::EM | cr0::TS) != 0 {
         return Err(Fault::nm().into());
@@ -88,9 +223,57 @@ pub fn fwait(cpu: &mut Cpu, _op: &Op, _bus: &mut dyn CpuBus) -> ExecResult {
     Ok(())
 }
 
+// ---- memory operand helpers ----
+
+fn read_f(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus, size: u8) -> Result<f64, Exit> {
+    let ea = cpu.ea(op);
+    let seg = op.seg as usize;
+    Ok(match size {
+        4 => f32::from_bits(cpu.read_mem(bus, seg, ea, 4)? as u32) as f64,
+        8 => f64::from_bits(cpu.read_mem(bus, seg, ea, 8)?),
+        _ => {
+            let m = cpu.read_mem(bus, seg, ea, 8)?;
+            let se = cpu.read_mem(bus, seg, (ea + 8) & size_mask(op.asize), 2)? as u16;
+            f80_to_f64(m, se)
+        }
+    })
+}
+
+fn read_i(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus, size: u8) -> Result<f64, Exit> {
+    let ea = cpu.ea(op);
+    let v = cpu.read_mem(bus, op.seg as usize, ea, size)?;
+    Ok(crate::exec::arith::sext(v, size) as f64)
+}
+
+/// The source operand of an arithmetic/compare op: ST(i) or memory (float or integer).
+fn source(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> Result<f64, Exit> {
+    if op.src == loc::MEM {
+        if op.imm2 & INT_SRC != 0 {
+            read_i(cpu, op, bus, op.osize)
+        } else {
+            read_f(cpu, op, bus, op.osize)
+        }
+    } else {
+        Ok(cpu.fpu.get(op.src))
+    }
+}
+
+/// `imm2` bits of x87 ops.
+const POP: u32 = 1;
+const INT_SRC: u32 = 2;
+const POP2: u32 = 4;
+
+// ---- handlers ----
+
 pub fn fninit(cpu: &mut Cpu, _op: &Op, _bus: &mut dyn CpuBus) -> ExecResult {
     check_nm(cpu)?;
     cpu.fpu = Fpu::default();
+    Ok(())
+}
+
+pub fn fnclex(cpu: &mut Cpu, _op: &Op, _bus: &mut dyn CpuBus) -> ExecResult {
+    check_nm(cpu)?;
+    cpu.fpu.sw &= !0x80FF;
     Ok(())
 }
 
@@ -110,75 +293,733 @@ pub fn fnstcw(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecResult {
 pub fn fldcw(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecResult {
     check_nm(cpu)?;
     let v = cpu.rd_sized(bus, op, op.src, 2)?;
-    cpu.fpu.cw = (v as u16) | 0x40;
+    cpu.fpu.cw = (v as u16 & 0x1F7F) | 0x40;
     Ok(())
 }
 
-/// Read the source operand as f64: m32/m64 real (aux2 = memory size) or ST(i) (src = i).
-fn load_src(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> Result<f64, Exit> {
-    if op.src == loc::MEM {
-        let ea = cpu.ea(op);
-        let size = op.osize;
-        let raw = cpu.read_mem(bus, op.seg as usize, ea, size)?;
-        Ok(if size == 4 { f32::from_bits(raw as u32) as f64 } else { f64::from_bits(raw) })
-    } else {
-        Ok(cpu.fpu.get(op.src))
-    }
-}
-
-/// FLD m32/m64/ST(i).
+/// FLD m32/m64/m80/ST(i).
 pub fn fld(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecResult {
     check_nm(cpu)?;
-    let v = load_src(cpu, op, bus)?;
+    let v = if op.src == loc::MEM {
+        read_f(cpu, op, bus, op.osize)?
+    } else {
+        cpu.fpu.get(op.src)
+    };
     cpu.fpu.push(v);
     Ok(())
 }
 
-/// FLD1 (aux 0) / FLDZ (aux 1).
-pub fn fld_const(cpu: &mut Cpu, op: &Op, _bus: &mut dyn CpuBus) -> ExecResult {
+/// FILD m16/m32/m64.
+pub fn fild(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecResult {
     check_nm(cpu)?;
-    cpu.fpu.push(if op.aux == 0 { 1.0 } else { 0.0 });
+    let v = read_i(cpu, op, bus, op.osize)?;
+    cpu.fpu.push(v);
     Ok(())
 }
 
-/// FST/FSTP m32/m64/ST(i) (aux 1 = pop).
+/// FBLD m80: 18 packed BCD digits and a sign byte.
+pub fn fbld(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecResult {
+    check_nm(cpu)?;
+    let ea = cpu.ea(op);
+    let lo = cpu.read_mem(bus, op.seg as usize, ea, 8)?;
+    let hi = cpu.read_mem(bus, op.seg as usize, (ea + 8) & size_mask(op.asize), 2)?;
+    let mut v: u64 = 0;
+    for i in (0..9).rev() {
+        let byte = if i == 8 {
+            hi & 0xFF
+        } else {
+            (lo >> (i * 8)) & 0xFF
+        };
+        v = v * 100 + (byte >> 4) * 10 + (byte & 0xF);
+    }
+    let f = v as f64;
+    cpu.fpu.push(if hi & 0x8000 != 0 { -f } else { f });
+    Ok(())
+}
+
+/// FLD1/FLDZ/FLDPI/FLDL2E/FLDL2T/FLDLG2/FLDLN2 (aux 0-6).
+pub fn fld_const(cpu: &mut Cpu, op: &Op, _bus: &mut dyn CpuBus) -> ExecResult {
+    check_nm(cpu)?;
+    use std::f64::consts::*;
+    let v = [1.0, 0.0, PI, LOG2_E, LOG2_10, LOG10_2, LN_2][op.aux as usize % 7];
+    cpu.fpu.push(v);
+    Ok(())
+}
+
+/// FST/FSTP m32/m64/m80/ST(i) (imm2 POP).
 pub fn fst(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecResult {
     check_nm(cpu)?;
     let v = cpu.fpu.get(0);
     if op.dst == loc::MEM {
         let ea = cpu.ea(op);
-        let raw = if op.osize == 4 { (v as f32).to_bits() as u64 } else { v.to_bits() };
-        cpu.write_mem(bus, op.seg as usize, ea, op.osize, raw)?;
+        let seg = op.seg as usize;
+        match op.osize {
+            4 => cpu.write_mem(bus, seg, ea, 4, (v as f32).to_bits() as u64)?,
+            8 => cpu.write_mem(bus, seg, ea, 8, v.to_bits())?,
+            _ => {
+                let (m, se) = f64_to_f80(v);
+                cpu.probe_write(bus, seg, ea, 10)?;
+                cpu.write_mem(bus, seg, ea, 8, m)?;
+                cpu.write_mem(bus, seg, (ea + 8) & size_mask(op.asize), 2, se as u64)?;
+            }
+        }
     } else {
         cpu.fpu.set(op.dst, v);
     }
-    if op.aux == 1 {
+    if op.imm2 & POP != 0 {
         cpu.fpu.pop();
     }
     Ok(())
 }
 
-/// The D8/DC arithmetic group (aux = reg field: FADD, FMUL, FCOM, FCOMP, FSUB, FSUBR, FDIV,
-/// FDIVR). ST(0) op src → ST(0); with `imm2 = 1` the register form stores to ST(i) (DC).
+/// FIST/FISTP m16/m32/m64: rounded per RC; out of range gives the integer indefinite.
+pub fn fist(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecResult {
+    check_nm(cpu)?;
+    let v = cpu.fpu.get(0);
+    let r = cpu.fpu.round(v);
+    let size = op.osize;
+    let max = 2f64.powi(size as i32 * 8 - 1);
+    let out = if r.is_nan() || r >= max || r < -max {
+        cpu.fpu.sw |= sw::IE;
+        1u64 << (size as u32 * 8 - 1)
+    } else {
+        if r != v {
+            cpu.fpu.sw |= sw::PE;
+        }
+        (r as i64) as u64 & size_mask(size)
+    };
+    let ea = cpu.ea(op);
+    cpu.write_mem(bus, op.seg as usize, ea, size, out)?;
+    if op.imm2 & POP != 0 {
+        cpu.fpu.pop();
+    }
+    Ok(())
+}
+
+/// FBSTP m80.
+pub fn fbstp(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecResult {
+    check_nm(cpu)?;
+    let v = cpu.fpu.get(0);
+    let r = cpu.fpu.round(v);
+    let ea = cpu.ea(op);
+    let (lo, hi) = if r.is_nan() || r.abs() >= 1e18 {
+        cpu.fpu.sw |= sw::IE;
+        (0xC000_0000_0000_0000u64, 0xFFFFu64)
+    } else {
+        let mut n = r.abs() as u64;
+        let mut lo = 0u64;
+        let mut hi = 0u64;
+        for i in 0..9 {
+            let byte = ((n / 10 % 10) << 4) | (n % 10);
+            n /= 100;
+            if i == 8 {
+                hi = byte
+            } else {
+                lo |= byte << (i * 8)
+            }
+        }
+        if r.is_sign_negative() {
+            hi |= 0x8000;
+        }
+        (lo, hi)
+    };
+    cpu.probe_write(bus, op.seg as usize, ea, 10)?;
+    cpu.write_mem(bus, op.seg as usize, ea, 8, lo)?;
+    cpu.write_mem(bus, op.seg as usize, (ea + 8) & size_mask(op.asize), 2, hi)?;
+    cpu.fpu.pop();
+    Ok(())
+}
+
+/// FADD/FMUL/FSUB/FSUBR/FDIV/FDIVR (aux 0,1,4,5,6,7) in every form: dst ST(op.dst) = dst OP src.
 pub fn farith(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecResult {
     check_nm(cpu)?;
-    let b = load_src(cpu, op, bus)?;
-    let a = cpu.fpu.get(0);
+    let b = source(cpu, op, bus)?;
+    let a = cpu.fpu.get(op.dst);
     let r = match op.aux {
         0 => a + b,
         1 => a * b,
-        2 | 3 => {
-            cpu.fpu.compare(a, b);
-            if op.aux == 3 {
-                cpu.fpu.pop();
-            }
-            return Ok(());
-        }
         4 => a - b,
         5 => b - a,
         6 => a / b,
         _ => b / a,
     };
-    cpu.fpu.set(0, r);
+    if r.is_nan() && !a.is_nan() && !b.is_nan() {
+        cpu.fpu.sw |= sw::IE;
+    }
+    if matches!(op.aux, 6 | 7) && (if op.aux == 6 { b } else { a }) == 0.0 && r.is_infinite() {
+        cpu.fpu.sw |= sw::ZE;
+    }
+    cpu.fpu.set(op.dst, r);
+    if op.imm2 & POP != 0 {
+        cpu.fpu.pop();
+    }
     Ok(())
+}
+
+fn compare_cc(fpu: &mut Fpu, a: f64, b: f64) -> (bool, bool, bool) {
+    if a.is_nan() || b.is_nan() {
+        fpu.sw |= sw::IE;
+        (true, true, true)
+    } else if a < b {
+        (false, false, true)
+    } else if a == b {
+        (true, false, false)
+    } else {
+        (false, false, false)
+    }
+}
+
+/// FCOM/FCOMP/FCOMPP/FUCOM*/FICOM* and FTST (src = IMM: compare with 0.0).
+pub fn fcom(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecResult {
+    check_nm(cpu)?;
+    let b = if op.src == loc::IMM {
+        0.0
+    } else {
+        source(cpu, op, bus)?
+    };
+    let a = cpu.fpu.get(0);
+    let (c3, c2, c0) = compare_cc(&mut cpu.fpu, a, b);
+    cpu.fpu.set_cc(c3, c2, c0);
+    if op.imm2 & (POP | POP2) != 0 {
+        cpu.fpu.pop();
+    }
+    if op.imm2 & POP2 != 0 {
+        cpu.fpu.pop();
+    }
+    Ok(())
+}
+
+/// FCOMI/FCOMIP/FUCOMI/FUCOMIP: ZF, PF, CF from the comparison; OF, SF, AF cleared.
+pub fn fcomi(cpu: &mut Cpu, op: &Op, _bus: &mut dyn CpuBus) -> ExecResult {
+    check_nm(cpu)?;
+    let b = cpu.fpu.get(op.src);
+    let a = cpu.fpu.get(0);
+    let (z, p, c) = compare_cc(&mut cpu.fpu, a, b);
+    let f = (if z { flag::ZF } else { 0 })
+        | (if p { flag::PF } else { 0 })
+        | (if c { flag::CF } else { 0 });
+    cpu.set_arith_flags(f);
+    if op.imm2 & POP != 0 {
+        cpu.fpu.pop();
+    }
+    Ok(())
+}
+
+/// FXAM: classify ST(0) into C3 C2 C0, sign in C1.
+pub fn fxam(cpu: &mut Cpu, _op: &Op, _bus: &mut dyn CpuBus) -> ExecResult {
+    check_nm(cpu)?;
+    let f = &mut cpu.fpu;
+    let v = f.st[f.phys(0)];
+    let (c3, c2, c0) = if f.empty(0) {
+        (true, false, true)
+    } else if v.is_nan() {
+        (false, false, true)
+    } else if v.is_infinite() {
+        (false, true, true)
+    } else if v == 0.0 {
+        (true, false, false)
+    } else if v.is_subnormal() {
+        (true, true, false)
+    } else {
+        (false, true, false)
+    };
+    f.set_cc(c3, c2, c0);
+    if v.is_sign_negative() {
+        f.sw |= sw::C1;
+    }
+    Ok(())
+}
+
+/// FCMOVcc ST(0), ST(i) (aux: 0 B, 1 E, 2 BE, 3 U, 4-7 negations).
+pub fn fcmov(cpu: &mut Cpu, op: &Op, _bus: &mut dyn CpuBus) -> ExecResult {
+    check_nm(cpu)?;
+    let f = cpu.rflags();
+    let c = match op.aux & 3 {
+        0 => f & flag::CF != 0,
+        1 => f & flag::ZF != 0,
+        2 => f & (flag::CF | flag::ZF) != 0,
+        _ => f & flag::PF != 0,
+    } ^ (op.aux & 4 != 0);
+    if c {
+        let v = cpu.fpu.get(op.src);
+        cpu.fpu.set(0, v);
+    }
+    Ok(())
+}
+
+/// One-operand and transcendental operations on the stack top (aux selects).
+pub fn funary(cpu: &mut Cpu, op: &Op, _bus: &mut dyn CpuBus) -> ExecResult {
+    check_nm(cpu)?;
+    let f = &mut cpu.fpu;
+    let a = f.get(0);
+    f.sw &= !sw::C2;
+    match op.aux {
+        0 => f.set(0, -a),
+        1 => f.set(0, a.abs()),
+        2 => {
+            if a < 0.0 {
+                f.sw |= sw::IE;
+            }
+            f.set(0, a.sqrt())
+        }
+        3 => {
+            let r = f.round(a);
+            f.set(0, r)
+        }
+        4 => f.set(0, a.sin()),
+        5 => f.set(0, a.cos()),
+        6 => {
+            // FSINCOS: ST(0) = cos, then push sin... i.e. sin below cos.
+            f.set(0, a.sin());
+            f.push(a.cos());
+        }
+        7 => {
+            f.set(0, a.tan());
+            f.push(1.0);
+        }
+        8 => f.set(0, a.exp2() - 1.0), // F2XM1
+        9 => {
+            // FSCALE: ST(0) × 2^trunc(ST(1)).
+            let b = f.get(1).trunc();
+            f.set(0, a * 2f64.powf(b));
+        }
+        10 => {
+            // FXTRACT: ST(0) = significand, push exponent below it.
+            if a == 0.0 {
+                f.sw |= sw::ZE;
+                f.set(0, f64::NEG_INFINITY);
+                f.push(a);
+            } else {
+                let e = a.abs().log2().floor();
+                f.set(0, e);
+                f.push(a / 2f64.powf(e));
+            }
+        }
+        11 | 12 => {
+            // FPREM (truncating) / FPREM1 (round to nearest): full reduction at once.
+            let b = f.get(1);
+            let q = if op.aux == 11 {
+                (a / b).trunc()
+            } else {
+                (a / b).round()
+            };
+            let r = a - q * b;
+            f.set(0, r);
+            let qi = q.abs() as u64;
+            f.sw &= !(sw::C0 | sw::C1 | sw::C3);
+            f.sw |= (((qi >> 2) & 1) as u16) << 8
+                | ((qi & 1) as u16) << 9
+                | (((qi >> 1) & 1) as u16) << 14;
+        }
+        13 => {
+            // FYL2X: ST(1) = ST(1) × log2(ST(0)), pop.
+            let b = f.get(1);
+            f.set(1, b * a.log2());
+            f.pop();
+        }
+        14 => {
+            // FYL2XP1.
+            let b = f.get(1);
+            f.set(1, b * a.ln_1p() / std::f64::consts::LN_2);
+            f.pop();
+        }
+        _ => {
+            // FPATAN: ST(1) = atan2(ST(1), ST(0)), pop.
+            let b = f.get(1);
+            f.set(1, b.atan2(a));
+            f.pop();
+        }
+    }
+    Ok(())
+}
+
+/// FXCH ST(i).
+pub fn fxch(cpu: &mut Cpu, op: &Op, _bus: &mut dyn CpuBus) -> ExecResult {
+    check_nm(cpu)?;
+    let f = &mut cpu.fpu;
+    let a = f.get(0);
+    let b = f.get(op.src);
+    f.set(0, b);
+    f.set(op.src, a);
+    Ok(())
+}
+
+/// FFREE ST(i) (imm2 POP: FFREEP), FINCSTP (aux 1), FDECSTP (aux 2), FNOP (aux 3).
+pub fn fstack(cpu: &mut Cpu, op: &Op, _bus: &mut dyn CpuBus) -> ExecResult {
+    check_nm(cpu)?;
+    let f = &mut cpu.fpu;
+    match op.aux {
+        0 => {
+            let p = f.phys(op.src);
+            f.tw |= 3 << (p * 2);
+            if op.imm2 & POP != 0 {
+                f.top = (f.top + 1) & 7;
+            }
+        }
+        1 => f.top = (f.top + 1) & 7,
+        2 => f.top = (f.top + 7) & 7,
+        _ => {}
+    }
+    Ok(())
+}
+
+/// FNSTENV (aux 0) / FNSAVE (aux 1): 14/28-byte environment (osize 2/4) plus, for FNSAVE, the
+/// eight registers in stack order as m80, then FNINIT. Instruction/operand pointers read 0.
+pub fn fnstenv(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecResult {
+    check_nm(cpu)?;
+    let ea = cpu.ea(op);
+    let seg = op.seg as usize;
+    let w = op.osize as u64;
+    let env = 7 * w;
+    let total = if op.aux == 1 { env + 80 } else { env };
+    cpu.probe_write(bus, seg, ea, 1)?;
+    cpu.probe_write(bus, seg, (ea + total - 1) & size_mask(op.asize), 1)?;
+    let fields = [
+        cpu.fpu.cw as u64,
+        cpu.fpu.status() as u64,
+        cpu.fpu.full_tags() as u64,
+        0,
+        0,
+        0,
+        0,
+    ];
+    for (i, v) in fields.iter().enumerate() {
+        let a = (ea + i as u64 * w) & size_mask(op.asize);
+        cpu.write_mem(
+            bus,
+            seg,
+            a,
+            op.osize,
+            if w == 4 {
+                *v | (0xFFFF_0000 * (i < 3) as u64)
+            } else {
+                *v
+            },
+        )?;
+    }
+    if op.aux == 1 {
+        for i in 0..8u8 {
+            let v = cpu.fpu.st[cpu.fpu.phys(i)];
+            let (m, se) = f64_to_f80(v);
+            let a = (ea + env + i as u64 * 10) & size_mask(op.asize);
+            cpu.write_mem(bus, seg, a, 8, m)?;
+            cpu.write_mem(bus, seg, (a + 8) & size_mask(op.asize), 2, se as u64)?;
+        }
+        cpu.fpu = Fpu::default();
+    } else {
+        // FNSTENV masks all exceptions afterwards.
+        cpu.fpu.cw |= 0x3F;
+    }
+    Ok(())
+}
+
+/// FLDENV (aux 0) / FRSTOR (aux 1).
+pub fn fldenv(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecResult {
+    check_nm(cpu)?;
+    let ea = cpu.ea(op);
+    let seg = op.seg as usize;
+    let w = op.osize as u64;
+    let cw = cpu.read_mem(bus, seg, ea, 2)? as u16;
+    let swv = cpu.read_mem(bus, seg, (ea + w) & size_mask(op.asize), 2)? as u16;
+    let tw = cpu.read_mem(bus, seg, (ea + 2 * w) & size_mask(op.asize), 2)? as u16;
+    let mut regs = [0f64; 8];
+    if op.aux == 1 {
+        for (i, r) in regs.iter_mut().enumerate() {
+            let a = (ea + 7 * w + i as u64 * 10) & size_mask(op.asize);
+            let m = cpu.read_mem(bus, seg, a, 8)?;
+            let se = cpu.read_mem(bus, seg, (a + 8) & size_mask(op.asize), 2)? as u16;
+            *r = f80_to_f64(m, se);
+        }
+    }
+    let f = &mut cpu.fpu;
+    f.cw = cw | 0x40;
+    f.top = ((swv >> 11) & 7) as u8;
+    f.sw = swv & !0x3800;
+    // Only "empty" survives from the tag word; other tags are recomputed from the values.
+    let mut t = 0;
+    for p in 0..8 {
+        if (tw >> (p * 2)) & 3 == 3 {
+            t |= 3 << (p * 2);
+        }
+    }
+    f.tw = t;
+    if op.aux == 1 {
+        for (i, r) in regs.iter().enumerate() {
+            let p = f.phys(i as u8);
+            f.st[p] = *r;
+        }
+    }
+    Ok(())
+}
+
+fn st_index(r: Register) -> u8 {
+    (r as u32).wrapping_sub(Register::ST0 as u32) as u8 & 7
+}
+
+/// Decode-side mapping of x87 instructions to handlers (None: not an x87 instruction).
+pub(crate) fn translate(ins: &Instruction, op: &mut Op, osz: u8) -> Option<Handler> {
+    let m = ins.mnemonic();
+    let n = ins.op_count();
+    let mem = (0..n).any(|i| ins.op_kind(i) == OpKind::Memory);
+    let msize = ins.memory_size().size() as u8;
+    let st = |i: u32| st_index(ins.op_register(i));
+    op.dst = loc::NONE;
+    op.src = loc::NONE;
+    let h: Handler = match m {
+        M::Fninit => fninit,
+        M::Fnclex => fnclex,
+        M::Fnstsw => {
+            op.dst = if mem { loc::MEM } else { 0 };
+            fnstsw
+        }
+        M::Fnstcw => {
+            op.dst = loc::MEM;
+            fnstcw
+        }
+        M::Fldcw => {
+            op.src = loc::MEM;
+            fldcw
+        }
+        M::Fld => {
+            if mem {
+                op.src = loc::MEM;
+                op.osize = msize;
+            } else {
+                op.src = st(0);
+            }
+            fld
+        }
+        M::Fild => {
+            op.src = loc::MEM;
+            op.osize = msize;
+            fild
+        }
+        M::Fbld => {
+            op.src = loc::MEM;
+            fbld
+        }
+        M::Fld1 | M::Fldz | M::Fldpi | M::Fldl2e | M::Fldl2t | M::Fldlg2 | M::Fldln2 => {
+            op.aux = match m {
+                M::Fld1 => 0,
+                M::Fldz => 1,
+                M::Fldpi => 2,
+                M::Fldl2e => 3,
+                M::Fldl2t => 4,
+                M::Fldlg2 => 5,
+                _ => 6,
+            };
+            fld_const
+        }
+        M::Fst | M::Fstp | M::Fstpnce => {
+            op.imm2 = if m == M::Fst { 0 } else { POP };
+            if mem {
+                op.dst = loc::MEM;
+                op.osize = msize;
+            } else {
+                op.dst = st(0);
+            }
+            fst
+        }
+        M::Fist | M::Fistp => {
+            op.imm2 = if m == M::Fistp { POP } else { 0 };
+            op.dst = loc::MEM;
+            op.osize = msize;
+            fist
+        }
+        M::Fbstp => {
+            op.dst = loc::MEM;
+            fbstp
+        }
+        M::Fadd
+        | M::Faddp
+        | M::Fiadd
+        | M::Fmul
+        | M::Fmulp
+        | M::Fimul
+        | M::Fsub
+        | M::Fsubp
+        | M::Fisub
+        | M::Fsubr
+        | M::Fsubrp
+        | M::Fisubr
+        | M::Fdiv
+        | M::Fdivp
+        | M::Fidiv
+        | M::Fdivr
+        | M::Fdivrp
+        | M::Fidivr => {
+            op.aux = match m {
+                M::Fadd | M::Faddp | M::Fiadd => 0,
+                M::Fmul | M::Fmulp | M::Fimul => 1,
+                M::Fsub | M::Fsubp | M::Fisub => 4,
+                M::Fsubr | M::Fsubrp | M::Fisubr => 5,
+                M::Fdiv | M::Fdivp | M::Fidiv => 6,
+                _ => 7,
+            };
+            if matches!(
+                m,
+                M::Faddp | M::Fmulp | M::Fsubp | M::Fsubrp | M::Fdivp | M::Fdivrp
+            ) {
+                op.imm2 |= POP;
+            }
+            if matches!(
+                m,
+                M::Fiadd | M::Fimul | M::Fisub | M::Fisubr | M::Fidiv | M::Fidivr
+            ) {
+                op.imm2 |= INT_SRC;
+            }
+            if mem {
+                op.dst = 0;
+                op.src = loc::MEM;
+                op.osize = msize;
+            } else if n == 2 {
+                op.dst = st(0);
+                op.src = st(1);
+            } else {
+                // Implicit "FADDP" with no operands: ST(1) = ST(1) op ST(0), pop.
+                op.dst = 1;
+                op.src = 0;
+            }
+            farith
+        }
+        M::Fcom
+        | M::Fcomp
+        | M::Fcompp
+        | M::Fucom
+        | M::Fucomp
+        | M::Fucompp
+        | M::Ficom
+        | M::Ficomp
+        | M::Ftst => {
+            op.imm2 = match m {
+                M::Fcomp | M::Fucomp | M::Ficomp => POP,
+                M::Fcompp | M::Fucompp => POP2,
+                _ => 0,
+            };
+            if matches!(m, M::Ficom | M::Ficomp) {
+                op.imm2 |= INT_SRC;
+            }
+            if m == M::Ftst {
+                op.src = loc::IMM;
+            } else if mem {
+                op.src = loc::MEM;
+                op.osize = msize;
+            } else if n == 2 {
+                op.src = st(1);
+            } else {
+                op.src = 1;
+            }
+            fcom
+        }
+        M::Fcomi | M::Fcomip | M::Fucomi | M::Fucomip => {
+            op.imm2 = if matches!(m, M::Fcomip | M::Fucomip) {
+                POP
+            } else {
+                0
+            };
+            op.src = st(1);
+            fcomi
+        }
+        M::Fxam => fxam,
+        M::Fcmovb
+        | M::Fcmove
+        | M::Fcmovbe
+        | M::Fcmovu
+        | M::Fcmovnb
+        | M::Fcmovne
+        | M::Fcmovnbe
+        | M::Fcmovnu => {
+            op.aux = match m {
+                M::Fcmovb => 0,
+                M::Fcmove => 1,
+                M::Fcmovbe => 2,
+                M::Fcmovu => 3,
+                M::Fcmovnb => 4,
+                M::Fcmovne => 5,
+                M::Fcmovnbe => 6,
+                _ => 7,
+            };
+            op.src = st(1);
+            fcmov
+        }
+        M::Fchs
+        | M::Fabs
+        | M::Fsqrt
+        | M::Frndint
+        | M::Fsin
+        | M::Fcos
+        | M::Fsincos
+        | M::Fptan
+        | M::F2xm1
+        | M::Fscale
+        | M::Fxtract
+        | M::Fprem
+        | M::Fprem1
+        | M::Fyl2x
+        | M::Fyl2xp1
+        | M::Fpatan => {
+            op.aux = match m {
+                M::Fchs => 0,
+                M::Fabs => 1,
+                M::Fsqrt => 2,
+                M::Frndint => 3,
+                M::Fsin => 4,
+                M::Fcos => 5,
+                M::Fsincos => 6,
+                M::Fptan => 7,
+                M::F2xm1 => 8,
+                M::Fscale => 9,
+                M::Fxtract => 10,
+                M::Fprem => 11,
+                M::Fprem1 => 12,
+                M::Fyl2x => 13,
+                M::Fyl2xp1 => 14,
+                _ => 15,
+            };
+            funary
+        }
+        M::Fxch => {
+            op.src = if n == 2 { st(1) } else { 1 };
+            fxch
+        }
+        M::Ffree | M::Ffreep => {
+            op.src = st(0);
+            op.imm2 = if m == M::Ffreep { POP } else { 0 };
+            fstack
+        }
+        M::Fincstp => {
+            op.aux = 1;
+            fstack
+        }
+        M::Fdecstp => {
+            op.aux = 2;
+            fstack
+        }
+        // FNOP and the 287 leftovers that are no-ops on a 387 and later.
+        M::Fnop | M::Fneni | M::Fndisi | M::Fnsetpm => {
+            op.aux = 3;
+            fstack
+        }
+        M::Fnstenv | M::Fnsave => {
+            op.aux = (m == M::Fnsave) as u8;
+            op.osize = if matches!(ins.code(), Code::Fnstenv_m14byte | Code::Fnsave_m94byte) {
+                2
+            } else {
+                4
+            };
+            let _ = osz;
+            fnstenv
+        }
+        M::Fldenv | M::Frstor => {
+            op.aux = (m == M::Frstor) as u8;
+            op.osize = if matches!(ins.code(), Code::Fldenv_m14byte | Code::Frstor_m94byte) {
+                2
+            } else {
+                4
+            };
+            fldenv
+        }
+        _ => return None,
+    };
+    Some(h)
 }

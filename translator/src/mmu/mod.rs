@@ -27,7 +27,7 @@ impl Cpu {
         let first = self.mem.is_backed(pa);
         let last = self.mem.is_backed(pa + n as u64 - 1);
         if first && last {
-            self.mem.read_backed(pa, &mut buf[..n]);
+            return self.mem.load(pa, size);
         } else if !first && !last {
             // Wholly outside RAM: one bus access of the natural size.
             bus.mmio_read(pa, &mut buf[..n]);
@@ -45,30 +45,31 @@ impl Cpu {
     }
 
     /// Write physical memory. ROM drops writes; pages with translated code lose their blocks.
+    /// Callers split accesses at 4 KiB boundaries, so one page check covers the whole write.
     pub(crate) fn phys_write(&mut self, bus: &mut dyn CpuBus, pa: u64, size: u8, v: u64) {
         let bytes = v.to_le_bytes();
         let n = size as usize;
-        let first_backed = self.mem.is_backed(pa);
-        let last_backed = self.mem.is_backed(pa + n as u64 - 1);
-        if !first_backed && !last_backed {
+        let last = pa + n as u64 - 1;
+        if (pa ^ last) >> 12 != 0 {
+            // Only page-table updates of misaligned entries get here: split bytewise.
+            for (i, b) in bytes[..n].iter().enumerate() {
+                self.phys_write(bus, pa + i as u64, 1, *b as u64);
+            }
+            return;
+        }
+        if !self.mem.is_backed(pa) || !self.mem.is_backed(last) {
             bus.mmio_write(pa, &bytes[..n]);
             return;
         }
-        for (i, b) in bytes[..n].iter().enumerate() {
-            let a = pa + i as u64;
-            if self.mem.is_backed(a) {
-                if self.mem.is_rom(a) {
-                    continue;
-                }
-                if self.cache.is_code_page(a >> 12) {
-                    self.cache.invalidate_page(a >> 12);
-                    self.smc_hit = true;
-                }
-                self.mem.write_backed(a, std::slice::from_ref(b));
-            } else {
-                bus.mmio_write(a, std::slice::from_ref(b));
-            }
+        if self.mem.is_rom(pa) {
+            return;
         }
+        let page = pa >> 12;
+        if self.cache.is_code_page(page) {
+            self.cache.invalidate_page(page);
+            self.smc_hit = true;
+        }
+        self.mem.store(pa, size, v);
     }
 
     /// Is this access made at user privilege (for page protection)?
@@ -172,7 +173,12 @@ impl Cpu {
     }
 
     /// Read at a linear address with supervisor privilege (descriptor tables, TSS, IDT).
-    pub(crate) fn read_sys(&mut self, bus: &mut dyn CpuBus, lin: u64, size: u8) -> Result<u64, Fault> {
+    pub(crate) fn read_sys(
+        &mut self,
+        bus: &mut dyn CpuBus,
+        lin: u64,
+        size: u8,
+    ) -> Result<u64, Fault> {
         self.read_lin(bus, lin, size, Access::Read, false)
     }
 

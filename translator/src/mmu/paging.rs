@@ -83,7 +83,11 @@ impl Cpu {
     }
 
     fn pte_read(&mut self, bus: &mut dyn CpuBus, addr: u64, wide: bool) -> u64 {
-        if wide { self.phys_read(bus, addr, 8) } else { self.phys_read(bus, addr, 4) }
+        if wide {
+            self.phys_read(bus, addr, 8)
+        } else {
+            self.phys_read(bus, addr, 4)
+        }
     }
 
     fn pte_write(&mut self, bus: &mut dyn CpuBus, addr: u64, wide: bool, v: u64) {
@@ -101,7 +105,8 @@ impl Cpu {
         let long = self.efer & efer::LMA != 0;
         let nxe = self.efer & efer::NXE != 0;
         // Reserved physical-address bits of a 64-bit entry (and NX when NXE is off).
-        let rsvd_hi: u64 = (!((1u64 << MAXPHYADDR) - 1) & 0x7FFF_FFFF_FFFF_FFFF) | if nxe { 0 } else { NX };
+        let rsvd_hi: u64 =
+            (!((1u64 << MAXPHYADDR) - 1) & 0x7FFF_FFFF_FFFF_FFFF) | if nxe { 0 } else { NX };
 
         // (entry address, entry, is wide)
         let mut entries: smallvec::SmallVec<[(u64, u64); 4]> = smallvec::SmallVec::new();

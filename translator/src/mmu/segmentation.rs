@@ -22,7 +22,11 @@ impl Descriptor {
     pub fn limit(&self) -> u32 {
         let r = self.raw;
         let l = ((r & 0xFFFF) | (((r >> 48) & 0xF) << 16)) as u32;
-        if self.attr() & attr::G != 0 { (l << 12) | 0xFFF } else { l }
+        if self.attr() & attr::G != 0 {
+            (l << 12) | 0xFFF
+        } else {
+            l
+        }
     }
     /// Attributes in [`Segment::attr`] layout.
     pub fn attr(&self) -> u16 {
@@ -47,7 +51,12 @@ impl Descriptor {
         (self.attr() & 0xF) as u8
     }
     pub fn to_segment(&self, selector: u16) -> Segment {
-        Segment { selector, base: self.base(), limit: self.limit(), attr: self.attr() }
+        Segment {
+            selector,
+            base: self.base(),
+            limit: self.limit(),
+            attr: self.attr(),
+        }
     }
 }
 
@@ -55,9 +64,21 @@ impl Cpu {
     /// Logical → linear for a data access of `size` bytes at `seg:off`, with limit and (in
     /// protected mode) type checks.
     #[inline]
-    pub(crate) fn seg_lin(&self, seg: usize, off: u64, size: u8, acc: Access) -> Result<u64, Fault> {
+    pub(crate) fn seg_lin(
+        &self,
+        seg: usize,
+        off: u64,
+        size: u8,
+        acc: Access,
+    ) -> Result<u64, Fault> {
         let s = &self.segs[seg];
-        let fault = || if seg == sreg::SS { Fault::ss(0) } else { Fault::gp(0) };
+        let fault = || {
+            if seg == sreg::SS {
+                Fault::ss(0)
+            } else {
+                Fault::gp(0)
+            }
+        };
         if self.long64() {
             let base = if seg >= sreg::FS { s.base } else { 0 };
             let lin = base.wrapping_add(off);
@@ -118,7 +139,12 @@ impl Cpu {
     }
 
     /// Set the accessed bit of a descriptor in memory if it is clear.
-    pub(crate) fn mark_accessed(&mut self, bus: &mut dyn CpuBus, d: &mut Descriptor, addr: u64) -> Result<(), Exit> {
+    pub(crate) fn mark_accessed(
+        &mut self,
+        bus: &mut dyn CpuBus,
+        d: &mut Descriptor,
+        addr: u64,
+    ) -> Result<(), Exit> {
         if d.raw & (1 << 40) == 0 {
             d.raw |= 1 << 40;
             self.write_sys(bus, addr + 5, 1, (d.raw >> 40) & 0xFF)?;
@@ -127,7 +153,12 @@ impl Cpu {
     }
 
     /// MOV/POP/LxS to a data segment register or SS (not CS: far transfers load CS).
-    pub fn load_seg(&mut self, bus: &mut dyn CpuBus, seg: usize, selector: u16) -> Result<(), Exit> {
+    pub fn load_seg(
+        &mut self,
+        bus: &mut dyn CpuBus,
+        seg: usize,
+        selector: u16,
+    ) -> Result<(), Exit> {
         if !self.protected() {
             // Real mode: only selector and base change; the limit and attributes stay, which is
             // what lets "unreal mode" keep 4 GiB limits.
@@ -153,7 +184,12 @@ impl Cpu {
                 return Err(Fault::gp(0).into());
             }
             // A null selector makes the register unusable; using it faults later.
-            self.segs[seg] = Segment { selector, base: 0, limit: 0, attr: 0 };
+            self.segs[seg] = Segment {
+                selector,
+                base: 0,
+                limit: 0,
+                attr: 0,
+            };
             return Ok(());
         }
         let (mut d, addr) = self.fetch_descriptor(bus, selector)?;

@@ -40,18 +40,29 @@ impl Default for Tlb {
 
 impl Tlb {
     pub fn new() -> Self {
-        Tlb { entries: vec![Entry::default(); ENTRIES].into_boxed_slice(), has_large: false }
+        Tlb {
+            entries: vec![Entry::default(); ENTRIES].into_boxed_slice(),
+            has_large: false,
+        }
     }
 
     #[inline]
     pub fn lookup(&self, lpage: u64) -> Option<(u64, u8)> {
         let e = &self.entries[(lpage as usize) & (ENTRIES - 1)];
-        if e.tag == lpage + 1 { Some((e.ppage, e.perm)) } else { None }
+        if e.tag == lpage + 1 {
+            Some((e.ppage, e.perm))
+        } else {
+            None
+        }
     }
 
     pub fn insert(&mut self, lpage: u64, ppage: u64, perm: u8, large: bool) {
         self.has_large |= large;
-        self.entries[(lpage as usize) & (ENTRIES - 1)] = Entry { tag: lpage + 1, ppage, perm };
+        self.entries[(lpage as usize) & (ENTRIES - 1)] = Entry {
+            tag: lpage + 1,
+            ppage,
+            perm,
+        };
     }
 
     pub fn flush_all(&mut self) {
