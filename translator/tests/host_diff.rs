@@ -23,7 +23,10 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 fn env_num(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 struct FormResult {
@@ -58,7 +61,11 @@ fn show(o: &Outcome) -> String {
         let _ = write!(s, "HARNESS ERROR {:#x} ", o.harness_error);
     }
     if o.vector != NO_FAULT {
-        let _ = write!(s, "fault #{} err={:#x} cr2={:#x} eip={:#x} ", o.vector, o.err, o.cr2, o.eip);
+        let _ = write!(
+            s,
+            "fault #{} err={:#x} cr2={:#x} eip={:#x} ",
+            o.vector, o.err, o.cr2, o.eip
+        );
     }
     let names = ["eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi"];
     for (n, v) in names.iter().zip(o.regs) {
@@ -99,18 +106,37 @@ fn compare(n: &Outcome, v: &Outcome, mask: &Mask) -> Option<String> {
             what.push(["eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi"][i].into());
         }
     }
-    let fm = if n.vector != NO_FAULT { generator::COMPARE_FLAGS } else { mask.flags };
+    let fm = if n.vector != NO_FAULT {
+        generator::COMPARE_FLAGS
+    } else {
+        mask.flags
+    };
     if (n.eflags ^ v.eflags) & fm != 0 {
         what.push(format!("eflags({:#x})", (n.eflags ^ v.eflags) & fm));
     }
     if n.ndiff != v.ndiff || n.diff_hash != v.diff_hash {
         what.push("memory".into());
     }
-    if what.is_empty() { None } else { Some(what.join(",")) }
+    if what.is_empty() {
+        None
+    } else {
+        Some(what.join(","))
+    }
 }
 
-fn run_form(form: &Form, cases: usize, seed: u64, h: &native::Harness, vm: &mut vireo::Vireo) -> FormResult {
-    let mut rng = Rng(seed ^ common::splitmix(form.name.bytes().fold(0u64, |a, b| a.wrapping_mul(31).wrapping_add(b as u64))));
+fn run_form(
+    form: &Form,
+    cases: usize,
+    seed: u64,
+    h: &native::Harness,
+    vm: &mut vireo::Vireo,
+) -> FormResult {
+    let mut rng = Rng(seed
+        ^ common::splitmix(
+            form.name
+                .bytes()
+                .fold(0u64, |a, b| a.wrapping_mul(31).wrapping_add(b as u64)),
+        ));
     let t0 = Instant::now();
     let mut list = Vec::with_capacity(cases);
     let mut masks = Vec::with_capacity(cases);
@@ -119,7 +145,16 @@ fn run_form(form: &Form, cases: usize, seed: u64, h: &native::Harness, vm: &mut 
         list.push(c);
         masks.push(m);
     }
-    let mut r = FormResult { name: form.name.clone(), cases, pass: 0, fail: 0, faults: 0, informational: 0, examples: Vec::new(), times: [0.0; 3] };
+    let mut r = FormResult {
+        name: form.name.clone(),
+        cases,
+        pass: 0,
+        fail: 0,
+        faults: 0,
+        informational: 0,
+        examples: Vec::new(),
+        times: [0.0; 3],
+    };
     r.times[0] = t0.elapsed().as_secs_f64();
     for chunk in (0..cases).collect::<Vec<_>>().chunks(20_000) {
         let (lo, hi) = (chunk[0], chunk[chunk.len() - 1] + 1);
@@ -129,13 +164,18 @@ fn run_form(form: &Form, cases: usize, seed: u64, h: &native::Harness, vm: &mut 
         let t2 = Instant::now();
         let mut vo = Vec::with_capacity(hi - lo);
         for c in &list[lo..hi] {
-            vo.push(match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| vm.run(c))) {
-                Ok(v) => v,
-                Err(_) => {
-                    *vm = vireo::Vireo::new();
-                    Outcome { harness_error: 0xBAD, ..Outcome::default() }
-                }
-            });
+            vo.push(
+                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| vm.run(c))) {
+                    Ok(v) => v,
+                    Err(_) => {
+                        *vm = vireo::Vireo::new();
+                        Outcome {
+                            harness_error: 0xBAD,
+                            ..Outcome::default()
+                        }
+                    }
+                },
+            );
         }
         r.times[2] += t2.elapsed().as_secs_f64();
         for (k, n) in nat.iter().enumerate() {
@@ -153,7 +193,11 @@ fn run_form(form: &Form, cases: usize, seed: u64, h: &native::Harness, vm: &mut 
                     } else {
                         r.fail += 1;
                     }
-                    let seen = r.examples.iter().filter(|e| e.starts_with(&format!("  [{what}]"))).count();
+                    let seen = r
+                        .examples
+                        .iter()
+                        .filter(|e| e.starts_with(&format!("  [{what}]")))
+                        .count();
                     if seen < 1 && r.examples.len() < 4 {
                         r.examples.push(format!(
                             "  [{}] {} | bytes {:02x?} | in: {} efl={:08x} seed={:#x} patch@{:#x}={:02x?}\n    native: {}\n    vireo:  {}",
@@ -192,7 +236,10 @@ fn host_cpu_differential() {
     let h = native::Harness::new();
     let next = Mutex::new(0usize);
     let results = Mutex::new(Vec::new());
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(2);
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(2);
     std::thread::scope(|s| {
         for _ in 0..threads {
             s.spawn(|| {
@@ -210,7 +257,12 @@ fn host_cpu_differential() {
                     let t = Instant::now();
                     let r = run_form(&forms[i], cases, seed, &h, &mut vm);
                     if std::env::var_os("VIREO_HOSTDIFF_VERBOSE").is_some() {
-                        eprintln!("{:<40} {:>6.2}s {} fail", forms[i].name, t.elapsed().as_secs_f64(), r.fail);
+                        eprintln!(
+                            "{:<40} {:>6.2}s {} fail",
+                            forms[i].name,
+                            t.elapsed().as_secs_f64(),
+                            r.fail
+                        );
                     }
                     results.lock().unwrap().push((i, r));
                 }
@@ -220,25 +272,40 @@ fn host_cpu_differential() {
     let mut results = results.into_inner().unwrap();
     results.sort_by_key(|(i, _)| *i);
     let mut report = String::new();
-    let _ = writeln!(report, "host CPU: {host}\nseed {seed:#x}, {cases} cases per form\n");
-    let _ = writeln!(report, "{:<40} {:>7} {:>7} {:>6} {:>6} {:>6}", "form", "cases", "pass", "fail", "info", "faults");
+    let _ = writeln!(
+        report,
+        "host CPU: {host}\nseed {seed:#x}, {cases} cases per form\n"
+    );
+    let _ = writeln!(
+        report,
+        "{:<40} {:>7} {:>7} {:>6} {:>6} {:>6}",
+        "form", "cases", "pass", "fail", "info", "faults"
+    );
     let (mut tp, mut tf, mut ti, mut tc) = (0, 0, 0, 0);
     let mut times = [0.0f64; 3];
     let mut failing = Vec::new();
     for (_, r) in &results {
-        let _ = writeln!(report, "{:<40} {:>7} {:>7} {:>6} {:>6} {:>6}", r.name, r.cases, r.pass, r.fail, r.informational, r.faults);
+        let _ = writeln!(
+            report,
+            "{:<40} {:>7} {:>7} {:>6} {:>6} {:>6}",
+            r.name, r.cases, r.pass, r.fail, r.informational, r.faults
+        );
         tp += r.pass;
         tf += r.fail;
         ti += r.informational;
         tc += r.cases;
-        for k in 0..3 {
-            times[k] += r.times[k];
+        for (t, x) in times.iter_mut().zip(r.times) {
+            *t += x;
         }
         if r.fail > 0 || r.informational > 0 {
             failing.push(r);
         }
     }
-    let _ = writeln!(report, "\nTOTAL {} forms, {tc} cases: {tp} pass, {tf} fail, {ti} informational (documented differences)", results.len());
+    let _ = writeln!(
+        report,
+        "\nTOTAL {} forms, {tc} cases: {tp} pass, {tf} fail, {ti} informational (documented differences)",
+        results.len()
+    );
     let _ = writeln!(
         report,
         "time {:.1}s wall; cpu seconds: generate {:.1}, native {:.1}, vireo {:.1}",
@@ -249,7 +316,11 @@ fn host_cpu_differential() {
     );
     let _ = writeln!(report, "\nexamples:");
     for r in &failing {
-        let _ = writeln!(report, "{} ({} fail, {} info):", r.name, r.fail, r.informational);
+        let _ = writeln!(
+            report,
+            "{} ({} fail, {} info):",
+            r.name, r.fail, r.informational
+        );
         for e in &r.examples {
             let _ = writeln!(report, "{e}");
         }
@@ -258,5 +329,8 @@ fn host_cpu_differential() {
     if let Ok(p) = std::env::var("VIREO_HOSTDIFF_REPORT") {
         std::fs::write(p, &report).unwrap();
     }
-    assert_eq!(tf, 0, "{tf} cases differ from the host CPU (see the report above)");
+    assert_eq!(
+        tf, 0,
+        "{tf} cases differ from the host CPU (see the report above)"
+    );
 }

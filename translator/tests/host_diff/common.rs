@@ -163,7 +163,7 @@ impl Rng {
     }
     /// Uniform in `0..n`.
     pub fn below(&mut self, n: u32) -> u32 {
-        ((self.next() >> 32) * n as u64 >> 32) as u32
+        (((self.next() >> 32) * n as u64) >> 32) as u32
     }
     pub fn chance(&mut self, percent: u32) -> bool {
         self.below(100) < percent
@@ -171,7 +171,20 @@ impl Rng {
     /// A 32-bit value biased towards the interesting ones (0, ±1, sign boundaries, small).
     pub fn interesting(&mut self) -> u32 {
         match self.below(10) {
-            0 => [0, 1, 0xFFFF_FFFF, 0x8000_0000, 0x7FFF_FFFF, 0x80, 0x7F, 0xFF, 0x8000, 0x7FFF, 0xFFFF, 0x100][self.below(12) as usize],
+            0 => [
+                0,
+                1,
+                0xFFFF_FFFF,
+                0x8000_0000,
+                0x7FFF_FFFF,
+                0x80,
+                0x7F,
+                0xFF,
+                0x8000,
+                0x7FFF,
+                0xFFFF,
+                0x100,
+            ][self.below(12) as usize],
             1 => self.below(16),
             2 => self.u32() & 0xFF,
             3 => self.u32() & 0xFFFF,

@@ -10,7 +10,10 @@
 //! templates.
 
 use super::common::*;
-use iced_x86::{Code, Decoder, DecoderOptions, Encoder, Instruction, InstructionInfoFactory, MemoryOperand, Register, RepPrefixKind, RflagsBits};
+use iced_x86::{
+    Code, Decoder, DecoderOptions, Encoder, Instruction, InstructionInfoFactory, MemoryOperand,
+    Register, RepPrefixKind, RflagsBits,
+};
 
 /// EFLAGS bits compared: CF PF AF ZF SF TF IF DF OF IOPL NT AC ID (not RF/VM/VIF/VIP).
 pub const COMPARE_FLAGS: u32 = 0x0024_7FD5;
@@ -29,9 +32,23 @@ pub struct Mask {
 pub enum Kind {
     /// `lock`: with a LOCK prefix (on a register destination: #UD). `addr16`: 16-bit
     /// addressing (67h), used for LEA only (a flat 16-bit address cannot reach the area).
-    Generic { code: Code, mem: bool, lock: bool, addr16: bool },
-    Str { code: Code, rep: RepPrefixKind },
-    X87 { op: X87Op, double_pc: bool },
+    Generic {
+        code: Code,
+        mem: bool,
+        lock: bool,
+        addr16: bool,
+    },
+    Str {
+        code: Code,
+        rep: RepPrefixKind,
+    },
+    /// `full_sw`: compare the whole FPU status word; otherwise its exception flags, ES and C1
+    /// are masked out (`and eax, 0xFFFFFD40` after FNSTSW) so only results and C0/C2/C3 count.
+    X87 {
+        op: X87Op,
+        double_pc: bool,
+        full_sw: bool,
+    },
 }
 
 pub struct Form {
@@ -49,31 +66,140 @@ pub enum X87Op {
     Fcompp,
     Fistp32,
     Fstp32,
+    /// FDIV with the quotient stored as an 80-bit value: shows the internal precision.
+    Fdiv80,
 }
 
 const MNEMONICS: &[&str] = &[
-    "add", "adc", "sub", "sbb", "and", "or", "xor", "cmp", "test", "inc", "dec", "neg", "not", "mul", "imul", "div",
-    "idiv", "rol", "ror", "rcl", "rcr", "shl", "sal", "shr", "sar", "shld", "shrd", "bt", "bts", "btr", "btc", "bsf",
-    "bsr", "bswap", "xadd", "cmpxchg", "cmpxchg8b", "lea", "movzx", "movsx", "xchg", "cbw", "cwde", "cdq", "cwd",
-    "daa", "das", "aaa", "aas", "aam", "aad", "push", "pushw", "pushd", "pop", "pushad", "pushaw", "popad", "popaw",
-    "pushfd", "pushfw", "popfd", "popfw", "enterd", "enterw", "leaved", "leavew", "lahf", "sahf", "clc", "stc",
-    "cmc", "cld", "std", "mov", "loop", "loope", "loopne", "jecxz", "jcxz", "call", "retnd", "bound", "salc", "nopd",
-    "nopw", "int3", "into", "int1", "ud2", "cli", "sti", "hlt", "int", "in", "out",
+    "add",
+    "adc",
+    "sub",
+    "sbb",
+    "and",
+    "or",
+    "xor",
+    "cmp",
+    "test",
+    "inc",
+    "dec",
+    "neg",
+    "not",
+    "mul",
+    "imul",
+    "div",
+    "idiv",
+    "rol",
+    "ror",
+    "rcl",
+    "rcr",
+    "shl",
+    "sal",
+    "shr",
+    "sar",
+    "shld",
+    "shrd",
+    "bt",
+    "bts",
+    "btr",
+    "btc",
+    "bsf",
+    "bsr",
+    "bswap",
+    "xadd",
+    "cmpxchg",
+    "cmpxchg8b",
+    "lea",
+    "movzx",
+    "movsx",
+    "xchg",
+    "cbw",
+    "cwde",
+    "cdq",
+    "cwd",
+    "daa",
+    "das",
+    "aaa",
+    "aas",
+    "aam",
+    "aad",
+    "push",
+    "pushw",
+    "pushd",
+    "pop",
+    "pushad",
+    "pushaw",
+    "popad",
+    "popaw",
+    "pushfd",
+    "pushfw",
+    "popfd",
+    "popfw",
+    "enterd",
+    "enterw",
+    "leaved",
+    "leavew",
+    "lahf",
+    "sahf",
+    "clc",
+    "stc",
+    "cmc",
+    "cld",
+    "std",
+    "mov",
+    "loop",
+    "loope",
+    "loopne",
+    "jecxz",
+    "jcxz",
+    "call",
+    "retnd",
+    "bound",
+    "salc",
+    "nopd",
+    "nopw",
+    "int3",
+    "into",
+    "int1",
+    "ud2",
+    "cli",
+    "sti",
+    "hlt",
+    "int",
+    "in",
+    "out",
 ];
 
 /// Mnemonics that take a LOCK prefix with a memory destination.
 const LOCKABLE: &[&str] = &[
-    "add", "adc", "sub", "sbb", "and", "or", "xor", "inc", "dec", "neg", "not", "xchg", "xadd", "cmpxchg", "cmpxchg8b",
-    "bts", "btr", "btc",
+    "add",
+    "adc",
+    "sub",
+    "sbb",
+    "and",
+    "or",
+    "xor",
+    "inc",
+    "dec",
+    "neg",
+    "not",
+    "xchg",
+    "xadd",
+    "cmpxchg",
+    "cmpxchg8b",
+    "bts",
+    "btr",
+    "btc",
 ];
 
 fn is_cc_mnemonic(m: &str) -> bool {
-    const CC: &[&str] = &["o", "no", "b", "ae", "e", "ne", "be", "a", "s", "ns", "p", "np", "l", "ge", "le", "g"];
+    const CC: &[&str] = &[
+        "o", "no", "b", "ae", "e", "ne", "be", "a", "s", "ns", "p", "np", "l", "ge", "le", "g",
+    ];
     for p in ["cmov", "set", "j"] {
-        if let Some(c) = m.strip_prefix(p) {
-            if CC.contains(&c) {
-                return true;
-            }
+        if let Some(c) = m.strip_prefix(p)
+            && CC.contains(&c)
+        {
+            return true;
         }
     }
     false
@@ -112,7 +238,9 @@ fn parse(code: Code) -> Option<(String, Vec<Tok>)> {
             Tok::R(n)
         } else if let Some(n) = p.strip_prefix("imm").and_then(num) {
             Tok::Imm(n)
-        } else if p == "m" || p.starts_with('m') && p[1..].chars().next().is_some_and(|c| c.is_ascii_digit()) {
+        } else if p == "m"
+            || p.starts_with('m') && p[1..].chars().next().is_some_and(|c| c.is_ascii_digit())
+        {
             Tok::M
         } else if p == "1" {
             Tok::One
@@ -144,7 +272,10 @@ fn parse(code: Code) -> Option<(String, Vec<Tok>)> {
         toks.push(t);
         i += 1;
     }
-    if toks.iter().any(|t| matches!(t, Tok::Rm(64) | Tok::R(64) | Tok::Imm(64))) {
+    if toks
+        .iter()
+        .any(|t| matches!(t, Tok::Rm(64) | Tok::R(64) | Tok::Imm(64)))
+    {
         return None;
     }
     Some((m, toks))
@@ -191,45 +322,120 @@ pub fn forms() -> Vec<Form> {
         trial(code).is_some()
     };
     for code in Code::values() {
-        let Some((m, toks)) = parse(code) else { continue };
+        let Some((m, toks)) = parse(code) else {
+            continue;
+        };
         if excluded(code, &m) || !enc_ok(code) {
             continue;
         }
         let has_rm = toks.iter().any(|t| matches!(t, Tok::Rm(_)));
         let has_m = toks.iter().any(|t| matches!(t, Tok::M | Tok::Moffs(_)));
-        let g = |mem, lock, addr16| Kind::Generic { code, mem, lock, addr16 };
+        let g = |mem, lock, addr16| Kind::Generic {
+            code,
+            mem,
+            lock,
+            addr16,
+        };
         if has_rm {
-            v.push(Form { name: format!("{code:?}/reg"), kind: g(false, false, false) });
-            v.push(Form { name: format!("{code:?}/mem"), kind: g(true, false, false) });
+            v.push(Form {
+                name: format!("{code:?}/reg"),
+                kind: g(false, false, false),
+            });
+            v.push(Form {
+                name: format!("{code:?}/mem"),
+                kind: g(true, false, false),
+            });
         } else {
-            v.push(Form { name: format!("{code:?}"), kind: g(has_m, false, false) });
+            v.push(Form {
+                name: format!("{code:?}"),
+                kind: g(has_m, false, false),
+            });
         }
         let first_rm = matches!(toks.first(), Some(Tok::Rm(_)) | Some(Tok::M));
-        if LOCKABLE.contains(&m.as_str()) && first_rm && !matches!(toks.get(1), Some(Tok::One) | Some(Tok::Fixed(Register::CL))) {
-            v.push(Form { name: format!("{code:?}/mem/lock"), kind: g(true, true, false) });
+        if LOCKABLE.contains(&m.as_str())
+            && first_rm
+            && !matches!(toks.get(1), Some(Tok::One) | Some(Tok::Fixed(Register::CL)))
+        {
+            v.push(Form {
+                name: format!("{code:?}/mem/lock"),
+                kind: g(true, true, false),
+            });
             if has_rm && matches!(m.as_str(), "add" | "xchg" | "bts" | "not") {
-                v.push(Form { name: format!("{code:?}/reg/lock"), kind: g(false, true, false) });
+                v.push(Form {
+                    name: format!("{code:?}/reg/lock"),
+                    kind: g(false, true, false),
+                });
             }
         }
         if m == "lea" {
-            v.push(Form { name: format!("{code:?}/addr16"), kind: g(true, false, true) });
+            v.push(Form {
+                name: format!("{code:?}/addr16"),
+                kind: g(true, false, true),
+            });
         }
     }
     use Code::*;
-    for code in [Movsb_m8_m8, Movsw_m16_m16, Movsd_m32_m32, Stosb_m8_AL, Stosw_m16_AX, Stosd_m32_EAX, Lodsb_AL_m8, Lodsw_AX_m16, Lodsd_EAX_m32] {
+    for code in [
+        Movsb_m8_m8,
+        Movsw_m16_m16,
+        Movsd_m32_m32,
+        Stosb_m8_AL,
+        Stosw_m16_AX,
+        Stosd_m32_EAX,
+        Lodsb_AL_m8,
+        Lodsw_AX_m16,
+        Lodsd_EAX_m32,
+    ] {
         for rep in [RepPrefixKind::None, RepPrefixKind::Repe] {
-            v.push(Form { name: format!("{code:?}{}", rep_name(rep)), kind: Kind::Str { code, rep } });
+            v.push(Form {
+                name: format!("{code:?}{}", rep_name(rep)),
+                kind: Kind::Str { code, rep },
+            });
         }
     }
-    for code in [Cmpsb_m8_m8, Cmpsw_m16_m16, Cmpsd_m32_m32, Scasb_AL_m8, Scasw_AX_m16, Scasd_EAX_m32] {
-        for rep in [RepPrefixKind::None, RepPrefixKind::Repe, RepPrefixKind::Repne] {
-            v.push(Form { name: format!("{code:?}{}", rep_name(rep)), kind: Kind::Str { code, rep } });
+    for code in [
+        Cmpsb_m8_m8,
+        Cmpsw_m16_m16,
+        Cmpsd_m32_m32,
+        Scasb_AL_m8,
+        Scasw_AX_m16,
+        Scasd_EAX_m32,
+    ] {
+        for rep in [
+            RepPrefixKind::None,
+            RepPrefixKind::Repe,
+            RepPrefixKind::Repne,
+        ] {
+            v.push(Form {
+                name: format!("{code:?}{}", rep_name(rep)),
+                kind: Kind::Str { code, rep },
+            });
         }
     }
-    for op in [X87Op::Fadd, X87Op::Fsub, X87Op::Fmul, X87Op::Fdiv, X87Op::Fsqrt, X87Op::Fcompp, X87Op::Fistp32, X87Op::Fstp32] {
+    for op in [
+        X87Op::Fadd,
+        X87Op::Fsub,
+        X87Op::Fmul,
+        X87Op::Fdiv,
+        X87Op::Fsqrt,
+        X87Op::Fcompp,
+        X87Op::Fistp32,
+        X87Op::Fstp32,
+        X87Op::Fdiv80,
+    ] {
         for double_pc in [true, false] {
-            let pc = if double_pc { "pc53" } else { "pc64" };
-            v.push(Form { name: format!("x87 {op:?} {pc}"), kind: Kind::X87 { op, double_pc } });
+            for full_sw in [false, true] {
+                let pc = if double_pc { "pc53" } else { "pc64" };
+                let sw = if full_sw { " fullsw" } else { "" };
+                v.push(Form {
+                    name: format!("x87 {op:?} {pc}{sw}"),
+                    kind: Kind::X87 {
+                        op,
+                        double_pc,
+                        full_sw,
+                    },
+                });
+            }
         }
     }
     v
@@ -370,7 +576,11 @@ fn random_eflags(rng: &mut Rng) -> u32 {
 
 fn shift_count(rng: &mut Rng) -> u32 {
     const C: [u32; 14] = [0, 1, 2, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 255];
-    if rng.chance(60) { C[rng.below(14) as usize] } else { rng.below(256) }
+    if rng.chance(60) {
+        C[rng.below(14) as usize]
+    } else {
+        rng.below(256)
+    }
 }
 
 fn set_reg_val(regs: &mut [u32; 8], r: Register, v: u32) {
@@ -399,7 +609,16 @@ fn new_case(rng: &mut Rng) -> Case {
     for r in regs.iter_mut() {
         *r = rng.interesting();
     }
-    Case { regs, eflags: random_eflags(rng), code_len: 0, seed: rng.next(), code: [0; MAX_CODE], patch_off: 0, patch_len: 0, patch: [0; MAX_PATCH] }
+    Case {
+        regs,
+        eflags: random_eflags(rng),
+        code_len: 0,
+        seed: rng.next(),
+        code: [0; MAX_CODE],
+        patch_off: 0,
+        patch_len: 0,
+        patch: [0; MAX_PATCH],
+    }
 }
 
 fn set_code(c: &mut Case, bytes: &[u8]) {
@@ -420,7 +639,11 @@ fn mem_read(c: &Case, addr: u32, n: usize) -> u64 {
     let mut v = 0u64;
     for i in 0..n {
         let off = addr.wrapping_add(i as u32).wrapping_sub(AREA) as usize;
-        let b = if off < AREA_SIZE { initial_byte(c, off) } else { 0 };
+        let b = if off < AREA_SIZE {
+            initial_byte(c, off)
+        } else {
+            0
+        };
         v |= (b as u64) << (8 * i);
     }
     v
@@ -447,9 +670,18 @@ fn stack_ptr(rng: &mut Rng) -> u32 {
 pub fn gen_case(form: &Form, rng: &mut Rng) -> (Case, Mask) {
     for _ in 0..10_000 {
         let r = match &form.kind {
-            Kind::Generic { code, mem, lock, addr16 } => gen_generic(*code, *mem, *lock, *addr16, rng),
+            Kind::Generic {
+                code,
+                mem,
+                lock,
+                addr16,
+            } => gen_generic(*code, *mem, *lock, *addr16, rng),
             Kind::Str { code, rep } => gen_string(*code, *rep, rng),
-            Kind::X87 { op, double_pc } => gen_x87(*op, *double_pc, rng),
+            Kind::X87 {
+                op,
+                double_pc,
+                full_sw,
+            } => gen_x87(*op, *double_pc, *full_sw, rng),
         };
         if let Some(x) = r {
             return x;
@@ -458,7 +690,13 @@ pub fn gen_case(form: &Form, rng: &mut Rng) -> (Case, Mask) {
     panic!("form {} yields no case", form.name)
 }
 
-fn gen_generic(code: Code, mem: bool, lock: bool, addr16: bool, rng: &mut Rng) -> Option<(Case, Mask)> {
+fn gen_generic(
+    code: Code,
+    mem: bool,
+    lock: bool,
+    addr16: bool,
+    rng: &mut Rng,
+) -> Option<(Case, Mask)> {
     let (m, toks) = parse(code)?;
     let mut c = new_case(rng);
     let mut ops = Vec::new();
@@ -495,7 +733,11 @@ fn gen_generic(code: Code, mem: bool, lock: bool, addr16: bool, rng: &mut Rng) -
             used[n] = true;
         }
     }
-    let stack = used[4] || matches!(m.as_str(), "enterd" | "enterw" | "leaved" | "leavew" | "call" | "retnd");
+    let stack = used[4]
+        || matches!(
+            m.as_str(),
+            "enterd" | "enterw" | "leaved" | "leavew" | "call" | "retnd"
+        );
     if stack {
         used[4] = true;
         c.regs[4] = stack_ptr(rng);
@@ -505,16 +747,26 @@ fn gen_generic(code: Code, mem: bool, lock: bool, addr16: bool, rng: &mut Rng) -
         c.regs[5] = stack_ptr(rng);
     }
     // Immediates.
-    let shift = matches!(m.as_str(), "rol" | "ror" | "rcl" | "rcr" | "shl" | "sal" | "shr" | "sar" | "shld" | "shrd");
+    let shift = matches!(
+        m.as_str(),
+        "rol" | "ror" | "rcl" | "rcr" | "shl" | "sal" | "shr" | "sar" | "shld" | "shrd"
+    );
     for (i, t) in toks.iter().enumerate() {
         match *t {
             Tok::Imm(n) => {
                 let v: i32 = if shift || (m.starts_with("bt") && n == 8) {
                     shift_count(rng) as i32
                 } else if m == "aam" || m == "aad" {
-                    [0, 10, 10, 10, 16, 1, 2, 7].get(rng.below(10) as usize).copied().unwrap_or(rng.below(256)) as i32
+                    [0, 10, 10, 10, 16, 1, 2, 7]
+                        .get(rng.below(10) as usize)
+                        .copied()
+                        .unwrap_or(rng.below(256)) as i32
                 } else if m.starts_with("enter") {
-                    if i == 0 { rng.below(0x80) as i32 } else { [0, 1, 2, 3, 4][rng.below(5) as usize] }
+                    if i == 0 {
+                        rng.below(0x80) as i32
+                    } else {
+                        [0, 1, 2, 3, 4][rng.below(5) as usize]
+                    }
                 } else if m == "int" {
                     let v = rng.below(256);
                     // 3/4 are the DPL-3 gates, 0x80 is Linux's system call, 0x40 Vireo's exit.
@@ -542,12 +794,14 @@ fn gen_generic(code: Code, mem: bool, lock: bool, addr16: bool, rng: &mut Rng) -
     }
     // The memory operand.
     let mut mem_addr = None;
-    let mem_tok = toks.iter().position(|t| matches!(t, Tok::M | Tok::Moffs(_)) || (mem && matches!(t, Tok::Rm(_))));
+    let mem_tok = toks
+        .iter()
+        .position(|t| matches!(t, Tok::M | Tok::Moffs(_)) || (mem && matches!(t, Tok::Rm(_))));
     if let Some(i) = mem_tok {
         let size = tmpl.memory_size().size() as u32;
         let bt_reg = m.starts_with("bt") && matches!(toks.get(1), Some(Tok::R(_)));
         let target = if bt_reg {
-            AREA + 0x1000 + (rng.below(16) as u32).wrapping_sub(8)
+            AREA + 0x1000 + rng.below(16).wrapping_sub(8)
         } else if m == "lea" {
             rng.interesting()
         } else {
@@ -555,8 +809,16 @@ fn gen_generic(code: Code, mem: bool, lock: bool, addr16: bool, rng: &mut Rng) -
         };
         let free: Vec<usize> = (0..8).filter(|&n| !used[n]).collect();
         let pick = |rng: &mut Rng, avoid: Option<usize>, no_esp: bool| -> Option<usize> {
-            let cands: Vec<usize> = free.iter().copied().filter(|&n| Some(n) != avoid && !(no_esp && n == 4)).collect();
-            if cands.is_empty() { None } else { Some(cands[rng.below(cands.len() as u32) as usize]) }
+            let cands: Vec<usize> = free
+                .iter()
+                .copied()
+                .filter(|&n| Some(n) != avoid && !(no_esp && n == 4))
+                .collect();
+            if cands.is_empty() {
+                None
+            } else {
+                Some(cands[rng.below(cands.len() as u32) as usize])
+            }
         };
         let moffs = matches!(toks[i], Tok::Moffs(_));
         let shape = if moffs { 0 } else { rng.below(10) };
@@ -569,14 +831,27 @@ fn gen_generic(code: Code, mem: bool, lock: bool, addr16: bool, rng: &mut Rng) -
                 (b, pick(rng, b, true))
             }
         };
-        let scale = if index.is_some() { [1, 2, 4, 8][rng.below(4) as usize] } else { 1 };
+        let scale = if index.is_some() {
+            [1, 2, 4, 8][rng.below(4) as usize]
+        } else {
+            1
+        };
         let disp: u32 = match (rng.below(3), base.is_some() || index.is_some()) {
             (_, false) => target,
             (0, _) => 0,
             (1, _) => rng.u32() as i8 as i32 as u32,
             _ => rng.u32(),
         };
-        let dsize = if moffs || (base.is_none() && index.is_none()) || disp as i32 as i64 != disp as i8 as i64 { 4 } else if disp == 0 { 0 } else { 1 };
+        let dsize = if moffs
+            || (base.is_none() && index.is_none())
+            || disp as i32 as i64 != disp as i8 as i64
+        {
+            4
+        } else if disp == 0 {
+            0
+        } else {
+            1
+        };
         if let Some(x) = index {
             c.regs[x] = rng.interesting();
         }
@@ -587,13 +862,21 @@ fn gen_generic(code: Code, mem: bool, lock: bool, addr16: bool, rng: &mut Rng) -
         } else if index.is_some() {
             disp = target.wrapping_sub(idx_part);
         }
-        let dsize = if base.is_none() && index.is_some() { 4 } else { dsize };
+        let dsize = if base.is_none() && index.is_some() {
+            4
+        } else {
+            dsize
+        };
         let reg = |n: Option<usize>| n.map(|n| reg_of(32, n as u32)).unwrap_or(Register::None);
         let mo = if addr16 {
             let b = [Register::None, Register::BX, Register::BP][rng.below(3) as usize];
             let x = [Register::None, Register::SI, Register::DI][rng.below(3) as usize];
             let d = rng.u32() as u16;
-            let ds = if b == Register::None && x == Register::None { 2 } else { [0, 1, 2][rng.below(3) as usize] };
+            let ds = if b == Register::None && x == Register::None {
+                2
+            } else {
+                [0, 1, 2][rng.below(3) as usize]
+            };
             let d = match ds {
                 0 => 0,
                 1 => d as i8 as i64,
@@ -601,7 +884,13 @@ fn gen_generic(code: Code, mem: bool, lock: bool, addr16: bool, rng: &mut Rng) -
             };
             MemoryOperand::with_base_index_scale_displ_size(b, x, 1, d, ds)
         } else {
-            MemoryOperand::with_base_index_scale_displ_size(reg(base), reg(index), scale, disp as i32 as i64, dsize)
+            MemoryOperand::with_base_index_scale_displ_size(
+                reg(base),
+                reg(index),
+                scale,
+                disp as i32 as i64,
+                dsize,
+            )
         };
         ops[i] = Some(Opnd::M(mo));
         mem_addr = Some((target, size));
@@ -629,7 +918,11 @@ fn gen_generic(code: Code, mem: bool, lock: bool, addr16: bool, rng: &mut Rng) -
     match m.as_str() {
         "div" | "idiv" if rng.chance(75) => {
             let s = op_size * 8;
-            let mask = if s == 32 { u32::MAX as u64 } else { (1u64 << s) - 1 };
+            let mask = if s == 32 {
+                u32::MAX as u64
+            } else {
+                (1u64 << s) - 1
+            };
             let mut d = (rng.interesting() as u64) & mask;
             if d == 0 {
                 d = 1 + rng.below(100) as u64;
@@ -672,12 +965,18 @@ fn gen_generic(code: Code, mem: bool, lock: bool, addr16: bool, rng: &mut Rng) -
                 c.regs[2] = hi as u32;
             }
         }
-        "rol" | "ror" | "rcl" | "rcr" | "shl" | "sal" | "shr" | "sar" | "shld" | "shrd" if regs_ops.contains(&Register::CL) => {
+        "rol" | "ror" | "rcl" | "rcr" | "shl" | "sal" | "shr" | "sar" | "shld" | "shrd"
+            if regs_ops.contains(&Register::CL) =>
+        {
             set_reg_val(&mut c.regs, Register::CL, shift_count(rng));
         }
         "cmpxchg" if rng.chance(50) => {
             let v = dst_val(&c);
-            let acc = match op_size { 1 => Register::AL, 2 => Register::AX, _ => Register::EAX };
+            let acc = match op_size {
+                1 => Register::AL,
+                2 => Register::AX,
+                _ => Register::EAX,
+            };
             set_reg_val(&mut c.regs, acc, v as u32);
         }
         "cmpxchg8b" if rng.chance(50) => {
@@ -703,19 +1002,29 @@ fn gen_generic(code: Code, mem: bool, lock: bool, addr16: bool, rng: &mut Rng) -
             (_, Some((a, s))) => patch(&mut c, a, &[0u8; 4][..s as usize]),
             _ => {}
         },
-        "loop" | "loope" | "loopne" | "jecxz" | "jcxz" => c.regs[1] = [0, 1, 2, 0xFFFF_FFFF, 0x10000][rng.below(5) as usize],
+        "loop" | "loope" | "loopne" | "jecxz" | "jcxz" => {
+            c.regs[1] = [0, 1, 2, 0xFFFF_FFFF, 0x10000][rng.below(5) as usize]
+        }
         _ => {}
     }
     if m == "popfd" || m == "popfw" {
         // No TF (a trap after POPF is not what this form tests).
         let v = rng.u32() & !0x100;
         let sp = c.regs[4];
-        patch(&mut c, sp, &v.to_le_bytes()[..if m == "popfd" { 4 } else { 2 }]);
+        patch(
+            &mut c,
+            sp,
+            &v.to_le_bytes()[..if m == "popfd" { 4 } else { 2 }],
+        );
     }
     // Build and encode.
     let ins = if toks.contains(&Tok::Rel) {
         // A taken branch skips `lea ebp,[ebp+1]`: the outcome shows in EBP.
-        let len = encode(&Instruction::with_branch(code, CODE as u64 + 0x10).ok()?, CODE)?.len() as u64;
+        let len = encode(
+            &Instruction::with_branch(code, CODE as u64 + 0x10).ok()?,
+            CODE,
+        )?
+        .len() as u64;
         Instruction::with_branch(code, CODE as u64 + len + 3).ok()?
     } else {
         make(code, &ops)?
@@ -794,7 +1103,11 @@ fn mask_for(c: &Case, m: &str, ops: &[Opnd], regs_ops: &[Register]) -> Mask {
         }
         _ => {}
     }
-    Mask { flags: COMPARE_FLAGS & !undef, regs, informational: info }
+    Mask {
+        flags: COMPARE_FLAGS & !undef,
+        regs,
+        informational: info,
+    }
 }
 
 fn gen_string(code: Code, rep: RepPrefixKind, rng: &mut Rng) -> Option<(Case, Mask)> {
@@ -823,7 +1136,11 @@ fn gen_string(code: Code, rep: RepPrefixKind, rng: &mut Rng) -> Option<(Case, Ma
     let pos = |rng: &mut Rng| -> u32 {
         if rng.chance(5) {
             // Near an edge: a long REP runs into a guard page.
-            if rng.chance(50) { AREA + rng.below(64) } else { AREA + AREA_SIZE as u32 - rng.below(64) - 1 }
+            if rng.chance(50) {
+                AREA + rng.below(64)
+            } else {
+                AREA + AREA_SIZE as u32 - rng.below(64) - 1
+            }
         } else {
             AREA + 0x100 + rng.below(AREA_SIZE as u32 - 0x200)
         }
@@ -847,7 +1164,10 @@ fn gen_string(code: Code, rep: RepPrefixKind, rng: &mut Rng) -> Option<(Case, Ma
             2 => set_reg_val(&mut c.regs, Register::AX, v),
             _ => c.regs[0] = v,
         }
-        if matches!(code, Code::Cmpsb_m8_m8 | Code::Cmpsw_m16_m16 | Code::Cmpsd_m32_m32) {
+        if matches!(
+            code,
+            Code::Cmpsb_m8_m8 | Code::Cmpsw_m16_m16 | Code::Cmpsd_m32_m32
+        ) {
             let d = c.regs[7];
             let n = MAX_PATCH.min(AREA_SIZE - (d - AREA).min(AREA_SIZE as u32) as usize);
             let mut b = [0u8; MAX_PATCH];
@@ -865,7 +1185,11 @@ fn gen_string(code: Code, rep: RepPrefixKind, rng: &mut Rng) -> Option<(Case, Ma
     let mask = {
         let mut dec = Decoder::with_ip(32, c.code(), CODE as u64, DecoderOptions::NONE);
         let i = dec.decode();
-        Mask { flags: COMPARE_FLAGS & !flags_from_iced(i.rflags_undefined()), regs: 0, informational: false }
+        Mask {
+            flags: COMPARE_FLAGS & !flags_from_iced(i.rflags_undefined()),
+            regs: 0,
+            informational: false,
+        }
     };
     Some((c, mask))
 }
@@ -877,7 +1201,23 @@ fn rand_f64(rng: &mut Rng) -> f64 {
         0 => f64::from_bits(rng.next()),
         1 => (rng.u32() as i32) as f64,
         2 => (rng.u32() as i32) as f64 / (1 + rng.below(1000)) as f64,
-        3 => [0.0, -0.0, 1.0, -1.0, 0.5, 2.5, -2.5, 3.5, f64::INFINITY, f64::NEG_INFINITY, f64::NAN, 1e308, 5e-324, 2147483647.5, -2147483648.5][rng.below(15) as usize],
+        3 => [
+            0.0,
+            -0.0,
+            1.0,
+            -1.0,
+            0.5,
+            2.5,
+            -2.5,
+            3.5,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            f64::NAN,
+            1e308,
+            5e-324,
+            2147483647.5,
+            -2147483648.5,
+        ][rng.below(15) as usize],
         _ => {
             let m = (rng.next() >> 12) | 0x3FF0_0000_0000_0000;
             let e = rng.below(80) as i32 - 40;
@@ -887,7 +1227,7 @@ fn rand_f64(rng: &mut Rng) -> f64 {
     }
 }
 
-fn gen_x87(op: X87Op, double_pc: bool, rng: &mut Rng) -> Option<(Case, Mask)> {
+fn gen_x87(op: X87Op, double_pc: bool, full_sw: bool, rng: &mut Rng) -> Option<(Case, Mask)> {
     use iced_x86::code_asm::*;
     let mut c = new_case(rng);
     let a_val = rand_f64(rng);
@@ -929,12 +1269,32 @@ fn gen_x87(op: X87Op, double_pc: bool, rng: &mut Rng) -> Option<(Case, Mask)> {
             }
             X87Op::Fistp32 => a.fistp(dword_ptr(res))?,
             X87Op::Fstp32 => a.fstp(dword_ptr(res))?,
+            X87Op::Fdiv80 => {
+                a.fld(qword_ptr(base + 8))?;
+                a.fdiv_2(st0, st1)?;
+                a.fstp(tword_ptr(res))?;
+            }
         }
-        a.fnstsw(ax)
+        a.fnstsw(ax)?;
+        if !full_sw {
+            a.and(eax, 0xFFFF_FD40u32 as i32)?;
+        }
+        Ok(())
     };
     asm(&mut a).ok()?;
     let bytes = a.assemble(CODE as u64).ok()?;
     set_code(&mut c, &bytes);
-    // FNSTSW AX: only AX changes; the rest of EAX and the flags are compared too.
-    Some((c, Mask { flags: COMPARE_FLAGS, regs: 0, informational: !double_pc }))
+    // FNSTSW AX: only AX changes; the rest of EAX is compared too. AF after the AND is
+    // undefined. Extended precision (double rounding against Vireo's f64) and the full status
+    // word (exception flags, C1: not modelled by an f64 FPU) are informational.
+    // Fdiv80 stores the 80-bit quotient: it documents Vireo's f64 precision and exponent range.
+    let info = !double_pc || full_sw || matches!(op, X87Op::Fdiv80);
+    Some((
+        c,
+        Mask {
+            flags: COMPARE_FLAGS & !0x10,
+            regs: 0,
+            informational: info,
+        },
+    ))
 }

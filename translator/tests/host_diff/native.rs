@@ -51,7 +51,15 @@ mod sys {
 ///
 /// # Safety
 /// The caller guarantees the call's arguments are valid for system call `n`.
-unsafe fn syscall(n: usize, a1: usize, a2: usize, a3: usize, a4: usize, a5: usize, a6: usize) -> isize {
+unsafe fn syscall(
+    n: usize,
+    a1: usize,
+    a2: usize,
+    a3: usize,
+    a4: usize,
+    a5: usize,
+    a6: usize,
+) -> isize {
     let ret: isize;
     // SAFETY: the `syscall` instruction clobbers only rax (result), rcx and r11; the caller
     // vouches for the arguments.
@@ -65,7 +73,11 @@ unsafe fn syscall(n: usize, a1: usize, a2: usize, a3: usize, a4: usize, a5: usiz
     ret
 }
 
-fn asm_at(bitness: u32, ip: u32, f: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>) -> Vec<u8> {
+fn asm_at(
+    bitness: u32,
+    ip: u32,
+    f: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>,
+) -> Vec<u8> {
     let mut a = CodeAssembler::new(bitness).unwrap();
     f(&mut a).unwrap();
     a.assemble(ip as u64).unwrap()
@@ -134,7 +146,15 @@ impl Harness {
             a.push(RET64 as i32)?;
             a.retf()
         });
-        Harness { pieces: vec![(ENTRY64, entry), (RET64, ret64), (RESTORER, restorer), (PRO32, pro), (EPI32, epi)] }
+        Harness {
+            pieces: vec![
+                (ENTRY64, entry),
+                (RET64, ret64),
+                (RESTORER, restorer),
+                (PRO32, pro),
+                (EPI32, epi),
+            ],
+        }
     }
 }
 
@@ -204,12 +224,28 @@ unsafe fn child(h: &Harness, cases: &[Case], out: *mut Outcome, progress: *mut u
             (AREA, AREA_SIZE, PROT_RW),
             (STATE, 0x1000, PROT_RW),
         ] {
-            let r = syscall(sys::MMAP, addr as usize, len, prot, MAP_PRIVATE_ANON | MAP_FIXED_NOREPLACE, usize::MAX, 0);
+            let r = syscall(
+                sys::MMAP,
+                addr as usize,
+                len,
+                prot,
+                MAP_PRIVATE_ANON | MAP_FIXED_NOREPLACE,
+                usize::MAX,
+                0,
+            );
             if r != addr as isize {
                 exit(100);
             }
         }
-        let alt = syscall(sys::MMAP, 0, 0x10000, PROT_RW, MAP_PRIVATE_ANON, usize::MAX, 0);
+        let alt = syscall(
+            sys::MMAP,
+            0,
+            0x10000,
+            PROT_RW,
+            MAP_PRIVATE_ANON,
+            usize::MAX,
+            0,
+        );
         if alt < 0 {
             exit(101);
         }
@@ -228,7 +264,16 @@ unsafe fn child(h: &Harness, cases: &[Case], out: *mut Outcome, progress: *mut u
             mask: 0,
         };
         for sig in [4usize, 5, 7, 8, 11] {
-            if syscall(sys::RT_SIGACTION, sig, &act as *const KSigaction as usize, 0, 8, 0, 0) != 0 {
+            if syscall(
+                sys::RT_SIGACTION,
+                sig,
+                &act as *const KSigaction as usize,
+                0,
+                8,
+                0,
+                0,
+            ) != 0
+            {
                 exit(103);
             }
         }
@@ -257,8 +302,16 @@ unsafe fn child(h: &Harness, cases: &[Case], out: *mut Outcome, progress: *mut u
             if rec.read_volatile() != 0 {
                 o.signo = rec.read_volatile();
                 o.vector = rec.add(1).read_volatile();
-                o.err = if has_error_code(o.vector) { rec.add(2).read_volatile() } else { 0 };
-                o.cr2 = if o.vector == 14 { rec.add(3).read_volatile() } else { 0 };
+                o.err = if has_error_code(o.vector) {
+                    rec.add(2).read_volatile()
+                } else {
+                    0
+                };
+                o.cr2 = if o.vector == 14 {
+                    rec.add(3).read_volatile()
+                } else {
+                    0
+                };
                 o.eip = rec.add(4).read_volatile();
                 o.eflags = rec.add(5).read_volatile();
                 for k in 0..8 {
@@ -299,7 +352,17 @@ pub fn run_batch(h: &Harness, cases: &[Case]) -> Vec<Outcome> {
         }
         let mut status: i32 = 0;
         // SAFETY: wait for our own child; `status` is a valid out pointer.
-        let r = unsafe { syscall(sys::WAIT4, pid as usize, &mut status as *mut i32 as usize, 0, 0, 0, 0) };
+        let r = unsafe {
+            syscall(
+                sys::WAIT4,
+                pid as usize,
+                &mut status as *mut i32 as usize,
+                0,
+                0,
+                0,
+                0,
+            )
+        };
         assert_eq!(r, pid, "wait4 failed");
         // SAFETY: `progress` is in the shared mapping, written by the child.
         let done = unsafe { progress.read_volatile() } as usize;
@@ -308,7 +371,10 @@ pub fn run_batch(h: &Harness, cases: &[Case]) -> Vec<Outcome> {
             break;
         }
         if status & 0x7F == 0 && (status >> 8) & 0xFF >= 100 {
-            panic!("native child could not set up: exit code {}", (status >> 8) & 0xFF);
+            panic!(
+                "native child could not set up: exit code {}",
+                (status >> 8) & 0xFF
+            );
         }
         // The child died at case start+done: mark it and go on after it.
         let bad = start + done.min(n - start - 1);
@@ -338,7 +404,22 @@ pub fn host_cpu() -> String {
         s.extend_from_slice(&r.to_le_bytes());
     }
     let base_fam = (f.eax >> 8) & 0xF;
-    let fam = if base_fam == 0xF { base_fam + ((f.eax >> 20) & 0xFF) } else { base_fam };
-    let model = ((f.eax >> 4) & 0xF) | if base_fam >= 6 { ((f.eax >> 16) & 0xF) << 4 } else { 0 };
-    format!("{} family {:#x} model {:#x} stepping {}", String::from_utf8_lossy(&s), fam, model, f.eax & 0xF)
+    let fam = if base_fam == 0xF {
+        base_fam + ((f.eax >> 20) & 0xFF)
+    } else {
+        base_fam
+    };
+    let model = ((f.eax >> 4) & 0xF)
+        | if base_fam >= 6 {
+            ((f.eax >> 16) & 0xF) << 4
+        } else {
+            0
+        };
+    format!(
+        "{} family {:#x} model {:#x} stepping {}",
+        String::from_utf8_lossy(&s),
+        fam,
+        model,
+        f.eax & 0xF
+    )
 }

@@ -42,8 +42,16 @@ fn gate(offset: u64, sel: u16, dpl: u8) -> u64 {
     (offset & 0xFFFF) | ((sel as u64) << 16) | (a << 40) | (((offset >> 16) & 0xFFFF) << 48)
 }
 
-const CODE32_3: u16 = attr::P | attr::S | attr::CODE | attr::RW | attr::ACCESSED | attr::DB | attr::G | (3 << attr::DPL_SHIFT);
-const DATA32_3: u16 = attr::P | attr::S | attr::RW | attr::ACCESSED | attr::DB | attr::G | (3 << attr::DPL_SHIFT);
+const CODE32_3: u16 = attr::P
+    | attr::S
+    | attr::CODE
+    | attr::RW
+    | attr::ACCESSED
+    | attr::DB
+    | attr::G
+    | (3 << attr::DPL_SHIFT);
+const DATA32_3: u16 =
+    attr::P | attr::S | attr::RW | attr::ACCESSED | attr::DB | attr::G | (3 << attr::DPL_SHIFT);
 
 impl Vireo {
     pub fn new() -> Self {
@@ -64,8 +72,16 @@ impl Vireo {
             put(m, GDT + i as u64 * 8, &d.to_le_bytes());
         }
         for v in 0..256u64 {
-            let dpl = if v == 3 || v == 4 || v == EXIT_VECTOR as u64 { 3 } else { 0 };
-            put(m, IDT + v * 8, &gate(HANDLERS + v * 4, KCS, dpl).to_le_bytes());
+            let dpl = if v == 3 || v == 4 || v == EXIT_VECTOR as u64 {
+                3
+            } else {
+                0
+            };
+            put(
+                m,
+                IDT + v * 8,
+                &gate(HANDLERS + v * 4, KCS, dpl).to_le_bytes(),
+            );
             put(m, HANDLERS + v * 4, &[0xF4, 0xF4, 0xF4, 0xF4]); // hlt
         }
         put(m, TSS + 4, &(STACK0_TOP as u32).to_le_bytes());
@@ -79,23 +95,47 @@ impl Vireo {
         for page in [CODE, AREA, AREA + 0x1000] {
             put(m, PT + (page as u64 >> 12) * 4, &(page | 7).to_le_bytes());
         }
-        Vireo { cpu: Cpu::new(mem), bus: NullBus }
+        Vireo {
+            cpu: Cpu::new(mem),
+            bus: NullBus,
+        }
     }
 
     fn setup(&mut self, case: &Case) {
         let cpu = &mut self.cpu;
         cpu.reset();
-        let flat = |sel: u16, a: u16| Segment { selector: sel, base: 0, limit: 0xFFFF_FFFF, attr: a };
+        let flat = |sel: u16, a: u16| Segment {
+            selector: sel,
+            base: 0,
+            limit: 0xFFFF_FFFF,
+            attr: a,
+        };
         cpu.segs[sreg::CS] = flat(UCS, CODE32_3);
         for s in [sreg::SS, sreg::DS, sreg::ES] {
             cpu.segs[s] = flat(UDS, DATA32_3);
         }
         for s in [sreg::FS, sreg::GS] {
-            cpu.segs[s] = Segment { selector: 0, base: 0, limit: 0, attr: 0 };
+            cpu.segs[s] = Segment {
+                selector: 0,
+                base: 0,
+                limit: 0,
+                attr: 0,
+            };
         }
-        cpu.gdtr = TableReg { base: GDT, limit: 9 * 8 - 1 };
-        cpu.idtr = TableReg { base: IDT, limit: 256 * 8 - 1 };
-        cpu.tr = Segment { selector: TSS_SEL, base: TSS, limit: 0x67, attr: 0x8B };
+        cpu.gdtr = TableReg {
+            base: GDT,
+            limit: 9 * 8 - 1,
+        };
+        cpu.idtr = TableReg {
+            base: IDT,
+            limit: 256 * 8 - 1,
+        };
+        cpu.tr = Segment {
+            selector: TSS_SEL,
+            base: TSS,
+            limit: 0x67,
+            attr: 0x8B,
+        };
         use translator::state::cr0;
         cpu.cr3 = PD;
         cpu.cr0 = cr0::PE | cr0::MP | cr0::ET | cr0::NE | cr0::WP | cr0::AM | cr0::PG;
