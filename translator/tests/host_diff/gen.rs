@@ -49,6 +49,9 @@ pub enum Kind {
         double_pc: bool,
         full_sw: bool,
     },
+    /// A random sequence of `len` register-only instructions from `pool` (lazy-flag interplay:
+    /// INC/DEC after ADD, ADC after a shift, SETcc/CMOVcc reading flags a few instructions old).
+    Seq { len: u32, pool: std::sync::Arc<Vec<Code>> },
 }
 
 pub struct Form {
@@ -374,6 +377,27 @@ pub fn forms() -> Vec<Form> {
             });
         }
     }
+    // Sequences from the register-only forms of flag-producing and flag-consuming instructions
+    // (XADD is left out: its own forms show its same-register bug).
+    const SEQ_POOL: &[&str] = &[
+        "add", "adc", "sub", "sbb", "cmp", "and", "or", "xor", "test", "inc", "dec", "neg", "not", "rol", "ror",
+        "rcl", "rcr", "shl", "shr", "sar", "bt", "bts", "btr", "btc", "cmc", "clc", "stc", "lahf", "sahf", "xchg",
+        "movzx", "movsx", "lea", "bswap", "imul", "mul", "cbw", "cwde", "cdq", "cwd", "daa", "das", "aaa", "aas",
+        "salc", "bsf", "bsr", "shld", "shrd", "cmpxchg", "mov",
+    ];
+    let mut pool = Vec::new();
+    for code in Code::values() {
+        let Some((m, toks)) = parse(code) else { continue };
+        let reg_only = !toks.iter().any(|t| matches!(t, Tok::M | Tok::Moffs(_) | Tok::Rel));
+        let wanted = SEQ_POOL.contains(&m.as_str()) || (is_cc_mnemonic(&m) && !m.starts_with('j'));
+        if wanted && reg_only && !excluded(code, &m) && build(code, false, &mut Rng(1)).is_some() {
+            pool.push(code);
+        }
+    }
+    let pool = std::sync::Arc::new(pool);
+    for len in [2, 3, 5, 8] {
+        v.push(Form { name: format!("seq{len}"), kind: Kind::Seq { len, pool: pool.clone() } });
+    }
     use Code::*;
     for code in [
         Movsb_m8_m8,
@@ -682,6 +706,7 @@ pub fn gen_case(form: &Form, rng: &mut Rng) -> (Case, Mask) {
                 double_pc,
                 full_sw,
             } => gen_x87(*op, *double_pc, *full_sw, rng),
+            Kind::Seq { len, pool } => gen_seq(*len, pool, rng),
         };
         if let Some(x) = r {
             return x;
@@ -1297,4 +1322,61 @@ fn gen_x87(op: X87Op, double_pc: bool, full_sw: bool, rng: &mut Rng) -> Option<(
             informational: info,
         },
     ))
+}
+
+/// A sequence of register-only instructions. Flags left undefined by one instruction stay masked
+/// until an instruction defines them; an instruction that would read an undefined flag (ADC after
+/// a multi-bit shift's OF... DAA after AND's AF, LAHF) is not picked.
+fn gen_seq(len: u32, pool: &[Code], rng: &mut Rng) -> Option<(Case, Mask)> {
+    let mut c = new_case(rng);
+    let mut bytes = Vec::new();
+    let mut undef = 0u32;
+    let mut n = 0;
+    let mut tries = 0;
+    while n < len {
+        tries += 1;
+        if tries > 1000 {
+            return None;
+        }
+        let code = pool[rng.below(pool.len() as u32) as usize];
+        let Some((one, _)) = gen_generic(code, false, false, false, rng) else { continue };
+        let mut dec = Decoder::with_ip(32, one.code(), CODE as u64, DecoderOptions::NONE);
+        let ins = dec.decode();
+        let read = flags_from_iced(ins.rflags_read());
+        // LAHF/PUSHF-like readers expose every flag; a reader of an undefined flag is skipped.
+        if read & undef != 0 {
+            continue;
+        }
+        // SHLD/SHRD with a 16-bit count above 16 leave the destination undefined: skip them here.
+        if matches!(ins.mnemonic(), iced_x86::Mnemonic::Shld | iced_x86::Mnemonic::Shrd) && ins.op0_register().size() == 2 {
+            continue;
+        }
+        if bytes.len() + one.code().len() > MAX_CODE {
+            break;
+        }
+        let mut defined = flags_from_iced(ins.rflags_written() | ins.rflags_cleared() | ins.rflags_set());
+        // A shift or rotate whose count may be 0 (CL, or an imm8 that is 0 mod 32) leaves the
+        // flags as they were, undefined ones included: it defines nothing for certain.
+        {
+            use iced_x86::{Mnemonic as Mn, OpKind};
+            let shift = matches!(
+                ins.mnemonic(),
+                Mn::Rol | Mn::Ror | Mn::Rcl | Mn::Rcr | Mn::Shl | Mn::Sal | Mn::Shr | Mn::Sar | Mn::Shld | Mn::Shrd
+            );
+            let last = ins.op_count() - 1;
+            let zero_possible = match ins.op_kind(last) {
+                OpKind::Register => ins.op_register(last) == Register::CL,
+                OpKind::Immediate8 => ins.immediate8() & 31 == 0,
+                _ => false,
+            };
+            if shift && zero_possible {
+                defined = 0;
+            }
+        }
+        undef = (undef & !defined) | flags_from_iced(ins.rflags_undefined());
+        bytes.extend_from_slice(one.code());
+        n += 1;
+    }
+    set_code(&mut c, &bytes);
+    Some((c, Mask { flags: COMPARE_FLAGS & !undef, regs: 0, informational: false }))
 }
