@@ -2,7 +2,8 @@
 //!
 //! `cargo run --release --bin sst-runner -- DIR [-v]`: every `*.jsonl.gz` file in DIR is run;
 //! the pass rate per opcode is printed, then the known 80286 differences by reason, and last a
-//! line `N passed, M failed`. Exit status 1 if anything failed.
+//! line `N passed, M failed` (M includes the known differences). Exit status 1 if any failure
+//! is not a documented 80286 difference.
 
 use std::path::PathBuf;
 use translator::conformance::{Runner, SuiteInfo, test_files};
@@ -58,7 +59,9 @@ fn main() -> anyhow::Result<()> {
     }
     let known_total: usize = known.values().sum();
     println!("{} passed, {} failed", pass, fail + known_total);
-    if fail + known_total > 0 {
+    // Documented 286 quirks are failures of the 286 oracle but not regressions: the exit
+    // status (for CI) reports only unexplained failures.
+    if fail > 0 {
         std::process::exit(1);
     }
     Ok(())
