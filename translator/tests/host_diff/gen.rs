@@ -160,6 +160,7 @@ const MNEMONICS: &[&str] = &[
     "salc",
     "nopd",
     "nopw",
+    "jmp",
     "int3",
     "into",
     "int1",
@@ -313,7 +314,12 @@ fn excluded(code: Code, m: &str) -> bool {
         || n.starts_with("Retnw")
         || n.starts_with("Call_rel16")
         || n.starts_with("Call_rm16")
-        || n.starts_with("Call_rm32")
+        || n.starts_with("Jmp_rel16")
+        || n.starts_with("Jmp_rm16")
+        // Far transfers (m16:16, m16:32, ptr16:32): system behaviour, see HOST_DIFF.md.
+        || n.contains("1632")
+        || n.contains("1616")
+        || n.contains("1664")
         // Intel-only or 64-bit only encodings.
         || n.contains("rm64")
 }
@@ -1058,9 +1064,32 @@ fn gen_generic(
     if lock {
         ins.set_has_lock_prefix(true);
     }
+    if mem_addr.is_some() && m != "lea" && rng.chance(10) {
+        // A segment override: ES/SS/DS are the same flat data segment; CS is read-only code
+        // (a write through it is #GP(0)).
+        ins.set_segment_prefix([Register::ES, Register::CS, Register::SS, Register::DS][rng.below(4) as usize]);
+    }
+    if mem_addr.is_some() && rng.chance(10) {
+        // EFLAGS.AC with CR0.AM (Linux sets it): a misaligned access at CPL 3 is #AC(0).
+        c.eflags |= 0x4_0000;
+    }
     let mut bytes = encode(&ins, CODE)?;
     if toks.contains(&Tok::Rel) {
         bytes.extend_from_slice(&[0x8D, 0x6D, 0x01]);
+    }
+    if matches!(m.as_str(), "jmp" | "call") && !toks.contains(&Tok::Rel) {
+        // Indirect near JMP/CALL r/m32: the target is the instruction after it.
+        let next = CODE + bytes.len() as u32;
+        match (&ops[0], mem_addr) {
+            (Opnd::R(r), _) => {
+                if full(*r) == Some(4) && m == "call" {
+                    return None;
+                }
+                set_reg_val(&mut c.regs, *r, next);
+            }
+            (_, Some((a, _))) => patch(&mut c, a, &next.to_le_bytes()),
+            _ => {}
+        }
     }
     if m == "retnd" {
         // Return to the instruction after the RET.

@@ -151,7 +151,7 @@ impl Vireo {
         let n = case.code_len as usize;
         m[c..c + n].copy_from_slice(case.code());
         m[c + n..c + n + 2].copy_from_slice(&[0xCD, EXIT_VECTOR]);
-        cpu.flush_translations();
+        // `reset` dropped every translation and TLB entry, so the new code needs no flush.
         cpu.last_fault = None;
     }
 
