@@ -71,6 +71,15 @@ pub enum X87Op {
     Fstp32,
     /// FDIV with the quotient stored as an 80-bit value: shows the internal precision.
     Fdiv80,
+    Fistp64,
+    Fistp16,
+    Fild32,
+    Fld32,
+    Frndint,
+    Fprem,
+    Fchs,
+    Fxam,
+    Fucompp,
 }
 
 const MNEMONICS: &[&str] = &[
@@ -452,6 +461,15 @@ pub fn forms() -> Vec<Form> {
         X87Op::Fistp32,
         X87Op::Fstp32,
         X87Op::Fdiv80,
+        X87Op::Fistp64,
+        X87Op::Fistp16,
+        X87Op::Fild32,
+        X87Op::Fld32,
+        X87Op::Frndint,
+        X87Op::Fprem,
+        X87Op::Fchs,
+        X87Op::Fxam,
+        X87Op::Fucompp,
     ] {
         for double_pc in [true, false] {
             for full_sw in [false, true] {
@@ -1328,6 +1346,34 @@ fn gen_x87(op: X87Op, double_pc: bool, full_sw: bool, rng: &mut Rng) -> Option<(
                 a.fdiv_2(st0, st1)?;
                 a.fstp(tword_ptr(res))?;
             }
+            X87Op::Fistp64 => a.fistp(qword_ptr(res))?,
+            X87Op::Fistp16 => a.fistp(word_ptr(res))?,
+            X87Op::Fild32 => {
+                a.fild(dword_ptr(base + 8))?;
+                a.fstp(qword_ptr(res))?;
+            }
+            X87Op::Fld32 => {
+                a.fld(dword_ptr(base + 8))?;
+                a.fstp(qword_ptr(res))?;
+            }
+            X87Op::Frndint => {
+                a.frndint()?;
+                a.fstp(qword_ptr(res))?;
+            }
+            X87Op::Fprem => {
+                a.fld(qword_ptr(base + 8))?;
+                a.fprem()?;
+                a.fstp(qword_ptr(res))?;
+            }
+            X87Op::Fchs => {
+                a.fchs()?;
+                a.fstp(qword_ptr(res))?;
+            }
+            X87Op::Fxam => a.fxam()?,
+            X87Op::Fucompp => {
+                a.fld(qword_ptr(base + 8))?;
+                a.fucompp()?;
+            }
         }
         a.fnstsw(ax)?;
         if !full_sw {
@@ -1342,7 +1388,9 @@ fn gen_x87(op: X87Op, double_pc: bool, full_sw: bool, rng: &mut Rng) -> Option<(
     // undefined. Extended precision (double rounding against Vireo's f64) and the full status
     // word (exception flags, C1: not modelled by an f64 FPU) are informational.
     // Fdiv80 stores the 80-bit quotient: it documents Vireo's f64 precision and exponent range.
-    let info = !double_pc || full_sw || matches!(op, X87Op::Fdiv80);
+    // FXAM of an f64 denormal: normal in the 80-bit register, denormal in Vireo's f64.
+    let f64_denormal = matches!(op, X87Op::Fxam) && a_val.is_subnormal();
+    let info = !double_pc || full_sw || matches!(op, X87Op::Fdiv80) || f64_denormal;
     Some((
         c,
         Mask {
