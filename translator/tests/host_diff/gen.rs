@@ -1289,7 +1289,11 @@ fn rand_f64(rng: &mut Rng) -> f64 {
             5e-324,
             2147483647.5,
             -2147483648.5,
-        ][rng.below(15) as usize],
+            // Signalling NaNs (positive and negative, with payloads) and a negative quiet NaN.
+            f64::from_bits(0x7FF0_0000_0000_0001),
+            f64::from_bits(0xFFF4_0000_0000_1234),
+            f64::from_bits(0xFFF8_0000_0000_0000),
+        ][rng.below(18) as usize],
         _ => {
             let m = (rng.next() >> 12) | 0x3FF0_0000_0000_0000;
             let e = rng.below(80) as i32 - 40;
@@ -1390,7 +1394,19 @@ fn gen_x87(op: X87Op, double_pc: bool, full_sw: bool, rng: &mut Rng) -> Option<(
     // Fdiv80 stores the 80-bit quotient: it documents Vireo's f64 precision and exponent range.
     // FXAM of an f64 denormal: normal in the 80-bit register, denormal in Vireo's f64.
     let f64_denormal = matches!(op, X87Op::Fxam) && a_val.is_subnormal();
-    let info = !double_pc || full_sw || matches!(op, X87Op::Fdiv80) || f64_denormal;
+    // A result in the f64 denormal range: even with PC=53 the x87 keeps its 15-bit exponent, rounds
+    // to 53 bits, and FST m64 rounds again to the denormal's precision (double rounding); Vireo
+    // rounds once. Both are "right"; the case is informational.
+    let r = match op {
+        X87Op::Fadd => b_val + a_val,
+        X87Op::Fsub => b_val - a_val,
+        X87Op::Fmul => b_val * a_val,
+        X87Op::Fdiv => b_val / a_val,
+        X87Op::Fsqrt => a_val.sqrt(),
+        _ => 1.0,
+    };
+    let tiny = r.is_subnormal() || (r == 0.0 && a_val != 0.0 && b_val != 0.0 && !matches!(op, X87Op::Fadd | X87Op::Fsub));
+    let info = !double_pc || full_sw || matches!(op, X87Op::Fdiv80) || f64_denormal || tiny;
     Some((
         c,
         Mask {
