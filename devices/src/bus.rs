@@ -405,3 +405,218 @@ fn write_adapted(dev: &mut dyn BusDevice, sizes: AccessSizes, base: u64, offset:
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Records every access it sees and answers reads with `address + byte index` so split
+    /// and merged accesses can be checked byte by byte.
+    struct Probe {
+        sizes: AccessSizes,
+        log: Vec<(char, u64, u64, usize)>,
+        mem: [u8; 16],
+    }
+
+    impl Probe {
+        fn shared(sizes: AccessSizes) -> Arc<Mutex<Probe>> {
+            let mut mem = [0u8; 16];
+            for (i, b) in mem.iter_mut().enumerate() {
+                *b = 0xa0 + i as u8;
+            }
+            Arc::new(Mutex::new(Probe {
+                sizes,
+                log: Vec::new(),
+                mem,
+            }))
+        }
+    }
+
+    impl BusDevice for Probe {
+        fn read(&mut self, at: BusAddress, data: &mut [u8]) {
+            assert!(data.len() >= self.sizes.min.into() && data.len() <= self.sizes.max.into());
+            self.log.push(('r', at.base, at.offset, data.len()));
+            for (i, b) in data.iter_mut().enumerate() {
+                *b = self.mem[(at.offset as usize + i) % 16];
+            }
+        }
+        fn write(&mut self, at: BusAddress, data: &[u8]) {
+            assert!(data.len() >= self.sizes.min.into() && data.len() <= self.sizes.max.into());
+            self.log.push(('w', at.base, at.offset, data.len()));
+            for (i, b) in data.iter().enumerate() {
+                self.mem[(at.offset as usize + i) % 16] = *b;
+            }
+        }
+        fn access_sizes(&self) -> AccessSizes {
+            self.sizes
+        }
+    }
+
+    #[test]
+    fn overlap_error_names_both_devices() {
+        let bus = Bus::new(BusKind::Pio);
+        bus.insert("com1", 0x3f8, 8, Probe::shared(AccessSizes::BYTE))
+            .unwrap();
+        let err = bus
+            .insert("rogue", 0x3fc, 8, Probe::shared(AccessSizes::BYTE))
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("rogue") && text.contains("com1"), "{text}");
+        // Adjacent ranges are fine.
+        bus.insert("next", 0x400, 1, Probe::shared(AccessSizes::BYTE))
+            .unwrap();
+        bus.insert("prev", 0x3f0, 8, Probe::shared(AccessSizes::BYTE))
+            .unwrap();
+    }
+
+    #[test]
+    fn bad_ranges_are_refused() {
+        let pio = Bus::new(BusKind::Pio);
+        assert!(
+            pio.insert("empty", 0x10, 0, Probe::shared(AccessSizes::ANY))
+                .is_err()
+        );
+        assert!(
+            pio.insert("beyond", 0xfffe, 4, Probe::shared(AccessSizes::ANY))
+                .is_err()
+        );
+        pio.insert("last", 0xfffc, 4, Probe::shared(AccessSizes::ANY))
+            .unwrap();
+        let mmio = Bus::new(BusKind::Mmio);
+        assert!(
+            mmio.insert("wrap", u64::MAX - 1, 4, Probe::shared(AccessSizes::ANY))
+                .is_err()
+        );
+        mmio.insert("top", u64::MAX - 3, 4, Probe::shared(AccessSizes::ANY))
+            .unwrap();
+        assert_eq!(mmio.read_value(u64::MAX - 3, 4), 0xa3a2_a1a0);
+    }
+
+    #[test]
+    fn unmapped_reads_all_ones_and_writes_are_dropped() {
+        let bus = Bus::new(BusKind::Mmio);
+        assert_eq!(bus.read_value(0x1000, 8), u64::MAX);
+        bus.write_value(0x1000, 4, 0);
+        let dev = Probe::shared(AccessSizes::ANY);
+        bus.insert("dev", 0x1002, 2, dev.clone()).unwrap();
+        // Two unmapped bytes, the device's two, four unmapped bytes.
+        assert_eq!(bus.read_value(0x1000, 8), 0xffff_ffff_a1a0_ffff);
+        assert_eq!(dev.lock().unwrap().log, vec![('r', 0x1002, 0, 2)]);
+    }
+
+    #[test]
+    fn wide_accesses_are_split_to_the_device_maximum() {
+        let bus = Bus::new(BusKind::Pio);
+        let dev = Probe::shared(AccessSizes::BYTE);
+        bus.insert("uart", 0x3f8, 8, dev.clone()).unwrap();
+        assert_eq!(bus.read_value(0x3f8, 4), 0xa3a2_a1a0);
+        bus.write_value(0x3fa, 2, 0x1234);
+        let log = dev.lock().unwrap().log.clone();
+        assert_eq!(
+            log,
+            vec![
+                ('r', 0x3f8, 0, 1),
+                ('r', 0x3f8, 1, 1),
+                ('r', 0x3f8, 2, 1),
+                ('r', 0x3f8, 3, 1),
+                ('w', 0x3f8, 2, 1),
+                ('w', 0x3f8, 3, 1),
+            ]
+        );
+        assert_eq!(bus.read_value(0x3fa, 2), 0x1234);
+    }
+
+    #[test]
+    fn narrow_accesses_are_widened_with_read_modify_write() {
+        let bus = Bus::new(BusKind::Mmio);
+        let dev = Probe::shared(AccessSizes::new(4, 4));
+        bus.insert("regs", 0x8000, 16, dev.clone()).unwrap();
+        assert_eq!(bus.read_value(0x8005, 1), 0xa5);
+        bus.write_value(0x8006, 2, 0xbeef);
+        assert_eq!(bus.read_value(0x8004, 4), 0xbeef_a5a4);
+        // Eight bytes: two dword accesses.
+        assert_eq!(bus.read_value(0x8008, 8), 0xafae_adac_abaa_a9a8);
+        let log = dev.lock().unwrap().log.clone();
+        assert_eq!(log[0], ('r', 0x8000, 4, 4));
+        assert_eq!(&log[1..3], &[('r', 0x8000, 4, 4), ('w', 0x8000, 4, 4)]);
+        assert_eq!(&log[4..], &[('r', 0x8000, 8, 4), ('r', 0x8000, 12, 4)]);
+    }
+
+    #[test]
+    fn an_access_spanning_two_devices_reaches_both() {
+        let bus = Bus::new(BusKind::Pio);
+        let a = Probe::shared(AccessSizes::ANY);
+        let b = Probe::shared(AccessSizes::ANY);
+        bus.insert("a", 0x100, 2, a.clone()).unwrap();
+        bus.insert("b", 0x102, 2, b.clone()).unwrap();
+        assert_eq!(bus.read_value(0x101, 2), 0xa0a1);
+        assert_eq!(a.lock().unwrap().log, vec![('r', 0x100, 1, 1)]);
+        assert_eq!(b.lock().unwrap().log, vec![('r', 0x102, 0, 1)]);
+    }
+
+    #[test]
+    fn odd_lengths_split_into_supported_sizes() {
+        let bus = Bus::new(BusKind::Mmio);
+        let dev = Probe::shared(AccessSizes::new(1, 4));
+        bus.insert("dev", 0, 16, dev.clone()).unwrap();
+        let mut seven = [0u8; 7];
+        bus.read(0, &mut seven);
+        assert_eq!(seven, [0xa0, 0xa1, 0xa2, 0xa3, 0xa4, 0xa5, 0xa6]);
+        let sizes: Vec<usize> = dev.lock().unwrap().log.iter().map(|e| e.3).collect();
+        assert_eq!(sizes, vec![4, 2, 1]);
+    }
+
+    #[test]
+    fn ranges_move_and_report_where_they_are() {
+        let bus = Bus::new(BusKind::Mmio);
+        let dev = Probe::shared(AccessSizes::ANY);
+        bus.insert("bar0", 0xfebf_0000, 16, dev.clone()).unwrap();
+        bus.insert("other", 0xfec0_0000, 16, Probe::shared(AccessSizes::ANY))
+            .unwrap();
+        assert!(matches!(
+            bus.move_range(0xfebf_0000, 0xfec0_0008),
+            Err(BusError::Overlap { .. })
+        ));
+        assert_eq!(bus.read_value(0xfebf_0000, 1), 0xa0);
+        bus.move_range(0xfebf_0000, 0xe000_0000).unwrap();
+        assert_eq!(bus.read_value(0xfebf_0000, 1), 0xff);
+        assert_eq!(bus.read_value(0xe000_0004, 1), 0xa4);
+        assert_eq!(
+            dev.lock().unwrap().log.last(),
+            Some(&('r', 0xe000_0000, 4, 1))
+        );
+        let names: Vec<String> = bus.ranges().iter().map(|r| r.0.to_string()).collect();
+        assert_eq!(names, vec!["bar0", "other"]);
+        bus.remove(0xe000_0000).unwrap();
+        assert_eq!(bus.read_value(0xe000_0004, 1), 0xff);
+        assert_eq!(
+            bus.remove(0xe000_0000).err(),
+            Some(BusError::NotRegistered(0xe000_0000))
+        );
+    }
+
+    /// A device that relocates itself while handling an access, as a PCI BAR write does.
+    struct SelfMover {
+        bus: Arc<Bus>,
+    }
+
+    impl BusDevice for SelfMover {
+        fn read(&mut self, _at: BusAddress, data: &mut [u8]) {
+            data.fill(0x42);
+        }
+        fn write(&mut self, at: BusAddress, data: &[u8]) {
+            let to = u64::from(data[0]) << 8;
+            self.bus.move_range(at.base, to).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_device_may_reprogram_the_bus_during_an_access() {
+        let bus = Arc::new(Bus::new(BusKind::Pio));
+        let dev = Arc::new(Mutex::new(SelfMover { bus: bus.clone() }));
+        bus.insert("mover", 0x100, 1, dev).unwrap();
+        bus.write_value(0x100, 1, 0x20);
+        assert_eq!(bus.read_value(0x2000, 1), 0x42);
+        assert_eq!(bus.read_value(0x100, 1), 0xff);
+    }
+}

@@ -13,11 +13,16 @@ pub mod irq;
 pub mod snapshot;
 pub mod system;
 
+pub mod acpi;
+pub mod block;
+pub mod chipset;
 pub mod debug;
+pub mod display;
 pub mod firmware;
 pub mod input;
 pub mod interrupt;
 pub mod pci;
 pub mod rtc;
 pub mod serial;
+pub mod storage;
 pub mod timer;

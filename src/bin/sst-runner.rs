@@ -30,15 +30,27 @@ fn main() -> anyhow::Result<()> {
         let r = runner.run_file(&f, &info)?;
         let k: usize = r.known.values().sum();
         let total = r.pass + r.fail + k;
-        let pct = if total > 0 { 100.0 * r.pass as f64 / total as f64 } else { 100.0 };
+        let pct = if total > 0 {
+            100.0 * r.pass as f64 / total as f64
+        } else {
+            100.0
+        };
         println!(
             "{:<6} {:>5}/{:<5} {:6.2}%{}{}",
             r.key,
             r.pass,
             total,
             pct,
-            if r.fail > 0 { format!("  FAIL {}", r.fail) } else { String::new() },
-            if k > 0 { format!("  known-286 {k}") } else { String::new() }
+            if r.fail > 0 {
+                format!("  FAIL {}", r.fail)
+            } else {
+                String::new()
+            },
+            if k > 0 {
+                format!("  known-286 {k}")
+            } else {
+                String::new()
+            }
         );
         if verbose {
             for s in &r.samples {
@@ -52,7 +64,9 @@ fn main() -> anyhow::Result<()> {
         fail += r.fail;
     }
     if !known.is_empty() {
-        println!("known 80286 differences (counted as failures of the 286 oracle, see translator/KNOWN_286_DIFFERENCES.md):");
+        println!(
+            "known 80286 differences (counted as failures of the 286 oracle, see translator/KNOWN_286_DIFFERENCES.md):"
+        );
         for (reason, n) in &known {
             println!("  {n:>6}  {reason}");
         }

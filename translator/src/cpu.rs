@@ -54,6 +54,8 @@ pub struct Cpu {
     pub halted: bool,
     /// Interrupts are inhibited for one instruction (after STI, MOV SS, POP SS).
     pub(crate) irq_shadow: bool,
+    /// An NMI handler is running: further NMIs wait for the next IRET.
+    pub(crate) nmi_blocked: bool,
     /// A store hit a page with translated code: the running block must stop after this op.
     pub(crate) smc_hit: bool,
     /// Set by mode-changing instructions: the block cache key changes, stop the block.
@@ -96,6 +98,7 @@ impl Cpu {
             max_insn_len: 15,
             halted: false,
             irq_shadow: false,
+            nmi_blocked: false,
             smc_hit: false,
             block_break: false,
             cache: BlockCache::new(),
@@ -155,6 +158,7 @@ impl Cpu {
         self.cpl = 0;
         self.halted = false;
         self.irq_shadow = false;
+        self.nmi_blocked = false;
         self.delivering = None;
         self.last_fault = None;
         self.flush_translations();

@@ -195,3 +195,31 @@ fn instruction_longer_than_15_bytes_is_gp() {
     assert_eq!(cpu.run(&mut bus, 1000), RunExit::Halted);
     assert_eq!(bus.out, vec![13]);
 }
+
+#[test]
+fn nmi_is_blocked_until_iret() {
+    // The NMI handler (vector 2) reports 2 and IRETs; a second NMI raised while it runs must
+    // wait for that IRET instead of nesting.
+    let mut cpu = real_machine(|a| {
+        a.cli()?;
+        a.hlt()?;
+        out_ax(a, 9)?;
+        a.hlt()
+    });
+    let mut bus = IrqBus::default();
+    assert_eq!(cpu.run(&mut bus, 1000), RunExit::Halted);
+    bus.nmi = true;
+    // Delivery plus the handler's first instruction: one frame on the stack.
+    assert_eq!(cpu.run(&mut bus, 1), RunExit::Budget);
+    assert_eq!(cpu.regs[4], 0x8000 - 6);
+    bus.nmi = true;
+    assert_eq!(cpu.run(&mut bus, 1), RunExit::Budget);
+    assert_eq!(
+        cpu.regs[4],
+        0x8000 - 6,
+        "a second NMI nested inside the handler"
+    );
+    assert_eq!(cpu.run(&mut bus, 1000), RunExit::Halted);
+    // The first handler, then the held NMI right after its IRET, then the main line.
+    assert_eq!(bus.out, vec![2, 2, 9]);
+}

@@ -1,0 +1,3 @@
+//! ACPI hardware: power management registers.
+
+pub mod piix4_pm;

@@ -1,0 +1,5 @@
+//! Display adapters.
+
+pub mod text;
+pub mod vbe;
+pub mod vga;

@@ -1,0 +1,240 @@
+//! The PC's legacy devices at their ISA addresses, wired to the 8259 pair.
+//!
+//! This is the device half of the `pc` board: what a standalone machine, the benchmark and the
+//! random-access test all need. The port map and IRQs are the PC/AT's (and QEMU's `pc`):
+//!
+//! | ports | device | IRQ |
+//! |---|---|---|
+//! | 0x20, 0xA0, 0x4D0 | 8259A pair + ELCR | — |
+//! | 0x40–0x43, 0x61 | 8254 PIT, port B | 0 |
+//! | 0x60, 0x64 | 8042 | 1, 12 |
+//! | 0x70–0x71 | MC146818 RTC/CMOS | 8 |
+//! | 0x80 | POST code | — |
+//! | 0xE9, 0x402 | debug console | — |
+//! | 0xF4 | test exit | — |
+//! | 0x3F8–0x3FF | 16550A (COM1) | 4 |
+//! | 0x510, 0x514 | fw_cfg | — |
+//! | 0xCF8–0xCFF | PCI configuration mechanism #1, reset control 0xCF9 | — |
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use devices::bus::{Bus, BusError, BusKind};
+use devices::chardev::CharSink;
+use devices::clock::Clock;
+use devices::debug::debugcon::{DEBUGCON_PORT, Debugcon, SEABIOS_DEBUG_PORT};
+use devices::debug::exit_port::{EXIT_PORT, ExitPort};
+use devices::debug::post_code::{POST_CODE_PORT, PostCode};
+use devices::firmware::fw_cfg::{
+    FW_CFG_CTL_LEN, FW_CFG_DMA_IO_BASE, FW_CFG_DMA_LEN, FW_CFG_IO_BASE, FwCfg, FwCfgError,
+};
+use devices::guest_memory::GuestMemory;
+use devices::input::i8042::{DATA_PORT, I8042, STATUS_PORT};
+use devices::interrupt::pic8259::PicPair;
+use devices::pci::PciError;
+use devices::pci::config_io::{CONFIG_IO_BASE, CONFIG_IO_LEN, PciConfigIo};
+use devices::pci::i440fx::{I440FX_BDF, I440fx};
+use devices::pci::piix3::{NUM_ISA_IRQS, PIIX3_BDF, Piix3, PirqRouter};
+use devices::pci::root::PciRoot;
+use devices::rtc::mc146818::{self, Mc146818};
+use devices::serial::uart16550::{COM1_BASE, UART_PORT_COUNT, Uart16550};
+use devices::snapshot::{self, Snapshot, SnapshotError};
+use devices::system::SystemSignals;
+use devices::timer::pit8254::{PIT_BASE, PORT_B_BASE, Pit8254};
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum PcError {
+    #[error("wiring the port bus: {0}")]
+    Bus(#[from] BusError),
+    #[error("building PCI: {0}")]
+    Pci(#[from] PciError),
+    #[error("configuring fw_cfg: {0}")]
+    FwCfg(#[from] FwCfgError),
+    #[error("restoring {device}: {source}")]
+    Restore {
+        device: &'static str,
+        source: SnapshotError,
+    },
+}
+
+/// What the legacy devices are told about the machine.
+pub struct PcConfig {
+    pub ram_below_4g: u64,
+    pub ram_above_4g: u64,
+    pub cpus: u16,
+    /// The RTC's starting time, seconds since the Unix epoch.
+    pub rtc_base_unix_secs: i64,
+    /// Where COM1's transmitted bytes go.
+    pub serial: Box<dyn CharSink>,
+    /// Where the debug console's bytes go (0xE9 and 0x402).
+    pub debugcon: Box<dyn Write + Send>,
+}
+
+/// The legacy devices on one port bus. Fields are public: a board reaches into the devices it
+/// needs (the PIC for INTR, the UART for host input, the 8042 for key presses).
+pub struct PcDevices {
+    pub clock: Clock,
+    pub pio: Arc<Bus>,
+    pub mmio: Arc<Bus>,
+    pub signals: Arc<SystemSignals>,
+    pub pic: Arc<Mutex<PicPair>>,
+    pub pit: Arc<Mutex<Pit8254>>,
+    pub rtc: Arc<Mutex<Mc146818>>,
+    pub i8042: Arc<Mutex<I8042>>,
+    pub com1: Arc<Mutex<Uart16550>>,
+    pub pci: PciRoot,
+    pub host_bridge: Arc<Mutex<I440fx>>,
+    pub fw_cfg: Arc<Mutex<FwCfg>>,
+    pub post: Arc<Mutex<PostCode>>,
+    pub debugcon: Arc<Mutex<Debugcon>>,
+    pub exit: Arc<Mutex<ExitPort>>,
+}
+
+impl PcDevices {
+    pub fn new(config: PcConfig, memory: Arc<dyn GuestMemory>) -> Result<PcDevices, PcError> {
+        let clock = Clock::new(0);
+        let pio = Arc::new(Bus::new(BusKind::Pio));
+        let mmio = Arc::new(Bus::new(BusKind::Mmio));
+        let signals = Arc::new(SystemSignals::new());
+
+        let pic = PicPair::new_shared();
+        PicPair::register(&pic, &pio)?;
+        let irq = |n: u8| PicPair::input(&pic, n);
+
+        let pit = Pit8254::new_shared(&clock, irq(0));
+        pio.insert("pit", PIT_BASE, 4, pit.clone())?;
+        pio.insert("port-b", PORT_B_BASE, 1, pit.clone())?;
+
+        let rtc = Mc146818::new_shared(&clock, irq(mc146818::IRQ), config.rtc_base_unix_secs);
+        {
+            let mut rtc = rtc.lock().unwrap_or_else(|e| e.into_inner());
+            rtc.set_memory_size(config.ram_below_4g, config.ram_above_4g);
+            rtc.set_cpu_count(u32::from(config.cpus));
+        }
+        pio.insert(
+            "rtc",
+            mc146818::PORT_BASE,
+            mc146818::PORT_COUNT,
+            rtc.clone(),
+        )?;
+
+        let i8042 = Arc::new(Mutex::new(I8042::new(irq(1), irq(12), signals.clone())));
+        pio.insert("i8042-data", DATA_PORT, 1, i8042.clone())?;
+        pio.insert("i8042-cmd", STATUS_PORT, 1, i8042.clone())?;
+
+        let com1 = Uart16550::new_shared(&clock, irq(4), config.serial);
+        pio.insert("com1", COM1_BASE, UART_PORT_COUNT, com1.clone())?;
+
+        let mut fw = FwCfg::new(memory);
+        fw.set_ram_size(config.ram_below_4g + config.ram_above_4g);
+        fw.set_cpu_count(config.cpus, config.cpus)?;
+        let fw_cfg = Arc::new(Mutex::new(fw));
+        pio.insert("fw_cfg", FW_CFG_IO_BASE, FW_CFG_CTL_LEN, fw_cfg.clone())?;
+        pio.insert(
+            "fw_cfg-dma",
+            FW_CFG_DMA_IO_BASE,
+            FW_CFG_DMA_LEN,
+            fw_cfg.clone(),
+        )?;
+
+        // PCI INTx reaches the 8259 through the PIIX3's PIRQ routing registers.
+        let isa_irqs = (0..NUM_ISA_IRQS as u8).map(irq).collect();
+        let router = PirqRouter::new(isa_irqs)?;
+        let pci = PciRoot::new(pio.clone(), mmio.clone(), router.clone());
+        let host_bridge = pci.add(I440FX_BDF, I440fx::new())?;
+        pci.add(PIIX3_BDF, Piix3::new(router))?;
+        let config_io = PciConfigIo::new(pci.clone(), signals.clone());
+        pio.insert(
+            "pci-config",
+            CONFIG_IO_BASE,
+            CONFIG_IO_LEN,
+            Arc::new(Mutex::new(config_io)),
+        )?;
+
+        let post = Arc::new(Mutex::new(PostCode::new()));
+        pio.insert("post", POST_CODE_PORT, 1, post.clone())?;
+        let debugcon = Arc::new(Mutex::new(Debugcon::new(config.debugcon)));
+        pio.insert("debugcon", DEBUGCON_PORT, 1, debugcon.clone())?;
+        pio.insert("debugcon-seabios", SEABIOS_DEBUG_PORT, 1, debugcon.clone())?;
+        let exit = Arc::new(Mutex::new(ExitPort::new(signals.clone())));
+        pio.insert("test-exit", EXIT_PORT, 1, exit.clone())?;
+
+        Ok(PcDevices {
+            clock,
+            pio,
+            mmio,
+            signals,
+            pic,
+            pit,
+            rtc,
+            i8042,
+            com1,
+            pci,
+            host_bridge,
+            fw_cfg,
+            post,
+            debugcon,
+            exit,
+        })
+    }
+
+    /// Every device with state, by a stable name, for whole-set save and restore.
+    fn stateful(&self) -> Vec<(&'static str, Arc<Mutex<dyn SnapshotDevice>>)> {
+        vec![
+            ("pic", self.pic.clone()),
+            ("pit", self.pit.clone()),
+            ("rtc", self.rtc.clone()),
+            ("i8042", self.i8042.clone()),
+            ("com1", self.com1.clone()),
+            ("fw_cfg", self.fw_cfg.clone()),
+            ("post", self.post.clone()),
+            ("debugcon", self.debugcon.clone()),
+            ("test-exit", self.exit.clone()),
+        ]
+    }
+
+    /// Each device's state blob, in a fixed order.
+    pub fn save_all(&self) -> Vec<(&'static str, Vec<u8>)> {
+        let mut blobs: Vec<_> = self
+            .stateful()
+            .into_iter()
+            .map(|(name, dev)| {
+                let dev = dev.lock().unwrap_or_else(|e| e.into_inner());
+                (name, snapshot::save(&*dev))
+            })
+            .collect();
+        blobs.push(("pci", snapshot::save(&self.pci)));
+        blobs
+    }
+
+    /// Restore every device from blobs made by [`PcDevices::save_all`].
+    pub fn restore_all(&self, blobs: &[(&'static str, Vec<u8>)]) -> Result<(), PcError> {
+        for (name, dev) in self.stateful() {
+            let blob = blobs
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, b)| b.as_slice())
+                .unwrap_or(&[]);
+            let mut dev = dev.lock().unwrap_or_else(|e| e.into_inner());
+            snapshot::restore(&mut *dev, blob).map_err(|source| PcError::Restore {
+                device: name,
+                source,
+            })?;
+        }
+        let blob = blobs
+            .iter()
+            .find(|(n, _)| *n == "pci")
+            .map(|(_, b)| b.as_slice())
+            .unwrap_or(&[]);
+        let mut pci = self.pci.clone();
+        snapshot::restore(&mut pci, blob).map_err(|source| PcError::Restore {
+            device: "pci",
+            source,
+        })
+    }
+}
+
+/// A device that both sits on the bus and snapshots (every device here).
+pub trait SnapshotDevice: Snapshot + Send {}
+impl<T: Snapshot + Send> SnapshotDevice for T {}
