@@ -195,16 +195,27 @@ fn run_form(
                         r.informational += 1;
                     } else {
                         r.fail += 1;
-                        let vec_name = |x: u32| if x == NO_FAULT { "-".to_string() } else { format!("#{x}") };
+                        let vec_name = |x: u32| {
+                            if x == NO_FAULT {
+                                "-".to_string()
+                            } else {
+                                format!("#{x}")
+                            }
+                        };
                         // The kind: a different exception, or which parts differ (registers
                         // lumped together, the EFLAGS bits dropped) under the same outcome.
                         let key = if n.vector != v.vector {
-                            format!("exception: host {} / vireo {}", vec_name(n.vector), vec_name(v.vector))
+                            format!(
+                                "exception: host {} / vireo {}",
+                                vec_name(n.vector),
+                                vec_name(v.vector)
+                            )
                         } else {
                             let mut parts: Vec<&str> = what
                                 .split(',')
                                 .map(|p| match p {
-                                    "eax" | "ecx" | "edx" | "ebx" | "esp" | "ebp" | "esi" | "edi" => "registers",
+                                    "eax" | "ecx" | "edx" | "ebx" | "esp" | "ebp" | "esi"
+                                    | "edi" => "registers",
                                     p if p.starts_with("eflags") => "eflags",
                                     p => p,
                                 })
@@ -350,19 +361,28 @@ fn host_cpu_differential() {
         times[1],
         times[2]
     );
-    let mut kinds: std::collections::BTreeMap<String, (usize, usize, String, String)> = Default::default();
+    let mut kinds: std::collections::BTreeMap<String, (usize, usize, String, String)> =
+        Default::default();
     for (_, r) in &results {
         for (k, (n, form, ex)) in &r.kinds {
-            let e = kinds.entry(k.clone()).or_insert_with(|| (0, 0, form.clone(), ex.clone()));
+            let e = kinds
+                .entry(k.clone())
+                .or_insert_with(|| (0, 0, form.clone(), ex.clone()));
             e.0 += n;
             e.1 += 1;
         }
     }
     let mut kinds: Vec<_> = kinds.into_iter().collect();
     kinds.sort_by_key(|k| std::cmp::Reverse(k.1.0));
-    let _ = writeln!(report, "\nfailing cases by kind of difference (cases, forms, first example):");
+    let _ = writeln!(
+        report,
+        "\nfailing cases by kind of difference (cases, forms, first example):"
+    );
     for (k, (n, forms_n, form, ex)) in &kinds {
-        let _ = writeln!(report, "{n:>7} cases in {forms_n:>3} forms  {k}\n    e.g. {form}: {ex}");
+        let _ = writeln!(
+            report,
+            "{n:>7} cases in {forms_n:>3} forms  {k}\n    e.g. {form}: {ex}"
+        );
     }
     let _ = writeln!(report, "\nexamples:");
     for r in &failing {

@@ -51,7 +51,10 @@ pub enum Kind {
     },
     /// A random sequence of `len` register-only instructions from `pool` (lazy-flag interplay:
     /// INC/DEC after ADD, ADC after a shift, SETcc/CMOVcc reading flags a few instructions old).
-    Seq { len: u32, pool: std::sync::Arc<Vec<Code>> },
+    Seq {
+        len: u32,
+        pool: std::sync::Arc<Vec<Code>>,
+    },
 }
 
 pub struct Form {
@@ -395,15 +398,20 @@ pub fn forms() -> Vec<Form> {
     // Sequences from the register-only forms of flag-producing and flag-consuming instructions
     // (XADD is left out: its own forms show its same-register bug).
     const SEQ_POOL: &[&str] = &[
-        "add", "adc", "sub", "sbb", "cmp", "and", "or", "xor", "test", "inc", "dec", "neg", "not", "rol", "ror",
-        "rcl", "rcr", "shl", "shr", "sar", "bt", "bts", "btr", "btc", "cmc", "clc", "stc", "lahf", "sahf", "xchg",
-        "movzx", "movsx", "lea", "bswap", "imul", "mul", "cbw", "cwde", "cdq", "cwd", "daa", "das", "aaa", "aas",
-        "salc", "bsf", "bsr", "shld", "shrd", "cmpxchg", "mov",
+        "add", "adc", "sub", "sbb", "cmp", "and", "or", "xor", "test", "inc", "dec", "neg", "not",
+        "rol", "ror", "rcl", "rcr", "shl", "shr", "sar", "bt", "bts", "btr", "btc", "cmc", "clc",
+        "stc", "lahf", "sahf", "xchg", "movzx", "movsx", "lea", "bswap", "imul", "mul", "cbw",
+        "cwde", "cdq", "cwd", "daa", "das", "aaa", "aas", "salc", "bsf", "bsr", "shld", "shrd",
+        "cmpxchg", "mov",
     ];
     let mut pool = Vec::new();
     for code in Code::values() {
-        let Some((m, toks)) = parse(code) else { continue };
-        let reg_only = !toks.iter().any(|t| matches!(t, Tok::M | Tok::Moffs(_) | Tok::Rel));
+        let Some((m, toks)) = parse(code) else {
+            continue;
+        };
+        let reg_only = !toks
+            .iter()
+            .any(|t| matches!(t, Tok::M | Tok::Moffs(_) | Tok::Rel));
         let wanted = SEQ_POOL.contains(&m.as_str()) || (is_cc_mnemonic(&m) && !m.starts_with('j'));
         if wanted && reg_only && !excluded(code, &m) && build(code, false, &mut Rng(1)).is_some() {
             pool.push(code);
@@ -411,7 +419,13 @@ pub fn forms() -> Vec<Form> {
     }
     let pool = std::sync::Arc::new(pool);
     for len in [2, 3, 5, 8] {
-        v.push(Form { name: format!("seq{len}"), kind: Kind::Seq { len, pool: pool.clone() } });
+        v.push(Form {
+            name: format!("seq{len}"),
+            kind: Kind::Seq {
+                len,
+                pool: pool.clone(),
+            },
+        });
     }
     use Code::*;
     for code in [
@@ -1085,7 +1099,9 @@ fn gen_generic(
     if mem_addr.is_some() && m != "lea" && rng.chance(10) {
         // A segment override: ES/SS/DS are the same flat data segment; CS is read-only code
         // (a write through it is #GP(0)).
-        ins.set_segment_prefix([Register::ES, Register::CS, Register::SS, Register::DS][rng.below(4) as usize]);
+        ins.set_segment_prefix(
+            [Register::ES, Register::CS, Register::SS, Register::DS][rng.below(4) as usize],
+        );
     }
     if mem_addr.is_some() && rng.chance(10) {
         // EFLAGS.AC with CR0.AM (Linux sets it): a misaligned access at CPL 3 is #AC(0).
@@ -1405,7 +1421,8 @@ fn gen_x87(op: X87Op, double_pc: bool, full_sw: bool, rng: &mut Rng) -> Option<(
         X87Op::Fsqrt => a_val.sqrt(),
         _ => 1.0,
     };
-    let tiny = r.is_subnormal() || (r == 0.0 && a_val != 0.0 && b_val != 0.0 && !matches!(op, X87Op::Fadd | X87Op::Fsub));
+    let tiny = r.is_subnormal()
+        || (r == 0.0 && a_val != 0.0 && b_val != 0.0 && !matches!(op, X87Op::Fadd | X87Op::Fsub));
     let info = !double_pc || full_sw || matches!(op, X87Op::Fdiv80) || f64_denormal || tiny;
     Some((
         c,
@@ -1432,7 +1449,9 @@ fn gen_seq(len: u32, pool: &[Code], rng: &mut Rng) -> Option<(Case, Mask)> {
             return None;
         }
         let code = pool[rng.below(pool.len() as u32) as usize];
-        let Some((one, _)) = gen_generic(code, false, false, false, rng) else { continue };
+        let Some((one, _)) = gen_generic(code, false, false, false, rng) else {
+            continue;
+        };
         let mut dec = Decoder::with_ip(32, one.code(), CODE as u64, DecoderOptions::NONE);
         let ins = dec.decode();
         let read = flags_from_iced(ins.rflags_read());
@@ -1441,20 +1460,34 @@ fn gen_seq(len: u32, pool: &[Code], rng: &mut Rng) -> Option<(Case, Mask)> {
             continue;
         }
         // SHLD/SHRD with a 16-bit count above 16 leave the destination undefined: skip them here.
-        if matches!(ins.mnemonic(), iced_x86::Mnemonic::Shld | iced_x86::Mnemonic::Shrd) && ins.op0_register().size() == 2 {
+        if matches!(
+            ins.mnemonic(),
+            iced_x86::Mnemonic::Shld | iced_x86::Mnemonic::Shrd
+        ) && ins.op0_register().size() == 2
+        {
             continue;
         }
         if bytes.len() + one.code().len() > MAX_CODE {
             break;
         }
-        let mut defined = flags_from_iced(ins.rflags_written() | ins.rflags_cleared() | ins.rflags_set());
+        let mut defined =
+            flags_from_iced(ins.rflags_written() | ins.rflags_cleared() | ins.rflags_set());
         // A shift or rotate whose count may be 0 (CL, or an imm8 that is 0 mod 32) leaves the
         // flags as they were, undefined ones included: it defines nothing for certain.
         {
             use iced_x86::{Mnemonic as Mn, OpKind};
             let shift = matches!(
                 ins.mnemonic(),
-                Mn::Rol | Mn::Ror | Mn::Rcl | Mn::Rcr | Mn::Shl | Mn::Sal | Mn::Shr | Mn::Sar | Mn::Shld | Mn::Shrd
+                Mn::Rol
+                    | Mn::Ror
+                    | Mn::Rcl
+                    | Mn::Rcr
+                    | Mn::Shl
+                    | Mn::Sal
+                    | Mn::Shr
+                    | Mn::Sar
+                    | Mn::Shld
+                    | Mn::Shrd
             );
             let last = ins.op_count() - 1;
             let zero_possible = match ins.op_kind(last) {
@@ -1471,5 +1504,12 @@ fn gen_seq(len: u32, pool: &[Code], rng: &mut Rng) -> Option<(Case, Mask)> {
         n += 1;
     }
     set_code(&mut c, &bytes);
-    Some((c, Mask { flags: COMPARE_FLAGS & !undef, regs: 0, informational: false }))
+    Some((
+        c,
+        Mask {
+            flags: COMPARE_FLAGS & !undef,
+            regs: 0,
+            informational: false,
+        },
+    ))
 }
