@@ -7,6 +7,9 @@
 //! seed, `VIREO_HOSTDIFF_FILTER=substring` limits the forms, `VIREO_HOSTDIFF_REPORT=path` writes
 //! the per-form table there.
 
+// The native runner needs an x86-64 Linux host (compatibility-mode selectors, raw system calls).
+#![cfg(all(target_arch = "x86_64", target_os = "linux"))]
+
 #[path = "host_diff/common.rs"]
 mod common;
 #[path = "host_diff/gen.rs"]
