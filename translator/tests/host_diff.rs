@@ -111,7 +111,9 @@ fn compare(n: &Outcome, v: &Outcome, mask: &Mask) -> Option<String> {
             what.push(["eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi"][i].into());
         }
     }
-    let fm = if n.vector != NO_FAULT {
+    // A fault leaves the flags as they were before the instruction; a single-step trap (#DB)
+    // comes after it, with its undefined flags.
+    let fm = if n.vector != NO_FAULT && n.vector != 1 {
         generator::COMPARE_FLAGS
     } else {
         mask.flags

@@ -51,6 +51,9 @@ pub enum Kind {
     },
     /// A random sequence of `len` register-only instructions from `pool` (lazy-flag interplay:
     /// INC/DEC after ADD, ADC after a shift, SETcc/CMOVcc reading flags a few instructions old).
+    /// The inner form's instruction with EFLAGS.TF set by a `push imm32; popfd` just before it:
+    /// a single-step #DB after it (after one iteration for REP string instructions).
+    Tf(Box<Kind>),
     Seq {
         len: u32,
         pool: std::sync::Arc<Vec<Code>>,
@@ -417,6 +420,21 @@ pub fn forms() -> Vec<Form> {
             pool.push(code);
         }
     }
+    // Single-step: the 32-bit register forms of the sequence pool, and every string form.
+    for code in &pool {
+        let n = format!("{code:?}");
+        if n.contains("r32") || n.contains("EAX") || !n.contains('_') {
+            v.push(Form {
+                name: format!("{n}/reg/tf"),
+                kind: Kind::Tf(Box::new(Kind::Generic {
+                    code: *code,
+                    mem: false,
+                    lock: false,
+                    addr16: false,
+                })),
+            });
+        }
+    }
     let pool = std::sync::Arc::new(pool);
     for len in [2, 3, 5, 8] {
         v.push(Form {
@@ -465,6 +483,20 @@ pub fn forms() -> Vec<Form> {
             });
         }
     }
+    let strings: Vec<Form> = v
+        .iter()
+        .filter_map(|f| match &f.kind {
+            Kind::Str { code, rep } => Some(Form {
+                name: format!("{}/tf", f.name),
+                kind: Kind::Tf(Box::new(Kind::Str {
+                    code: *code,
+                    rep: *rep,
+                })),
+            }),
+            _ => None,
+        })
+        .collect();
+    v.extend(strings);
     for op in [
         X87Op::Fadd,
         X87Op::Fsub,
@@ -739,6 +771,7 @@ pub fn gen_case(form: &Form, rng: &mut Rng) -> (Case, Mask) {
                 addr16,
             } => gen_generic(*code, *mem, *lock, *addr16, rng),
             Kind::Str { code, rep } => gen_string(*code, *rep, rng),
+            Kind::Tf(inner) => gen_tf(inner, rng),
             Kind::X87 {
                 op,
                 double_pc,
@@ -1512,4 +1545,40 @@ fn gen_seq(len: u32, pool: &[Code], rng: &mut Rng) -> Option<(Case, Mask)> {
             informational: false,
         },
     ))
+}
+
+/// Single-step: `push imm32 (EFLAGS | TF); popfd; <inner>` with ESP in the area. The trap comes
+/// after the inner instruction (POPF's own TF takes effect one instruction later).
+fn gen_tf(inner: &Kind, rng: &mut Rng) -> Option<(Case, Mask)> {
+    let (mut c, mask) = match inner {
+        Kind::Generic {
+            code,
+            mem,
+            lock,
+            addr16,
+        } => gen_generic(*code, *mem, *lock, *addr16, rng)?,
+        Kind::Str { code, rep } => gen_string(*code, *rep, rng)?,
+        _ => return None,
+    };
+    let mut dec = Decoder::with_ip(32, c.code(), CODE as u64, DecoderOptions::NONE);
+    let ins = dec.decode();
+    let mut f = InstructionInfoFactory::new();
+    if f.info(&ins)
+        .used_registers()
+        .iter()
+        .any(|u| full(u.register()) == Some(4))
+        || ins.is_jcc_short_or_near()
+    {
+        return None;
+    }
+    c.regs[4] = stack_ptr(rng) & !3;
+    let mut bytes = vec![0x68];
+    bytes.extend_from_slice(&(c.eflags | 0x100).to_le_bytes());
+    bytes.push(0x9D);
+    bytes.extend_from_slice(c.code());
+    if bytes.len() > MAX_CODE {
+        return None;
+    }
+    set_code(&mut c, &bytes);
+    Some((c, mask))
 }
