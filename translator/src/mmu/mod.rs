@@ -150,6 +150,26 @@ impl Cpu {
         Ok(self.read_lin(bus, lin, size, Access::Read, user)?)
     }
 
+    /// Read the destination of a read-modify-write instruction. The read is made with write
+    /// intent, as the hardware does: a read-only (e.g. code) segment is #GP before anything is
+    /// read, and a #PF on it reports W=1.
+    pub(crate) fn read_mem_rmw(
+        &mut self,
+        bus: &mut dyn CpuBus,
+        seg: usize,
+        off: u64,
+        size: u8,
+    ) -> Result<u64, Exit> {
+        let lin = self.seg_lin(seg, off, size, Access::Write)?;
+        let user = self.user_access();
+        if (lin & 0xFFF) + size as u64 <= 0x1000 {
+            if let Some(pa) = self.tlb.fast_write(lin, user) {
+                return Ok(self.mem.load(pa, size));
+            }
+        }
+        Ok(self.read_lin(bus, lin, size, Access::Write, user)?)
+    }
+
     /// Write a data operand through segment `seg` at offset `off`.
     #[inline]
     pub fn write_mem(
