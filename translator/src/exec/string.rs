@@ -118,7 +118,8 @@ pub fn string<const K: u8>(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> Exec
         if c == 0 {
             return Ok(());
         }
-        if (K == kind::MOVS || K == kind::STOS) && step == size && c > 1 {
+        // With alignment checking on, every element must go through the checked path.
+        if (K == kind::MOVS || K == kind::STOS) && step == size && c > 1 && !cpu.align_checking() {
             // Forward MOVS/STOS: whole runs of elements inside one page of plain RAM at once.
             let done = fast_run::<K>(cpu, op, bus, c.min((REP_SLICE - n) as u64))?;
             if done > 0 {
