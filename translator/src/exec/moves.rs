@@ -78,8 +78,15 @@ pub fn xadd(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecResult {
     let a = cpu.rd_rmw(bus, op, op.dst)?;
     let b = cpu.reg(op.src, op.osize);
     let res = a.wrapping_add(b) & size_mask(op.osize);
-    cpu.wr(bus, op, op.dst, res)?;
-    cpu.set_reg(op.src, op.osize, a);
+    if op.dst == loc::MEM {
+        cpu.wr(bus, op, op.dst, res)?;
+        cpu.set_reg(op.src, op.osize, a);
+    } else {
+        // The sum is written last, so `xadd r,r` leaves r = 2r (SDM: TEMP = SRC + DEST;
+        // SRC = DEST; DEST = TEMP).
+        cpu.set_reg(op.src, op.osize, a);
+        cpu.set_reg(op.dst, op.osize, res);
+    }
     cpu.set_lazy(FlagOp::Add, op.osize, a, b, res);
     Ok(())
 }
