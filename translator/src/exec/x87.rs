@@ -151,14 +151,15 @@ impl Fpu {
 }
 
 /// The NaN an arithmetic operation with a NaN operand returns: the NaN operand, quieted; of two
-/// NaNs the one with the larger significand (the positive one on a tie).
+/// NaNs the one with the larger significand (the positive one on a tie). The significands are
+/// compared after quieting, so an SNaN can win over a QNaN (as this AMD host does).
 fn nan_result(a: f64, b: f64) -> f64 {
     let quiet = |x: f64| f64::from_bits(x.to_bits() | (1 << 51));
     match (a.is_nan(), b.is_nan()) {
         (true, true) => {
             let (ma, mb) = (
-                a.to_bits() & 0x000F_FFFF_FFFF_FFFF,
-                b.to_bits() & 0x000F_FFFF_FFFF_FFFF,
+                quiet(a).to_bits() & 0x000F_FFFF_FFFF_FFFF,
+                quiet(b).to_bits() & 0x000F_FFFF_FFFF_FFFF,
             );
             if ma > mb || (ma == mb && !a.is_sign_negative()) {
                 quiet(a)
