@@ -431,7 +431,14 @@ pub fn fldcw(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecResult {
 pub fn fld(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecResult {
     check_nm(cpu)?;
     let v = if op.src == loc::MEM {
-        read_f(cpu, op, bus, op.osize)?
+        let v = read_f(cpu, op, bus, op.osize)?;
+        // Converting a memory SNaN to the register format quiets it (IE); FLD ST(i) copies.
+        if v.is_nan() && v.to_bits() & (1 << 51) == 0 {
+            cpu.fpu.sw |= sw::IE;
+            f64::from_bits(v.to_bits() | (1 << 51))
+        } else {
+            v
+        }
     } else {
         cpu.fpu.get(op.src)
     };
