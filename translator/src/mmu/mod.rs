@@ -165,10 +165,10 @@ impl Cpu {
         let lin = self.seg_lin(seg, off, size, Access::Write)?;
         self.check_align(lin, size)?;
         let user = self.user_access();
-        if (lin & 0xFFF) + size as u64 <= 0x1000 {
-            if let Some(pa) = self.tlb.fast_write(lin, user) {
-                return Ok(self.mem.load(pa, size));
-            }
+        if (lin & 0xFFF) + size as u64 <= 0x1000
+            && let Some(pa) = self.tlb.fast_write(lin, user)
+        {
+            return Ok(self.mem.load(pa, size));
         }
         Ok(self.read_lin(bus, lin, size, Access::Write, user)?)
     }
