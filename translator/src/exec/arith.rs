@@ -23,7 +23,11 @@ pub mod kind {
 /// The eight classic two-operand ALU instructions plus TEST: `dst = dst OP src`.
 pub fn alu<const K: u8>(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecResult {
     let size = op.osize;
-    let a = cpu.rd(bus, op, op.dst)?;
+    let a = if K == kind::CMP || K == kind::TEST {
+        cpu.rd(bus, op, op.dst)?
+    } else {
+        cpu.rd_rmw(bus, op, op.dst)?
+    };
     let b = cpu.rd(bus, op, op.src)?;
     let m = size_mask(size);
     let (res, fop) = match K {
@@ -56,7 +60,7 @@ pub fn alu<const K: u8>(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecRes
 }
 
 pub fn inc(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecResult {
-    let a = cpu.rd(bus, op, op.dst)?;
+    let a = cpu.rd_rmw(bus, op, op.dst)?;
     let res = a.wrapping_add(1) & size_mask(op.osize);
     cpu.wr(bus, op, op.dst, res)?;
     cpu.set_lazy(FlagOp::Inc, op.osize, a, 1, res);
@@ -64,7 +68,7 @@ pub fn inc(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecResult {
 }
 
 pub fn dec(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecResult {
-    let a = cpu.rd(bus, op, op.dst)?;
+    let a = cpu.rd_rmw(bus, op, op.dst)?;
     let res = a.wrapping_sub(1) & size_mask(op.osize);
     cpu.wr(bus, op, op.dst, res)?;
     cpu.set_lazy(FlagOp::Dec, op.osize, a, 1, res);
@@ -72,7 +76,7 @@ pub fn dec(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecResult {
 }
 
 pub fn neg(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecResult {
-    let b = cpu.rd(bus, op, op.dst)?;
+    let b = cpu.rd_rmw(bus, op, op.dst)?;
     let res = 0u64.wrapping_sub(b) & size_mask(op.osize);
     cpu.wr(bus, op, op.dst, res)?;
     cpu.set_lazy(FlagOp::Sub, op.osize, 0, b, res);

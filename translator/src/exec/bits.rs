@@ -30,7 +30,12 @@ pub fn bt(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecResult {
             )
         };
         let a = base.wrapping_add(byte_off as u64) & size_mask(op.asize);
-        (cpu.read_mem(bus, op.seg as usize, a, size)?, bit, Some(a))
+        let v = if op.aux != 0 {
+            cpu.read_mem_rmw(bus, op.seg as usize, a, size)?
+        } else {
+            cpu.read_mem(bus, op.seg as usize, a, size)?
+        };
+        (v, bit, Some(a))
     } else {
         (cpu.reg(op.dst, size), raw % bits, None)
     };

@@ -9,6 +9,6 @@ use crate::flags::size_mask;
 
 /// NOT: flags untouched.
 pub fn not(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecResult {
-    let a = cpu.rd(bus, op, op.dst)?;
+    let a = cpu.rd_rmw(bus, op, op.dst)?;
     cpu.wr(bus, op, op.dst, !a & size_mask(op.osize))
 }

@@ -82,6 +82,17 @@ impl Cpu {
         }
     }
 
+    /// Read the destination of a read-modify-write instruction: like [`Cpu::rd`], but a memory
+    /// operand is read with write intent (see [`Cpu::read_mem_rmw`]).
+    #[inline]
+    pub(crate) fn rd_rmw(&mut self, bus: &mut dyn CpuBus, op: &Op, l: u8) -> Result<u64, Exit> {
+        if l == loc::MEM {
+            let ea = self.ea(op);
+            return self.read_mem_rmw(bus, op.seg as usize, ea, op.osize);
+        }
+        self.rd(bus, op, l)
+    }
+
     /// Write operand location `l` with the op's operand size.
     #[inline]
     pub(crate) fn wr(&mut self, bus: &mut dyn CpuBus, op: &Op, l: u8, v: u64) -> ExecResult {

@@ -31,7 +31,7 @@ pub fn movsx(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecResult {
 /// XCHG: dst is a register or memory, src a register. Memory is written first so a fault leaves
 /// the register untouched.
 pub fn xchg(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecResult {
-    let a = cpu.rd(bus, op, op.dst)?;
+    let a = cpu.rd_rmw(bus, op, op.dst)?;
     let b = cpu.reg(op.src, op.osize);
     cpu.wr(bus, op, op.dst, b)?;
     cpu.set_reg(op.src, op.osize, a);
@@ -75,11 +75,18 @@ pub fn bswap(cpu: &mut Cpu, op: &Op, _bus: &mut dyn CpuBus) -> ExecResult {
 }
 
 pub fn xadd(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecResult {
-    let a = cpu.rd(bus, op, op.dst)?;
+    let a = cpu.rd_rmw(bus, op, op.dst)?;
     let b = cpu.reg(op.src, op.osize);
     let res = a.wrapping_add(b) & size_mask(op.osize);
-    cpu.wr(bus, op, op.dst, res)?;
-    cpu.set_reg(op.src, op.osize, a);
+    if op.dst == loc::MEM {
+        cpu.wr(bus, op, op.dst, res)?;
+        cpu.set_reg(op.src, op.osize, a);
+    } else {
+        // The sum is written last, so `xadd r,r` leaves r = 2r (SDM: TEMP = SRC + DEST;
+        // SRC = DEST; DEST = TEMP).
+        cpu.set_reg(op.src, op.osize, a);
+        cpu.set_reg(op.dst, op.osize, res);
+    }
     cpu.set_lazy(FlagOp::Add, op.osize, a, b, res);
     Ok(())
 }
@@ -88,7 +95,7 @@ pub fn xadd(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecResult {
 /// written (the old value when unequal), as the hardware's locked cycle does.
 pub fn cmpxchg(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecResult {
     let size = op.osize;
-    let d = cpu.rd(bus, op, op.dst)?;
+    let d = cpu.rd_rmw(bus, op, op.dst)?;
     let acc = cpu.reg(0, size);
     let res = acc.wrapping_sub(d) & size_mask(size);
     if acc == d {
@@ -111,7 +118,7 @@ pub fn cmpxchg8b(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecResult {
     }
     let ea = cpu.ea(op);
     let seg = op.seg as usize;
-    let m = cpu.read_mem(bus, seg, ea, 8)?;
+    let m = cpu.read_mem_rmw(bus, seg, ea, 8)?;
     let cur = (cpu.reg(2, 4) << 32) | cpu.reg(0, 4);
     let eq = m == cur;
     if eq {

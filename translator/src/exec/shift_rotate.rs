@@ -37,7 +37,7 @@ pub fn shift<const K: u8>(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecR
     let m = size_mask(size);
     let sign = sign_bit(size);
     let cnt = count(cpu, op);
-    let v = cpu.rd(bus, op, op.dst)?;
+    let v = cpu.rd_rmw(bus, op, op.dst)?;
     if cnt == 0 {
         // Still a read-modify-write bus-wise, but nothing changes architecturally.
         return Ok(());
@@ -149,7 +149,7 @@ pub fn shxd(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecResult {
     let m = size_mask(size);
     let raw = if op.imm2 == 1 { op.imm } else { cpu.reg(1, 1) };
     let cnt = (raw as u32) & if size == 8 { 0x3F } else { 0x1F };
-    let d = cpu.rd(bus, op, op.dst)?;
+    let d = cpu.rd_rmw(bus, op, op.dst)?;
     if cnt == 0 {
         return Ok(());
     }

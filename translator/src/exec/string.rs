@@ -118,7 +118,14 @@ pub fn string<const K: u8>(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> Exec
         if c == 0 {
             return Ok(());
         }
-        if (K == kind::MOVS || K == kind::STOS) && step == size && c > 1 {
+        // Under TF each iteration is its own step (below); with alignment checking on, every
+        // element must go through the checked path.
+        if (K == kind::MOVS || K == kind::STOS)
+            && step == size
+            && c > 1
+            && cpu.rflags & flag::TF == 0
+            && !cpu.align_checking()
+        {
             // Forward MOVS/STOS: whole runs of elements inside one page of plain RAM at once.
             let done = fast_run::<K>(cpu, op, bus, c.min((REP_SLICE - n) as u64))?;
             if done > 0 {
@@ -150,7 +157,9 @@ pub fn string<const K: u8>(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> Exec
             return Ok(());
         }
         n += 1;
-        if n >= REP_SLICE || cpu.smc_hit {
+        // TF: the hardware single-steps a REP instruction per iteration, trapping with RIP
+        // still at the instruction and rCX/rSI/rDI advanced by one element.
+        if n >= REP_SLICE || cpu.smc_hit || cpu.rflags & flag::TF != 0 {
             // Run this instruction again later: back to its first byte.
             cpu.rip = cpu.rip.wrapping_sub(op.len as u64) & cpu.ip_mask();
             cpu.block_break = true;

@@ -151,14 +151,15 @@ impl Fpu {
 }
 
 /// The NaN an arithmetic operation with a NaN operand returns: the NaN operand, quieted; of two
-/// NaNs the one with the larger significand (the positive one on a tie).
+/// NaNs the one with the larger significand (the positive one on a tie). The significands are
+/// compared after quieting, so an SNaN can win over a QNaN (as this AMD host does).
 fn nan_result(a: f64, b: f64) -> f64 {
     let quiet = |x: f64| f64::from_bits(x.to_bits() | (1 << 51));
     match (a.is_nan(), b.is_nan()) {
         (true, true) => {
             let (ma, mb) = (
-                a.to_bits() & 0x000F_FFFF_FFFF_FFFF,
-                b.to_bits() & 0x000F_FFFF_FFFF_FFFF,
+                quiet(a).to_bits() & 0x000F_FFFF_FFFF_FFFF,
+                quiet(b).to_bits() & 0x000F_FFFF_FFFF_FFFF,
             );
             if ma > mb || (ma == mb && !a.is_sign_negative()) {
                 quiet(a)
@@ -168,6 +169,19 @@ fn nan_result(a: f64, b: f64) -> f64 {
         }
         (true, false) => quiet(a),
         _ => quiet(b),
+    }
+}
+
+/// Unbiased binary exponent of a finite non-zero value as the 80-bit format holds it (f64
+/// denormals are normal there).
+fn x87_exponent(x: f64) -> i32 {
+    let bits = x.to_bits();
+    let e = ((bits >> 52) & 0x7FF) as i32;
+    if e == 0 {
+        let m = bits & 0x000F_FFFF_FFFF_FFFF;
+        63 - m.leading_zeros() as i32 - 1074
+    } else {
+        e - 1023
     }
 }
 
@@ -430,7 +444,14 @@ pub fn fldcw(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecResult {
 pub fn fld(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecResult {
     check_nm(cpu)?;
     let v = if op.src == loc::MEM {
-        read_f(cpu, op, bus, op.osize)?
+        let v = read_f(cpu, op, bus, op.osize)?;
+        // Converting a memory SNaN to the register format quiets it (IE); FLD ST(i) copies.
+        if v.is_nan() && v.to_bits() & (1 << 51) == 0 {
+            cpu.fpu.sw |= sw::IE;
+            f64::from_bits(v.to_bits() | (1 << 51))
+        } else {
+            v
+        }
     } else {
         cpu.fpu.get(op.src)
     };
@@ -744,20 +765,55 @@ pub fn funary(cpu: &mut Cpu, op: &Op, _bus: &mut dyn CpuBus) -> ExecResult {
             }
         }
         11 | 12 => {
-            // FPREM (truncating) / FPREM1 (round to nearest): full reduction at once.
+            // FPREM (truncating) / FPREM1 (round to nearest). The result is exact (fmod is).
             let b = f.get(1);
-            let q = if op.aux == 11 {
-                (a / b).trunc()
-            } else {
-                (a / b).round()
-            };
-            let r = a - q * b;
-            f.set(0, r);
-            let qi = q.abs() as u64;
             f.sw &= !(sw::C0 | sw::C1 | sw::C3);
-            f.sw |= (((qi >> 2) & 1) as u16) << 8
-                | ((qi & 1) as u16) << 9
-                | (((qi >> 1) & 1) as u16) << 14;
+            if a.is_nan() || b.is_nan() {
+                f.set(0, nan_result(a, b));
+            } else if a.is_infinite() || b == 0.0 {
+                f.sw |= sw::IE;
+                f.set(0, INDEFINITE);
+            } else if a != 0.0 && b.is_finite() {
+                let d = x87_exponent(a) - x87_exponent(b);
+                if d >= 64 {
+                    // Partial remainder: reduce the exponent by D - N with N = 32 + D mod 32
+                    // (AMD's documented choice, which Intel parts follow), C2 = 1 and the
+                    // quotient bits cleared; software loops until C2 = 0. Scaling by a power
+                    // of two is exact, and fmod keeps the dividend's sign.
+                    let n = 32 + d % 32;
+                    let mut m = b.abs();
+                    let mut k = d - n;
+                    // 2^k alone can overflow f64 (a denormal modulus); the product cannot.
+                    while k > 1000 {
+                        m *= 2f64.powi(1000);
+                        k -= 1000;
+                    }
+                    let m = m * 2f64.powi(k);
+                    f.set(0, a % m);
+                    f.sw |= sw::C2;
+                } else {
+                    let r = a % b;
+                    // Low three bits of the quotient: from the remainder modulo 8|b| (exact),
+                    // unless 8|b| overflows, when the quotient is below 8 anyway.
+                    let b8 = b.abs() * 8.0;
+                    let r8 = if b8.is_finite() { a % b8 } else { a };
+                    let mut q = ((r8 - r) / b.abs()).round().abs() as u64 & 7;
+                    let mut r = r;
+                    if op.aux == 12 {
+                        // Round to nearest, ties to even: step once more past half the modulus.
+                        let half = b.abs() / 2.0;
+                        if r.abs() > half || (r.abs() == half && q & 1 == 1) {
+                            r -= b.abs().copysign(r);
+                            q = (q + 1) & 7;
+                        }
+                    }
+                    f.set(0, r);
+                    f.sw |= (((q >> 2) & 1) as u16) << 8
+                        | ((q & 1) as u16) << 9
+                        | (((q >> 1) & 1) as u16) << 14;
+                }
+            }
+            // Otherwise (a zero dividend or an infinite modulus) ST(0) stays as it is.
         }
         13 => {
             // FYL2X: ST(1) = ST(1) × log2(ST(0)), pop.
