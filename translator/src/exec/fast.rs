@@ -1,0 +1,287 @@
+//! Handlers specialised at translation time for the hottest instruction forms.
+//!
+//! The generic handlers (`arith::alu`, `moves::mov`...) match the operand location and the
+//! operand size on every execution. The decoder already knows both, so for the common forms
+//! (register/register, register/immediate, register/memory, memory/register, memory/immediate)
+//! with a fixed size it picks one of these monomorphic handlers instead
+//! ([`specialise`]). Their semantics are exactly the generic handlers' (same reads, same
+//! write order, same lazy flags); only the dispatch work is gone.
+
+use crate::Cpu;
+use crate::bus::CpuBus;
+use crate::decode::op::{Handler, Op, loc};
+use crate::exception::ExecResult;
+use crate::exec::{arith, moves};
+use crate::flags::{FlagOp, LazyFlags, size_mask};
+use arith::kind;
+
+/// Low `S` bytes of general register `r` (0-15; byte forms never name AH-BH here).
+#[inline(always)]
+fn get<const S: u8>(cpu: &Cpu, r: u8) -> u64 {
+    cpu.regs[r as usize & 15] & size_mask(S)
+}
+
+/// Write the low `S` bytes of register `r` (32-bit writes zero-extend, as `Cpu::set_reg`).
+#[inline(always)]
+fn put<const S: u8>(cpu: &mut Cpu, r: u8, v: u64) {
+    let x = &mut cpu.regs[r as usize & 15];
+    match S {
+        1 => *x = (*x & !0xFF) | (v & 0xFF),
+        2 => *x = (*x & !0xFFFF) | (v & 0xFFFF),
+        4 => *x = v & 0xFFFF_FFFF,
+        _ => *x = v,
+    }
+}
+
+/// `a OP b` for the carry-less ALU operations, recording the lazy flags.
+#[inline(always)]
+fn alu_op<const K: u8, const S: u8>(cpu: &mut Cpu, a: u64, b: u64) -> u64 {
+    let (res, fop) = match K {
+        kind::ADD => (a.wrapping_add(b), FlagOp::Add),
+        kind::SUB | kind::CMP => (a.wrapping_sub(b), FlagOp::Sub),
+        kind::AND | kind::TEST => (a & b, FlagOp::Logic),
+        kind::OR => (a | b, FlagOp::Logic),
+        _ => (a ^ b, FlagOp::Logic),
+    };
+    let res = res & size_mask(S);
+    cpu.lazy = LazyFlags {
+        op: fop,
+        size: S,
+        a,
+        b,
+        res,
+    };
+    res
+}
+
+const fn writes(k: u8) -> bool {
+    k != kind::CMP && k != kind::TEST
+}
+
+fn alu_rr<const K: u8, const S: u8>(cpu: &mut Cpu, op: &Op, _bus: &mut dyn CpuBus) -> ExecResult {
+    let a = get::<S>(cpu, op.dst);
+    let b = get::<S>(cpu, op.src);
+    let res = alu_op::<K, S>(cpu, a, b);
+    if writes(K) {
+        put::<S>(cpu, op.dst, res);
+    }
+    Ok(())
+}
+
+fn alu_ri<const K: u8, const S: u8>(cpu: &mut Cpu, op: &Op, _bus: &mut dyn CpuBus) -> ExecResult {
+    let a = get::<S>(cpu, op.dst);
+    let res = alu_op::<K, S>(cpu, a, op.imm & size_mask(S));
+    if writes(K) {
+        put::<S>(cpu, op.dst, res);
+    }
+    Ok(())
+}
+
+fn alu_rm<const K: u8, const S: u8>(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecResult {
+    let a = get::<S>(cpu, op.dst);
+    let ea = cpu.ea(op);
+    let b = cpu.read_mem(bus, op.seg as usize, ea, S)?;
+    let res = alu_op::<K, S>(cpu, a, b);
+    if writes(K) {
+        put::<S>(cpu, op.dst, res);
+    }
+    Ok(())
+}
+
+/// Memory destination: the lazy flags are recorded only after the write succeeded.
+#[inline(always)]
+fn alu_m<const K: u8, const S: u8>(
+    cpu: &mut Cpu,
+    op: &Op,
+    bus: &mut dyn CpuBus,
+    b: u64,
+) -> ExecResult {
+    let ea = cpu.ea(op);
+    let seg = op.seg as usize;
+    let a = cpu.read_mem(bus, seg, ea, S)?;
+    let saved = cpu.lazy;
+    let res = alu_op::<K, S>(cpu, a, b);
+    if writes(K)
+        && let Err(e) = cpu.write_mem(bus, seg, ea, S, res)
+    {
+        cpu.lazy = saved;
+        return Err(e);
+    }
+    Ok(())
+}
+
+fn alu_mr<const K: u8, const S: u8>(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecResult {
+    let b = get::<S>(cpu, op.src);
+    alu_m::<K, S>(cpu, op, bus, b)
+}
+
+fn alu_mi<const K: u8, const S: u8>(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecResult {
+    alu_m::<K, S>(cpu, op, bus, op.imm & size_mask(S))
+}
+
+fn mov_rr<const S: u8>(cpu: &mut Cpu, op: &Op, _bus: &mut dyn CpuBus) -> ExecResult {
+    let v = get::<S>(cpu, op.src);
+    put::<S>(cpu, op.dst, v);
+    Ok(())
+}
+
+fn mov_ri<const S: u8>(cpu: &mut Cpu, op: &Op, _bus: &mut dyn CpuBus) -> ExecResult {
+    put::<S>(cpu, op.dst, op.imm);
+    Ok(())
+}
+
+fn mov_rm<const S: u8>(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecResult {
+    let ea = cpu.ea(op);
+    let v = cpu.read_mem(bus, op.seg as usize, ea, S)?;
+    put::<S>(cpu, op.dst, v);
+    Ok(())
+}
+
+fn mov_mr<const S: u8>(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecResult {
+    let v = get::<S>(cpu, op.src);
+    let ea = cpu.ea(op);
+    cpu.write_mem(bus, op.seg as usize, ea, S, v)
+}
+
+fn mov_mi<const S: u8>(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecResult {
+    let ea = cpu.ea(op);
+    cpu.write_mem(bus, op.seg as usize, ea, S, op.imm & size_mask(S))
+}
+
+fn inc_r<const S: u8>(cpu: &mut Cpu, op: &Op, _bus: &mut dyn CpuBus) -> ExecResult {
+    let a = get::<S>(cpu, op.dst);
+    let res = a.wrapping_add(1) & size_mask(S);
+    put::<S>(cpu, op.dst, res);
+    cpu.set_lazy(FlagOp::Inc, S, a, 1, res);
+    Ok(())
+}
+
+fn dec_r<const S: u8>(cpu: &mut Cpu, op: &Op, _bus: &mut dyn CpuBus) -> ExecResult {
+    let a = get::<S>(cpu, op.dst);
+    let res = a.wrapping_sub(1) & size_mask(S);
+    put::<S>(cpu, op.dst, res);
+    cpu.set_lazy(FlagOp::Dec, S, a, 1, res);
+    Ok(())
+}
+
+/// LEA with a 32-bit address and operand size (the address is already masked to 32 bits).
+fn lea_r<const S: u8>(cpu: &mut Cpu, op: &Op, _bus: &mut dyn CpuBus) -> ExecResult {
+    let ea = cpu.ea(op);
+    put::<S>(cpu, op.dst, ea);
+    Ok(())
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Form {
+    RegReg,
+    RegImm,
+    RegMem,
+    MemReg,
+    MemImm,
+}
+
+fn form(op: &Op) -> Option<Form> {
+    let reg = |l: u8| l < 16;
+    match (op.dst, op.src) {
+        (d, s) if reg(d) && reg(s) => Some(Form::RegReg),
+        (d, loc::IMM) if reg(d) => Some(Form::RegImm),
+        (d, loc::MEM) if reg(d) => Some(Form::RegMem),
+        (loc::MEM, s) if reg(s) => Some(Form::MemReg),
+        (loc::MEM, loc::IMM) => Some(Form::MemImm),
+        _ => None,
+    }
+}
+
+fn alu_sized<const K: u8, const S: u8>(f: Form) -> Handler {
+    match f {
+        Form::RegReg => alu_rr::<K, S>,
+        Form::RegImm => alu_ri::<K, S>,
+        Form::RegMem => alu_rm::<K, S>,
+        Form::MemReg => alu_mr::<K, S>,
+        Form::MemImm => alu_mi::<K, S>,
+    }
+}
+
+fn alu_for<const K: u8>(f: Form, size: u8) -> Option<Handler> {
+    Some(match size {
+        1 => alu_sized::<K, 1>(f),
+        2 => alu_sized::<K, 2>(f),
+        4 => alu_sized::<K, 4>(f),
+        8 => alu_sized::<K, 8>(f),
+        _ => return None,
+    })
+}
+
+fn mov_sized<const S: u8>(f: Form) -> Handler {
+    match f {
+        Form::RegReg => mov_rr::<S>,
+        Form::RegImm => mov_ri::<S>,
+        Form::RegMem => mov_rm::<S>,
+        Form::MemReg => mov_mr::<S>,
+        Form::MemImm => mov_mi::<S>,
+    }
+}
+
+fn by_size(size: u8, h1: Handler, h2: Handler, h4: Handler, h8: Handler) -> Option<Handler> {
+    Some(match size {
+        1 => h1,
+        2 => h2,
+        4 => h4,
+        8 => h8,
+        _ => return None,
+    })
+}
+
+/// Replace the generic handler `op.exec` by a specialised one when the form allows it.
+pub(crate) fn specialise(op: &mut Op) {
+    use std::ptr::fn_addr_eq;
+    if op.prefix & crate::decode::op::pfx::LOCK != 0 {
+        return;
+    }
+    let h = op.exec;
+    let size = op.osize;
+    let same = |g: Handler| fn_addr_eq(h, g);
+    let f = form(op);
+    let new = if let Some(f) = f {
+        if same(arith::alu::<{ kind::ADD }>) {
+            alu_for::<{ kind::ADD }>(f, size)
+        } else if same(arith::alu::<{ kind::SUB }>) {
+            alu_for::<{ kind::SUB }>(f, size)
+        } else if same(arith::alu::<{ kind::CMP }>) {
+            alu_for::<{ kind::CMP }>(f, size)
+        } else if same(arith::alu::<{ kind::AND }>) {
+            alu_for::<{ kind::AND }>(f, size)
+        } else if same(arith::alu::<{ kind::OR }>) {
+            alu_for::<{ kind::OR }>(f, size)
+        } else if same(arith::alu::<{ kind::XOR }>) {
+            alu_for::<{ kind::XOR }>(f, size)
+        } else if same(arith::alu::<{ kind::TEST }>) {
+            alu_for::<{ kind::TEST }>(f, size)
+        } else if same(moves::mov) {
+            match size {
+                1 => Some(mov_sized::<1>(f)),
+                2 => Some(mov_sized::<2>(f)),
+                4 => Some(mov_sized::<4>(f)),
+                8 => Some(mov_sized::<8>(f)),
+                _ => None,
+            }
+        } else if same(moves::lea) && f == Form::RegMem && op.asize == 4 && size >= 4 {
+            by_size(size, lea_r::<4>, lea_r::<4>, lea_r::<4>, lea_r::<8>)
+        } else {
+            None
+        }
+    } else if op.dst < 16 && op.src == loc::NONE {
+        if same(arith::inc) {
+            by_size(size, inc_r::<1>, inc_r::<2>, inc_r::<4>, inc_r::<8>)
+        } else if same(arith::dec) {
+            by_size(size, dec_r::<1>, dec_r::<2>, dec_r::<4>, dec_r::<8>)
+        } else {
+            None
+        }
+    } else {
+        None
+    };
+    if let Some(n) = new {
+        op.exec = n;
+    }
+}
