@@ -15,7 +15,8 @@ use bitvec::vec::BitVec;
 use hashbrown::HashMap;
 use iced_x86::{Decoder, DecoderError, DecoderOptions, FlowControl};
 use smallvec::SmallVec;
-use std::rc::Rc;
+use std::cell::{Cell, RefCell};
+use std::rc::{Rc, Weak};
 
 /// Upper bound on instructions per block (keeps interrupt latency and rebuild cost bounded).
 pub const MAX_OPS: usize = 64;
@@ -25,6 +26,38 @@ pub struct Block {
     pub ops: Box<[Op]>,
     /// Bytes of guest code covered (for the CS-limit check on reuse).
     pub byte_len: u64,
+    /// The last instruction leaves CS, the mode and the privilege level alone (it falls
+    /// through or is a near branch, call or return), so when the block runs to its end the
+    /// next block can be found through [`Block::links`].
+    pub(crate) chainable: bool,
+    /// The block sits in the cache (and so is dropped on self-modifying code); only such
+    /// blocks may be chained to.
+    pub(crate) cached: Cell<bool>,
+    /// Successors seen after this block (fall-through and taken target, or the last two
+    /// return addresses): a memo of `get_block` for the same fetch context.
+    links: RefCell<[Option<Link>; 2]>,
+}
+
+/// A remembered successor: valid while RIP, the translation stamp (block cache and TLB
+/// generations), the CS base and the CPL are what they were when it was recorded.
+struct Link {
+    rip: u64,
+    stamp: u64,
+    cs_base: u64,
+    cpl: u8,
+    block: Weak<Block>,
+}
+
+impl Block {
+    fn new(ops: Box<[Op]>, byte_len: u64, chainable: bool) -> Self {
+        Block {
+            ops,
+            byte_len,
+            chainable,
+            cached: Cell::new(false),
+            links: RefCell::new([None, None]),
+        }
+    }
 }
 
 type Key = (u64, u8);
@@ -44,6 +77,8 @@ pub(crate) struct BlockCache {
     map: HashMap<Key, Rc<Block>>,
     by_page: HashMap<u64, SmallVec<[Key; 4]>>,
     code_pages: BitVec,
+    /// Bumped whenever blocks are dropped, which makes every chain link stale.
+    pub(crate) epoch: u64,
 }
 
 impl BlockCache {
@@ -53,10 +88,12 @@ impl BlockCache {
             map: HashMap::new(),
             by_page: HashMap::new(),
             code_pages: BitVec::new(),
+            epoch: 0,
         }
     }
 
     pub fn clear(&mut self) {
+        self.epoch = self.epoch.wrapping_add(1);
         if !self.map.is_empty() {
             self.fast.fill(None);
         }
@@ -72,6 +109,7 @@ impl BlockCache {
 
     pub fn invalidate_page(&mut self, page: u64) {
         if let Some(keys) = self.by_page.remove(&page) {
+            self.epoch = self.epoch.wrapping_add(1);
             for k in keys {
                 self.map.remove(&k);
                 let slot = &mut self.fast[fast_slot(&k)];
@@ -105,11 +143,63 @@ impl BlockCache {
         }
         self.code_pages.set(page as usize, true);
         self.by_page.entry(page).or_default().push(key);
+        block.cached.set(true);
         self.map.insert(key, block);
     }
 }
 
 impl Cpu {
+    /// What a chain link must match besides RIP: block cache and TLB generations.
+    #[inline]
+    fn chain_stamp(&self) -> u64 {
+        self.cache.epoch.wrapping_add(self.tlb.generation)
+    }
+
+    /// The block to run after `prev` (which ran to its end and is chainable): from its links
+    /// when one matches, else from [`Cpu::get_block`], remembering the answer in `prev`.
+    #[inline]
+    pub(crate) fn next_block(
+        &mut self,
+        bus: &mut dyn CpuBus,
+        prev: &Block,
+    ) -> Result<Rc<Block>, Exit> {
+        let stamp = self.chain_stamp();
+        let cs_base = self.segs[sreg::CS].base;
+        {
+            let links = prev.links.borrow();
+            for l in links.iter().flatten() {
+                if l.rip == self.rip
+                    && l.stamp == stamp
+                    && l.cs_base == cs_base
+                    && l.cpl == self.cpl
+                    && let Some(b) = l.block.upgrade()
+                {
+                    return Ok(b);
+                }
+            }
+        }
+        let b = self.get_block(bus)?;
+        if b.cached.get() && self.chain_stamp() == stamp {
+            let mut links = prev.links.borrow_mut();
+            // Keep the entry that is still valid; replace the other (or the older one).
+            let slot = match &links[0] {
+                Some(l) if l.stamp == stamp && l.block.strong_count() > 0 => 1,
+                _ => 0,
+            };
+            if slot == 1 {
+                links[1] = links[0].take();
+            }
+            links[0] = Some(Link {
+                rip: self.rip,
+                stamp,
+                cs_base,
+                cpl: self.cpl,
+                block: Rc::downgrade(&b),
+            });
+        }
+        Ok(b)
+    }
+
     /// The block that starts at CS:RIP, from the cache or freshly translated. Faults here are
     /// instruction-fetch faults of the first instruction (#GP beyond the CS limit, #PF).
     pub(crate) fn get_block(&mut self, bus: &mut dyn CpuBus) -> Result<Rc<Block>, Exit> {
@@ -170,6 +260,7 @@ impl Cpu {
         let mut ops: Vec<Op> = Vec::with_capacity(16);
         let mut off = 0u64;
         let mut buf = [0u8; 16];
+        let mut chainable = false;
         loop {
             let cur_ip = ip + off;
             let in_page = 0x1000 - ((phys + off) & 0xFFF);
@@ -215,10 +306,7 @@ impl Cpu {
                     }
                     let op = decode::translate(&ins, &buf[..ins.len().max(1)], bitness);
                     // byte_len 0 marks the block as not cacheable.
-                    return Ok(Block {
-                        ops: vec![op].into_boxed_slice(),
-                        byte_len: 0,
-                    });
+                    return Ok(Block::new(vec![op].into_boxed_slice(), 0, false));
                 }
                 // Longer than the maximum instruction length.
                 return Err(Fault::gp(0).into());
@@ -232,6 +320,7 @@ impl Cpu {
                 // Prefixes ran past the length limit: #GP(0), not #UD.
                 op.exec = crate::exec::too_long;
             }
+            chainable = chainable_end(&ins);
             let stop = ins.is_invalid()
                 || op.prefix & crate::decode::op::pfx::UNDEFINED != 0
                 || !matches!(ins.flow_control(), FlowControl::Next);
@@ -241,9 +330,22 @@ impl Cpu {
                 break;
             }
         }
-        Ok(Block {
-            ops: ops.into_boxed_slice(),
-            byte_len: off,
-        })
+        Ok(Block::new(ops.into_boxed_slice(), off, chainable))
+    }
+}
+
+/// Does this instruction keep CS, the mode and the CPL (so the block it ends may be chained)?
+fn chainable_end(ins: &iced_x86::Instruction) -> bool {
+    if ins.is_invalid() {
+        return false;
+    }
+    match ins.flow_control() {
+        FlowControl::Next => true,
+        FlowControl::UnconditionalBranch | FlowControl::ConditionalBranch => !ins.is_jmp_far(),
+        FlowControl::IndirectBranch => !ins.is_jmp_far_indirect(),
+        FlowControl::Call => !ins.is_call_far(),
+        FlowControl::IndirectCall => !ins.is_call_far_indirect(),
+        FlowControl::Return => ins.mnemonic() == iced_x86::Mnemonic::Ret,
+        _ => false,
     }
 }

@@ -11,7 +11,9 @@ use crate::Cpu;
 use crate::bus::CpuBus;
 use crate::decode::op::{Handler, Op, loc};
 use crate::exception::ExecResult;
-use crate::exec::{arith, moves};
+use crate::exception::Fault;
+use crate::exec::{arith, control, moves};
+use crate::state::{cr0, efer, sreg};
 use crate::flags::{FlagOp, LazyFlags, size_mask};
 use arith::kind;
 
@@ -80,7 +82,7 @@ fn alu_ri<const K: u8, const S: u8>(cpu: &mut Cpu, op: &Op, _bus: &mut dyn CpuBu
 fn alu_rm<const K: u8, const S: u8>(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecResult {
     let a = get::<S>(cpu, op.dst);
     let ea = cpu.ea(op);
-    let b = cpu.read_mem(bus, op.seg as usize, ea, S)?;
+    let b = cpu.load_fast::<S>(bus, op.seg as usize, ea)?;
     let res = alu_op::<K, S>(cpu, a, b);
     if writes(K) {
         put::<S>(cpu, op.dst, res);
@@ -98,11 +100,11 @@ fn alu_m<const K: u8, const S: u8>(
 ) -> ExecResult {
     let ea = cpu.ea(op);
     let seg = op.seg as usize;
-    let a = cpu.read_mem(bus, seg, ea, S)?;
+    let a = cpu.load_fast::<S>(bus, seg, ea)?;
     let saved = cpu.lazy;
     let res = alu_op::<K, S>(cpu, a, b);
     if writes(K)
-        && let Err(e) = cpu.write_mem(bus, seg, ea, S, res)
+        && let Err(e) = cpu.store_fast::<S>(bus, seg, ea, res)
     {
         cpu.lazy = saved;
         return Err(e);
@@ -132,7 +134,7 @@ fn mov_ri<const S: u8>(cpu: &mut Cpu, op: &Op, _bus: &mut dyn CpuBus) -> ExecRes
 
 fn mov_rm<const S: u8>(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecResult {
     let ea = cpu.ea(op);
-    let v = cpu.read_mem(bus, op.seg as usize, ea, S)?;
+    let v = cpu.load_fast::<S>(bus, op.seg as usize, ea)?;
     put::<S>(cpu, op.dst, v);
     Ok(())
 }
@@ -140,12 +142,12 @@ fn mov_rm<const S: u8>(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecResu
 fn mov_mr<const S: u8>(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecResult {
     let v = get::<S>(cpu, op.src);
     let ea = cpu.ea(op);
-    cpu.write_mem(bus, op.seg as usize, ea, S, v)
+    cpu.store_fast::<S>(bus, op.seg as usize, ea, v)
 }
 
 fn mov_mi<const S: u8>(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecResult {
     let ea = cpu.ea(op);
-    cpu.write_mem(bus, op.seg as usize, ea, S, op.imm & size_mask(S))
+    cpu.store_fast::<S>(bus, op.seg as usize, ea, op.imm & size_mask(S))
 }
 
 fn inc_r<const S: u8>(cpu: &mut Cpu, op: &Op, _bus: &mut dyn CpuBus) -> ExecResult {
@@ -168,6 +170,44 @@ fn dec_r<const S: u8>(cpu: &mut Cpu, op: &Op, _bus: &mut dyn CpuBus) -> ExecResu
 fn lea_r<const S: u8>(cpu: &mut Cpu, op: &Op, _bus: &mut dyn CpuBus) -> ExecResult {
     let ea = cpu.ea(op);
     put::<S>(cpu, op.dst, ea);
+    Ok(())
+}
+
+/// A 32-bit stack outside long mode (what `Cpu::stack_size` calls 4).
+#[inline(always)]
+fn stack32(cpu: &Cpu) -> bool {
+    cpu.efer & efer::LMA == 0 && cpu.cr0 & cr0::PE != 0 && cpu.segs[sreg::SS].big()
+}
+
+/// CALL rel32 with a 32-bit stack.
+fn call_rel32(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecResult {
+    if !stack32(cpu) {
+        return control::call_rel(cpu, op, bus);
+    }
+    let ret = cpu.rip;
+    let t = ret.wrapping_add(op.imm) & 0xFFFF_FFFF;
+    if t > cpu.segs[sreg::CS].limit as u64 {
+        return Err(Fault::gp(0).into());
+    }
+    let sp = cpu.regs[4].wrapping_sub(4) & 0xFFFF_FFFF;
+    cpu.store_fast::<4>(bus, sreg::SS, sp, ret)?;
+    cpu.regs[4] = sp;
+    cpu.rip = t;
+    Ok(())
+}
+
+/// RET / RET imm16 with a 32-bit operand size and stack.
+fn ret32(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecResult {
+    if !stack32(cpu) {
+        return control::ret_near(cpu, op, bus);
+    }
+    let sp = cpu.regs[4] & 0xFFFF_FFFF;
+    let t = cpu.load_fast::<4>(bus, sreg::SS, sp)?;
+    if t > cpu.segs[sreg::CS].limit as u64 {
+        return Err(Fault::gp(0).into());
+    }
+    cpu.regs[4] = sp.wrapping_add(4).wrapping_add(op.imm & 0xFFFF) & 0xFFFF_FFFF;
+    cpu.rip = t;
     Ok(())
 }
 
@@ -278,6 +318,10 @@ pub(crate) fn specialise(op: &mut Op) {
         } else {
             None
         }
+    } else if same(control::call_rel) && size == 4 {
+        Some(call_rel32 as Handler)
+    } else if same(control::ret_near) && size == 4 {
+        Some(ret32 as Handler)
     } else {
         None
     };

@@ -115,6 +115,43 @@ impl Cpu {
     pub(crate) fn cond(&mut self, cc: u8) -> bool {
         use crate::flags::{FlagOp, sign_bit};
         use crate::state::flag::*;
+        // Straight from the pending operation's inputs: CMP/SUB (the usual producer of the
+        // unsigned and signed compares) and the logic ops (CF = OF = 0).
+        let size = self.lazy.size;
+        match self.lazy.op {
+            FlagOp::Sub => {
+                let m = size_mask(size);
+                let (a, b) = (self.lazy.a & m, self.lazy.b & m);
+                let sh = 64 - size as u32 * 8;
+                let (sa, sb) = (((a << sh) as i64) >> sh, ((b << sh) as i64) >> sh);
+                let r = match cc >> 1 {
+                    1 => Some(a < b),
+                    2 => Some(a == b),
+                    3 => Some(a <= b),
+                    6 => Some(sa < sb),
+                    7 => Some(sa <= sb),
+                    _ => None,
+                };
+                if let Some(r) = r {
+                    return r ^ (cc & 1 != 0);
+                }
+            }
+            FlagOp::Logic => {
+                let res = self.lazy.res & size_mask(size);
+                let sf = res & sign_bit(size) != 0;
+                let r = match cc >> 1 {
+                    0 | 1 => Some(false),
+                    2 | 3 => Some(res == 0),
+                    4 | 6 => Some(sf),
+                    7 => Some(res == 0 || sf),
+                    _ => None,
+                };
+                if let Some(r) = r {
+                    return r ^ (cc & 1 != 0);
+                }
+            }
+            _ => {}
+        }
         // Fast paths: ZF and SF straight from the pending result.
         if self.lazy.op != FlagOp::None && matches!(cc >> 1, 2 | 4) {
             let res = self.lazy.res & size_mask(self.lazy.size);
