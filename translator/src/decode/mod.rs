@@ -717,7 +717,7 @@ pub fn translate(ins: &Instruction, bytes: &[u8], bitness: u32) -> Op {
         op.prefix |= pfx::UNDEFINED;
     }
     op.exec = h;
-    exec::fast::specialise(&mut op);
+    exec::fast::specialise(ins, &mut op);
     op
 }
 

@@ -12,10 +12,11 @@ use crate::bus::CpuBus;
 use crate::decode::op::{Handler, Op, loc};
 use crate::exception::ExecResult;
 use crate::exception::Fault;
-use crate::exec::{arith, control, moves};
-use crate::state::{cr0, efer, sreg};
-use crate::flags::{FlagOp, LazyFlags, size_mask};
+use crate::exec::{arith, control, shift_rotate};
+use crate::state::{cr0, efer, flag, sreg};
+use crate::flags::{FlagOp, LazyFlags, sign_bit, size_mask, szp};
 use arith::kind;
+use iced_x86::Instruction;
 
 /// Low `S` bytes of general register `r` (0-15; byte forms never name AH-BH here).
 #[inline(always)]
@@ -211,6 +212,70 @@ fn ret32(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecResult {
     Ok(())
 }
 
+/// SHL/SAL, SHR, SAR of a register by an immediate count (the flag rules of
+/// `shift_rotate::shift`: a masked count of 0 changes nothing, AF is cleared).
+fn shift_ri<const K: u8, const S: u8>(cpu: &mut Cpu, op: &Op, _bus: &mut dyn CpuBus) -> ExecResult {
+    use shift_rotate::kind as sk;
+    let cnt = (op.imm as u32) & if S == 8 { 0x3F } else { 0x1F };
+    if cnt == 0 {
+        return Ok(());
+    }
+    let v = get::<S>(cpu, op.dst);
+    let bits = S as u32 * 8;
+    let m = size_mask(S);
+    let sign = sign_bit(S);
+    let (res, cf, of) = match K {
+        sk::SHL | sk::SAL => {
+            let res = (v << cnt) & m;
+            let cf = cnt <= bits && (v >> (bits - cnt)) & 1 != 0;
+            (res, cf, ((res & sign) != 0) ^ cf)
+        }
+        sk::SHR => {
+            let res = v >> cnt;
+            (res, (v >> (cnt - 1)) & 1 != 0, ((res << 1) ^ res) & sign != 0)
+        }
+        _ => {
+            let x = arith::sext(v, S);
+            (((x >> cnt) as u64) & m, (x >> (cnt - 1)) & 1 != 0, false)
+        }
+    };
+    put::<S>(cpu, op.dst, res);
+    let mut f = szp(res, S);
+    if cf {
+        f |= flag::CF;
+    }
+    if of {
+        f |= flag::OF;
+    }
+    cpu.set_arith_flags(f);
+    Ok(())
+}
+
+fn shift_for<const K: u8>(size: u8) -> Option<Handler> {
+    by_size(
+        size,
+        shift_ri::<K, 1>,
+        shift_ri::<K, 2>,
+        shift_ri::<K, 4>,
+        shift_ri::<K, 8>,
+    )
+}
+
+/// Jcc rel32 outside long mode.
+fn jcc32(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecResult {
+    if cpu.efer & efer::LMA != 0 {
+        return control::jcc(cpu, op, bus);
+    }
+    if cpu.cond(op.aux) {
+        let t = cpu.rip.wrapping_add(op.imm) & 0xFFFF_FFFF;
+        if t > cpu.segs[sreg::CS].limit as u64 {
+            return Err(Fault::gp(0).into());
+        }
+        cpu.rip = t;
+    }
+    Ok(())
+}
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Form {
     RegReg,
@@ -272,58 +337,59 @@ fn by_size(size: u8, h1: Handler, h2: Handler, h4: Handler, h8: Handler) -> Opti
     })
 }
 
-/// Replace the generic handler `op.exec` by a specialised one when the form allows it.
-pub(crate) fn specialise(op: &mut Op) {
-    use std::ptr::fn_addr_eq;
-    if op.prefix & crate::decode::op::pfx::LOCK != 0 {
+/// Replace the generic handler the decoder chose for `ins` by a specialised one when the
+/// form allows it. Chosen by mnemonic (comparing handler addresses is unreliable: a generic
+/// handler may be instantiated in several codegen units).
+pub(crate) fn specialise(ins: &Instruction, op: &mut Op) {
+    use crate::decode::op::pfx;
+    use iced_x86::{Mnemonic as M, OpKind};
+    if op.prefix & (pfx::LOCK | pfx::UNDEFINED) != 0 {
         return;
     }
-    let h = op.exec;
+    // Segment, control and debug register moves keep their own handlers.
+    let gprs_only = (0..ins.op_count())
+        .all(|i| ins.op_kind(i) != OpKind::Register || ins.op_register(i).is_gpr());
+    if !gprs_only {
+        return;
+    }
     let size = op.osize;
-    let same = |g: Handler| fn_addr_eq(h, g);
     let f = form(op);
-    let new = if let Some(f) = f {
-        if same(arith::alu::<{ kind::ADD }>) {
-            alu_for::<{ kind::ADD }>(f, size)
-        } else if same(arith::alu::<{ kind::SUB }>) {
-            alu_for::<{ kind::SUB }>(f, size)
-        } else if same(arith::alu::<{ kind::CMP }>) {
-            alu_for::<{ kind::CMP }>(f, size)
-        } else if same(arith::alu::<{ kind::AND }>) {
-            alu_for::<{ kind::AND }>(f, size)
-        } else if same(arith::alu::<{ kind::OR }>) {
-            alu_for::<{ kind::OR }>(f, size)
-        } else if same(arith::alu::<{ kind::XOR }>) {
-            alu_for::<{ kind::XOR }>(f, size)
-        } else if same(arith::alu::<{ kind::TEST }>) {
-            alu_for::<{ kind::TEST }>(f, size)
-        } else if same(moves::mov) {
-            match size {
-                1 => Some(mov_sized::<1>(f)),
-                2 => Some(mov_sized::<2>(f)),
-                4 => Some(mov_sized::<4>(f)),
-                8 => Some(mov_sized::<8>(f)),
-                _ => None,
-            }
-        } else if same(moves::lea) && f == Form::RegMem && op.asize == 4 && size >= 4 {
-            by_size(size, lea_r::<4>, lea_r::<4>, lea_r::<4>, lea_r::<8>)
-        } else {
-            None
-        }
-    } else if op.dst < 16 && op.src == loc::NONE {
-        if same(arith::inc) {
+    let shift_imm = op.dst < 16 && op.src == loc::IMM;
+    let new = match (ins.mnemonic(), f) {
+        (M::Add, Some(f)) => alu_for::<{ kind::ADD }>(f, size),
+        (M::Sub, Some(f)) => alu_for::<{ kind::SUB }>(f, size),
+        (M::Cmp, Some(f)) => alu_for::<{ kind::CMP }>(f, size),
+        (M::And, Some(f)) => alu_for::<{ kind::AND }>(f, size),
+        (M::Or, Some(f)) => alu_for::<{ kind::OR }>(f, size),
+        (M::Xor, Some(f)) => alu_for::<{ kind::XOR }>(f, size),
+        (M::Test, Some(f)) => alu_for::<{ kind::TEST }>(f, size),
+        (M::Mov, Some(f)) => match size {
+            1 => Some(mov_sized::<1>(f)),
+            2 => Some(mov_sized::<2>(f)),
+            4 => Some(mov_sized::<4>(f)),
+            8 => Some(mov_sized::<8>(f)),
+            _ => None,
+        },
+        (M::Lea, Some(Form::RegMem)) if op.asize == 4 && size == 4 => Some(lea_r::<4> as Handler),
+        (M::Lea, Some(Form::RegMem)) if op.asize == 4 && size == 8 => Some(lea_r::<8> as Handler),
+        (M::Inc, None) if op.dst < 16 && op.src == loc::NONE => {
             by_size(size, inc_r::<1>, inc_r::<2>, inc_r::<4>, inc_r::<8>)
-        } else if same(arith::dec) {
-            by_size(size, dec_r::<1>, dec_r::<2>, dec_r::<4>, dec_r::<8>)
-        } else {
-            None
         }
-    } else if same(control::call_rel) && size == 4 {
-        Some(call_rel32 as Handler)
-    } else if same(control::ret_near) && size == 4 {
-        Some(ret32 as Handler)
-    } else {
-        None
+        (M::Dec, None) if op.dst < 16 && op.src == loc::NONE => {
+            by_size(size, dec_r::<1>, dec_r::<2>, dec_r::<4>, dec_r::<8>)
+        }
+        (M::Shl, _) if shift_imm => shift_for::<{ shift_rotate::kind::SHL }>(size),
+        (M::Sal, _) if shift_imm => shift_for::<{ shift_rotate::kind::SAL }>(size),
+        (M::Shr, _) if shift_imm => shift_for::<{ shift_rotate::kind::SHR }>(size),
+        (M::Sar, _) if shift_imm => shift_for::<{ shift_rotate::kind::SAR }>(size),
+        (
+            M::Jo | M::Jno | M::Jb | M::Jae | M::Je | M::Jne | M::Jbe | M::Ja | M::Js | M::Jns
+            | M::Jp | M::Jnp | M::Jl | M::Jge | M::Jle | M::Jg,
+            _,
+        ) if ins.op_kind(0) == OpKind::NearBranch32 => Some(jcc32 as Handler),
+        (M::Call, _) if ins.op_kind(0) == OpKind::NearBranch32 => Some(call_rel32 as Handler),
+        (M::Ret, _) if size == 4 => Some(ret32 as Handler),
+        _ => None,
     };
     if let Some(n) = new {
         op.exec = n;

@@ -111,7 +111,7 @@ impl Cpu {
     }
 
     /// Evaluate condition code `cc` (0-15, the low nibble of Jcc/SETcc/CMOVcc).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn cond(&mut self, cc: u8) -> bool {
         use crate::flags::{FlagOp, sign_bit};
         use crate::state::flag::*;
@@ -144,6 +144,28 @@ impl Cpu {
                     2 | 3 => Some(res == 0),
                     4 | 6 => Some(sf),
                     7 => Some(res == 0 || sf),
+                    _ => None,
+                };
+                if let Some(r) = r {
+                    return r ^ (cc & 1 != 0);
+                }
+            }
+            FlagOp::Inc | FlagOp::Dec => {
+                // Everything but CF (which INC/DEC keep in `rflags`).
+                let res = self.lazy.res & size_mask(size);
+                let sign = sign_bit(size);
+                let sf = res & sign != 0;
+                let of = if self.lazy.op == FlagOp::Inc {
+                    res == sign
+                } else {
+                    res == sign - 1
+                };
+                let r = match cc >> 1 {
+                    0 => Some(of),
+                    2 => Some(res == 0),
+                    4 => Some(sf),
+                    6 => Some(sf != of),
+                    7 => Some(res == 0 || sf != of),
                     _ => None,
                 };
                 if let Some(r) = r {
