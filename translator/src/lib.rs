@@ -96,7 +96,7 @@ impl Cpu {
             let single_step = self.rflags & flag::TF != 0;
             self.block_break = false;
             self.smc_hit = false;
-            let mask = self.ip_mask();
+            let mask = block.ip_mask;
             if shadow || single_step {
                 let start = self.rip;
                 let rsp = self.regs[4];
@@ -160,7 +160,8 @@ impl Cpu {
                     }
                 }
                 done += 1;
-                if self.block_break || self.smc_hit {
+                // (A store into translated code sets it too.)
+                if self.block_break {
                     clean = false;
                     break;
                 }

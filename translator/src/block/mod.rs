@@ -26,6 +26,8 @@ pub struct Block {
     pub ops: Box<[Op]>,
     /// Bytes of guest code covered (for the CS-limit check on reuse).
     pub byte_len: u64,
+    /// RIP mask of the code size the block was decoded for.
+    pub(crate) ip_mask: u64,
     /// The last instruction leaves CS, the mode and the privilege level alone (it falls
     /// through or is a near branch, call or return), so when the block runs to its end the
     /// next block can be found through [`Block::links`].
@@ -49,10 +51,15 @@ struct Link {
 }
 
 impl Block {
-    fn new(ops: Box<[Op]>, byte_len: u64, chainable: bool) -> Self {
+    fn new(ops: Box<[Op]>, byte_len: u64, bitness: u32, chainable: bool) -> Self {
         Block {
             ops,
             byte_len,
+            ip_mask: match bitness {
+                16 => 0xFFFF,
+                32 => 0xFFFF_FFFF,
+                _ => u64::MAX,
+            },
             chainable,
             cached: Cell::new(false),
             links: RefCell::new([None, None]),
@@ -306,7 +313,7 @@ impl Cpu {
                     }
                     let op = decode::translate(&ins, &buf[..ins.len().max(1)], bitness);
                     // byte_len 0 marks the block as not cacheable.
-                    return Ok(Block::new(vec![op].into_boxed_slice(), 0, false));
+                    return Ok(Block::new(vec![op].into_boxed_slice(), 0, bitness, false));
                 }
                 // Longer than the maximum instruction length.
                 return Err(Fault::gp(0).into());
@@ -330,7 +337,7 @@ impl Cpu {
                 break;
             }
         }
-        Ok(Block::new(ops.into_boxed_slice(), off, chainable))
+        Ok(Block::new(ops.into_boxed_slice(), off, bitness, chainable))
     }
 }
 

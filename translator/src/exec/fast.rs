@@ -36,6 +36,21 @@ fn put<const S: u8>(cpu: &mut Cpu, r: u8, v: u64) {
     }
 }
 
+/// Effective address; `A` marks the common `[base + disp]` form with 32-bit addressing.
+#[inline(always)]
+fn ea<const A: bool>(cpu: &Cpu, op: &Op) -> u64 {
+    if A {
+        cpu.regs[op.base as usize & 15].wrapping_add(op.disp) & 0xFFFF_FFFF
+    } else {
+        cpu.ea(op)
+    }
+}
+
+/// Is the memory operand `[base + disp]` with a 32-bit address?
+fn simple_ea(op: &Op) -> bool {
+    op.asize == 4 && op.base < 16 && op.index == loc::NO_REG
+}
+
 /// `a OP b` for the carry-less ALU operations, recording the lazy flags.
 #[inline(always)]
 fn alu_op<const K: u8, const S: u8>(cpu: &mut Cpu, a: u64, b: u64) -> u64 {
@@ -80,9 +95,9 @@ fn alu_ri<const K: u8, const S: u8>(cpu: &mut Cpu, op: &Op, _bus: &mut dyn CpuBu
     Ok(())
 }
 
-fn alu_rm<const K: u8, const S: u8>(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecResult {
+fn alu_rm<const K: u8, const S: u8, const A: bool>(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecResult {
     let a = get::<S>(cpu, op.dst);
-    let ea = cpu.ea(op);
+    let ea = ea::<A>(cpu, op);
     let b = cpu.load_fast::<S>(bus, op.seg as usize, ea)?;
     let res = alu_op::<K, S>(cpu, a, b);
     if writes(K) {
@@ -93,13 +108,13 @@ fn alu_rm<const K: u8, const S: u8>(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus
 
 /// Memory destination: the lazy flags are recorded only after the write succeeded.
 #[inline(always)]
-fn alu_m<const K: u8, const S: u8>(
+fn alu_m<const K: u8, const S: u8, const A: bool>(
     cpu: &mut Cpu,
     op: &Op,
     bus: &mut dyn CpuBus,
     b: u64,
 ) -> ExecResult {
-    let ea = cpu.ea(op);
+    let ea = ea::<A>(cpu, op);
     let seg = op.seg as usize;
     let a = cpu.load_fast::<S>(bus, seg, ea)?;
     let saved = cpu.lazy;
@@ -113,13 +128,13 @@ fn alu_m<const K: u8, const S: u8>(
     Ok(())
 }
 
-fn alu_mr<const K: u8, const S: u8>(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecResult {
+fn alu_mr<const K: u8, const S: u8, const A: bool>(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecResult {
     let b = get::<S>(cpu, op.src);
-    alu_m::<K, S>(cpu, op, bus, b)
+    alu_m::<K, S, A>(cpu, op, bus, b)
 }
 
-fn alu_mi<const K: u8, const S: u8>(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecResult {
-    alu_m::<K, S>(cpu, op, bus, op.imm & size_mask(S))
+fn alu_mi<const K: u8, const S: u8, const A: bool>(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecResult {
+    alu_m::<K, S, A>(cpu, op, bus, op.imm & size_mask(S))
 }
 
 fn mov_rr<const S: u8>(cpu: &mut Cpu, op: &Op, _bus: &mut dyn CpuBus) -> ExecResult {
@@ -133,21 +148,21 @@ fn mov_ri<const S: u8>(cpu: &mut Cpu, op: &Op, _bus: &mut dyn CpuBus) -> ExecRes
     Ok(())
 }
 
-fn mov_rm<const S: u8>(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecResult {
-    let ea = cpu.ea(op);
+fn mov_rm<const S: u8, const A: bool>(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecResult {
+    let ea = ea::<A>(cpu, op);
     let v = cpu.load_fast::<S>(bus, op.seg as usize, ea)?;
     put::<S>(cpu, op.dst, v);
     Ok(())
 }
 
-fn mov_mr<const S: u8>(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecResult {
+fn mov_mr<const S: u8, const A: bool>(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecResult {
     let v = get::<S>(cpu, op.src);
-    let ea = cpu.ea(op);
+    let ea = ea::<A>(cpu, op);
     cpu.store_fast::<S>(bus, op.seg as usize, ea, v)
 }
 
-fn mov_mi<const S: u8>(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecResult {
-    let ea = cpu.ea(op);
+fn mov_mi<const S: u8, const A: bool>(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecResult {
+    let ea = ea::<A>(cpu, op);
     cpu.store_fast::<S>(bus, op.seg as usize, ea, op.imm & size_mask(S))
 }
 
@@ -261,12 +276,12 @@ fn shift_for<const K: u8>(size: u8) -> Option<Handler> {
     )
 }
 
-/// Jcc rel32 outside long mode.
-fn jcc32(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecResult {
+/// Jcc rel32 outside long mode, one instance per condition code.
+fn jcc32<const CC: u8>(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecResult {
     if cpu.efer & efer::LMA != 0 {
         return control::jcc(cpu, op, bus);
     }
-    if cpu.cond(op.aux) {
+    if cpu.cond(CC) {
         let t = cpu.rip.wrapping_add(op.imm) & 0xFFFF_FFFF;
         if t > cpu.segs[sreg::CS].limit as u64 {
             return Err(Fault::gp(0).into());
@@ -275,6 +290,25 @@ fn jcc32(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecResult {
     }
     Ok(())
 }
+
+const JCC32: [Handler; 16] = [
+    jcc32::<0>,
+    jcc32::<1>,
+    jcc32::<2>,
+    jcc32::<3>,
+    jcc32::<4>,
+    jcc32::<5>,
+    jcc32::<6>,
+    jcc32::<7>,
+    jcc32::<8>,
+    jcc32::<9>,
+    jcc32::<10>,
+    jcc32::<11>,
+    jcc32::<12>,
+    jcc32::<13>,
+    jcc32::<14>,
+    jcc32::<15>,
+];
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Form {
@@ -297,33 +331,39 @@ fn form(op: &Op) -> Option<Form> {
     }
 }
 
-fn alu_sized<const K: u8, const S: u8>(f: Form) -> Handler {
-    match f {
-        Form::RegReg => alu_rr::<K, S>,
-        Form::RegImm => alu_ri::<K, S>,
-        Form::RegMem => alu_rm::<K, S>,
-        Form::MemReg => alu_mr::<K, S>,
-        Form::MemImm => alu_mi::<K, S>,
+fn alu_sized<const K: u8, const S: u8>(f: Form, simple: bool) -> Handler {
+    match (f, simple) {
+        (Form::RegReg, _) => alu_rr::<K, S>,
+        (Form::RegImm, _) => alu_ri::<K, S>,
+        (Form::RegMem, false) => alu_rm::<K, S, false>,
+        (Form::RegMem, true) => alu_rm::<K, S, true>,
+        (Form::MemReg, false) => alu_mr::<K, S, false>,
+        (Form::MemReg, true) => alu_mr::<K, S, true>,
+        (Form::MemImm, false) => alu_mi::<K, S, false>,
+        (Form::MemImm, true) => alu_mi::<K, S, true>,
     }
 }
 
-fn alu_for<const K: u8>(f: Form, size: u8) -> Option<Handler> {
+fn alu_for<const K: u8>(f: Form, size: u8, simple: bool) -> Option<Handler> {
     Some(match size {
-        1 => alu_sized::<K, 1>(f),
-        2 => alu_sized::<K, 2>(f),
-        4 => alu_sized::<K, 4>(f),
-        8 => alu_sized::<K, 8>(f),
+        1 => alu_sized::<K, 1>(f, simple),
+        2 => alu_sized::<K, 2>(f, simple),
+        4 => alu_sized::<K, 4>(f, simple),
+        8 => alu_sized::<K, 8>(f, simple),
         _ => return None,
     })
 }
 
-fn mov_sized<const S: u8>(f: Form) -> Handler {
-    match f {
-        Form::RegReg => mov_rr::<S>,
-        Form::RegImm => mov_ri::<S>,
-        Form::RegMem => mov_rm::<S>,
-        Form::MemReg => mov_mr::<S>,
-        Form::MemImm => mov_mi::<S>,
+fn mov_sized<const S: u8>(f: Form, simple: bool) -> Handler {
+    match (f, simple) {
+        (Form::RegReg, _) => mov_rr::<S>,
+        (Form::RegImm, _) => mov_ri::<S>,
+        (Form::RegMem, false) => mov_rm::<S, false>,
+        (Form::RegMem, true) => mov_rm::<S, true>,
+        (Form::MemReg, false) => mov_mr::<S, false>,
+        (Form::MemReg, true) => mov_mr::<S, true>,
+        (Form::MemImm, false) => mov_mi::<S, false>,
+        (Form::MemImm, true) => mov_mi::<S, true>,
     }
 }
 
@@ -354,20 +394,21 @@ pub(crate) fn specialise(ins: &Instruction, op: &mut Op) {
     }
     let size = op.osize;
     let f = form(op);
+    let simple = simple_ea(op);
     let shift_imm = op.dst < 16 && op.src == loc::IMM;
     let new = match (ins.mnemonic(), f) {
-        (M::Add, Some(f)) => alu_for::<{ kind::ADD }>(f, size),
-        (M::Sub, Some(f)) => alu_for::<{ kind::SUB }>(f, size),
-        (M::Cmp, Some(f)) => alu_for::<{ kind::CMP }>(f, size),
-        (M::And, Some(f)) => alu_for::<{ kind::AND }>(f, size),
-        (M::Or, Some(f)) => alu_for::<{ kind::OR }>(f, size),
-        (M::Xor, Some(f)) => alu_for::<{ kind::XOR }>(f, size),
-        (M::Test, Some(f)) => alu_for::<{ kind::TEST }>(f, size),
+        (M::Add, Some(f)) => alu_for::<{ kind::ADD }>(f, size, simple),
+        (M::Sub, Some(f)) => alu_for::<{ kind::SUB }>(f, size, simple),
+        (M::Cmp, Some(f)) => alu_for::<{ kind::CMP }>(f, size, simple),
+        (M::And, Some(f)) => alu_for::<{ kind::AND }>(f, size, simple),
+        (M::Or, Some(f)) => alu_for::<{ kind::OR }>(f, size, simple),
+        (M::Xor, Some(f)) => alu_for::<{ kind::XOR }>(f, size, simple),
+        (M::Test, Some(f)) => alu_for::<{ kind::TEST }>(f, size, simple),
         (M::Mov, Some(f)) => match size {
-            1 => Some(mov_sized::<1>(f)),
-            2 => Some(mov_sized::<2>(f)),
-            4 => Some(mov_sized::<4>(f)),
-            8 => Some(mov_sized::<8>(f)),
+            1 => Some(mov_sized::<1>(f, simple)),
+            2 => Some(mov_sized::<2>(f, simple)),
+            4 => Some(mov_sized::<4>(f, simple)),
+            8 => Some(mov_sized::<8>(f, simple)),
             _ => None,
         },
         (M::Lea, Some(Form::RegMem)) if op.asize == 4 && size == 4 => Some(lea_r::<4> as Handler),
@@ -386,7 +427,7 @@ pub(crate) fn specialise(ins: &Instruction, op: &mut Op) {
             M::Jo | M::Jno | M::Jb | M::Jae | M::Je | M::Jne | M::Jbe | M::Ja | M::Js | M::Jns
             | M::Jp | M::Jnp | M::Jl | M::Jge | M::Jle | M::Jg,
             _,
-        ) if ins.op_kind(0) == OpKind::NearBranch32 => Some(jcc32 as Handler),
+        ) if ins.op_kind(0) == OpKind::NearBranch32 => JCC32.get(op.aux as usize).copied(),
         (M::Call, _) if ins.op_kind(0) == OpKind::NearBranch32 => Some(call_rel32 as Handler),
         (M::Ret, _) if size == 4 => Some(ret32 as Handler),
         _ => None,

@@ -114,7 +114,6 @@ impl Cpu {
     #[inline(always)]
     pub(crate) fn cond(&mut self, cc: u8) -> bool {
         use crate::flags::{FlagOp, sign_bit};
-        use crate::state::flag::*;
         // Straight from the pending operation's inputs: CMP/SUB (the usual producer of the
         // unsigned and signed compares) and the logic ops (CF = OF = 0).
         let size = self.lazy.size;
@@ -184,6 +183,15 @@ impl Cpu {
             };
             return r ^ (cc & 1 != 0);
         }
+        self.cond_materialised(cc)
+    }
+
+    /// [`Cpu::cond`] through the materialised RFLAGS (kept out of line: it is the rare case,
+    /// and inlining it costs the hot callers registers).
+    #[cold]
+    #[inline(never)]
+    fn cond_materialised(&mut self, cc: u8) -> bool {
+        use crate::state::flag::*;
         let f = self.rflags();
         let r = match cc >> 1 {
             0 => f & OF != 0,

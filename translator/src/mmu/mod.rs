@@ -69,6 +69,8 @@ impl Cpu {
         if self.cache.is_code_page(page) {
             self.cache.invalidate_page(page);
             self.smc_hit = true;
+            // The dispatch loop watches `block_break` alone.
+            self.block_break = true;
         }
         self.mem.store(pa, size, v);
     }
