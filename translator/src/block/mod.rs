@@ -265,12 +265,20 @@ impl Cpu {
         let long = bitness == 64;
         let max_len = self.max_insn_len.clamp(1, 15) as u64;
         let mut ops: Vec<Op> = Vec::with_capacity(16);
+        // The block is one or more straight-line runs: the first starts at `phys`; a direct
+        // CALL into the same page continues the block at its target (see
+        // `exec::fast::call_rel32_sb`). `off` counts bytes within the current run.
+        let mut run_phys = phys;
+        let mut run_ip = ip;
+        let mut run_lin = lin;
         let mut off = 0u64;
+        let mut first_len: Option<u64> = None;
+        let mut run_call: Option<usize> = None;
         let mut buf = [0u8; 16];
         let mut chainable = false;
         loop {
-            let cur_ip = ip + off;
-            let in_page = 0x1000 - ((phys + off) & 0xFFF);
+            let cur_ip = run_ip + off;
+            let in_page = 0x1000 - ((run_phys + off) & 0xFFF);
             let in_seg = if long {
                 u64::MAX
             } else {
@@ -285,7 +293,7 @@ impl Cpu {
                 break;
             }
             let n = avail as usize;
-            self.fetch_bytes(bus, phys + off, &mut buf[..n]);
+            self.fetch_bytes(bus, run_phys + off, &mut buf[..n]);
             let mut dec = Decoder::with_ip(bitness, &buf[..n], cur_ip, DecoderOptions::NONE);
             let ins = dec.decode();
             if ins.is_invalid() && dec.last_error() == DecoderError::NoMoreBytes {
@@ -332,12 +340,43 @@ impl Cpu {
                 || op.prefix & crate::decode::op::pfx::UNDEFINED != 0
                 || !matches!(ins.flow_control(), FlowControl::Next);
             ops.push(op);
+            let cur_lin = (run_lin + off) & 0xFFFF_FFFF;
             off += len as u64;
-            if stop || ops.len() >= MAX_OPS || (phys + off) & 0xFFF == 0 {
+            if stop
+                && bitness == 32
+                && ops.len() < MAX_OPS
+                && ins.mnemonic() == iced_x86::Mnemonic::Call
+                && ins.op_kind(0) == iced_x86::OpKind::NearBranch32
+                && ins.near_branch32() as u64 <= cs_limit
+            {
+                let target = ins.near_branch32() as u64;
+                let cs_base = lin.wrapping_sub(ip);
+                let target_lin = cs_base.wrapping_add(target) & 0xFFFF_FFFF;
+                if target_lin >> 12 == cur_lin >> 12 {
+                    // Continue in the callee: close this run, open the next.
+                    if let Some(i) = run_call.take() {
+                        ops[i].imm2 = ((off as u32) << 12) | (run_phys & 0xFFF) as u32;
+                    }
+                    first_len.get_or_insert(off);
+                    let last = ops.len() - 1;
+                    ops[last].exec = crate::exec::fast::call_rel32_sb;
+                    run_call = Some(last);
+                    run_phys = (run_phys & !0xFFF) | (target_lin & 0xFFF);
+                    run_ip = target;
+                    run_lin = target_lin;
+                    off = 0;
+                    continue;
+                }
+            }
+            if stop || ops.len() >= MAX_OPS || (run_phys + off) & 0xFFF == 0 {
                 break;
             }
         }
-        Ok(Block::new(ops.into_boxed_slice(), off, bitness, chainable))
+        if let Some(i) = run_call {
+            ops[i].imm2 = ((off as u32) << 12) | (run_phys & 0xFFF) as u32;
+        }
+        let byte_len = first_len.unwrap_or(off);
+        Ok(Block::new(ops.into_boxed_slice(), byte_len, bitness, chainable))
     }
 }
 
@@ -354,5 +393,109 @@ fn chainable_end(ins: &iced_x86::Instruction) -> bool {
         FlowControl::IndirectCall => !ins.is_call_far_indirect(),
         FlowControl::Return => ins.mnemonic() == iced_x86::Mnemonic::Ret,
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::bus::{NullBus, PhysMem};
+    use crate::exception::vector;
+    use crate::state::{Segment, attr, cr0, sreg};
+    use crate::{Cpu, RunExit};
+    use iced_x86::code_asm::*;
+
+    /// 32-bit flat protected mode (no IDT: any exception ends in shutdown), code at 0x1000.
+    fn flat32(code: &[u8]) -> Cpu {
+        let mut mem = PhysMem::new(1 << 20);
+        mem.as_mut_slice()[0x1000..0x1000 + code.len()].copy_from_slice(code);
+        let mut cpu = Cpu::new(mem);
+        cpu.cr0 |= cr0::PE;
+        for s in 0..6 {
+            cpu.segs[s] = Segment {
+                selector: if s == sreg::CS { 8 } else { 0x10 },
+                base: 0,
+                limit: 0xFFFF_FFFF,
+                attr: attr::P
+                    | attr::S
+                    | attr::RW
+                    | attr::DB
+                    | attr::G
+                    | if s == sreg::CS { attr::CODE } else { 0 },
+            };
+        }
+        cpu.idtr.limit = 0;
+        cpu.rip = 0x1000;
+        cpu.regs[4] = 0x8000;
+        cpu
+    }
+
+    /// `call f; hlt` with `f: mov eax, 1; mov ebx, 2; ret` at 0x1100 (same page).
+    fn call_program() -> Vec<u8> {
+        let mut a = CodeAssembler::new(32).unwrap();
+        a.call(0x1100u64).unwrap();
+        a.hlt().unwrap();
+        let mut code = a.assemble(0x1000).unwrap();
+        let mut f = CodeAssembler::new(32).unwrap();
+        f.mov(eax, 1).unwrap();
+        f.mov(ebx, 2).unwrap();
+        f.ret().unwrap();
+        let fcode = f.assemble(0x1100).unwrap();
+        code.resize(0x100, 0x90);
+        code.extend_from_slice(&fcode);
+        code
+    }
+
+    fn run_to_end(cpu: &mut Cpu) -> RunExit {
+        cpu.run(&mut NullBus, 1000)
+    }
+
+    #[test]
+    fn block_runs_on_into_a_direct_callee_in_the_same_page() {
+        let mut cpu = flat32(&call_program());
+        assert_eq!(run_to_end(&mut cpu), RunExit::Halted);
+        assert_eq!((cpu.regs[0], cpu.regs[3]), (1, 2));
+        assert_eq!(cpu.regs[4], 0x8000);
+        assert_eq!(cpu.rip, 0x1006);
+        // The call, the callee's two moves and RET, then HLT.
+        assert_eq!(cpu.icount, 5);
+        // One block covers the call and the callee (RET ends it).
+        let key = (0x1000u64, 32u8);
+        let b = cpu.cache.get(&key).expect("cached");
+        assert_eq!(b.ops.len(), 4);
+        assert_eq!(b.byte_len, 5);
+    }
+
+    #[test]
+    fn callee_run_past_the_cs_limit_faults_at_the_right_instruction() {
+        let mut cpu = flat32(&call_program());
+        assert_eq!(run_to_end(&mut cpu), RunExit::Halted);
+        // Same cached block, now with a CS limit that ends inside `mov ebx, 2`.
+        cpu.regs = [0; 16];
+        cpu.regs[4] = 0x8000;
+        cpu.rip = 0x1000;
+        cpu.halted = false;
+        cpu.segs[sreg::CS].limit = 0x1106;
+        cpu.segs[sreg::CS].attr &= !attr::G;
+        let _ = run_to_end(&mut cpu);
+        assert_eq!(cpu.regs[0], 1, "mov eax, 1 lies within the limit");
+        assert_eq!(cpu.regs[3], 0, "mov ebx, 2 does not");
+        assert_eq!(cpu.last_fault.map(|f| f.vector), Some(vector::GP));
+    }
+
+    #[test]
+    fn callee_rewritten_by_the_guest_is_retranslated() {
+        let mut cpu = flat32(&call_program());
+        assert_eq!(run_to_end(&mut cpu), RunExit::Halted);
+        // The guest patches `mov eax, 1` into `mov eax, 7` (imm32 at 0x1101).
+        let mut a = CodeAssembler::new(32).unwrap();
+        a.mov(dword_ptr(0x1101), 7).unwrap();
+        a.jmp(0x1000u64).unwrap();
+        let patch = a.assemble(0x2000).unwrap();
+        cpu.mem.as_mut_slice()[0x2000..0x2000 + patch.len()].copy_from_slice(&patch);
+        cpu.invalidate_phys(0x2000, 0x3000);
+        cpu.rip = 0x2000;
+        cpu.halted = false;
+        assert_eq!(run_to_end(&mut cpu), RunExit::Halted);
+        assert_eq!(cpu.regs[0], 7);
     }
 }

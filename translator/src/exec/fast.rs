@@ -212,6 +212,31 @@ fn call_rel32(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecResult {
     Ok(())
 }
 
+/// CALL rel32 inside a block that goes on with the callee's code (the block builder followed
+/// the call into the same page). `imm2` holds the page offset the callee was decoded at (bits
+/// 0-11) and the length of the callee run (bits 12+). If at run time the target is not that
+/// byte of the same linear page (another CS base or offset mapped the block's start here), or
+/// the callee run reaches past the CS limit, the block stops after the call and the next
+/// block is looked up as usual.
+pub(crate) fn call_rel32_sb(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecResult {
+    let ret = cpu.rip;
+    call_rel32(cpu, op, bus)?;
+    let cs = &cpu.segs[sreg::CS];
+    let t = cpu.rip;
+    let start = ret.wrapping_sub(op.len as u64) & 0xFFFF_FFFF;
+    let lin_call = cs.base.wrapping_add(start) & 0xFFFF_FFFF;
+    let lin_t = cs.base.wrapping_add(t) & 0xFFFF_FFFF;
+    let span = (op.imm2 >> 12) as u64;
+    let ok = cpu.efer & efer::LMA == 0
+        && lin_t >> 12 == lin_call >> 12
+        && lin_t & 0xFFF == (op.imm2 & 0xFFF) as u64
+        && (span == 0 || t + span - 1 <= cs.limit as u64);
+    if !ok {
+        cpu.block_break = true;
+    }
+    Ok(())
+}
+
 /// RET / RET imm16 with a 32-bit operand size and stack.
 fn ret32(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecResult {
     if !stack32(cpu) {
