@@ -498,4 +498,50 @@ mod tests {
         assert_eq!(run_to_end(&mut cpu), RunExit::Halted);
         assert_eq!(cpu.regs[0], 7);
     }
+
+    fn rep_program(f: impl Fn(&mut CodeAssembler)) -> Cpu {
+        let mut a = CodeAssembler::new(32).unwrap();
+        f(&mut a);
+        a.hlt().unwrap();
+        let mut cpu = flat32(&a.assemble(0x1000).unwrap());
+        for i in 0..64u8 {
+            cpu.mem.as_mut_slice()[0x3000 + i as usize] = i + 1;
+        }
+        cpu
+    }
+
+    #[test]
+    fn rep_movsb_onto_an_overlapping_higher_destination_repeats_the_pattern() {
+        let mut cpu = rep_program(|a| {
+            a.mov(esi, 0x3000).unwrap();
+            a.mov(edi, 0x3001).unwrap();
+            a.mov(ecx, 16).unwrap();
+            a.rep().movsb().unwrap();
+        });
+        assert_eq!(run_to_end(&mut cpu), RunExit::Halted);
+        assert_eq!(&cpu.mem.as_slice()[0x3000..0x3012], &[1; 17].iter().chain(&[18]).copied().collect::<Vec<u8>>()[..]);
+        assert_eq!((cpu.regs[6], cpu.regs[7], cpu.regs[1]), (0x3010, 0x3011, 0));
+    }
+
+    #[test]
+    fn rep_movsd_and_stosd_move_whole_runs() {
+        let mut cpu = rep_program(|a| {
+            a.mov(esi, 0x3004).unwrap();
+            a.mov(edi, 0x3000).unwrap();
+            a.mov(ecx, 4).unwrap();
+            a.rep().movsd().unwrap();
+            a.mov(eax, 0xA1B2_C3D4u32).unwrap();
+            a.mov(edi, 0x4000).unwrap();
+            a.mov(ecx, 3).unwrap();
+            a.rep().stosd().unwrap();
+        });
+        assert_eq!(run_to_end(&mut cpu), RunExit::Halted);
+        let m = cpu.mem.as_slice();
+        // Lower overlapping destination: a plain forward move.
+        assert_eq!(&m[0x3000..0x3010], &(5..=20).collect::<Vec<u8>>()[..]);
+        assert_eq!(&m[0x3010..0x3014], &[17, 18, 19, 20]);
+        assert_eq!(&m[0x4000..0x400C], &[0xD4, 0xC3, 0xB2, 0xA1].repeat(3)[..]);
+        assert_eq!(m[0x400C], 0);
+        assert_eq!(cpu.regs[7], 0x400C);
+    }
 }
