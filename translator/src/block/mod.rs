@@ -376,7 +376,12 @@ impl Cpu {
             ops[i].imm2 = ((off as u32) << 12) | (run_phys & 0xFFF) as u32;
         }
         let byte_len = first_len.unwrap_or(off);
-        Ok(Block::new(ops.into_boxed_slice(), byte_len, bitness, chainable))
+        Ok(Block::new(
+            ops.into_boxed_slice(),
+            byte_len,
+            bitness,
+            chainable,
+        ))
     }
 }
 
@@ -519,7 +524,10 @@ mod tests {
             a.rep().movsb().unwrap();
         });
         assert_eq!(run_to_end(&mut cpu), RunExit::Halted);
-        assert_eq!(&cpu.mem.as_slice()[0x3000..0x3012], &[1; 17].iter().chain(&[18]).copied().collect::<Vec<u8>>()[..]);
+        assert_eq!(
+            &cpu.mem.as_slice()[0x3000..0x3012],
+            &[1; 17].iter().chain(&[18]).copied().collect::<Vec<u8>>()[..]
+        );
         assert_eq!((cpu.regs[6], cpu.regs[7], cpu.regs[1]), (0x3010, 0x3011, 0));
     }
 

@@ -13,8 +13,8 @@ use crate::decode::op::{Handler, Op, loc};
 use crate::exception::ExecResult;
 use crate::exception::Fault;
 use crate::exec::{arith, control, shift_rotate};
-use crate::state::{cr0, efer, flag, sreg};
 use crate::flags::{FlagOp, LazyFlags, sign_bit, size_mask, szp};
+use crate::state::{cr0, efer, flag, sreg};
 use arith::kind;
 use iced_x86::Instruction;
 
@@ -95,7 +95,11 @@ fn alu_ri<const K: u8, const S: u8>(cpu: &mut Cpu, op: &Op, _bus: &mut dyn CpuBu
     Ok(())
 }
 
-fn alu_rm<const K: u8, const S: u8, const A: bool>(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecResult {
+fn alu_rm<const K: u8, const S: u8, const A: bool>(
+    cpu: &mut Cpu,
+    op: &Op,
+    bus: &mut dyn CpuBus,
+) -> ExecResult {
     let a = get::<S>(cpu, op.dst);
     let ea = ea::<A>(cpu, op);
     let b = cpu.load_fast::<S>(bus, op.seg as usize, ea)?;
@@ -128,12 +132,20 @@ fn alu_m<const K: u8, const S: u8, const A: bool>(
     Ok(())
 }
 
-fn alu_mr<const K: u8, const S: u8, const A: bool>(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecResult {
+fn alu_mr<const K: u8, const S: u8, const A: bool>(
+    cpu: &mut Cpu,
+    op: &Op,
+    bus: &mut dyn CpuBus,
+) -> ExecResult {
     let b = get::<S>(cpu, op.src);
     alu_m::<K, S, A>(cpu, op, bus, b)
 }
 
-fn alu_mi<const K: u8, const S: u8, const A: bool>(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecResult {
+fn alu_mi<const K: u8, const S: u8, const A: bool>(
+    cpu: &mut Cpu,
+    op: &Op,
+    bus: &mut dyn CpuBus,
+) -> ExecResult {
     alu_m::<K, S, A>(cpu, op, bus, op.imm & size_mask(S))
 }
 
@@ -196,6 +208,7 @@ fn stack32(cpu: &Cpu) -> bool {
 }
 
 /// CALL rel32 with a 32-bit stack.
+#[inline(always)]
 fn call_rel32(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecResult {
     if !stack32(cpu) {
         return control::call_rel(cpu, op, bus);
@@ -272,7 +285,11 @@ fn shift_ri<const K: u8, const S: u8>(cpu: &mut Cpu, op: &Op, _bus: &mut dyn Cpu
         }
         sk::SHR => {
             let res = v >> cnt;
-            (res, (v >> (cnt - 1)) & 1 != 0, ((res << 1) ^ res) & sign != 0)
+            (
+                res,
+                (v >> (cnt - 1)) & 1 != 0,
+                ((res << 1) ^ res) & sign != 0,
+            )
         }
         _ => {
             let x = arith::sext(v, S);
@@ -449,8 +466,22 @@ pub(crate) fn specialise(ins: &Instruction, op: &mut Op) {
         (M::Shr, _) if shift_imm => shift_for::<{ shift_rotate::kind::SHR }>(size),
         (M::Sar, _) if shift_imm => shift_for::<{ shift_rotate::kind::SAR }>(size),
         (
-            M::Jo | M::Jno | M::Jb | M::Jae | M::Je | M::Jne | M::Jbe | M::Ja | M::Js | M::Jns
-            | M::Jp | M::Jnp | M::Jl | M::Jge | M::Jle | M::Jg,
+            M::Jo
+            | M::Jno
+            | M::Jb
+            | M::Jae
+            | M::Je
+            | M::Jne
+            | M::Jbe
+            | M::Ja
+            | M::Js
+            | M::Jns
+            | M::Jp
+            | M::Jnp
+            | M::Jl
+            | M::Jge
+            | M::Jle
+            | M::Jg,
             _,
         ) if ins.op_kind(0) == OpKind::NearBranch32 => JCC32.get(op.aux as usize).copied(),
         (M::Call, _) if ins.op_kind(0) == OpKind::NearBranch32 => Some(call_rel32 as Handler),
