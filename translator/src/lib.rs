@@ -46,6 +46,9 @@ impl Cpu {
     /// Run up to `budget` instructions.
     pub fn run(&mut self, bus: &mut dyn CpuBus, budget: u64) -> RunExit {
         let mut left = budget;
+        // Chain links live within one call: between calls the board may have changed the
+        // registers (CS, CR0, EFER...) behind the links' backs.
+        self.cache.epoch = self.cache.epoch.wrapping_add(1);
         // The block that just ran to its end without leaving its fetch context: the next
         // block may come from its chain links instead of a cache lookup.
         let mut prev: Option<std::rc::Rc<block::Block>> = None;

@@ -552,4 +552,28 @@ mod tests {
         assert_eq!(m[0x400C], 0);
         assert_eq!(cpu.regs[7], 0x400C);
     }
+
+    #[test]
+    fn chain_links_do_not_outlive_a_run_call() {
+        // top (0x1000): inc eax; jmp next.  next (0x1010): inc ebx; jmp top.
+        let mut a = CodeAssembler::new(32).unwrap();
+        a.inc(eax).unwrap();
+        a.jmp(0x1010u64).unwrap();
+        let mut code = a.assemble(0x1000).unwrap();
+        code.resize(0x10, 0x90);
+        let mut b = CodeAssembler::new(32).unwrap();
+        b.inc(ebx).unwrap();
+        b.jmp(0x1000u64).unwrap();
+        code.extend_from_slice(&b.assemble(0x1010).unwrap());
+        let mut cpu = flat32(&code);
+        assert_eq!(cpu.run(&mut NullBus, 100), RunExit::Budget);
+        assert_eq!(cpu.regs[0] + cpu.regs[3], 50);
+        // The board shrinks CS so that `jmp top` (0x1011) lies outside it: the next block
+        // must be fetched (and fault) again, not reached through a remembered link.
+        cpu.segs[sreg::CS].limit = 0x1010;
+        cpu.segs[sreg::CS].attr &= !attr::G;
+        cpu.rip = 0x1000;
+        let _ = cpu.run(&mut NullBus, 100);
+        assert_eq!(cpu.last_fault.map(|f| f.vector), Some(vector::GP));
+    }
 }
