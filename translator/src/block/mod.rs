@@ -327,6 +327,11 @@ impl Cpu {
                 return Err(Fault::gp(0).into());
             }
             let len = ins.len().max(1);
+            if !ops.is_empty() && reads_icount(&ins) {
+                // `icount` is brought up to date at block ends only: instructions that read it
+                // (the TSC) start a block of their own.
+                break;
+            }
             let mut op = decode::translate(&ins, &buf[..len], bitness);
             if ins.is_invalid()
                 && len as u64 >= max_len
@@ -383,6 +388,15 @@ impl Cpu {
             chainable,
         ))
     }
+}
+
+/// Instructions whose result depends on `Cpu::icount` (the TSC is derived from it).
+fn reads_icount(ins: &iced_x86::Instruction) -> bool {
+    use iced_x86::Mnemonic as M;
+    matches!(
+        ins.mnemonic(),
+        M::Rdtsc | M::Rdtscp | M::Rdmsr | M::Wrmsr | M::Rdpmc
+    )
 }
 
 /// Does this instruction keep CS, the mode and the CPL (so the block it ends may be chained)?
@@ -575,5 +589,20 @@ mod tests {
         cpu.rip = 0x1000;
         let _ = cpu.run(&mut NullBus, 100);
         assert_eq!(cpu.last_fault.map(|f| f.vector), Some(vector::GP));
+    }
+
+    #[test]
+    fn rdtsc_sees_every_instruction_retired_before_it() {
+        let mut a = CodeAssembler::new(32).unwrap();
+        a.nop().unwrap();
+        a.nop().unwrap();
+        a.rdtsc().unwrap();
+        a.mov(esi, eax).unwrap();
+        a.nop().unwrap();
+        a.rdtsc().unwrap();
+        a.hlt().unwrap();
+        let mut cpu = flat32(&a.assemble(0x1000).unwrap());
+        assert_eq!(run_to_end(&mut cpu), RunExit::Halted);
+        assert_eq!(cpu.regs[0].wrapping_sub(cpu.regs[6]), 3);
     }
 }
