@@ -71,10 +71,19 @@ fn measure(name: &str, code: &[u8], bytes_moved: u64) {
 }
 
 fn main() -> Result<(), IcedError> {
+    // A smaller count keeps callgrind runs short: `VIREO_BENCH_SCALE=0.02`.
+    let scale: f64 = std::env::var("VIREO_BENCH_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1.0);
+    let iters = ((20_000_000.0 * scale) as u32).max(1);
+    let copies = ((2000.0 * scale) as u32).max(1);
+    // `VIREO_BENCH=int` or `=copy` runs one loop only.
+    let only = std::env::var("VIREO_BENCH").unwrap_or_default();
     let mut a = CodeAssembler::new(32)?;
     let mut top = a.create_label();
     let mut func = a.create_label();
-    a.mov(ecx, 20_000_000)?;
+    a.mov(ecx, iters)?;
     a.mov(esi, 0x10000)?;
     a.set_label(&mut top)?;
     a.add(eax, ebx)?;
@@ -91,11 +100,16 @@ fn main() -> Result<(), IcedError> {
     a.set_label(&mut func)?;
     a.sub(eax, 3)?;
     a.ret()?;
-    measure("integer loop", &a.assemble(0x1000)?, 0);
+    if only != "copy" {
+        measure("integer loop", &a.assemble(0x1000)?, 0);
+    }
+    if only == "int" {
+        return Ok(());
+    }
 
     let mut a = CodeAssembler::new(32)?;
     let mut top = a.create_label();
-    a.mov(ebx, 2000)?;
+    a.mov(ebx, copies)?;
     a.set_label(&mut top)?;
     a.mov(esi, 0x100000)?;
     a.mov(edi, 0x200000)?;
@@ -105,9 +119,9 @@ fn main() -> Result<(), IcedError> {
     a.jnz(top)?;
     a.hlt()?;
     measure(
-        "string copy (rep movsd, 64 KiB x 2000)",
+        &format!("string copy (rep movsd, 64 KiB x {copies})"),
         &a.assemble(0x1000)?,
-        2000 * 65536,
+        copies as u64 * 65536,
     );
     Ok(())
 }

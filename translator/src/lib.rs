@@ -46,6 +46,12 @@ impl Cpu {
     /// Run up to `budget` instructions.
     pub fn run(&mut self, bus: &mut dyn CpuBus, budget: u64) -> RunExit {
         let mut left = budget;
+        // Chain links live within one call: between calls the board may have changed the
+        // registers (CS, CR0, EFER...) behind the links' backs.
+        self.cache.epoch = self.cache.epoch.wrapping_add(1);
+        // The block that just ran to its end without leaving its fetch context: the next
+        // block may come from its chain links instead of a cache lookup.
+        let mut prev: Option<std::rc::Rc<block::Block>> = None;
         loop {
             if left == 0 {
                 return RunExit::Budget;
@@ -55,12 +61,14 @@ impl Cpu {
             if !shadow {
                 // NMI stays pending on the bus while an NMI handler runs (until its IRET).
                 if !self.nmi_blocked && bus.take_nmi() {
+                    prev = None;
                     self.halted = false;
                     self.nmi_blocked = true;
                     if !self.raise(bus, Fault::new(vector::NMI), false) {
                         return RunExit::Shutdown;
                     }
                 } else if self.rflags & flag::IF != 0 && bus.intr_pending() {
+                    prev = None;
                     let v = bus.intr_ack();
                     self.halted = false;
                     if !self.raise(bus, Fault::new(v), false) {
@@ -71,7 +79,11 @@ impl Cpu {
             if self.halted {
                 return RunExit::Halted;
             }
-            let block = match self.get_block(bus) {
+            let got = match prev.take() {
+                Some(p) => self.next_block(bus, &p),
+                None => self.get_block(bus),
+            };
+            let block = match got {
                 Ok(b) => b,
                 Err(Exit::Fault(f)) => {
                     // A fetch fault consumes budget too, so fault loops cannot spin forever.
@@ -85,18 +97,13 @@ impl Cpu {
             };
             // TF: one instruction at a time, each followed by a single-step #DB trap.
             let single_step = self.rflags & flag::TF != 0;
-            let n = if shadow || single_step {
-                1
-            } else {
-                block.ops.len()
-            };
-            let n = n.min(left as usize);
             self.block_break = false;
             self.smc_hit = false;
-            let mask = self.ip_mask();
-            for op in &block.ops[..n] {
+            let mask = block.ip_mask;
+            if shadow || single_step {
                 let start = self.rip;
                 let rsp = self.regs[4];
+                let op = &block.ops[0];
                 self.rip = start.wrapping_add(op.len as u64) & mask;
                 match (op.exec)(self, op, bus) {
                     Ok(()) => {}
@@ -108,7 +115,7 @@ impl Cpu {
                         if !self.raise(bus, f, true) {
                             return RunExit::Shutdown;
                         }
-                        break;
+                        continue;
                     }
                     Err(Exit::Halt) => {
                         self.icount += 1;
@@ -118,18 +125,54 @@ impl Cpu {
                 self.icount += 1;
                 left -= 1;
                 // The trap is taken when TF was set before and after the instruction: INT n
-                // and exception delivery clear TF and so skip it (as the hardware does); a POPF
-                // that clears TF also skips it here, where the hardware would still trap once.
+                // and exception delivery clear TF and so skip it (as the hardware does); a
+                // POPF that clears TF also skips it here, where the hardware would still trap
+                // once.
                 if single_step && self.rflags & flag::TF != 0 {
                     self.dr[6] |= 1 << 14; // DR6.BS
                     if !self.raise(bus, Fault::new(vector::DB), true) {
                         return RunExit::Shutdown;
                     }
+                }
+                continue;
+            }
+            let n = block.ops.len().min(left.min(usize::MAX as u64) as usize);
+            let mut done = 0u64;
+            let mut clean = true;
+            for op in &block.ops[..n] {
+                let start = self.rip;
+                let rsp = self.regs[4];
+                self.rip = start.wrapping_add(op.len as u64) & mask;
+                match (op.exec)(self, op, bus) {
+                    Ok(()) => {}
+                    Err(Exit::Fault(f)) => {
+                        self.rip = start;
+                        self.regs[4] = rsp;
+                        self.icount += done;
+                        left -= done + 1;
+                        if !self.raise(bus, f, true) {
+                            return RunExit::Shutdown;
+                        }
+                        done = 0;
+                        clean = false;
+                        break;
+                    }
+                    Err(Exit::Halt) => {
+                        self.icount += done + 1;
+                        return RunExit::Halted;
+                    }
+                }
+                done += 1;
+                // (A store into translated code sets it too.)
+                if self.block_break {
+                    clean = false;
                     break;
                 }
-                if self.block_break || self.smc_hit {
-                    break;
-                }
+            }
+            self.icount += done;
+            left -= done;
+            if clean && block.chainable && n == block.ops.len() {
+                prev = Some(block);
             }
         }
     }

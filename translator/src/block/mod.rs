@@ -15,7 +15,8 @@ use bitvec::vec::BitVec;
 use hashbrown::HashMap;
 use iced_x86::{Decoder, DecoderError, DecoderOptions, FlowControl};
 use smallvec::SmallVec;
-use std::rc::Rc;
+use std::cell::{Cell, RefCell};
+use std::rc::{Rc, Weak};
 
 /// Upper bound on instructions per block (keeps interrupt latency and rebuild cost bounded).
 pub const MAX_OPS: usize = 64;
@@ -25,6 +26,45 @@ pub struct Block {
     pub ops: Box<[Op]>,
     /// Bytes of guest code covered (for the CS-limit check on reuse).
     pub byte_len: u64,
+    /// RIP mask of the code size the block was decoded for.
+    pub(crate) ip_mask: u64,
+    /// The last instruction leaves CS, the mode and the privilege level alone (it falls
+    /// through or is a near branch, call or return), so when the block runs to its end the
+    /// next block can be found through [`Block::links`].
+    pub(crate) chainable: bool,
+    /// The block sits in the cache (and so is dropped on self-modifying code); only such
+    /// blocks may be chained to.
+    pub(crate) cached: Cell<bool>,
+    /// Successors seen after this block (fall-through and taken target, or the last two
+    /// return addresses): a memo of `get_block` for the same fetch context.
+    links: RefCell<[Option<Link>; 2]>,
+}
+
+/// A remembered successor: valid while RIP, the translation stamp (block cache and TLB
+/// generations), the CS base and the CPL are what they were when it was recorded.
+struct Link {
+    rip: u64,
+    stamp: u64,
+    cs_base: u64,
+    cpl: u8,
+    block: Weak<Block>,
+}
+
+impl Block {
+    fn new(ops: Box<[Op]>, byte_len: u64, bitness: u32, chainable: bool) -> Self {
+        Block {
+            ops,
+            byte_len,
+            ip_mask: match bitness {
+                16 => 0xFFFF,
+                32 => 0xFFFF_FFFF,
+                _ => u64::MAX,
+            },
+            chainable,
+            cached: Cell::new(false),
+            links: RefCell::new([None, None]),
+        }
+    }
 }
 
 type Key = (u64, u8);
@@ -44,6 +84,8 @@ pub(crate) struct BlockCache {
     map: HashMap<Key, Rc<Block>>,
     by_page: HashMap<u64, SmallVec<[Key; 4]>>,
     code_pages: BitVec,
+    /// Bumped whenever blocks are dropped, which makes every chain link stale.
+    pub(crate) epoch: u64,
 }
 
 impl BlockCache {
@@ -53,10 +95,12 @@ impl BlockCache {
             map: HashMap::new(),
             by_page: HashMap::new(),
             code_pages: BitVec::new(),
+            epoch: 0,
         }
     }
 
     pub fn clear(&mut self) {
+        self.epoch = self.epoch.wrapping_add(1);
         if !self.map.is_empty() {
             self.fast.fill(None);
         }
@@ -72,6 +116,7 @@ impl BlockCache {
 
     pub fn invalidate_page(&mut self, page: u64) {
         if let Some(keys) = self.by_page.remove(&page) {
+            self.epoch = self.epoch.wrapping_add(1);
             for k in keys {
                 self.map.remove(&k);
                 let slot = &mut self.fast[fast_slot(&k)];
@@ -105,11 +150,63 @@ impl BlockCache {
         }
         self.code_pages.set(page as usize, true);
         self.by_page.entry(page).or_default().push(key);
+        block.cached.set(true);
         self.map.insert(key, block);
     }
 }
 
 impl Cpu {
+    /// What a chain link must match besides RIP: block cache and TLB generations.
+    #[inline]
+    fn chain_stamp(&self) -> u64 {
+        self.cache.epoch.wrapping_add(self.tlb.generation)
+    }
+
+    /// The block to run after `prev` (which ran to its end and is chainable): from its links
+    /// when one matches, else from [`Cpu::get_block`], remembering the answer in `prev`.
+    #[inline]
+    pub(crate) fn next_block(
+        &mut self,
+        bus: &mut dyn CpuBus,
+        prev: &Block,
+    ) -> Result<Rc<Block>, Exit> {
+        let stamp = self.chain_stamp();
+        let cs_base = self.segs[sreg::CS].base;
+        {
+            let links = prev.links.borrow();
+            for l in links.iter().flatten() {
+                if l.rip == self.rip
+                    && l.stamp == stamp
+                    && l.cs_base == cs_base
+                    && l.cpl == self.cpl
+                    && let Some(b) = l.block.upgrade()
+                {
+                    return Ok(b);
+                }
+            }
+        }
+        let b = self.get_block(bus)?;
+        if b.cached.get() && self.chain_stamp() == stamp {
+            let mut links = prev.links.borrow_mut();
+            // Keep the entry that is still valid; replace the other (or the older one).
+            let slot = match &links[0] {
+                Some(l) if l.stamp == stamp && l.block.strong_count() > 0 => 1,
+                _ => 0,
+            };
+            if slot == 1 {
+                links[1] = links[0].take();
+            }
+            links[0] = Some(Link {
+                rip: self.rip,
+                stamp,
+                cs_base,
+                cpl: self.cpl,
+                block: Rc::downgrade(&b),
+            });
+        }
+        Ok(b)
+    }
+
     /// The block that starts at CS:RIP, from the cache or freshly translated. Faults here are
     /// instruction-fetch faults of the first instruction (#GP beyond the CS limit, #PF).
     pub(crate) fn get_block(&mut self, bus: &mut dyn CpuBus) -> Result<Rc<Block>, Exit> {
@@ -168,11 +265,20 @@ impl Cpu {
         let long = bitness == 64;
         let max_len = self.max_insn_len.clamp(1, 15) as u64;
         let mut ops: Vec<Op> = Vec::with_capacity(16);
+        // The block is one or more straight-line runs: the first starts at `phys`; a direct
+        // CALL into the same page continues the block at its target (see
+        // `exec::fast::call_rel32_sb`). `off` counts bytes within the current run.
+        let mut run_phys = phys;
+        let mut run_ip = ip;
+        let mut run_lin = lin;
         let mut off = 0u64;
+        let mut first_len: Option<u64> = None;
+        let mut run_call: Option<usize> = None;
         let mut buf = [0u8; 16];
+        let mut chainable = false;
         loop {
-            let cur_ip = ip + off;
-            let in_page = 0x1000 - ((phys + off) & 0xFFF);
+            let cur_ip = run_ip + off;
+            let in_page = 0x1000 - ((run_phys + off) & 0xFFF);
             let in_seg = if long {
                 u64::MAX
             } else {
@@ -187,7 +293,7 @@ impl Cpu {
                 break;
             }
             let n = avail as usize;
-            self.fetch_bytes(bus, phys + off, &mut buf[..n]);
+            self.fetch_bytes(bus, run_phys + off, &mut buf[..n]);
             let mut dec = Decoder::with_ip(bitness, &buf[..n], cur_ip, DecoderOptions::NONE);
             let ins = dec.decode();
             if ins.is_invalid() && dec.last_error() == DecoderError::NoMoreBytes {
@@ -215,15 +321,17 @@ impl Cpu {
                     }
                     let op = decode::translate(&ins, &buf[..ins.len().max(1)], bitness);
                     // byte_len 0 marks the block as not cacheable.
-                    return Ok(Block {
-                        ops: vec![op].into_boxed_slice(),
-                        byte_len: 0,
-                    });
+                    return Ok(Block::new(vec![op].into_boxed_slice(), 0, bitness, false));
                 }
                 // Longer than the maximum instruction length.
                 return Err(Fault::gp(0).into());
             }
             let len = ins.len().max(1);
+            if !ops.is_empty() && reads_icount(&ins) {
+                // `icount` is brought up to date at block ends only: instructions that read it
+                // (the TSC) start a block of their own.
+                break;
+            }
             let mut op = decode::translate(&ins, &buf[..len], bitness);
             if ins.is_invalid()
                 && len as u64 >= max_len
@@ -232,18 +340,269 @@ impl Cpu {
                 // Prefixes ran past the length limit: #GP(0), not #UD.
                 op.exec = crate::exec::too_long;
             }
+            chainable = chainable_end(&ins);
             let stop = ins.is_invalid()
                 || op.prefix & crate::decode::op::pfx::UNDEFINED != 0
                 || !matches!(ins.flow_control(), FlowControl::Next);
             ops.push(op);
+            let cur_lin = (run_lin + off) & 0xFFFF_FFFF;
             off += len as u64;
-            if stop || ops.len() >= MAX_OPS || (phys + off) & 0xFFF == 0 {
+            if stop
+                && bitness == 32
+                && ops.len() < MAX_OPS
+                && ins.mnemonic() == iced_x86::Mnemonic::Call
+                && ins.op_kind(0) == iced_x86::OpKind::NearBranch32
+                && ins.near_branch32() as u64 <= cs_limit
+            {
+                let target = ins.near_branch32() as u64;
+                let cs_base = lin.wrapping_sub(ip);
+                let target_lin = cs_base.wrapping_add(target) & 0xFFFF_FFFF;
+                if target_lin >> 12 == cur_lin >> 12 {
+                    // Continue in the callee: close this run, open the next.
+                    if let Some(i) = run_call.take() {
+                        ops[i].imm2 = ((off as u32) << 12) | (run_phys & 0xFFF) as u32;
+                    }
+                    first_len.get_or_insert(off);
+                    let last = ops.len() - 1;
+                    ops[last].exec = crate::exec::fast::call_rel32_sb;
+                    run_call = Some(last);
+                    run_phys = (run_phys & !0xFFF) | (target_lin & 0xFFF);
+                    run_ip = target;
+                    run_lin = target_lin;
+                    off = 0;
+                    continue;
+                }
+            }
+            if stop || ops.len() >= MAX_OPS || (run_phys + off) & 0xFFF == 0 {
                 break;
             }
         }
-        Ok(Block {
-            ops: ops.into_boxed_slice(),
-            byte_len: off,
-        })
+        if let Some(i) = run_call {
+            ops[i].imm2 = ((off as u32) << 12) | (run_phys & 0xFFF) as u32;
+        }
+        let byte_len = first_len.unwrap_or(off);
+        Ok(Block::new(
+            ops.into_boxed_slice(),
+            byte_len,
+            bitness,
+            chainable,
+        ))
+    }
+}
+
+/// Instructions whose result depends on `Cpu::icount` (the TSC is derived from it).
+fn reads_icount(ins: &iced_x86::Instruction) -> bool {
+    use iced_x86::Mnemonic as M;
+    matches!(
+        ins.mnemonic(),
+        M::Rdtsc | M::Rdtscp | M::Rdmsr | M::Wrmsr | M::Rdpmc
+    )
+}
+
+/// Does this instruction keep CS, the mode and the CPL (so the block it ends may be chained)?
+fn chainable_end(ins: &iced_x86::Instruction) -> bool {
+    if ins.is_invalid() {
+        return false;
+    }
+    match ins.flow_control() {
+        FlowControl::Next => true,
+        FlowControl::UnconditionalBranch | FlowControl::ConditionalBranch => !ins.is_jmp_far(),
+        FlowControl::IndirectBranch => !ins.is_jmp_far_indirect(),
+        FlowControl::Call => !ins.is_call_far(),
+        FlowControl::IndirectCall => !ins.is_call_far_indirect(),
+        FlowControl::Return => ins.mnemonic() == iced_x86::Mnemonic::Ret,
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::bus::{NullBus, PhysMem};
+    use crate::exception::vector;
+    use crate::state::{Segment, attr, cr0, sreg};
+    use crate::{Cpu, RunExit};
+    use iced_x86::code_asm::*;
+
+    /// 32-bit flat protected mode (no IDT: any exception ends in shutdown), code at 0x1000.
+    fn flat32(code: &[u8]) -> Cpu {
+        let mut mem = PhysMem::new(1 << 20);
+        mem.as_mut_slice()[0x1000..0x1000 + code.len()].copy_from_slice(code);
+        let mut cpu = Cpu::new(mem);
+        cpu.cr0 |= cr0::PE;
+        for s in 0..6 {
+            cpu.segs[s] = Segment {
+                selector: if s == sreg::CS { 8 } else { 0x10 },
+                base: 0,
+                limit: 0xFFFF_FFFF,
+                attr: attr::P
+                    | attr::S
+                    | attr::RW
+                    | attr::DB
+                    | attr::G
+                    | if s == sreg::CS { attr::CODE } else { 0 },
+            };
+        }
+        cpu.idtr.limit = 0;
+        cpu.rip = 0x1000;
+        cpu.regs[4] = 0x8000;
+        cpu
+    }
+
+    /// `call f; hlt` with `f: mov eax, 1; mov ebx, 2; ret` at 0x1100 (same page).
+    fn call_program() -> Vec<u8> {
+        let mut a = CodeAssembler::new(32).unwrap();
+        a.call(0x1100u64).unwrap();
+        a.hlt().unwrap();
+        let mut code = a.assemble(0x1000).unwrap();
+        let mut f = CodeAssembler::new(32).unwrap();
+        f.mov(eax, 1).unwrap();
+        f.mov(ebx, 2).unwrap();
+        f.ret().unwrap();
+        let fcode = f.assemble(0x1100).unwrap();
+        code.resize(0x100, 0x90);
+        code.extend_from_slice(&fcode);
+        code
+    }
+
+    fn run_to_end(cpu: &mut Cpu) -> RunExit {
+        cpu.run(&mut NullBus, 1000)
+    }
+
+    #[test]
+    fn block_runs_on_into_a_direct_callee_in_the_same_page() {
+        let mut cpu = flat32(&call_program());
+        assert_eq!(run_to_end(&mut cpu), RunExit::Halted);
+        assert_eq!((cpu.regs[0], cpu.regs[3]), (1, 2));
+        assert_eq!(cpu.regs[4], 0x8000);
+        assert_eq!(cpu.rip, 0x1006);
+        // The call, the callee's two moves and RET, then HLT.
+        assert_eq!(cpu.icount, 5);
+        // One block covers the call and the callee (RET ends it).
+        let key = (0x1000u64, 32u8);
+        let b = cpu.cache.get(&key).expect("cached");
+        assert_eq!(b.ops.len(), 4);
+        assert_eq!(b.byte_len, 5);
+    }
+
+    #[test]
+    fn callee_run_past_the_cs_limit_faults_at_the_right_instruction() {
+        let mut cpu = flat32(&call_program());
+        assert_eq!(run_to_end(&mut cpu), RunExit::Halted);
+        // Same cached block, now with a CS limit that ends inside `mov ebx, 2`.
+        cpu.regs = [0; 16];
+        cpu.regs[4] = 0x8000;
+        cpu.rip = 0x1000;
+        cpu.halted = false;
+        cpu.segs[sreg::CS].limit = 0x1106;
+        cpu.segs[sreg::CS].attr &= !attr::G;
+        let _ = run_to_end(&mut cpu);
+        assert_eq!(cpu.regs[0], 1, "mov eax, 1 lies within the limit");
+        assert_eq!(cpu.regs[3], 0, "mov ebx, 2 does not");
+        assert_eq!(cpu.last_fault.map(|f| f.vector), Some(vector::GP));
+    }
+
+    #[test]
+    fn callee_rewritten_by_the_guest_is_retranslated() {
+        let mut cpu = flat32(&call_program());
+        assert_eq!(run_to_end(&mut cpu), RunExit::Halted);
+        // The guest patches `mov eax, 1` into `mov eax, 7` (imm32 at 0x1101).
+        let mut a = CodeAssembler::new(32).unwrap();
+        a.mov(dword_ptr(0x1101), 7).unwrap();
+        a.jmp(0x1000u64).unwrap();
+        let patch = a.assemble(0x2000).unwrap();
+        cpu.mem.as_mut_slice()[0x2000..0x2000 + patch.len()].copy_from_slice(&patch);
+        cpu.invalidate_phys(0x2000, 0x3000);
+        cpu.rip = 0x2000;
+        cpu.halted = false;
+        assert_eq!(run_to_end(&mut cpu), RunExit::Halted);
+        assert_eq!(cpu.regs[0], 7);
+    }
+
+    fn rep_program(f: impl Fn(&mut CodeAssembler)) -> Cpu {
+        let mut a = CodeAssembler::new(32).unwrap();
+        f(&mut a);
+        a.hlt().unwrap();
+        let mut cpu = flat32(&a.assemble(0x1000).unwrap());
+        for i in 0..64u8 {
+            cpu.mem.as_mut_slice()[0x3000 + i as usize] = i + 1;
+        }
+        cpu
+    }
+
+    #[test]
+    fn rep_movsb_onto_an_overlapping_higher_destination_repeats_the_pattern() {
+        let mut cpu = rep_program(|a| {
+            a.mov(esi, 0x3000).unwrap();
+            a.mov(edi, 0x3001).unwrap();
+            a.mov(ecx, 16).unwrap();
+            a.rep().movsb().unwrap();
+        });
+        assert_eq!(run_to_end(&mut cpu), RunExit::Halted);
+        assert_eq!(
+            &cpu.mem.as_slice()[0x3000..0x3012],
+            &[1; 17].iter().chain(&[18]).copied().collect::<Vec<u8>>()[..]
+        );
+        assert_eq!((cpu.regs[6], cpu.regs[7], cpu.regs[1]), (0x3010, 0x3011, 0));
+    }
+
+    #[test]
+    fn rep_movsd_and_stosd_move_whole_runs() {
+        let mut cpu = rep_program(|a| {
+            a.mov(esi, 0x3004).unwrap();
+            a.mov(edi, 0x3000).unwrap();
+            a.mov(ecx, 4).unwrap();
+            a.rep().movsd().unwrap();
+            a.mov(eax, 0xA1B2_C3D4u32).unwrap();
+            a.mov(edi, 0x4000).unwrap();
+            a.mov(ecx, 3).unwrap();
+            a.rep().stosd().unwrap();
+        });
+        assert_eq!(run_to_end(&mut cpu), RunExit::Halted);
+        let m = cpu.mem.as_slice();
+        // Lower overlapping destination: a plain forward move.
+        assert_eq!(&m[0x3000..0x3010], &(5..=20).collect::<Vec<u8>>()[..]);
+        assert_eq!(&m[0x3010..0x3014], &[17, 18, 19, 20]);
+        assert_eq!(&m[0x4000..0x400C], &[0xD4, 0xC3, 0xB2, 0xA1].repeat(3)[..]);
+        assert_eq!(m[0x400C], 0);
+        assert_eq!(cpu.regs[7], 0x400C);
+    }
+
+    #[test]
+    fn chain_links_do_not_outlive_a_run_call() {
+        // top (0x1000): inc eax; jmp next.  next (0x1010): inc ebx; jmp top.
+        let mut a = CodeAssembler::new(32).unwrap();
+        a.inc(eax).unwrap();
+        a.jmp(0x1010u64).unwrap();
+        let mut code = a.assemble(0x1000).unwrap();
+        code.resize(0x10, 0x90);
+        let mut b = CodeAssembler::new(32).unwrap();
+        b.inc(ebx).unwrap();
+        b.jmp(0x1000u64).unwrap();
+        code.extend_from_slice(&b.assemble(0x1010).unwrap());
+        let mut cpu = flat32(&code);
+        assert_eq!(cpu.run(&mut NullBus, 100), RunExit::Budget);
+        assert_eq!(cpu.regs[0] + cpu.regs[3], 50);
+        // The board shrinks CS so that `jmp top` (0x1011) lies outside it: the next block
+        // must be fetched (and fault) again, not reached through a remembered link.
+        cpu.segs[sreg::CS].limit = 0x1010;
+        cpu.segs[sreg::CS].attr &= !attr::G;
+        cpu.rip = 0x1000;
+        let _ = cpu.run(&mut NullBus, 100);
+        assert_eq!(cpu.last_fault.map(|f| f.vector), Some(vector::GP));
+    }
+
+    #[test]
+    fn rdtsc_sees_every_instruction_retired_before_it() {
+        let mut a = CodeAssembler::new(32).unwrap();
+        a.nop().unwrap();
+        a.nop().unwrap();
+        a.rdtsc().unwrap();
+        a.mov(esi, eax).unwrap();
+        a.nop().unwrap();
+        a.rdtsc().unwrap();
+        a.hlt().unwrap();
+        let mut cpu = flat32(&a.assemble(0x1000).unwrap());
+        assert_eq!(run_to_end(&mut cpu), RunExit::Halted);
+        assert_eq!(cpu.regs[0].wrapping_sub(cpu.regs[6]), 3);
     }
 }

@@ -717,6 +717,7 @@ pub fn translate(ins: &Instruction, bytes: &[u8], bitness: u32) -> Op {
         op.prefix |= pfx::UNDEFINED;
     }
     op.exec = h;
+    exec::fast::specialise(ins, &mut op);
     op
 }
 

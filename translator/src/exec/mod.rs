@@ -7,6 +7,7 @@ pub mod bcd;
 pub mod bits;
 pub mod control;
 pub mod far;
+pub mod fast;
 pub mod flags_ops;
 pub mod io;
 pub mod logic;
@@ -121,10 +122,68 @@ impl Cpu {
     }
 
     /// Evaluate condition code `cc` (0-15, the low nibble of Jcc/SETcc/CMOVcc).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn cond(&mut self, cc: u8) -> bool {
         use crate::flags::{FlagOp, sign_bit};
-        use crate::state::flag::*;
+        // Straight from the pending operation's inputs: CMP/SUB (the usual producer of the
+        // unsigned and signed compares) and the logic ops (CF = OF = 0).
+        let size = self.lazy.size;
+        match self.lazy.op {
+            FlagOp::Sub => {
+                let m = size_mask(size);
+                let (a, b) = (self.lazy.a & m, self.lazy.b & m);
+                let sh = 64 - size as u32 * 8;
+                let (sa, sb) = (((a << sh) as i64) >> sh, ((b << sh) as i64) >> sh);
+                let r = match cc >> 1 {
+                    1 => Some(a < b),
+                    2 => Some(a == b),
+                    3 => Some(a <= b),
+                    6 => Some(sa < sb),
+                    7 => Some(sa <= sb),
+                    _ => None,
+                };
+                if let Some(r) = r {
+                    return r ^ (cc & 1 != 0);
+                }
+            }
+            FlagOp::Logic => {
+                let res = self.lazy.res & size_mask(size);
+                let sf = res & sign_bit(size) != 0;
+                let r = match cc >> 1 {
+                    0 | 1 => Some(false),
+                    2 | 3 => Some(res == 0),
+                    4 | 6 => Some(sf),
+                    7 => Some(res == 0 || sf),
+                    _ => None,
+                };
+                if let Some(r) = r {
+                    return r ^ (cc & 1 != 0);
+                }
+            }
+            FlagOp::Inc | FlagOp::Dec => {
+                // Everything but CF (which INC/DEC keep in `rflags`).
+                let res = self.lazy.res & size_mask(size);
+                let sign = sign_bit(size);
+                let sf = res & sign != 0;
+                let of = if self.lazy.op == FlagOp::Inc {
+                    res == sign
+                } else {
+                    res == sign - 1
+                };
+                let r = match cc >> 1 {
+                    0 => Some(of),
+                    2 => Some(res == 0),
+                    4 => Some(sf),
+                    6 => Some(sf != of),
+                    7 => Some(res == 0 || sf != of),
+                    _ => None,
+                };
+                if let Some(r) = r {
+                    return r ^ (cc & 1 != 0);
+                }
+            }
+            _ => {}
+        }
         // Fast paths: ZF and SF straight from the pending result.
         if self.lazy.op != FlagOp::None && matches!(cc >> 1, 2 | 4) {
             let res = self.lazy.res & size_mask(self.lazy.size);
@@ -135,6 +194,15 @@ impl Cpu {
             };
             return r ^ (cc & 1 != 0);
         }
+        self.cond_materialised(cc)
+    }
+
+    /// [`Cpu::cond`] through the materialised RFLAGS (kept out of line: it is the rare case,
+    /// and inlining it costs the hot callers registers).
+    #[cold]
+    #[inline(never)]
+    fn cond_materialised(&mut self, cc: u8) -> bool {
+        use crate::state::flag::*;
         let f = self.rflags();
         let r = match cc >> 1 {
             0 => f & OF != 0,

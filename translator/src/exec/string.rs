@@ -212,8 +212,22 @@ fn fast_run<const K: u8>(
     }
     if K == kind::STOS {
         let v = cpu.reg(0, op.osize);
-        for i in 0..n {
-            cpu.mem.store(dpa + i * size, op.osize, v);
+        let bytes = v.to_le_bytes();
+        let elem = &bytes[..size as usize];
+        let len = (n * size) as usize;
+        let d = dpa as usize;
+        // The run lies in one RAM page: fill it as a slice.
+        match cpu.mem.as_mut_slice().get_mut(d..d + len) {
+            Some(dst) => {
+                for chunk in dst.chunks_exact_mut(elem.len()) {
+                    chunk.copy_from_slice(elem);
+                }
+            }
+            None => {
+                for i in 0..n {
+                    cpu.mem.store(dpa + i * size, op.osize, v);
+                }
+            }
         }
         cpu.set_reg(7, op.asize, (di + n * size) & am);
         return Ok(n);
@@ -239,9 +253,21 @@ fn fast_run<const K: u8>(
     if !cpu.mem.is_backed(spa) {
         return Ok(0);
     }
-    for i in 0..n {
-        let v = cpu.mem.load(spa + i * size, op.osize);
-        cpu.mem.store(dpa + i * size, op.osize, v);
+    let len = n * size;
+    let total = cpu.mem.as_slice().len() as u64;
+    // Element by element, a forward copy onto an overlapping higher destination repeats the
+    // source pattern; any other layout is what a block move produces.
+    let replicates = dpa > spa && dpa < spa + len;
+    if !replicates && spa + len <= total && dpa + len <= total {
+        let (s0, d0) = (spa as usize, dpa as usize);
+        cpu.mem
+            .as_mut_slice()
+            .copy_within(s0..s0 + len as usize, d0);
+    } else {
+        for i in 0..n {
+            let v = cpu.mem.load(spa + i * size, op.osize);
+            cpu.mem.store(dpa + i * size, op.osize, v);
+        }
     }
     cpu.set_reg(6, op.asize, (si + n * size) & am);
     cpu.set_reg(7, op.asize, (di + n * size) & am);

@@ -9,7 +9,7 @@ pub mod tlb;
 use crate::Cpu;
 use crate::bus::CpuBus;
 use crate::exception::{Exit, Fault, vector};
-use crate::state::{cr0, flag};
+use crate::state::{attr, cr0, efer, flag};
 
 /// Kind of memory access, for protection checks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,6 +69,8 @@ impl Cpu {
         if self.cache.is_code_page(page) {
             self.cache.invalidate_page(page);
             self.smc_hit = true;
+            // The dispatch loop watches `block_break` alone.
+            self.block_break = true;
         }
         self.mem.store(pa, size, v);
     }
@@ -237,6 +239,59 @@ impl Cpu {
             return Ok(());
         }
         Ok(self.write_lin(bus, lin, size, v, user)?)
+    }
+
+    /// [`Cpu::read_mem`] for a fixed size, with the common case inline: a present, writable,
+    /// expand-up data segment outside long mode, the offset within its limit, and a page the
+    /// fast TLB knows as plain RAM. Everything else takes the full path.
+    #[inline(always)]
+    pub(crate) fn load_fast<const S: u8>(
+        &mut self,
+        bus: &mut dyn CpuBus,
+        seg: usize,
+        off: u64,
+    ) -> Result<u64, Exit> {
+        let s = &self.segs[seg];
+        if s.attr & (attr::P | attr::CODE | attr::DC | attr::RW) == attr::P | attr::RW
+            && self.efer & efer::LMA == 0
+            && off.wrapping_add(S as u64 - 1) <= s.limit as u64
+            && off <= s.limit as u64
+        {
+            let lin = s.base.wrapping_add(off) & 0xFFFF_FFFF;
+            if (lin & 0xFFF) <= 0x1000 - S as u64
+                && let Some(pa) = self.tlb.fast_read(lin, self.cpl == 3)
+            {
+                return Ok(self.mem.load(pa, S));
+            }
+        }
+        self.read_mem(bus, seg, off, S)
+    }
+
+    /// [`Cpu::write_mem`] for a fixed size with the common case inline (see
+    /// [`Cpu::load_fast`]; the fast write TLB never holds pages with translated code).
+    #[inline(always)]
+    pub(crate) fn store_fast<const S: u8>(
+        &mut self,
+        bus: &mut dyn CpuBus,
+        seg: usize,
+        off: u64,
+        v: u64,
+    ) -> Result<(), Exit> {
+        let s = &self.segs[seg];
+        if s.attr & (attr::P | attr::CODE | attr::DC | attr::RW) == attr::P | attr::RW
+            && self.efer & efer::LMA == 0
+            && off.wrapping_add(S as u64 - 1) <= s.limit as u64
+            && off <= s.limit as u64
+        {
+            let lin = s.base.wrapping_add(off) & 0xFFFF_FFFF;
+            if (lin & 0xFFF) <= 0x1000 - S as u64
+                && let Some(pa) = self.tlb.fast_write(lin, self.cpl == 3)
+            {
+                self.mem.store(pa, S, v);
+                return Ok(());
+            }
+        }
+        self.write_mem(bus, seg, off, S, v)
     }
 
     /// Check that a write of `size` bytes at `seg:off` would succeed, without writing (for

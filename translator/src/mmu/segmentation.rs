@@ -72,6 +72,15 @@ impl Cpu {
         acc: Access,
     ) -> Result<u64, Fault> {
         let s = &self.segs[seg];
+        // Present, writable, expand-up data (every flat segment): outside 64-bit mode every
+        // type check passes, only the limit is left.
+        if s.attr & (attr::P | attr::CODE | attr::DC | attr::RW) == attr::P | attr::RW
+            && self.efer & crate::state::efer::LMA == 0
+            && off.wrapping_add(size as u64 - 1) <= s.limit as u64
+            && off <= s.limit as u64
+        {
+            return Ok(s.base.wrapping_add(off) & 0xFFFF_FFFF);
+        }
         let fault = || {
             if seg == sreg::SS {
                 Fault::ss(0)

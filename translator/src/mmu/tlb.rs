@@ -47,6 +47,9 @@ pub struct Tlb {
     /// A large page was cached: INVLPG must drop everything (its 4 KiB pieces are spread over
     /// many slots).
     has_large: bool,
+    /// Bumped whenever cached translations are dropped, so block chains (which remember a
+    /// code translation) can tell they are stale.
+    pub(crate) generation: u64,
 }
 
 impl Default for Tlb {
@@ -62,6 +65,7 @@ impl Tlb {
             fast_r: vec![FastEntry::default(); FAST].into_boxed_slice(),
             fast_w: vec![FastEntry::default(); FAST].into_boxed_slice(),
             has_large: false,
+            generation: 0,
         }
     }
 
@@ -85,6 +89,7 @@ impl Tlb {
     }
 
     pub fn flush_all(&mut self) {
+        self.generation = self.generation.wrapping_add(1);
         self.entries.fill(Entry::default());
         self.has_large = false;
         self.flush_fast();
@@ -150,6 +155,7 @@ impl Tlb {
 
     /// CR3 reload: drop everything but global pages.
     pub fn flush_nonglobal(&mut self) {
+        self.generation = self.generation.wrapping_add(1);
         self.flush_fast();
         for e in self.entries.iter_mut() {
             if e.perm & perm::GLOBAL == 0 {
@@ -160,6 +166,7 @@ impl Tlb {
 
     /// INVLPG.
     pub fn flush_page(&mut self, lpage: u64) {
+        self.generation = self.generation.wrapping_add(1);
         self.flush_fast();
         if self.has_large {
             self.flush_all();
