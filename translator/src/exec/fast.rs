@@ -120,7 +120,11 @@ fn alu_m<const K: u8, const S: u8, const A: bool>(
 ) -> ExecResult {
     let ea = ea::<A>(cpu, op);
     let seg = op.seg as usize;
-    let a = cpu.load_fast::<S>(bus, seg, ea)?;
+    let a = if writes(K) {
+        cpu.load_rmw_fast::<S>(bus, seg, ea)?
+    } else {
+        cpu.load_fast::<S>(bus, seg, ea)?
+    };
     let saved = cpu.lazy;
     let res = alu_op::<K, S>(cpu, a, b);
     if writes(K)

@@ -254,6 +254,7 @@ impl Cpu {
         let s = &self.segs[seg];
         if s.attr & (attr::P | attr::CODE | attr::DC | attr::RW) == attr::P | attr::RW
             && self.efer & efer::LMA == 0
+            && self.rflags & flag::AC == 0
             && off.wrapping_add(S as u64 - 1) <= s.limit as u64
             && off <= s.limit as u64
         {
@@ -265,6 +266,33 @@ impl Cpu {
             }
         }
         self.read_mem(bus, seg, off, S)
+    }
+
+    /// [`Cpu::read_mem_rmw`] for a fixed size with the common case inline: the destination of a
+    /// read-modify-write is looked up in the write TLB, so a miss walks with write intent (a
+    /// #PF reports W=1, as the hardware does).
+    #[inline(always)]
+    pub(crate) fn load_rmw_fast<const S: u8>(
+        &mut self,
+        bus: &mut dyn CpuBus,
+        seg: usize,
+        off: u64,
+    ) -> Result<u64, Exit> {
+        let s = &self.segs[seg];
+        if s.attr & (attr::P | attr::CODE | attr::DC | attr::RW) == attr::P | attr::RW
+            && self.efer & efer::LMA == 0
+            && self.rflags & flag::AC == 0
+            && off.wrapping_add(S as u64 - 1) <= s.limit as u64
+            && off <= s.limit as u64
+        {
+            let lin = s.base.wrapping_add(off) & 0xFFFF_FFFF;
+            if (lin & 0xFFF) <= 0x1000 - S as u64
+                && let Some(pa) = self.tlb.fast_write(lin, self.cpl == 3)
+            {
+                return Ok(self.mem.load(pa, S));
+            }
+        }
+        self.read_mem_rmw(bus, seg, off, S)
     }
 
     /// [`Cpu::write_mem`] for a fixed size with the common case inline (see
@@ -280,6 +308,7 @@ impl Cpu {
         let s = &self.segs[seg];
         if s.attr & (attr::P | attr::CODE | attr::DC | attr::RW) == attr::P | attr::RW
             && self.efer & efer::LMA == 0
+            && self.rflags & flag::AC == 0
             && off.wrapping_add(S as u64 - 1) <= s.limit as u64
             && off <= s.limit as u64
         {
