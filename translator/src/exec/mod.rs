@@ -7,7 +7,7 @@ pub mod bcd;
 pub mod bits;
 pub mod control;
 pub mod far;
-pub mod fast;
+pub(crate) mod fast;
 pub mod flags_ops;
 pub mod io;
 pub mod logic;
