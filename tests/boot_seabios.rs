@@ -1,0 +1,131 @@
+//! SeaBIOS on the `pc` board: Debian's `bios-256k.bin` prints its banner on the debug console,
+//! enumerates PCI, finds the IDE disk and boots its first sector; the boot sector reads more
+//! sectors by bus-master DMA, says so on COM1 and powers the machine off through PIIX4 PM.
+//!
+//! Needs Debian's seabios and nasm: `tests/guests/fetch.sh` installs them (as root) and builds
+//! the disk. Run in release: `cargo test --release --test boot_seabios -- --nocapture`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Run the fetch script for `what` and return the paths it printed.
+fn fetch(what: &str) -> Vec<PathBuf> {
+    let script = root().join("tests/guests/fetch.sh");
+    let out = Command::new(&script)
+        .arg(what)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+    assert!(
+        out.status.success(),
+        "{} {what} failed (run it by hand, as root if packages are missing):\n{}",
+        script.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(PathBuf::from)
+        .collect()
+}
+
+fn read(path: &Path) -> String {
+    String::from_utf8_lossy(&std::fs::read(path).unwrap_or_default()).into_owned()
+}
+
+#[test]
+fn seabios_boots_an_ide_disk_that_dmas_and_powers_off() {
+    fetch("seabios");
+    let image = fetch("boot-image").pop().expect("boot image path");
+    let dir = root().join("target/guests/out");
+    std::fs::create_dir_all(&dir).unwrap();
+    let serial = dir.join("boot_seabios.serial");
+    let debug = dir.join("boot_seabios.debugcon");
+    let _ = std::fs::remove_file(&serial);
+    let _ = std::fs::remove_file(&debug);
+
+    let start = Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vireo"))
+        .args(["run", "-m", "64", "-display", "none", "-no-reboot"])
+        .arg("-serial")
+        .arg(format!("file:{}", serial.display()))
+        .arg("-debugcon")
+        .arg(format!("file:{}", debug.display()))
+        .arg("-drive")
+        .arg(format!(
+            "file={},format=raw,if=ide,snapshot=on",
+            image.display()
+        ))
+        .env("RUST_LOG", "vireo=info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start vireo");
+
+    let mut banner_at = None;
+    let status = loop {
+        if banner_at.is_none() && read(&debug).contains("SeaBIOS (version") {
+            banner_at = Some(start.elapsed());
+        }
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if start.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "no poweroff within 60 s\n--- debugcon (tail) ---\n{}\n--- serial ---\n{}",
+                tail(&read(&debug), 2000),
+                read(&serial)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    let total = start.elapsed();
+    let out = child.wait_with_output().expect("output");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let debug_text = read(&debug);
+    let serial_text = read(&serial);
+    let banner_at = banner_at.or_else(|| debug_text.contains("SeaBIOS (version").then_some(total));
+    println!(
+        "vireo: SeaBIOS banner after {:?}, poweroff after {total:?}",
+        banner_at
+    );
+
+    assert!(
+        debug_text.contains("SeaBIOS (version"),
+        "no SeaBIOS banner on the debug console:\n{}",
+        tail(&debug_text, 2000)
+    );
+    // PCI enumeration through our configuration space: the IDE and PM functions and the VGA.
+    for id in ["id=8086:1237", "id=8086:7000", "id=8086:7010", "id=8086:7113", "id=1234:1111"] {
+        assert!(debug_text.contains(id), "SeaBIOS did not find {id}");
+    }
+    assert!(debug_text.contains("Booting from Hard Disk"), "{}", tail(&debug_text, 2000));
+    assert!(
+        serial_text.contains("VIREO-E2E: boot sector running"),
+        "serial: {serial_text}"
+    );
+    assert!(
+        serial_text.contains("VIREO-E2E: DMA read OK"),
+        "serial: {serial_text}"
+    );
+    assert!(!serial_text.contains("FAIL"), "serial: {serial_text}");
+    assert!(status.success(), "exit status {status}; stderr:\n{stderr}");
+    assert!(
+        stderr.contains("powered off"),
+        "the guest did not power off through the PM (stderr: {stderr})"
+    );
+}
+
+fn tail(s: &str, n: usize) -> &str {
+    let mut i = s.len().saturating_sub(n);
+    while !s.is_char_boundary(i) {
+        i += 1;
+    }
+    &s[i..]
+}
