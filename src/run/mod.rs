@@ -59,6 +59,7 @@ struct Plan {
     kernel: Option<linux::LinuxImage>,
     no_reboot: bool,
     slice: u64,
+    max_time: Option<Duration>,
 }
 
 fn read_file(what: &str, path: &Path) -> Result<Vec<u8>> {
@@ -205,6 +206,10 @@ fn plan(o: &Options) -> Result<Plan> {
         kernel,
         no_reboot: o.no_reboot,
         slice: o.slice.max(1000),
+        max_time: o
+            .max_seconds
+            .filter(|s| s.is_finite() && *s > 0.0)
+            .map(Duration::from_secs_f64),
     })
 }
 
@@ -389,6 +394,16 @@ pub fn run(o: &Options) -> Result<i32> {
         clock.advance_to(now_ns());
         dma.give_back(&mut cpu);
 
+        if let Some(max) = plan.max_time
+            && start.elapsed() >= max
+        {
+            let post = board.pc.post.lock().unwrap_or_else(|e| e.into_inner()).last();
+            eprintln!(
+                "vireo: time limit reached; POST code {post:#04x}; CPU state:\n{}",
+                dump_registers(&mut cpu)
+            );
+            break 124;
+        }
         let signals = board.pc.signals.clone();
         cpu.a20_mask = if signals.a20() { u64::MAX } else { !(1 << 20) };
         if let Some(s) = signals.exit_status() {

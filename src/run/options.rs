@@ -55,6 +55,9 @@ pub struct Options {
     /// `stderr` or `none` [default: none].
     #[arg(long, value_name = "DEV")]
     pub debugcon: Option<String>,
+    /// Stop after this many seconds, dump the CPU state and exit with status 124 (tests).
+    #[arg(long = "max-seconds", value_name = "SECS", hide = true)]
+    pub max_seconds: Option<f64>,
     /// Instructions per CPU time slice between device work (a tuning knob).
     #[arg(long, value_name = "N", default_value_t = 50_000, hide = true)]
     pub slice: u64,
@@ -77,6 +80,7 @@ pub const QEMU_LONG_OPTIONS: &[&str] = &[
     "smp",
     "debugcon",
     "slice",
+    "max-seconds",
 ];
 
 /// Rewrite `-bios` to `--bios` (for the options above), leaving option values alone.

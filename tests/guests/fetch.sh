@@ -60,13 +60,13 @@ linux() {
         if ! dpkg --print-foreign-architectures | grep -qx i386; then
             [ "$(id -u)" = 0 ] || { echo "fetch.sh: error: need root for dpkg --add-architecture i386" >&2; exit 1; }
             dpkg --add-architecture i386
-            apt-get update >/dev/null
+            apt-get update >/dev/null 2>&1 || true
         fi
         local dl="$dir/deb"
         mkdir -p "$dl"
         local kpkg
         kpkg=$(apt-cache depends linux-image-686:i386 2>/dev/null | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
-        [ -n "$kpkg" ] || { apt-get update >/dev/null; kpkg=$(apt-cache depends linux-image-686:i386 | awk '/Depends: linux-image-[0-9]/ {print $2; exit}'); }
+        [ -n "$kpkg" ] || { apt-get update >/dev/null 2>&1 || true; kpkg=$(apt-cache depends linux-image-686:i386 | awk '/Depends: linux-image-[0-9]/ {print $2; exit}'); }
         (cd "$dl" && apt-get download "${kpkg%:i386}:i386" busybox-static:i386 >/dev/null)
         rm -rf "$dir/x" && mkdir -p "$dir/x"
         for deb in "$dl"/*.deb; do dpkg -x "$deb" "$dir/x"; done
