@@ -23,7 +23,7 @@ enum Command {
     /// cycles through 0xCF8/0xCFC, in accesses per second.
     BenchBus(bench_bus::Options),
     /// Boot a standalone PC (QEMU-style options: `vireo run -m 256 -nographic -drive file=…`).
-    Run(run::Options),
+    Run(Box<run::Options>),
 }
 
 fn main() -> Result<()> {

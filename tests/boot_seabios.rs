@@ -102,10 +102,20 @@ fn seabios_boots_an_ide_disk_that_dmas_and_powers_off() {
         tail(&debug_text, 2000)
     );
     // PCI enumeration through our configuration space: the IDE and PM functions and the VGA.
-    for id in ["id=8086:1237", "id=8086:7000", "id=8086:7010", "id=8086:7113", "id=1234:1111"] {
+    for id in [
+        "id=8086:1237",
+        "id=8086:7000",
+        "id=8086:7010",
+        "id=8086:7113",
+        "id=1234:1111",
+    ] {
         assert!(debug_text.contains(id), "SeaBIOS did not find {id}");
     }
-    assert!(debug_text.contains("Booting from Hard Disk"), "{}", tail(&debug_text, 2000));
+    assert!(
+        debug_text.contains("Booting from Hard Disk"),
+        "{}",
+        tail(&debug_text, 2000)
+    );
     assert!(
         serial_text.contains("VIREO-E2E: boot sector running"),
         "serial: {serial_text}"

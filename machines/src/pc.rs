@@ -24,21 +24,20 @@ use devices::acpi::piix4_pm::{
     PmIoMapper, PmIoScope, PowerSignals, SCI_IRQ,
 };
 use devices::bus::{AccessSizes, Bus, BusAddress, BusDevice, BusError, BusKind};
-use devices::chipset::port92::{PORT92, PORT92_LEN, Port92};
-use devices::display::vga::{Vga, VgaConfig, VgaError};
-use devices::pci::Bdf;
-use devices::storage::ide::{ChannelDrives, IdeHandle, PIIX3_IDE_BDF, Piix3Ide};
 use devices::chardev::CharSink;
+use devices::chipset::port92::{PORT92, PORT92_LEN, Port92};
 use devices::clock::Clock;
 use devices::debug::debugcon::{DEBUGCON_PORT, Debugcon, SEABIOS_DEBUG_PORT};
 use devices::debug::exit_port::{EXIT_PORT, ExitPort};
 use devices::debug::post_code::{POST_CODE_PORT, PostCode};
+use devices::display::vga::{Vga, VgaConfig, VgaError};
 use devices::firmware::fw_cfg::{
     FW_CFG_CTL_LEN, FW_CFG_DMA_IO_BASE, FW_CFG_DMA_LEN, FW_CFG_IO_BASE, FwCfg, FwCfgError,
 };
 use devices::guest_memory::GuestMemory;
 use devices::input::i8042::{DATA_PORT, I8042, STATUS_PORT};
 use devices::interrupt::pic8259::PicPair;
+use devices::pci::Bdf;
 use devices::pci::PciError;
 use devices::pci::config_io::{CONFIG_IO_BASE, CONFIG_IO_LEN, PciConfigIo};
 use devices::pci::i440fx::{I440FX_BDF, I440fx};
@@ -47,6 +46,7 @@ use devices::pci::root::PciRoot;
 use devices::rtc::mc146818::{self, Mc146818};
 use devices::serial::uart16550::{COM1_BASE, UART_PORT_COUNT, Uart16550};
 use devices::snapshot::{self, Snapshot, SnapshotError};
+use devices::storage::ide::{ChannelDrives, IdeHandle, PIIX3_IDE_BDF, Piix3Ide};
 use devices::system::SystemSignals;
 use devices::timer::pit8254::{PIT_BASE, PORT_B_BASE, Pit8254};
 use thiserror::Error;
@@ -349,7 +349,7 @@ impl PcPlatform {
         memory: Arc<dyn GuestMemory>,
     ) -> Result<PcPlatform, PcError> {
         let bios_len = config.bios.len();
-        if bios_len == 0 || bios_len % 0x1_0000 != 0 || bios_len > MAX_BIOS_SIZE {
+        if bios_len == 0 || !bios_len.is_multiple_of(0x1_0000) || bios_len > MAX_BIOS_SIZE {
             return Err(PcError::BiosSize(bios_len));
         }
         let irq = |n: u8| PicPair::input(&pc.pic, n);
@@ -361,12 +361,7 @@ impl PcPlatform {
         pc.pci.add(PIIX3_IDE_BDF, ide)?;
 
         let power = Arc::new(PowerSignals::new());
-        let mut pm = Piix4Pm::new(
-            Piix4PmConfig::pc(),
-            &pc.clock,
-            irq(SCI_IRQ),
-            power.clone(),
-        );
+        let mut pm = Piix4Pm::new(Piix4PmConfig::pc(), &pc.clock, irq(SCI_IRQ), power.clone());
         let pm_io = pm.attach_io(pc.pio.clone(), PmIoScope::Full);
         pc.pio.insert("gpe0", GPE0_BASE, GPE0_LEN, pm.gpe_block())?;
         pc.pio
@@ -387,7 +382,8 @@ impl PcPlatform {
         };
 
         let port92 = Arc::new(Mutex::new(Port92::new(pc.signals.clone())));
-        pc.pio.insert("port92", PORT92, PORT92_LEN, port92.clone())?;
+        pc.pio
+            .insert("port92", PORT92, PORT92_LEN, port92.clone())?;
 
         let bios_base = (1u64 << 32) - bios_len as u64;
         let bios = Arc::new(Mutex::new(Rom::new(config.bios)));

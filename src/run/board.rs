@@ -29,7 +29,6 @@ use devices::storage::ide::{
 use machines::pc::{BIOS_LOW_ALIAS_BASE, PcDevices, PcPlatform};
 use translator::{Cpu, CpuBus, PhysMem};
 
-
 /// ATA opcodes that move data by DMA (READ/WRITE DMA, with and without retry, and EXT).
 const ATA_DMA_COMMANDS: [u8; 6] = [0xC8, 0xC9, 0xCA, 0xCB, 0x25, 0x35];
 const ATA_BSY: u32 = 0x80;
@@ -131,8 +130,7 @@ impl Board {
 
     /// Which IDE channel a port of the command or control block belongs to.
     fn ide_channel(port: u64) -> Option<usize> {
-        if (PRIMARY_CMD_BASE..PRIMARY_CMD_BASE + 8).contains(&port) || port == PRIMARY_CTL_BASE
-        {
+        if (PRIMARY_CMD_BASE..PRIMARY_CMD_BASE + 8).contains(&port) || port == PRIMARY_CTL_BASE {
             Some(0)
         } else if (SECONDARY_CMD_BASE..SECONDARY_CMD_BASE + 8).contains(&port)
             || port == SECONDARY_CTL_BASE
@@ -237,8 +235,7 @@ impl CpuBus for Board {
             }
             return;
         }
-        self.pio
-            .write_value(p, usize::from(size), u64::from(value));
+        self.pio.write_value(p, usize::from(size), u64::from(value));
     }
 
     fn intr_pending(&mut self) -> bool {

@@ -99,8 +99,7 @@ impl LinuxImage {
         if image.len() < 0x1000 {
             return Err(LinuxError::TooSmall(image.len()));
         }
-        if &image[hdr::HEADER..hdr::HEADER + 4] != b"HdrS"
-            || le16(&image, hdr::BOOT_FLAG) != 0xAA55
+        if &image[hdr::HEADER..hdr::HEADER + 4] != b"HdrS" || le16(&image, hdr::BOOT_FLAG) != 0xAA55
         {
             return Err(LinuxError::NotBzImage);
         }
@@ -147,8 +146,9 @@ impl LinuxImage {
         setup[hdr::TYPE_OF_LOADER] = 0xB0; // QEMU's loader ID
         setup[hdr::LOADFLAGS] |= CAN_USE_HEAP;
         put32(&mut setup, hdr::CMD_LINE_PTR, LINUX_CMDLINE_ADDR);
-        setup[hdr::HEAP_END_PTR..hdr::HEAP_END_PTR + 2]
-            .copy_from_slice(&((LINUX_CMDLINE_ADDR - LINUX_SETUP_ADDR - 0x200) as u16).to_le_bytes());
+        setup[hdr::HEAP_END_PTR..hdr::HEAP_END_PTR + 2].copy_from_slice(
+            &((LINUX_CMDLINE_ADDR - LINUX_SETUP_ADDR - 0x200) as u16).to_le_bytes(),
+        );
         let mut initrd_addr = 0u32;
         if let Some(initrd) = &self.initrd {
             let addr_max = if self.protocol >= 0x203 {

@@ -105,7 +105,10 @@ fn plan(o: &Options) -> Result<Plan> {
         Some(s) => options::parse_debugcon(s)?,
         None => CharDev::None,
     };
-    let bios_path = o.bios.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_BIOS));
+    let bios_path = o
+        .bios
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_BIOS));
     let bios = read_file("BIOS", &bios_path).with_context(|| {
         if o.bios.is_none() {
             "Debian's SeaBIOS is the default firmware: apt-get install seabios".to_string()
@@ -113,8 +116,7 @@ fn plan(o: &Options) -> Result<Plan> {
             "check -bios".to_string()
         }
     })?;
-    if bios.is_empty() || bios.len() % 0x1_0000 != 0 || bios.len() > machines::pc::MAX_BIOS_SIZE
-    {
+    if bios.is_empty() || !bios.len().is_multiple_of(0x1_0000) || bios.len() > machines::pc::MAX_BIOS_SIZE {
         bail!(
             "BIOS image {} is {} bytes: expected a multiple of 64 KiB up to 16 MiB",
             bios_path.display(),
@@ -243,10 +245,7 @@ impl RawTerminal {
 impl Drop for RawTerminal {
     fn drop(&mut self) {
         if let Some(s) = &self.saved {
-            let _ = Command::new("stty")
-                .arg(s)
-                .stdin(Stdio::inherit())
-                .status();
+            let _ = Command::new("stty").arg(s).stdin(Stdio::inherit()).status();
         }
     }
 }
@@ -274,7 +273,10 @@ fn dump_registers(cpu: &mut Cpu) -> String {
         "EIP={:08x} EFL={:08x} CPL={} CR0={:08x} CR2={:08x} CR3={:08x} CR4={:08x}\n",
         cpu.rip, flags, cpu.cpl, cpu.cr0, cpu.cr2, cpu.cr3, cpu.cr4
     );
-    for (name, seg) in ["ES", "CS", "SS", "DS", "FS", "GS"].iter().zip(cpu.segs.iter()) {
+    for (name, seg) in ["ES", "CS", "SS", "DS", "FS", "GS"]
+        .iter()
+        .zip(cpu.segs.iter())
+    {
         s += &format!(
             "{name} ={:04x} {:08x} {:08x} {:04x}\n",
             seg.selector, seg.base, seg.limit, seg.attr
@@ -397,7 +399,12 @@ pub fn run(o: &Options) -> Result<i32> {
         if let Some(max) = plan.max_time
             && start.elapsed() >= max
         {
-            let post = board.pc.post.lock().unwrap_or_else(|e| e.into_inner()).last();
+            let post = board
+                .pc
+                .post
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .last();
             eprintln!(
                 "vireo: time limit reached; POST code {post:#04x}; CPU state:\n{}",
                 dump_registers(&mut cpu)
@@ -438,7 +445,13 @@ pub fn run(o: &Options) -> Result<i32> {
         // Host I/O: a blocking wait when halted, otherwise a periodic non-blocking look.
         let if_set = cpu.rflags() & (1 << 9) != 0;
         let halted = exit == RunExit::Halted
-            && !(if_set && board.pc.pic.lock().unwrap_or_else(|e| e.into_inner()).interrupt_pending());
+            && !(if_set
+                && board
+                    .pc
+                    .pic
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .interrupt_pending());
         let timeout = if halted {
             let now = now_ns();
             let wait = clock

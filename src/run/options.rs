@@ -2,7 +2,6 @@
 
 use std::path::PathBuf;
 
-
 /// Boot a PC (i440FX/PIIX3, SeaBIOS, IDE, VGA, COM1) with the tier-0 CPU.
 ///
 /// Options take QEMU's single-dash spelling (`-m 256 -bios FILE -nographic`) as well as
@@ -121,16 +120,31 @@ pub enum OptionError {
 impl std::fmt::Display for OptionError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            OptionError::BadMemory(v) => write!(f, "-m {v}: not a size (MiB, or a number with M or G)"),
-            OptionError::MemoryRange(v) => write!(f, "-m {v}: out of range (16 MiB to 3584 MiB below the PCI hole)"),
+            OptionError::BadMemory(v) => {
+                write!(f, "-m {v}: not a size (MiB, or a number with M or G)")
+            }
+            OptionError::MemoryRange(v) => write!(
+                f,
+                "-m {v}: out of range (16 MiB to 3584 MiB below the PCI hole)"
+            ),
             OptionError::BadDrive { spec, reason } => write!(f, "-drive {spec}: {reason}"),
-            OptionError::DriveSlot(v) => write!(f, "too many IDE drives (4 at most) or two on index {v}"),
-            OptionError::BadSerial(v) => write!(f, "-serial {v}: expected stdio, file:PATH or none"),
-            OptionError::BadDebugcon(v) => write!(f, "-debugcon {v}: expected file:PATH, stdio, stderr or none"),
+            OptionError::DriveSlot(v) => {
+                write!(f, "too many IDE drives (4 at most) or two on index {v}")
+            }
+            OptionError::BadSerial(v) => {
+                write!(f, "-serial {v}: expected stdio, file:PATH or none")
+            }
+            OptionError::BadDebugcon(v) => write!(
+                f,
+                "-debugcon {v}: expected file:PATH, stdio, stderr or none"
+            ),
             OptionError::BadDisplay(v) => write!(f, "-display {v}: only none is supported"),
             OptionError::BadVga(v) => write!(f, "-vga {v}: expected std or none"),
             OptionError::BadSmp(v) => write!(f, "-smp {v}: only one CPU is supported"),
-            OptionError::BadBoot(v) => write!(f, "-boot {v}: expected letters from a, c, d, n (e.g. order=dc)"),
+            OptionError::BadBoot(v) => write!(
+                f,
+                "-boot {v}: expected letters from a, c, d, n (e.g. order=dc)"
+            ),
             OptionError::NeedsKernel => write!(f, "-initrd and -append need -kernel"),
         }
     }
@@ -181,7 +195,9 @@ pub fn parse_drive(spec: &str) -> Result<DriveSpec, OptionError> {
     let mut snapshot = false;
     let mut index = None;
     for part in spec.split(',') {
-        let (k, v) = part.split_once('=').ok_or_else(|| bad("expected key=value"))?;
+        let (k, v) = part
+            .split_once('=')
+            .ok_or_else(|| bad("expected key=value"))?;
         match (k, v) {
             ("file", v) if !v.is_empty() => file = Some(PathBuf::from(v)),
             ("format", "raw") | ("if", "ide") | ("media", "disk") => {}
@@ -266,8 +282,14 @@ mod tests {
         assert_eq!(parse_memory("256"), Ok(256 << 20));
         assert_eq!(parse_memory("1G"), Ok(1 << 30));
         assert_eq!(parse_memory("64M"), Ok(64 << 20));
-        assert!(matches!(parse_memory("8"), Err(OptionError::MemoryRange(_))));
-        assert!(matches!(parse_memory("5G"), Err(OptionError::MemoryRange(_))));
+        assert!(matches!(
+            parse_memory("8"),
+            Err(OptionError::MemoryRange(_))
+        ));
+        assert!(matches!(
+            parse_memory("5G"),
+            Err(OptionError::MemoryRange(_))
+        ));
         assert!(matches!(parse_memory("x"), Err(OptionError::BadMemory(_))));
         assert!(parse_memory("99999999999999999999G").is_err());
     }
@@ -292,7 +314,17 @@ mod tests {
 
     #[test]
     fn qemu_single_dash_options_are_rewritten_but_not_values() {
-        let args = ["vireo", "run", "-m", "64", "-append", "-bios", "-nographic", "-bios", "x"];
+        let args = [
+            "vireo",
+            "run",
+            "-m",
+            "64",
+            "-append",
+            "-bios",
+            "-nographic",
+            "-bios",
+            "x",
+        ];
         let out = qemu_style_args(args.iter().map(|s| s.to_string()));
         assert_eq!(
             out,
@@ -313,7 +345,10 @@ mod tests {
     #[test]
     fn serial_boot_and_debugcon() {
         assert_eq!(parse_serial("stdio"), Ok(CharDev::Stdio));
-        assert_eq!(parse_serial("file:/tmp/x"), Ok(CharDev::File("/tmp/x".into())));
+        assert_eq!(
+            parse_serial("file:/tmp/x"),
+            Ok(CharDev::File("/tmp/x".into()))
+        );
         assert!(parse_serial("tcp:1").is_err());
         assert_eq!(parse_debugcon("stderr"), Ok(CharDev::Stderr));
         assert_eq!(parse_boot("order=dc"), Ok(vec!['d', 'c']));
