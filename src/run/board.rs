@@ -250,3 +250,91 @@ impl CpuBus for Board {
         self.triple_fault = true;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::run::memory::DmaRam;
+    use devices::chardev::NullSink;
+    use devices::guest_memory::GuestMemory;
+    use machines::pc::{PcConfig, PcPlatformConfig};
+
+    fn board(dma: Arc<DmaRam>) -> Board {
+        let pc = PcDevices::new(
+            PcConfig {
+                ram_below_4g: 16 << 20,
+                ram_above_4g: 0,
+                cpus: 1,
+                rtc_base_unix_secs: 0,
+                serial: Box::new(NullSink),
+                debugcon: Box::new(std::io::sink()),
+            },
+            dma.clone(),
+        )
+        .unwrap();
+        let mut bios = vec![0u8; 0x4_0000];
+        bios[0x3_FFF0] = 0xF4; // HLT at the reset vector
+        bios[0x2_0000] = 0xAB; // first byte of the low alias
+        let platform = PcPlatform::new(
+            &pc,
+            PcPlatformConfig {
+                bios,
+                ide: [[None, None], [None, None]],
+                vga: None,
+            },
+            dma,
+        )
+        .unwrap();
+        Board::new(pc, platform, Box::new(|_| {}))
+    }
+
+    #[test]
+    fn rom_at_the_top_of_4g_and_its_low_alias_in_ram() {
+        let dma = Arc::new(DmaRam::new());
+        let mut b = board(dma);
+        let mem = b.build_memory(16 << 20);
+        assert_eq!(mem.as_slice()[0xE_0000], 0xAB);
+        assert!(!mem.is_backed(0xA_0000) && !mem.is_backed(0xB_FFFF));
+        assert!(mem.is_backed(0xC_0000));
+        let mut byte = [0u8; 1];
+        b.mmio_read(0xFFFF_FFF0, &mut byte);
+        assert_eq!(byte, [0xF4]);
+        b.mmio_write(0xFFFF_FFF0, &[0]);
+        b.mmio_read(0xFFFF_FFF0, &mut byte);
+        assert_eq!(byte, [0xF4], "ROM writes are dropped");
+        let mut cpu = Cpu::new(mem);
+        assert_eq!(cpu.run(&mut b, 10), translator::RunExit::Halted);
+    }
+
+    #[test]
+    fn dma_starting_writes_wait_for_the_slice_end_and_look_busy() {
+        let dma = Arc::new(DmaRam::new());
+        let mut b = board(dma.clone());
+        // fw_cfg DMA: the address write is queued, not performed.
+        b.io_write(0x518, 4, 0x0010_0000u32.swap_bytes());
+        assert!(b.has_deferred());
+        // An ATA DMA command on the primary channel: BSY until the slice ends.
+        b.io_write(0x1F7, 1, 0xC8);
+        assert_eq!(b.io_read(0x1F7, 1) & 0x80, 0x80);
+        assert_eq!(b.io_read(0x3F6, 1) & 0x80, 0x80);
+        // A plain register write on an idle device goes straight through.
+        b.io_write(0x3FF, 1, 0x5A);
+        assert_eq!(b.io_read(0x3FF, 1), 0x5A);
+        let mut cpu = Cpu::new(b.build_memory(16 << 20));
+        dma.lend(&mut cpu);
+        b.run_deferred();
+        dma.give_back(&mut cpu);
+        assert!(!b.has_deferred());
+        assert_ne!(
+            b.io_read(0x1F7, 1),
+            0x80,
+            "no drive: the status is not BSY any more"
+        );
+        // The fw_cfg DMA ran against guest RAM (a zero control word: nothing to do, but the
+        // device read it without an error being logged as unmapped).
+        assert!(
+            dma.read(0, &mut [0u8; 4]).is_err(),
+            "RAM is back with the CPU"
+        );
+    }
+}
