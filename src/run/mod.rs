@@ -116,7 +116,10 @@ fn plan(o: &Options) -> Result<Plan> {
             "check -bios".to_string()
         }
     })?;
-    if bios.is_empty() || !bios.len().is_multiple_of(0x1_0000) || bios.len() > machines::pc::MAX_BIOS_SIZE {
+    if bios.is_empty()
+        || !bios.len().is_multiple_of(0x1_0000)
+        || bios.len() > machines::pc::MAX_BIOS_SIZE
+    {
         bail!(
             "BIOS image {} is {} bytes: expected a multiple of 64 KiB up to 16 MiB",
             bios_path.display(),
