@@ -292,6 +292,64 @@ fn dump_registers(cpu: &mut Cpu) -> String {
     s
 }
 
+/// The Ctrl-A c monitor: a line editor on the serial console's terminal with `info registers`
+/// and `quit`.
+struct Monitor {
+    active: bool,
+    line: Vec<u8>,
+    out: Box<dyn CharSink>,
+}
+
+impl Monitor {
+    const PROMPT: &'static [u8] = b"(vireo) ";
+    const MAX_LINE: usize = 256;
+
+    fn toggle(&mut self) {
+        self.active = !self.active;
+        self.line.clear();
+        if self.active {
+            self.out
+                .write(b"\r\nVireo monitor (info registers, quit; Ctrl-A c leaves)\r\n");
+            self.out.write(Self::PROMPT);
+        } else {
+            self.out.write(b"\r\n");
+        }
+    }
+
+    /// One typed byte; true when the user asked to quit.
+    fn input(&mut self, byte: u8, cpu: &mut Cpu) -> bool {
+        match byte {
+            b'\r' | b'\n' => {
+                self.out.write(b"\r\n");
+                let line = String::from_utf8_lossy(&self.line).trim().to_string();
+                self.line.clear();
+                match line.as_str() {
+                    "" => {}
+                    "quit" | "q" => return true,
+                    "info registers" | "info r" => {
+                        let text = dump_registers(cpu).replace('\n', "\r\n");
+                        self.out.write(text.as_bytes());
+                    }
+                    other => {
+                        self.out
+                            .write(format!("unknown command: {other}\r\n").as_bytes());
+                    }
+                }
+                self.out.write(Self::PROMPT);
+            }
+            0x7F | 0x08 if self.line.pop().is_some() => {
+                self.out.write(b"\x08 \x08");
+            }
+            b if (0x20..0x7F).contains(&b) && self.line.len() < Self::MAX_LINE => {
+                self.line.push(b);
+                self.out.write(&[b]);
+            }
+            _ => {}
+        }
+        false
+    }
+}
+
 /// Run the machine until it powers off, exits through the test port, resets with
 /// `-no-reboot`, or the user quits. Returns the process exit status.
 pub fn run(o: &Options) -> Result<i32> {
@@ -384,6 +442,14 @@ pub fn run(o: &Options) -> Result<i32> {
     }
     let _raw = stdio_backend.as_ref().map(|_| RawTerminal::enter());
     let mut escape = false;
+    let mut monitor = Monitor {
+        active: false,
+        line: Vec::new(),
+        out: match stdio_backend.as_ref() {
+            Some(b) => b.sink(),
+            None => Box::new(NullSink),
+        },
+    };
     let mut quit = false;
     let mut last_poll = Instant::now();
 
@@ -479,11 +545,13 @@ pub fn run(o: &Options) -> Result<i32> {
                 }
                 if b.has_input() || !events.is_empty() {
                     let com1 = board.pc.com1.clone();
+                    let cpu = &mut cpu;
                     b.pump_input(&mut |bytes| {
-                        let mut uart = com1.lock().unwrap_or_else(|e| e.into_inner());
                         let mut taken = 0;
                         for &byte in bytes {
-                            if uart.rx_space() == 0 {
+                            if !monitor.active
+                                && com1.lock().unwrap_or_else(|e| e.into_inner()).rx_space() == 0
+                            {
                                 break;
                             }
                             taken += 1;
@@ -491,15 +559,24 @@ pub fn run(o: &Options) -> Result<i32> {
                                 escape = false;
                                 match byte {
                                     b'x' | b'X' => quit = true,
-                                    ESCAPE => {
-                                        uart.receive(&[ESCAPE]);
+                                    b'c' | b'C' => monitor.toggle(),
+                                    ESCAPE if !monitor.active => {
+                                        com1.lock()
+                                            .unwrap_or_else(|e| e.into_inner())
+                                            .receive(&[ESCAPE]);
                                     }
                                     _ => {}
                                 }
                             } else if byte == ESCAPE {
                                 escape = true;
+                            } else if monitor.active {
+                                if monitor.input(byte, cpu) {
+                                    quit = true;
+                                }
                             } else {
-                                uart.receive(&[byte]);
+                                com1.lock()
+                                    .unwrap_or_else(|e| e.into_inner())
+                                    .receive(&[byte]);
                             }
                         }
                         taken
