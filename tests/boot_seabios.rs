@@ -139,3 +139,72 @@ fn tail(s: &str, n: usize) -> &str {
     }
     &s[i..]
 }
+
+/// A one-sector boot disk: `code` at 0x7C00, zero bytes after it, the 0x55AA signature.
+fn boot_sector(name: &str, code: &[u8]) -> PathBuf {
+    let dir = root().join("target/guests/out");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut sector = vec![0u8; 512];
+    sector[..code.len()].copy_from_slice(code);
+    sector[510] = 0x55;
+    sector[511] = 0xAA;
+    let path = dir.join(name);
+    std::fs::write(&path, sector).unwrap();
+    path
+}
+
+/// Boot `image` with `-no-reboot`; returns (exit status, serial output, stderr).
+fn run_no_reboot(image: &Path, tag: &str) -> (std::process::ExitStatus, String, String) {
+    fetch("seabios");
+    let serial = root().join(format!("target/guests/out/{tag}.serial"));
+    let _ = std::fs::remove_file(&serial);
+    let out = Command::new(env!("CARGO_BIN_EXE_vireo"))
+        .args(["run", "-m", "32", "-display", "none", "-no-reboot"])
+        .args(["-max-seconds", "60"])
+        .arg("-serial")
+        .arg(format!("file:{}", serial.display()))
+        .arg("-drive")
+        .arg(format!("file={},format=raw,snapshot=on", image.display()))
+        .env("RUST_LOG", "vireo=info")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run vireo");
+    (
+        out.status,
+        read(&serial),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn reset_through_0xcf9_ends_the_run_with_no_reboot() {
+    #[rustfmt::skip]
+    let code = [
+        0xBA, 0xF8, 0x03, 0xB0, b'R', 0xEE, // mov dx, 0x3F8; mov al, 'R'; out dx, al
+        0xBA, 0xF9, 0x0C, 0xB0, 0x06, 0xEE, // mov dx, 0xCF9; mov al, 6; out dx, al
+        0xF4, 0xEB, 0xFD,                   // hlt; jmp hlt
+    ];
+    let image = boot_sector("reset-cf9.img", &code);
+    let (status, serial, stderr) = run_no_reboot(&image, "reset-cf9");
+    assert_eq!(serial, "R");
+    assert!(status.success(), "status {status}: {stderr}");
+    assert!(stderr.contains("reset"), "{stderr}");
+}
+
+#[test]
+fn triple_fault_dumps_the_registers_and_ends_the_run_with_no_reboot() {
+    #[rustfmt::skip]
+    let code = [
+        0xBA, 0xF8, 0x03, 0xB0, b'T', 0xEE, // print 'T' on COM1
+        0x31, 0xC0, 0x8E, 0xD8,             // xor ax, ax; mov ds, ax
+        0x0F, 0x01, 0x1E, 0x40, 0x7C,       // lidt [0x7C40]: limit 0
+        0xCC,                               // int3: #GP, #DF, shutdown
+        0xF4,
+    ];
+    let image = boot_sector("triple-fault.img", &code);
+    let (status, serial, stderr) = run_no_reboot(&image, "triple-fault");
+    assert_eq!(serial, "T");
+    assert!(status.success(), "status {status}: {stderr}");
+    assert!(stderr.contains("triple fault"), "{stderr}");
+    assert!(stderr.contains("EIP="), "{stderr}");
+}
