@@ -208,3 +208,85 @@ fn triple_fault_dumps_the_registers_and_ends_the_run_with_no_reboot() {
     assert!(stderr.contains("triple fault"), "{stderr}");
     assert!(stderr.contains("EIP="), "{stderr}");
 }
+
+/// A minimal El Torito CD image: the boot record volume descriptor at sector 17, the boot
+/// catalog at 18 (a validation entry and a no-emulation default entry) and `code` at 19,
+/// loaded at 0000:7C00 as one 512-byte virtual sector.
+fn el_torito_iso(name: &str, code: &[u8]) -> PathBuf {
+    const SECTOR: usize = 2048;
+    let mut iso = vec![0u8; 20 * SECTOR];
+    // Primary volume descriptor (sector 16) and the set terminator are what readers expect.
+    let pvd = &mut iso[16 * SECTOR..17 * SECTOR];
+    pvd[0] = 1;
+    pvd[1..6].copy_from_slice(b"CD001");
+    pvd[6] = 1;
+    let brvd = &mut iso[17 * SECTOR..18 * SECTOR];
+    brvd[0] = 0;
+    brvd[1..6].copy_from_slice(b"CD001");
+    brvd[6] = 1;
+    let spec = b"EL TORITO SPECIFICATION";
+    brvd[7..7 + spec.len()].copy_from_slice(spec);
+    brvd[0x47..0x4B].copy_from_slice(&18u32.to_le_bytes());
+    let cat = &mut iso[18 * SECTOR..19 * SECTOR];
+    cat[0] = 1; // validation entry, platform 0 (x86)
+    cat[0x1E] = 0x55;
+    cat[0x1F] = 0xAA;
+    // The validation entry's 16-bit words sum to zero.
+    let sum = cat[..32].chunks(2).fold(0u16, |s, w| {
+        s.wrapping_add(u16::from_le_bytes([w[0], w[1]]))
+    });
+    cat[0x1C..0x1E].copy_from_slice(&0u16.wrapping_sub(sum).to_le_bytes());
+    cat[0x20] = 0x88; // bootable, no emulation
+    cat[0x26..0x28].copy_from_slice(&1u16.to_le_bytes()); // one 512-byte sector
+    cat[0x28..0x2C].copy_from_slice(&19u32.to_le_bytes());
+    iso[19 * SECTOR..19 * SECTOR + code.len()].copy_from_slice(code);
+    let dir = root().join("target/guests/out");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, iso).unwrap();
+    path
+}
+
+#[test]
+fn seabios_boots_an_el_torito_cdrom_over_atapi() {
+    #[rustfmt::skip]
+    let code = [
+        0xBA, 0xF8, 0x03, 0xB0, b'C', 0xEE, // print 'C' on COM1
+        0xBA, 0xF9, 0x0C, 0xB0, 0x06, 0xEE, // reset through 0xCF9: ends the -no-reboot run
+        0xF4, 0xEB, 0xFD,
+    ];
+    let iso = el_torito_iso("boot.iso", &code);
+    fetch("seabios");
+    let serial = root().join("target/guests/out/cdrom.serial");
+    let debug = root().join("target/guests/out/cdrom.debugcon");
+    let _ = std::fs::remove_file(&serial);
+    let out = Command::new(env!("CARGO_BIN_EXE_vireo"))
+        .args([
+            "run",
+            "-m",
+            "32",
+            "-display",
+            "none",
+            "-no-reboot",
+            "-boot",
+            "d",
+        ])
+        .args(["-max-seconds", "60"])
+        .arg("-cdrom")
+        .arg(&iso)
+        .arg("-serial")
+        .arg(format!("file:{}", serial.display()))
+        .arg("-debugcon")
+        .arg(format!("file:{}", debug.display()))
+        .stdin(Stdio::null())
+        .output()
+        .expect("run vireo");
+    let debug_text = read(&debug);
+    assert!(
+        debug_text.contains("Booting from DVD/CD"),
+        "{}",
+        tail(&debug_text, 2000)
+    );
+    assert_eq!(read(&serial), "C", "{}", tail(&debug_text, 2000));
+    assert!(out.status.success(), "status {}", out.status);
+}
