@@ -153,7 +153,7 @@ impl Board {
     }
 
     /// Whether this write can start a DMA transfer (or must stay behind one already queued).
-    fn must_defer(&self, port: u64, size: u8, value: u32) -> bool {
+    fn must_defer(&self, port: u64, value: u32) -> bool {
         if Self::is_fw_cfg_dma(port) {
             return true;
         }
@@ -172,8 +172,9 @@ impl Board {
             if self.deferred_channels[ch] {
                 return true;
             }
-            // The command register is at offset 0; a wider write starting below it covers it.
-            return off == 0 && value & 1 != 0 || (off < 1 && size > 1 && value & 1 != 0);
+            // START is bit 0 of the command register at offset 0 (a wider write from offset 0
+            // carries it in its low byte too).
+            return off == 0 && value & 1 != 0;
         }
         false
     }
@@ -223,7 +224,7 @@ impl CpuBus for Board {
     fn io_write(&mut self, port: u16, size: u8, value: u32) {
         (self.sync_time)(&self.pc);
         let p = u64::from(port);
-        if self.must_defer(p, size, value) {
+        if self.must_defer(p, value) {
             if let Some(ch) = self.defer_channel(p) {
                 self.deferred_channels[ch] = true;
             }
