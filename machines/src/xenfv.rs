@@ -10,16 +10,18 @@
 //! | 00:01.0 | PIIX3 ISA bridge (PIRQ routes → `set_pci_link_route`) | — |
 //! | 00:01.1 | PIIX3 IDE | ISA 14/15 |
 //! | 00:01.3 | PIIX4 PM (PM1a_CNT, GPE0, APM ports 0xB2/0xB3) | SCI, ISA 9 |
-//! | 00:02.0 | standard VGA with Bochs VBE (`vga="stdvga"`) | — |
-//! | 00:03.0 | Xen platform device, unplug ports 0x10–0x1F | INTx |
+//! | 00:02.0 | Xen platform device, unplug ports 0x10–0x1F | INTx |
+//! | 00:03.0 | standard VGA with Bochs VBE (`vga="stdvga"`) | — |
 //! | 0x3F8 | 16550A (COM1) | ISA 4 |
 //! | 0x60, 0x64 | 8042 | ISA 1, 12 |
 //! | 0x92 | system control port A | — |
+//! | 0x70–0x71 | CMOS bytes 14–127 (Xen's RTC answers 0–13 and forwards the rest) | — |
 //! | 0xCF8–0xCFF | configuration mechanism #1 (Xen turns 0xCFC into PCI_CONFIG) and 0xCF9 reset | — |
 //!
 //! Interrupts become DM ops: ISA lines `set_isa_irq_level`, PCI INTx `set_pci_intx_level`.
 //! Poweroff (PM1a S5) and reset (0xCF9, 8042, port 0x92) become `remote_shutdown`.
-//! VGA slot order follows the classic Xen HVM layout (VGA at 00:02.0, platform at 00:03.0).
+//! Slots follow what qemu-xen does on the testbed: the platform device is created at machine
+//! init (00:02.0), `-device VGA` after it (00:03.0).
 
 use std::sync::{Arc, Mutex};
 
@@ -33,7 +35,7 @@ use devices::chipset::port92::{PORT92, PORT92_LEN, Port92};
 use devices::clock::Clock;
 use devices::display::vga::{Vga, VgaConfig, VgaError};
 use devices::input::i8042::{DATA_PORT, I8042, STATUS_PORT};
-use devices::irq::IrqLine;
+use devices::irq::{IrqLine, UnconnectedLine};
 use devices::pci::config_io::{CONFIG_IO_BASE, CONFIG_IO_LEN, PciConfigIo};
 use devices::pci::i440fx::{I440FX_BDF, I440fx};
 use devices::pci::piix3::{PIIX3_BDF, Piix3, PirqRouter};
@@ -42,6 +44,7 @@ use devices::pci::xen_platform::{
     UnplugLatch, XEN_PLATFORM_IOPORT, XEN_PLATFORM_IOPORT_LEN, XenPlatform,
 };
 use devices::pci::{Bdf, PciError};
+use devices::rtc::mc146818::{self, BootDevice, Mc146818};
 use devices::serial::uart16550::{COM1_BASE, UART_PORT_COUNT, Uart16550};
 use devices::snapshot::{self, Snapshot, SnapshotError};
 use devices::storage::ide::{ChannelDrives, IdeHandle, PIIX3_IDE_BDF, Piix3Ide};
@@ -55,8 +58,11 @@ use xen::ioreq_server::{DeviceModel, IsaIrq, ShutdownLatch, XenIntxSink, XenLink
 use xen::mapcache::new_mapcache;
 use xen::transport::{DomId, Transport};
 
-pub const VGA_BDF: Bdf = Bdf::from_devfn(0, 2 << 3);
-pub const XEN_PLATFORM_BDF: Bdf = Bdf::from_devfn(0, 3 << 3);
+/// Guest RAM above this is relocated above 4 GiB (`HVM_BELOW_4G_RAM_END`).
+const XEN_BELOW_4G_RAM_END: u64 = 0xF000_0000;
+
+pub const XEN_PLATFORM_BDF: Bdf = Bdf::from_devfn(0, 2 << 3);
+pub const VGA_BDF: Bdf = Bdf::from_devfn(0, 3 << 3);
 
 #[derive(Debug, Error)]
 pub enum XenfvError {
@@ -98,6 +104,10 @@ pub struct XenfvConfig {
     pub serial: Option<Box<dyn CharSink>>,
     /// The PIIX3 IDE drives: (master, slave) of the primary and the secondary channel.
     pub ide: [ChannelDrives; 2],
+    /// Guest RAM, for the CMOS memory-size bytes SeaBIOS reads.
+    pub ram_bytes: u64,
+    /// `-boot order=`: the first three devices, as the CMOS boot bytes hold them.
+    pub boot_order: Vec<BootDevice>,
 }
 
 /// Forwards the PM's S5 request to Xen as a poweroff.
@@ -122,6 +132,7 @@ pub struct Xenfv {
     pub unplug: Arc<UnplugLatch>,
     pub com1: Option<Arc<Mutex<Uart16550>>>,
     pub i8042: Arc<Mutex<I8042>>,
+    pub cmos: Arc<Mutex<Mc146818>>,
     pub vga: Option<Arc<Mutex<Vga>>>,
     pub ide: IdeHandle,
     pub pm: Arc<Mutex<Piix4Pm>>,
@@ -224,6 +235,25 @@ impl Xenfv {
             Arc::new(Mutex::new(Port92::new(system))),
         )?;
 
+        // Xen's RTC serves CMOS 0-13 itself and forwards index writes and data accesses for
+        // the rest; SeaBIOS reads the boot order and memory sizes there (as from qemu-xen).
+        let cmos = Mc146818::new_shared(&clock, Arc::new(UnconnectedLine), 0);
+        {
+            let mut c = lock(&cmos);
+            let below_4g = config.ram_bytes.min(XEN_BELOW_4G_RAM_END);
+            c.set_memory_size(below_4g, config.ram_bytes - below_4g);
+            let order: Vec<BootDevice> = config.boot_order.iter().copied().take(3).collect();
+            if let Err(e) = c.set_boot_order(&order) {
+                log::warn!("CMOS boot order: {e}");
+            }
+        }
+        pio.insert(
+            "cmos",
+            mc146818::PORT_BASE,
+            mc146818::PORT_COUNT,
+            cmos.clone(),
+        )?;
+
         let dm = DeviceModel::new(pio, mmio, memory)
             .with_pci(pci)
             .with_shutdown(shutdown.clone());
@@ -234,6 +264,7 @@ impl Xenfv {
             unplug,
             com1,
             i8042,
+            cmos,
             vga,
             ide: ide_handle,
             pm,
@@ -246,7 +277,10 @@ impl Xenfv {
     /// Every device's state (`xen-save-devices-state`): the PCI root carries its functions
     /// (IDE, VGA, PM, platform); the ISA devices are saved beside it.
     pub fn save_state(&self) -> Vec<u8> {
-        let mut blobs = vec![("i8042".to_string(), lock_save(&self.i8042))];
+        let mut blobs = vec![
+            ("i8042".to_string(), lock_save(&self.i8042)),
+            ("cmos".to_string(), lock_save(&self.cmos)),
+        ];
         if let Some(com1) = &self.com1 {
             blobs.push(("com1".to_string(), lock_save(com1)));
         }
@@ -267,6 +301,7 @@ impl Xenfv {
             })
         };
         restore("i8042", &mut *lock(&self.i8042))?;
+        restore("cmos", &mut *lock(&self.cmos))?;
         if let Some(com1) = &self.com1 {
             restore("com1", &mut *lock(com1))?;
         }

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use devices::block::raw::RawFile;
 use devices::chardev::CharSink;
+use devices::rtc::mc146818::BootDevice;
 use devices::storage::ide::{ChannelDrives, IdeDrive};
 use xen::abi::dmop::DmOp;
 use xen::abi::*;
@@ -53,6 +54,8 @@ fn rig_with(display: Display, ide: [ChannelDrives; 2]) -> Rig {
             display,
             serial: Some(Box::new(serial.clone())),
             ide,
+            ram_bytes: 64 << 20,
+            boot_order: vec![BootDevice::HardDisk],
         },
     )
     .unwrap();
@@ -104,8 +107,8 @@ fn pci_functions_answer_where_hvmloader_looks() {
     assert_eq!(id(&mut r, 1, 0), 0x7000_8086, "PIIX3");
     assert_eq!(id(&mut r, 1, 1), 0x7010_8086, "PIIX3 IDE");
     assert_eq!(id(&mut r, 1, 3), 0x7113_8086, "PIIX4 PM");
-    assert_eq!(id(&mut r, 2, 0), 0x1111_1234, "std VGA");
-    assert_eq!(id(&mut r, 3, 0), 0x0001_5853, "Xen platform");
+    assert_eq!(id(&mut r, 2, 0), 0x0001_5853, "Xen platform");
+    assert_eq!(id(&mut r, 3, 0), 0x1111_1234, "std VGA");
     assert_eq!(id(&mut r, 4, 0), 0xffff_ffff, "empty slot");
     let pci: Vec<u64> = r
         .xen
@@ -133,8 +136,9 @@ fn the_platform_xen_emulates_is_left_to_xen() {
         .map(|(_, a, b)| (a, b))
         .collect();
     let claimed = |p: u64| ports.iter().any(|&(a, b)| a <= p && p <= b);
-    // 8259, 8254, RTC, the debug port and the PM timer are Xen's.
-    for port in [0x20, 0xa0, 0x40, 0x43, 0x70, 0x71, 0xe9, 0x4d0] {
+    // 8259, 8254, the debug port and the PM timer are Xen's (so is the RTC, which forwards
+    // only the CMOS bytes it does not hold).
+    for port in [0x20, 0xa0, 0x40, 0x43, 0xe9, 0x4d0] {
         assert!(!claimed(port), "port {port:#x} must stay with Xen");
     }
     for port in [
@@ -143,6 +147,19 @@ fn the_platform_xen_emulates_is_left_to_xen() {
         assert!(claimed(port), "port {port:#x} is the device model's");
     }
     assert!(r.board.vga.is_none());
+}
+
+#[test]
+fn cmos_bytes_xen_forwards_hold_the_boot_order_and_memory() {
+    let mut r = rig(Display::None);
+    let cmos = |r: &mut Rig, index: u64| {
+        r.pio(false, 0x70, 1, index);
+        r.pio(true, 0x71, 1, 0)
+    };
+    // 0x3D: first boot device in the low nibble (2 = hard disk).
+    assert_eq!(cmos(&mut r, 0x3d) & 0x0f, 2);
+    // 0x34/0x35: RAM above 16 MiB in 64 KiB units (64 MiB guest → 48 MiB → 768).
+    assert_eq!(cmos(&mut r, 0x34) | (cmos(&mut r, 0x35) << 8), 768);
 }
 
 #[test]
@@ -267,7 +284,9 @@ fn device_state_saves_and_restores_across_boards() {
     // The restored PMBA decodes again: S5 still powers off.
     fresh.xen.take_dm_ops();
     fresh.pio(false, 0xb004, 2, 0x2000);
-    assert!(fresh.xen.take_dm_ops().contains(&DmOp::RemoteShutdown { reason: SHUTDOWN_POWEROFF }));
+    assert!(fresh.xen.take_dm_ops().contains(&DmOp::RemoteShutdown {
+        reason: SHUTDOWN_POWEROFF
+    }));
 
     // A board without the VGA refuses the state of one with it, without panicking.
     let other = rig(Display::None);

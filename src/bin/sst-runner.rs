@@ -2,7 +2,8 @@
 //!
 //! `cargo run --release --bin sst-runner -- DIR [-v]`: every `*.jsonl.gz` file in DIR is run;
 //! the pass rate per opcode is printed, then the known 80286 differences by reason, and last a
-//! line `N passed, M failed`. Exit status 1 if anything failed.
+//! line `N passed, M failed` (M includes the known differences). Exit status 1 if any failure
+//! is not a documented 80286 difference.
 
 use std::path::PathBuf;
 use translator::conformance::{Runner, SuiteInfo, test_files};
@@ -29,15 +30,27 @@ fn main() -> anyhow::Result<()> {
         let r = runner.run_file(&f, &info)?;
         let k: usize = r.known.values().sum();
         let total = r.pass + r.fail + k;
-        let pct = if total > 0 { 100.0 * r.pass as f64 / total as f64 } else { 100.0 };
+        let pct = if total > 0 {
+            100.0 * r.pass as f64 / total as f64
+        } else {
+            100.0
+        };
         println!(
             "{:<6} {:>5}/{:<5} {:6.2}%{}{}",
             r.key,
             r.pass,
             total,
             pct,
-            if r.fail > 0 { format!("  FAIL {}", r.fail) } else { String::new() },
-            if k > 0 { format!("  known-286 {k}") } else { String::new() }
+            if r.fail > 0 {
+                format!("  FAIL {}", r.fail)
+            } else {
+                String::new()
+            },
+            if k > 0 {
+                format!("  known-286 {k}")
+            } else {
+                String::new()
+            }
         );
         if verbose {
             for s in &r.samples {
@@ -51,14 +64,18 @@ fn main() -> anyhow::Result<()> {
         fail += r.fail;
     }
     if !known.is_empty() {
-        println!("known 80286 differences (counted as failures of the 286 oracle, see translator/KNOWN_286_DIFFERENCES.md):");
+        println!(
+            "known 80286 differences (counted as failures of the 286 oracle, see translator/KNOWN_286_DIFFERENCES.md):"
+        );
         for (reason, n) in &known {
             println!("  {n:>6}  {reason}");
         }
     }
     let known_total: usize = known.values().sum();
     println!("{} passed, {} failed", pass, fail + known_total);
-    if fail + known_total > 0 {
+    // Documented 286 quirks are failures of the 286 oracle but not regressions: the exit
+    // status (for CI) reports only unexplained failures.
+    if fail > 0 {
         std::process::exit(1);
     }
     Ok(())

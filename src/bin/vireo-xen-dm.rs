@@ -18,6 +18,7 @@ use devices::chardev::file::FileBackend;
 use devices::chardev::stdio::StdioBackend;
 use devices::chardev::unix_socket::UnixSocketBackend;
 use devices::chardev::{CharBackend, NullSink};
+use devices::rtc::mc146818::BootDevice;
 use devices::storage::ide::{ChannelDrives, IdeDrive};
 use machines::xenfv::{Display, Xenfv, XenfvConfig};
 use mio::unix::SourceFd;
@@ -84,6 +85,8 @@ fn run() -> Result<()> {
             display: display(&cfg),
             serial: serial_sink,
             ide: drives(&cfg)?,
+            ram_bytes: cfg.ram_mib.unwrap_or(128) << 20,
+            boot_order: boot_order(cfg.boot_order.as_deref().unwrap_or("cda")),
         },
     )
     .context("building the xenfv devices")?;
@@ -198,7 +201,6 @@ fn run() -> Result<()> {
         }
     }
     qmp.flush();
-    drop(control);
     server.shutdown().context("destroying the ioreq server")?;
     log::info!("dom{domid}: device model ended");
     Ok(())
@@ -362,6 +364,20 @@ fn serial(cfg: &DmConfig) -> Result<Serial> {
     };
     let sink = backend.sink();
     Ok((Some(backend), Some(sink)))
+}
+
+/// QEMU's `-boot order=` letters as the CMOS boot bytes hold them.
+fn boot_order(letters: &str) -> Vec<BootDevice> {
+    letters
+        .chars()
+        .filter_map(|c| match c {
+            'a' => Some(BootDevice::Floppy),
+            'c' => Some(BootDevice::HardDisk),
+            'd' => Some(BootDevice::CdRom),
+            'n' => Some(BootDevice::Network),
+            _ => None,
+        })
+        .collect()
 }
 
 fn drives(cfg: &DmConfig) -> Result<[ChannelDrives; 2]> {

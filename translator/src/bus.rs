@@ -78,7 +78,8 @@ impl PhysMem {
         &mut self.data
     }
     /// Hand the physical range `[start, end)` to the bus (MMIO or hole): the CPU stops treating
-    /// it as RAM. Page granular.
+    /// it as RAM. Page granular. After a CPU exists, follow map changes with
+    /// [`crate::Cpu::flush_translations`] (its fast paths cache "this page is RAM").
     pub fn set_mmio(&mut self, start: u64, end: u64) {
         for p in (start >> 12)..end.div_ceil(4096) {
             if let Some(k) = self.kind.get_mut(p as usize) {
@@ -103,6 +104,12 @@ impl PhysMem {
             .get((addr >> 12) as usize)
             .is_some_and(|&k| k != PAGE_BUS)
     }
+    /// Plain writable RAM (not ROM, not the bus)?
+    #[inline]
+    pub(crate) fn is_ram(&self, addr: u64) -> bool {
+        self.kind.get((addr >> 12) as usize) == Some(&PAGE_RAM)
+    }
+
     #[inline]
     pub(crate) fn is_rom(&self, addr: u64) -> bool {
         self.kind.get((addr >> 12) as usize) == Some(&PAGE_ROM)

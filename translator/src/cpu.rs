@@ -45,14 +45,17 @@ pub struct Cpu {
     pub cpl: u8,
     /// Guest physical memory the CPU reads and writes directly.
     pub mem: PhysMem,
-    /// Physical address mask: bit 20 is cleared while the A20 gate is closed.
-    pub a20_mask: u64,
+    /// Physical address mask: bit 20 is cleared while the A20 gate is closed (set it with
+    /// [`Cpu::set_a20`]).
+    pub(crate) a20_mask: u64,
     /// Maximum instruction length in bytes (15 on 386+; a test harness may lower it).
     pub max_insn_len: u8,
     /// HLT executed; waiting for an interrupt.
     pub halted: bool,
     /// Interrupts are inhibited for one instruction (after STI, MOV SS, POP SS).
     pub(crate) irq_shadow: bool,
+    /// An NMI handler is running: further NMIs wait for the next IRET.
+    pub(crate) nmi_blocked: bool,
     /// A store hit a page with translated code: the running block must stop after this op.
     pub(crate) smc_hit: bool,
     /// Set by mode-changing instructions: the block cache key changes, stop the block.
@@ -95,6 +98,7 @@ impl Cpu {
             max_insn_len: 15,
             halted: false,
             irq_shadow: false,
+            nmi_blocked: false,
             smc_hit: false,
             block_break: false,
             cache: BlockCache::new(),
@@ -154,6 +158,7 @@ impl Cpu {
         self.cpl = 0;
         self.halted = false;
         self.irq_shadow = false;
+        self.nmi_blocked = false;
         self.delivering = None;
         self.last_fault = None;
         self.flush_translations();
@@ -254,8 +259,10 @@ impl Cpu {
     #[inline]
     pub(crate) fn set_lazy(&mut self, op: FlagOp, size: u8, a: u64, b: u64, res: u64) {
         if matches!(op, FlagOp::Inc | FlagOp::Dec) && self.lazy.op != FlagOp::None {
-            // INC/DEC keep CF: settle the previous operation so CF in `rflags` is current.
-            self.rflags();
+            // INC/DEC keep CF: carry the previous operation's CF into `rflags`. Its other
+            // arithmetic bits are about to be replaced, so only CF needs computing.
+            let cf = self.lazy.carry(self.rflags);
+            self.rflags = (self.rflags & !flag::CF) | cf as u64;
         }
         self.lazy = LazyFlags {
             op,
@@ -313,6 +320,12 @@ impl Cpu {
             4 => self.regs[r as usize & 15] = v & 0xFFFF_FFFF,
             _ => self.regs[r as usize & 15] = v,
         }
+    }
+
+    /// Open or close the A20 gate (the board's port 92h / keyboard controller output).
+    pub fn set_a20(&mut self, enabled: bool) {
+        self.a20_mask = if enabled { u64::MAX } else { !(1u64 << 20) };
+        self.flush_translations();
     }
 
     /// Drop every translated block and TLB entry (mode switches that change decoding, CR3...).

@@ -86,6 +86,22 @@ pub fn szp(res: u64, size: u8) -> u64 {
 }
 
 impl LazyFlags {
+    /// CF of the pending operation alone (cheaper than [`LazyFlags::compute`]); `old` supplies
+    /// it for INC/DEC and when nothing is pending.
+    #[inline]
+    pub fn carry(&self, old: u64) -> bool {
+        let m = size_mask(self.size);
+        let (a, b) = (self.a & m, self.b & m);
+        match self.op {
+            FlagOp::Add => (a.wrapping_add(b) & m) < a,
+            FlagOp::Adc1 => ((a as u128 + b as u128 + 1) >> (self.size as u32 * 8)) != 0,
+            FlagOp::Sub => a < b,
+            FlagOp::Sbb1 => (a as u128) < b as u128 + 1,
+            FlagOp::Logic => false,
+            FlagOp::None | FlagOp::Inc | FlagOp::Dec => old & flag::CF != 0,
+        }
+    }
+
     /// The six arithmetic flags of the pending operation. `old` supplies CF for INC/DEC.
     pub fn compute(&self, old: u64) -> u64 {
         let size = self.size;

@@ -53,8 +53,10 @@ impl Cpu {
             // Events are taken at block boundaries, never inside the interrupt shadow.
             let shadow = std::mem::take(&mut self.irq_shadow);
             if !shadow {
-                if bus.take_nmi() {
+                // NMI stays pending on the bus while an NMI handler runs (until its IRET).
+                if !self.nmi_blocked && bus.take_nmi() {
                     self.halted = false;
+                    self.nmi_blocked = true;
                     if !self.raise(bus, Fault::new(vector::NMI), false) {
                         return RunExit::Shutdown;
                     }

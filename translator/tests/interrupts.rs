@@ -180,3 +180,46 @@ fn tf_single_steps_each_instruction() {
     assert_eq!(bus.out, vec![0x1008, 0x1009]);
     assert!(cpu.dr[6] & (1 << 14) != 0);
 }
+
+#[test]
+fn instruction_longer_than_15_bytes_is_gp() {
+    let mut cpu = real_machine(|a| a.db(&[0x66; 15]).and_then(|_| a.nop()));
+    // #GP handler (vector 13) at 0x3500 reports 13.
+    let mut a = CodeAssembler::new(16).unwrap();
+    out_ax(&mut a, 13).unwrap();
+    a.hlt().unwrap();
+    let h = a.assemble(0x3500).unwrap();
+    cpu.mem.as_mut_slice()[0x3500..0x3500 + h.len()].copy_from_slice(&h);
+    cpu.mem.as_mut_slice()[13 * 4..13 * 4 + 2].copy_from_slice(&0x3500u16.to_le_bytes());
+    let mut bus = IrqBus::default();
+    assert_eq!(cpu.run(&mut bus, 1000), RunExit::Halted);
+    assert_eq!(bus.out, vec![13]);
+}
+
+#[test]
+fn nmi_is_blocked_until_iret() {
+    // The NMI handler (vector 2) reports 2 and IRETs; a second NMI raised while it runs must
+    // wait for that IRET instead of nesting.
+    let mut cpu = real_machine(|a| {
+        a.cli()?;
+        a.hlt()?;
+        out_ax(a, 9)?;
+        a.hlt()
+    });
+    let mut bus = IrqBus::default();
+    assert_eq!(cpu.run(&mut bus, 1000), RunExit::Halted);
+    bus.nmi = true;
+    // Delivery plus the handler's first instruction: one frame on the stack.
+    assert_eq!(cpu.run(&mut bus, 1), RunExit::Budget);
+    assert_eq!(cpu.regs[4], 0x8000 - 6);
+    bus.nmi = true;
+    assert_eq!(cpu.run(&mut bus, 1), RunExit::Budget);
+    assert_eq!(
+        cpu.regs[4],
+        0x8000 - 6,
+        "a second NMI nested inside the handler"
+    );
+    assert_eq!(cpu.run(&mut bus, 1000), RunExit::Halted);
+    // The first handler, then the held NMI right after its IRET, then the main line.
+    assert_eq!(bus.out, vec![2, 2, 9]);
+}

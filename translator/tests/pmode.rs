@@ -758,3 +758,90 @@ fn f80_conversions_are_exact_for_f64_values() {
     // 1 + 2^-63 rounds to 1.0 in f64.
     assert_eq!(f80_to_f64(0x8000_0000_0000_0001, 0x3FFF), 1.0);
 }
+
+#[test]
+fn invlpg_drops_a_cached_translation() {
+    let (mut cpu, mut bus) = machine(|a| {
+        enable_paging(a)?;
+        a.mov(dword_ptr(0x6000), 0xAAAA)?;
+        a.mov(dword_ptr(0x7000), 0xBBBB)?;
+        a.mov(eax, dword_ptr(0x40_0000))?; // through PTE → 0x6000
+        report(a)?;
+        a.mov(dword_ptr(PD as u32 + 0x2000), 0x7000 | 3)?; // remap to 0x7000
+        a.mov(eax, dword_ptr(0x40_0000))?; // may still be the cached 0x6000
+        a.invlpg(ptr(0x40_0000))?;
+        a.mov(eax, dword_ptr(0x40_0000))?;
+        report(a)?;
+        // A write through the new mapping lands in 0x7000.
+        a.mov(dword_ptr(0x40_0004), 0xCCCC)?;
+        a.mov(eax, dword_ptr(0x7004))?;
+        report(a)
+    });
+    setup_paging(&mut cpu);
+    run(&mut cpu, &mut bus);
+    assert_eq!(bus.out, vec![0xAAAA, 0xBBBB, 0xCCCC]);
+}
+
+#[test]
+fn call_gate_from_ring3_copies_parameters_and_retf_returns() {
+    const GATE_TARGET: u64 = 0x3400;
+    let (mut cpu, mut bus) = machine(|a| {
+        a.mov(ax, 0x28)?;
+        a.ltr(ax)?;
+        a.push(0x23)?;
+        a.push(0x70000)?;
+        a.pushfd()?;
+        a.or(dword_ptr(esp), 0x3000)?; // IOPL 3: ring 3 may report through OUT
+        a.push(0x1B)?;
+        a.push(RING3 as i32)?;
+        a.iretd()
+    });
+    let m = &mut cpu.mem;
+    // 0x38: 32-bit call gate, DPL 3, two dword parameters, to 0x08:GATE_TARGET.
+    put(
+        m,
+        GDT + 7 * 8,
+        &(gate(GATE_TARGET, 0x08, 0xEC) | (2u64 << 32)).to_le_bytes(),
+    );
+    put(m, GDTR, &(8u16 * 8 - 1).to_le_bytes());
+    let r3 = asm32(RING3, |a| {
+        a.mov(ax, 0x23)?;
+        a.mov(ds, ax)?;
+        a.push(0x1111)?;
+        a.push(0x2222)?;
+        a.db(&[0x9A, 0, 0, 0, 0, 0x3B, 0])?; // call far 0x3B:0 (gate, RPL 3)
+        // Back in ring 3 with the parameters released by RETF 8.
+        a.mov(eax, esp)?;
+        report(a)?;
+        a.mov(eax, cs)?;
+        report(a)?;
+        a.hlt() // #GP at ring 3 ends the test
+    });
+    put(&mut cpu.mem, RING3, &r3);
+    let target = asm32(GATE_TARGET, |a| {
+        a.mov(eax, cs)?;
+        report(a)?;
+        a.mov(eax, dword_ptr(esp + 8))?; // second pushed = first parameter slot
+        report(a)?;
+        a.mov(eax, dword_ptr(esp + 12))?;
+        report(a)?;
+        a.mov(eax, dword_ptr(esp + 16))?; // old ESP
+        report(a)?;
+        a.retf_1(8)
+    });
+    put(&mut cpu.mem, GATE_TARGET, &target);
+    run(&mut cpu, &mut bus);
+    assert_eq!(
+        bus.out,
+        vec![
+            0x08,   // CS in the gate's target
+            0x2222, // parameters copied in order
+            0x1111,
+            0x70000 - 8, // the caller's ESP after its pushes
+            0x70000,     // ESP after RETF 8 in ring 3
+            0x1B,        // CS back at ring 3
+            0,           // then HLT at ring 3: #GP(0)
+            0xDEAD_000D
+        ]
+    );
+}

@@ -136,6 +136,10 @@ impl Cpu {
         let cacheable = self.mem.is_backed(phys);
         let block = Rc::new(self.build_block(bus, phys, lin, ip, bitness, user)?);
         if cacheable && block.byte_len > 0 && (phys & 0xFFF) + block.byte_len <= 0x1000 {
+            if !self.cache.is_code_page(phys >> 12) {
+                // Stores to this page must now take the slow path (SMC detection).
+                self.tlb.flush_fast_writes();
+            }
             self.cache.insert(key, block.clone());
         }
         Ok(block)
@@ -220,7 +224,14 @@ impl Cpu {
                 return Err(Fault::gp(0).into());
             }
             let len = ins.len().max(1);
-            let op = decode::translate(&ins, &buf[..len], bitness);
+            let mut op = decode::translate(&ins, &buf[..len], bitness);
+            if ins.is_invalid()
+                && len as u64 >= max_len
+                && dec.last_error() == DecoderError::InvalidInstruction
+            {
+                // Prefixes ran past the length limit: #GP(0), not #UD.
+                op.exec = crate::exec::too_long;
+            }
             let stop = ins.is_invalid()
                 || op.prefix & crate::decode::op::pfx::UNDEFINED != 0
                 || !matches!(ins.flow_control(), FlowControl::Next);

@@ -458,6 +458,9 @@ impl Cpu {
     }
 
     pub(crate) fn iret(&mut self, bus: &mut dyn CpuBus, osize: u8) -> Result<(), Exit> {
+        // Any IRET ends NMI blocking (even one that faults later: the SDM ties it to the
+        // execution of IRET).
+        self.nmi_blocked = false;
         let old = self.rflags();
         if !self.protected() || old & flag::VM != 0 {
             if old & flag::VM != 0 && (old & flag::IOPL) != flag::IOPL {

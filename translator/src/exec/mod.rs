@@ -29,6 +29,11 @@ pub fn undefined(_cpu: &mut Cpu, _op: &Op, _bus: &mut dyn CpuBus) -> ExecResult 
     Err(Fault::ud().into())
 }
 
+/// An instruction longer than 15 bytes: #GP(0).
+pub fn too_long(_cpu: &mut Cpu, _op: &Op, _bus: &mut dyn CpuBus) -> ExecResult {
+    Err(Fault::gp(0).into())
+}
+
 /// Instructions that do nothing architecturally visible (NOP, hint NOPs, PAUSE, fences).
 pub fn nop(_cpu: &mut Cpu, _op: &Op, _bus: &mut dyn CpuBus) -> ExecResult {
     Ok(())

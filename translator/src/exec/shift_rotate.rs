@@ -42,7 +42,13 @@ pub fn shift<const K: u8>(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecR
         // Still a read-modify-write bus-wise, but nothing changes architecturally.
         return Ok(());
     }
-    let f_old = cpu.rflags();
+    // Only the rotates keep SF/ZF/AF/PF, and only RCL/RCR read CF: the shifts need no
+    // materialised flags at all.
+    let f_old = if matches!(K, kind::ROL | kind::ROR | kind::RCL | kind::RCR) {
+        cpu.rflags()
+    } else {
+        0
+    };
     let cf_old = f_old & flag::CF != 0;
     let (res, cf, of): (u64, bool, bool);
     let mut f = f_old & flag::ARITH;

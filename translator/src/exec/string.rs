@@ -8,8 +8,9 @@
 use crate::Cpu;
 use crate::bus::CpuBus;
 use crate::decode::op::{Op, pfx};
-use crate::exception::ExecResult;
+use crate::exception::{ExecResult, Exit};
 use crate::flags::{FlagOp, size_mask};
+use crate::mmu::Access;
 use crate::state::{flag, sreg};
 
 pub mod kind {
@@ -117,6 +118,24 @@ pub fn string<const K: u8>(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> Exec
         if c == 0 {
             return Ok(());
         }
+        if (K == kind::MOVS || K == kind::STOS) && step == size && c > 1 {
+            // Forward MOVS/STOS: whole runs of elements inside one page of plain RAM at once.
+            let done = fast_run::<K>(cpu, op, bus, c.min((REP_SLICE - n) as u64))?;
+            if done > 0 {
+                let c = (c - done) & size_mask(a);
+                cpu.set_reg(1, a, c);
+                n += done as u32;
+                if c == 0 {
+                    return Ok(());
+                }
+                if n >= REP_SLICE {
+                    cpu.rip = cpu.rip.wrapping_sub(op.len as u64) & cpu.ip_mask();
+                    cpu.block_break = true;
+                    return Ok(());
+                }
+                continue;
+            }
+        }
         one::<K>(cpu, op, bus, step)?;
         let c = c.wrapping_sub(1) & size_mask(a);
         cpu.set_reg(1, a, c);
@@ -138,4 +157,84 @@ pub fn string<const K: u8>(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> Exec
             return Ok(());
         }
     }
+}
+
+/// Elements of `size` bytes that fit from linear `lin` to the end of its page.
+#[inline]
+fn in_page(lin: u64, size: u64) -> u64 {
+    (0x1000 - (lin & 0xFFF)) / size
+}
+
+/// Forward REP MOVS/STOS fast path: up to `max` elements that stay inside one page of plain
+/// RAM on each side (no MMIO, no ROM, no translated code on the destination page) and inside
+/// the segment limits, copied element by element in the architectural order (so overlapping
+/// MOVS behaves as on hardware). Returns how many elements were done (0: use the slow path).
+/// Faults never happen here: anything that could fault is left to the slow path.
+fn fast_run<const K: u8>(
+    cpu: &mut Cpu,
+    op: &Op,
+    bus: &mut dyn CpuBus,
+    max: u64,
+) -> Result<u64, Exit> {
+    let size = op.osize as u64;
+    let am = size_mask(op.asize);
+    let di = cpu.regs[7] & am;
+    let user = cpu.user_access();
+    let mut n = max;
+    // Destination: ES:rDI.
+    let Ok(dlin) = cpu.seg_lin(sreg::ES, di, op.osize, Access::Write) else {
+        return Ok(0);
+    };
+    n = n.min(in_page(dlin, size));
+    // The run must not wrap the offset and must stay inside the limit: check its last element.
+    if n == 0
+        || di + n * size - 1 > am
+        || cpu
+            .seg_lin(sreg::ES, di + (n - 1) * size, op.osize, Access::Write)
+            .is_err()
+    {
+        return Ok(0);
+    }
+    let Ok(dpa) = cpu.translate(bus, dlin, Access::Write, user) else {
+        return Ok(0);
+    };
+    if !cpu.mem.is_ram(dpa) || cpu.cache.is_code_page(dpa >> 12) {
+        return Ok(0);
+    }
+    if K == kind::STOS {
+        let v = cpu.reg(0, op.osize);
+        for i in 0..n {
+            cpu.mem.store(dpa + i * size, op.osize, v);
+        }
+        cpu.set_reg(7, op.asize, (di + n * size) & am);
+        return Ok(n);
+    }
+    // Source: seg:rSI.
+    let si = cpu.regs[6] & am;
+    let seg = op.seg as usize;
+    let Ok(slin) = cpu.seg_lin(seg, si, op.osize, Access::Read) else {
+        return Ok(0);
+    };
+    n = n.min(in_page(slin, size));
+    if n == 0
+        || si + n * size - 1 > am
+        || cpu
+            .seg_lin(seg, si + (n - 1) * size, op.osize, Access::Read)
+            .is_err()
+    {
+        return Ok(0);
+    }
+    let Ok(spa) = cpu.translate(bus, slin, Access::Read, user) else {
+        return Ok(0);
+    };
+    if !cpu.mem.is_backed(spa) {
+        return Ok(0);
+    }
+    for i in 0..n {
+        let v = cpu.mem.load(spa + i * size, op.osize);
+        cpu.mem.store(dpa + i * size, op.osize, v);
+    }
+    cpu.set_reg(6, op.asize, (si + n * size) & am);
+    cpu.set_reg(7, op.asize, (di + n * size) & am);
+    Ok(n)
 }

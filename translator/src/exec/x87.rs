@@ -5,9 +5,10 @@
 //! FLDENV/FNSAVE/FRSTOR.
 //!
 //! **Precision:** values are kept in f64, not 80-bit extended precision. Results therefore
-//! carry 53 mantissa bits whatever the precision control says, the rounding-control field only
-//! affects integer conversions and FRNDINT, m80 loads round to 53 bits, and transcendental
-//! results come from the host's libm. Exceptions are always handled as if masked (the default
+//! carry 53 mantissa bits whatever the precision control says (they equal the hardware's at
+//! PC = double), m80 loads round to 53 bits, and transcendental results come from the host's
+//! libm. The rounding-control field is honoured by +, −, ×, ÷, √, FST m32/m64, FIST and
+//! FRNDINT (directed rounding is derived from the exact error of the round-to-nearest result). Exceptions are always handled as if masked (the default
 //! control word): invalid operations produce the indefinite NaN, stack faults set IE|SF, and
 //! #MF/FERR# is never raised.
 
@@ -146,6 +147,134 @@ impl Fpu {
             2 => v.ceil(),
             _ => v.trunc(),
         }
+    }
+}
+
+/// The NaN an arithmetic operation with a NaN operand returns: the NaN operand, quieted; of two
+/// NaNs the one with the larger significand (the positive one on a tie).
+fn nan_result(a: f64, b: f64) -> f64 {
+    let quiet = |x: f64| f64::from_bits(x.to_bits() | (1 << 51));
+    match (a.is_nan(), b.is_nan()) {
+        (true, true) => {
+            let (ma, mb) = (
+                a.to_bits() & 0x000F_FFFF_FFFF_FFFF,
+                b.to_bits() & 0x000F_FFFF_FFFF_FFFF,
+            );
+            if ma > mb || (ma == mb && !a.is_sign_negative()) {
+                quiet(a)
+            } else {
+                quiet(b)
+            }
+        }
+        (true, false) => quiet(a),
+        _ => quiet(b),
+    }
+}
+
+/// Adjust a round-to-nearest result `r` for rounding control `rc` (0 nearest, 1 down, 2 up,
+/// 3 toward zero), given the sign of the exact error (exact value − r).
+fn directed(r: f64, err: f64, rc: u16) -> f64 {
+    if err == 0.0 || r.is_nan() || err.is_nan() {
+        return r;
+    }
+    match rc {
+        1 if err < 0.0 => r.next_down(),
+        2 if err > 0.0 => r.next_up(),
+        3 if r > 0.0 && err < 0.0 => r.next_down(),
+        3 if r < 0.0 && err > 0.0 => r.next_up(),
+        _ => r,
+    }
+}
+
+/// Overflow to infinity under directed rounding stops at the largest finite value.
+fn overflow(r: f64, rc: u16) -> f64 {
+    match rc {
+        1 if r == f64::INFINITY => f64::MAX,
+        2 if r == f64::NEG_INFINITY => f64::MIN,
+        3 if r.is_infinite() => f64::MAX.copysign(r),
+        _ => r,
+    }
+}
+
+/// a + b rounded per `rc`.
+fn add_rc(a: f64, b: f64, rc: u16) -> f64 {
+    let s = a + b;
+    if rc == 0 {
+        return s;
+    }
+    if s.is_infinite() && a.is_finite() && b.is_finite() {
+        return overflow(s, rc);
+    }
+    if s == 0.0 {
+        // Exact zero: −0 under round-down unless both operands are +0.
+        let neg = if a == 0.0 && b == 0.0 {
+            a.is_sign_negative() || b.is_sign_negative()
+        } else {
+            true
+        };
+        return if rc == 1 && neg {
+            -0.0
+        } else if a == 0.0 && b == 0.0 {
+            s
+        } else {
+            0.0
+        };
+    }
+    // TwoSum: the exact error of s.
+    let bb = s - a;
+    let err = (a - (s - bb)) + (b - bb);
+    directed(s, err, rc)
+}
+
+fn mul_rc(a: f64, b: f64, rc: u16) -> f64 {
+    let p = a * b;
+    if rc == 0 {
+        return p;
+    }
+    if p.is_infinite() && a.is_finite() && b.is_finite() {
+        return overflow(p, rc);
+    }
+    directed(p, a.mul_add(b, -p), rc)
+}
+
+fn div_rc(a: f64, b: f64, rc: u16) -> f64 {
+    let q = a / b;
+    if rc == 0 || !q.is_finite() || !a.is_finite() || !b.is_finite() || b == 0.0 {
+        return if q.is_infinite() && a.is_finite() && b.is_finite() && b != 0.0 {
+            overflow(q, rc)
+        } else {
+            q
+        };
+    }
+    // a − q·b, exactly; the exact quotient lies on the side of q given by rem / b.
+    let rem = -q.mul_add(b, -a);
+    directed(q, rem * b.signum(), rc)
+}
+
+fn sqrt_rc(a: f64, rc: u16) -> f64 {
+    let r = a.sqrt();
+    if rc == 0 || !r.is_finite() || r == 0.0 {
+        return r;
+    }
+    directed(r, -r.mul_add(r, -a), rc)
+}
+
+/// f64 → f32 rounded per `rc`.
+fn to_f32_rc(v: f64, rc: u16) -> f32 {
+    let f = v as f32;
+    if rc == 0 || !f.is_finite() || v.is_nan() {
+        return f;
+    }
+    let err = v - f as f64;
+    if err == 0.0 {
+        return f;
+    }
+    match rc {
+        1 if err < 0.0 => f.next_down(),
+        2 if err > 0.0 => f.next_up(),
+        3 if f > 0.0 && err < 0.0 => f.next_down(),
+        3 if f < 0.0 && err > 0.0 => f.next_up(),
+        _ => f,
     }
 }
 
@@ -354,7 +483,13 @@ pub fn fst(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecResult {
         let ea = cpu.ea(op);
         let seg = op.seg as usize;
         match op.osize {
-            4 => cpu.write_mem(bus, seg, ea, 4, (v as f32).to_bits() as u64)?,
+            4 => cpu.write_mem(
+                bus,
+                seg,
+                ea,
+                4,
+                to_f32_rc(v, (cpu.fpu.cw >> 10) & 3).to_bits() as u64,
+            )?,
             8 => cpu.write_mem(bus, seg, ea, 8, v.to_bits())?,
             _ => {
                 let (m, se) = f64_to_f80(v);
@@ -435,17 +570,29 @@ pub fn farith(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecResult {
     check_nm(cpu)?;
     let b = source(cpu, op, bus)?;
     let a = cpu.fpu.get(op.dst);
-    let r = match op.aux {
-        0 => a + b,
-        1 => a * b,
-        4 => a - b,
-        5 => b - a,
-        6 => a / b,
-        _ => b / a,
-    };
-    if r.is_nan() && !a.is_nan() && !b.is_nan() {
-        cpu.fpu.sw |= sw::IE;
+    let rc = (cpu.fpu.cw >> 10) & 3;
+    if a.is_nan() || b.is_nan() {
+        cpu.fpu.set(op.dst, nan_result(a, b));
+        if op.imm2 & POP != 0 {
+            cpu.fpu.pop();
+        }
+        return Ok(());
     }
+    let r = match op.aux {
+        0 => add_rc(a, b, rc),
+        1 => mul_rc(a, b, rc),
+        4 => add_rc(a, -b, rc),
+        5 => add_rc(b, -a, rc),
+        6 => div_rc(a, b, rc),
+        _ => div_rc(b, a, rc),
+    };
+    let r = if r.is_nan() {
+        // Invalid operation (∞ − ∞, 0 × ∞, 0/0, ∞/∞): the indefinite QNaN.
+        cpu.fpu.sw |= sw::IE;
+        INDEFINITE
+    } else {
+        r
+    };
     if matches!(op.aux, 6 | 7) && (if op.aux == 6 { b } else { a }) == 0.0 && r.is_infinite() {
         cpu.fpu.sw |= sw::ZE;
     }
@@ -560,7 +707,8 @@ pub fn funary(cpu: &mut Cpu, op: &Op, _bus: &mut dyn CpuBus) -> ExecResult {
             if a < 0.0 {
                 f.sw |= sw::IE;
             }
-            f.set(0, a.sqrt())
+            let r = sqrt_rc(a, (f.cw >> 10) & 3);
+            f.set(0, r)
         }
         3 => {
             let r = f.round(a);

@@ -136,6 +136,17 @@ impl Cpu {
     ) -> Result<u64, Exit> {
         let lin = self.seg_lin(seg, off, size, Access::Read)?;
         let user = self.user_access();
+        if (lin & 0xFFF) + size as u64 <= 0x1000 {
+            if let Some(pa) = self.tlb.fast_read(lin, user) {
+                return Ok(self.mem.load(pa, size));
+            }
+            let pa = self.translate(bus, lin, Access::Read, user)?;
+            if self.mem.is_ram(pa) {
+                self.tlb.fill_read(lin, user, pa);
+                return Ok(self.mem.load(pa, size));
+            }
+            return Ok(self.phys_read(bus, pa, size));
+        }
         Ok(self.read_lin(bus, lin, size, Access::Read, user)?)
     }
 
@@ -151,6 +162,20 @@ impl Cpu {
     ) -> Result<(), Exit> {
         let lin = self.seg_lin(seg, off, size, Access::Write)?;
         let user = self.user_access();
+        if (lin & 0xFFF) + size as u64 <= 0x1000 {
+            if let Some(pa) = self.tlb.fast_write(lin, user) {
+                self.mem.store(pa, size, v);
+                return Ok(());
+            }
+            let pa = self.translate(bus, lin, Access::Write, user)?;
+            if self.mem.is_ram(pa) && !self.cache.is_code_page(pa >> 12) {
+                self.tlb.fill_write(lin, user, pa);
+                self.mem.store(pa, size, v);
+                return Ok(());
+            }
+            self.phys_write(bus, pa, size, v);
+            return Ok(());
+        }
         Ok(self.write_lin(bus, lin, size, v, user)?)
     }
 

@@ -25,8 +25,25 @@ struct Entry {
     perm: u8,
 }
 
+/// Slots of the fast data-access caches.
+const FAST: usize = 256;
+
+/// A fast-path slot: linear page (with the privilege bit) → physical page of plain RAM.
+#[derive(Clone, Copy, Default)]
+struct FastEntry {
+    /// ((linear page << 1) | user) + 1; 0 = empty.
+    tag: u64,
+    /// Physical address of the page.
+    base: u64,
+}
+
 pub struct Tlb {
     entries: Box<[Entry]>,
+    /// Reads that may skip segmentation-independent work entirely: the page is RAM, the
+    /// translation (if paging is on) allows the read at this privilege.
+    fast_r: Box<[FastEntry]>,
+    /// Writes likewise; only for RAM pages without translated code, with the dirty bit set.
+    fast_w: Box<[FastEntry]>,
     /// A large page was cached: INVLPG must drop everything (its 4 KiB pieces are spread over
     /// many slots).
     has_large: bool,
@@ -42,6 +59,8 @@ impl Tlb {
     pub fn new() -> Self {
         Tlb {
             entries: vec![Entry::default(); ENTRIES].into_boxed_slice(),
+            fast_r: vec![FastEntry::default(); FAST].into_boxed_slice(),
+            fast_w: vec![FastEntry::default(); FAST].into_boxed_slice(),
             has_large: false,
         }
     }
@@ -68,10 +87,70 @@ impl Tlb {
     pub fn flush_all(&mut self) {
         self.entries.fill(Entry::default());
         self.has_large = false;
+        self.flush_fast();
+    }
+
+    #[inline]
+    fn fast_tag(lin: u64, user: bool) -> (usize, u64) {
+        let page = lin >> 12;
+        (
+            (page as usize) & (FAST - 1),
+            ((page << 1) | user as u64) + 1,
+        )
+    }
+
+    /// Physical address for a read at `lin` if the fast path knows the page.
+    #[inline]
+    pub fn fast_read(&self, lin: u64, user: bool) -> Option<u64> {
+        let (i, tag) = Self::fast_tag(lin, user);
+        let e = &self.fast_r[i];
+        if e.tag == tag {
+            Some(e.base | (lin & 0xFFF))
+        } else {
+            None
+        }
+    }
+
+    #[inline]
+    pub fn fast_write(&self, lin: u64, user: bool) -> Option<u64> {
+        let (i, tag) = Self::fast_tag(lin, user);
+        let e = &self.fast_w[i];
+        if e.tag == tag {
+            Some(e.base | (lin & 0xFFF))
+        } else {
+            None
+        }
+    }
+
+    pub fn fill_read(&mut self, lin: u64, user: bool, phys: u64) {
+        let (i, tag) = Self::fast_tag(lin, user);
+        self.fast_r[i] = FastEntry {
+            tag,
+            base: phys & !0xFFF,
+        };
+    }
+
+    pub fn fill_write(&mut self, lin: u64, user: bool, phys: u64) {
+        let (i, tag) = Self::fast_tag(lin, user);
+        self.fast_w[i] = FastEntry {
+            tag,
+            base: phys & !0xFFF,
+        };
+    }
+
+    /// Forget every fast write slot (a page just became a code page).
+    pub fn flush_fast_writes(&mut self) {
+        self.fast_w.fill(FastEntry::default());
+    }
+
+    fn flush_fast(&mut self) {
+        self.fast_r.fill(FastEntry::default());
+        self.fast_w.fill(FastEntry::default());
     }
 
     /// CR3 reload: drop everything but global pages.
     pub fn flush_nonglobal(&mut self) {
+        self.flush_fast();
         for e in self.entries.iter_mut() {
             if e.perm & perm::GLOBAL == 0 {
                 *e = Entry::default();
@@ -81,6 +160,7 @@ impl Tlb {
 
     /// INVLPG.
     pub fn flush_page(&mut self, lpage: u64) {
+        self.flush_fast();
         if self.has_large {
             self.flush_all();
         } else {
