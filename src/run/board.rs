@@ -114,7 +114,7 @@ impl Board {
         self.deferred_channels = [false; 2];
     }
 
-    /// Machine reset: devices, A20, the low alias; the caller resets the CPU.
+    /// Machine reset: devices, A20 (open), the low alias and the CPU.
     pub fn reset(&mut self, cpu: &mut Cpu) {
         self.deferred.clear();
         self.deferred_channels = [false; 2];
@@ -123,7 +123,7 @@ impl Board {
         use devices::system::SystemControl;
         self.pc.signals.set_a20(true);
         self.load_low_alias(&mut cpu.mem);
-        cpu.a20_mask = u64::MAX;
+        cpu.set_a20(true);
         cpu.reset();
         cpu.flush_translations();
     }

@@ -452,6 +452,7 @@ pub fn run(o: &Options) -> Result<i32> {
     };
     let mut quit = false;
     let mut last_poll = Instant::now();
+    let mut a20_open = true;
 
     let status = loop {
         let exit = cpu.run(&mut board, plan.slice);
@@ -481,7 +482,12 @@ pub fn run(o: &Options) -> Result<i32> {
             break 124;
         }
         let signals = board.pc.signals.clone();
-        cpu.a20_mask = if signals.a20() { u64::MAX } else { !(1 << 20) };
+        // Only on a change: the CPU drops its translations when the gate moves.
+        let a20 = signals.a20();
+        if a20 != a20_open {
+            a20_open = a20;
+            cpu.set_a20(a20);
+        }
         if let Some(s) = signals.exit_status() {
             log::info!("guest wrote the test exit port: status {s}");
             break s;
