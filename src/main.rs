@@ -1,6 +1,7 @@
 //! The `vireo` command line.
 
 mod bench_bus;
+mod run;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -21,11 +22,18 @@ enum Command {
     /// Measure port-I/O dispatch through the PC's bus: UART registers and PCI configuration
     /// cycles through 0xCF8/0xCFC, in accesses per second.
     BenchBus(bench_bus::Options),
+    /// Boot a standalone PC (QEMU-style options: `vireo run -m 256 -nographic -drive file=…`).
+    Run(Box<run::Options>),
 }
 
 fn main() -> Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
-    match Cli::parse().command {
+    let cli = Cli::parse_from(run::options::qemu_style_args(std::env::args()));
+    match cli.command {
         Command::BenchBus(options) => bench_bus::run(&options),
+        Command::Run(options) => {
+            let status = run::run(&options)?;
+            std::process::exit(status);
+        }
     }
 }

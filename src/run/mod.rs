@@ -1,0 +1,600 @@
+//! `vireo run`: the standalone PC with the tier-0 CPU.
+//!
+//! The main loop runs the CPU in slices of a fixed number of instructions; between slices the
+//! board does its device work (deferred DMA writes, device time from the host's monotonic
+//! clock), then looks at host I/O with `mio` (a zero-timeout poll at most every few ms while
+//! the guest computes, a blocking one while it halts). HLT sleeps in that poll until the next
+//! timer deadline or host input, so an idle guest costs no host CPU.
+
+pub mod board;
+pub mod linux;
+pub mod memory;
+pub mod options;
+
+use std::io::{self, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use devices::block::BlockBackend;
+use devices::block::overlay::CowOverlay;
+use devices::block::raw::RawFile;
+use devices::chardev::file::FileBackend;
+use devices::chardev::stdio::StdioBackend;
+use devices::chardev::{CharBackend, CharSink, NullSink};
+use devices::firmware::fw_cfg::{E820Entry, E820Kind};
+use devices::rtc::mc146818::BootDevice;
+use devices::storage::ide::{ChannelDrives, IdeDrive};
+use machines::pc::{PcConfig, PcDevices, PcPlatform, PcPlatformConfig};
+use mio::{Events, Poll, Token};
+use translator::{Cpu, RunExit};
+
+use board::Board;
+use memory::DmaRam;
+pub use options::Options;
+use options::{CharDev, OptionError};
+
+pub const DEFAULT_BIOS: &str = "/usr/share/seabios/bios-256k.bin";
+pub const DEFAULT_VGA_BIOS: &str = "/usr/share/seabios/vgabios-stdvga.bin";
+
+const STDIN_TOKEN: Token = Token(0);
+/// Ctrl-A, the escape for Ctrl-A x (quit) as in QEMU's `-nographic`.
+const ESCAPE: u8 = 0x01;
+/// How often host I/O is polled while the guest computes.
+const POLL_INTERVAL: Duration = Duration::from_millis(5);
+/// The longest a halted guest sleeps without looking again (no timer armed, IF clear...).
+const MAX_SLEEP: Duration = Duration::from_millis(200);
+
+/// Everything decided from the command line, checked before the guest starts.
+struct Plan {
+    ram: u64,
+    bios: Vec<u8>,
+    vga: Option<Option<Vec<u8>>>,
+    ide: [ChannelDrives; 2],
+    boot: Vec<BootDevice>,
+    serial: CharDev,
+    debugcon: CharDev,
+    kernel: Option<linux::LinuxImage>,
+    no_reboot: bool,
+    slice: u64,
+    max_time: Option<Duration>,
+}
+
+fn read_file(what: &str, path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("cannot read the {what} {}", path.display()))
+}
+
+fn open_drive(spec: &options::DriveSpec) -> Result<IdeDrive> {
+    let raw = RawFile::open(&spec.file, spec.cdrom)
+        .with_context(|| format!("cannot open disk image {}", spec.file.display()))?;
+    let backend: Box<dyn BlockBackend> = if spec.snapshot {
+        Box::new(CowOverlay::new(Box::new(raw)).with_context(|| {
+            format!("cannot make a snapshot overlay for {}", spec.file.display())
+        })?)
+    } else {
+        Box::new(raw)
+    };
+    Ok(if spec.cdrom {
+        IdeDrive::cdrom(Some(backend))
+    } else {
+        IdeDrive::disk(backend)
+    })
+}
+
+fn plan(o: &Options) -> Result<Plan> {
+    let ram = options::parse_memory(&o.memory)?;
+    if let Some(smp) = &o.smp {
+        let n = smp.split(',').next().unwrap_or("");
+        if n != "1" && n != "cpus=1" {
+            return Err(OptionError::BadSmp(smp.clone()).into());
+        }
+    }
+    if let Some(d) = &o.display
+        && d != "none"
+    {
+        return Err(OptionError::BadDisplay(d.clone()).into());
+    }
+    let serial = match (&o.serial, o.nographic) {
+        (Some(s), _) => options::parse_serial(s)?,
+        (None, true) => CharDev::Stdio,
+        (None, false) => CharDev::None,
+    };
+    let debugcon = match &o.debugcon {
+        Some(s) => options::parse_debugcon(s)?,
+        None => CharDev::None,
+    };
+    let bios_path = o
+        .bios
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_BIOS));
+    let bios = read_file("BIOS", &bios_path).with_context(|| {
+        if o.bios.is_none() {
+            "Debian's SeaBIOS is the default firmware: apt-get install seabios".to_string()
+        } else {
+            "check -bios".to_string()
+        }
+    })?;
+    if bios.is_empty()
+        || !bios.len().is_multiple_of(0x1_0000)
+        || bios.len() > machines::pc::MAX_BIOS_SIZE
+    {
+        bail!(
+            "BIOS image {} is {} bytes: expected a multiple of 64 KiB up to 16 MiB",
+            bios_path.display(),
+            bios.len()
+        );
+    }
+    let vga = match o.vga.as_deref() {
+        None | Some("std") => {
+            let rom = std::fs::read(DEFAULT_VGA_BIOS).ok();
+            if rom.is_none() {
+                log::warn!("{DEFAULT_VGA_BIOS} not found: the VGA has no BIOS ROM");
+            }
+            Some(rom)
+        }
+        Some("none") => None,
+        Some(v) => return Err(OptionError::BadVga(v.to_string()).into()),
+    };
+
+    let mut slots: [Option<IdeDrive>; 4] = [None, None, None, None];
+    let mut specs = Vec::new();
+    for d in &o.drives {
+        specs.push(options::parse_drive(d)?);
+    }
+    if let Some(cd) = &o.cdrom {
+        specs.push(options::DriveSpec {
+            file: cd.clone(),
+            cdrom: true,
+            snapshot: false,
+            index: Some(2),
+        });
+    }
+    for spec in &specs {
+        let index = match spec.index {
+            Some(i) => i,
+            None => slots
+                .iter()
+                .position(Option::is_none)
+                .ok_or(OptionError::DriveSlot(4))?,
+        };
+        if slots[index].is_some() {
+            return Err(OptionError::DriveSlot(index).into());
+        }
+        slots[index] = Some(open_drive(spec)?);
+    }
+    let [a, b, c, d] = slots;
+    let ide = [[a, b], [c, d]];
+
+    let letters = match &o.boot {
+        Some(b) => options::parse_boot(b)?,
+        None => vec!['c', 'a', 'd'],
+    };
+    let boot = letters
+        .iter()
+        .take(3)
+        .map(|c| match c {
+            'a' => BootDevice::Floppy,
+            'd' => BootDevice::CdRom,
+            'n' => BootDevice::Network,
+            _ => BootDevice::HardDisk,
+        })
+        .collect();
+
+    if o.kernel.is_none() && (o.initrd.is_some() || o.append.is_some()) {
+        return Err(OptionError::NeedsKernel.into());
+    }
+    let kernel = match &o.kernel {
+        Some(k) => {
+            let image = read_file("kernel", k)?;
+            let initrd = match &o.initrd {
+                Some(p) => Some(read_file("initrd", p)?),
+                None => None,
+            };
+            Some(
+                linux::LinuxImage::parse(image, initrd, o.append.clone().unwrap_or_default())
+                    .with_context(|| format!("-kernel {}", k.display()))?,
+            )
+        }
+        None => None,
+    };
+
+    Ok(Plan {
+        ram,
+        bios,
+        vga,
+        ide,
+        boot,
+        serial,
+        debugcon,
+        kernel,
+        no_reboot: o.no_reboot,
+        slice: o.slice.max(1000),
+        max_time: o
+            .max_seconds
+            .filter(|s| s.is_finite() && *s > 0.0)
+            .map(Duration::from_secs_f64),
+    })
+}
+
+/// Puts the terminal in raw mode (so Ctrl-A and Ctrl-C reach the guest) and restores it.
+struct RawTerminal {
+    saved: Option<String>,
+}
+
+impl RawTerminal {
+    fn enter() -> RawTerminal {
+        if !io::stdin().is_terminal() {
+            return RawTerminal { saved: None };
+        }
+        let saved = Command::new("stty")
+            .arg("-g")
+            .stdin(Stdio::inherit())
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+        if saved.is_some() {
+            let _ = Command::new("stty")
+                .args(["raw", "-echo"])
+                .stdin(Stdio::inherit())
+                .status();
+        }
+        RawTerminal { saved }
+    }
+}
+
+impl Drop for RawTerminal {
+    fn drop(&mut self) {
+        if let Some(s) = &self.saved {
+            let _ = Command::new("stty").arg(s).stdin(Stdio::inherit()).status();
+        }
+    }
+}
+
+fn debugcon_writer(dev: &CharDev) -> Result<Box<dyn Write + Send>> {
+    Ok(match dev {
+        CharDev::None => Box::new(io::sink()),
+        CharDev::Stdio => Box::new(io::stdout()),
+        CharDev::Stderr => Box::new(io::stderr()),
+        CharDev::File(p) => Box::new(
+            std::fs::File::create(p)
+                .with_context(|| format!("cannot create debugcon file {}", p.display()))?,
+        ),
+    })
+}
+
+fn dump_registers(cpu: &mut Cpu) -> String {
+    let r = &cpu.regs;
+    let mut s = format!(
+        "EAX={:08x} EBX={:08x} ECX={:08x} EDX={:08x} ESI={:08x} EDI={:08x} EBP={:08x} ESP={:08x}\n",
+        r[0], r[3], r[1], r[2], r[6], r[7], r[5], r[4]
+    );
+    let flags = cpu.rflags();
+    s += &format!(
+        "EIP={:08x} EFL={:08x} CPL={} CR0={:08x} CR2={:08x} CR3={:08x} CR4={:08x}\n",
+        cpu.rip, flags, cpu.cpl, cpu.cr0, cpu.cr2, cpu.cr3, cpu.cr4
+    );
+    for (name, seg) in ["ES", "CS", "SS", "DS", "FS", "GS"]
+        .iter()
+        .zip(cpu.segs.iter())
+    {
+        s += &format!(
+            "{name} ={:04x} {:08x} {:08x} {:04x}\n",
+            seg.selector, seg.base, seg.limit, seg.attr
+        );
+    }
+    s += &format!(
+        "GDT={:08x} {:04x} IDT={:08x} {:04x} last fault {:?} icount {}\n",
+        cpu.gdtr.base, cpu.gdtr.limit, cpu.idtr.base, cpu.idtr.limit, cpu.last_fault, cpu.icount
+    );
+    s
+}
+
+/// The Ctrl-A c monitor: a line editor on the serial console's terminal with `info registers`
+/// and `quit`.
+struct Monitor {
+    active: bool,
+    line: Vec<u8>,
+    out: Box<dyn CharSink>,
+}
+
+impl Monitor {
+    const PROMPT: &'static [u8] = b"(vireo) ";
+    const MAX_LINE: usize = 256;
+
+    fn toggle(&mut self) {
+        self.active = !self.active;
+        self.line.clear();
+        if self.active {
+            self.out
+                .write(b"\r\nVireo monitor (info registers, quit; Ctrl-A c leaves)\r\n");
+            self.out.write(Self::PROMPT);
+        } else {
+            self.out.write(b"\r\n");
+        }
+    }
+
+    /// One typed byte; true when the user asked to quit.
+    fn input(&mut self, byte: u8, cpu: &mut Cpu) -> bool {
+        match byte {
+            b'\r' | b'\n' => {
+                self.out.write(b"\r\n");
+                let line = String::from_utf8_lossy(&self.line).trim().to_string();
+                self.line.clear();
+                match line.as_str() {
+                    "" => {}
+                    "quit" | "q" => return true,
+                    "info registers" | "info r" => {
+                        let text = dump_registers(cpu).replace('\n', "\r\n");
+                        self.out.write(text.as_bytes());
+                    }
+                    other => {
+                        self.out
+                            .write(format!("unknown command: {other}\r\n").as_bytes());
+                    }
+                }
+                self.out.write(Self::PROMPT);
+            }
+            0x7F | 0x08 if self.line.pop().is_some() => {
+                self.out.write(b"\x08 \x08");
+            }
+            b if (0x20..0x7F).contains(&b) && self.line.len() < Self::MAX_LINE => {
+                self.line.push(b);
+                self.out.write(&[b]);
+            }
+            _ => {}
+        }
+        false
+    }
+}
+
+/// Run the machine until it powers off, exits through the test port, resets with
+/// `-no-reboot`, or the user quits. Returns the process exit status.
+pub fn run(o: &Options) -> Result<i32> {
+    let plan = plan(o)?;
+    let start = Instant::now();
+    let now_ns = move || u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+
+    let mut stdio_backend: Option<StdioBackend> = None;
+    let serial_sink: Box<dyn CharSink> = match &plan.serial {
+        CharDev::None => Box::new(NullSink),
+        CharDev::Stdio => {
+            let b = StdioBackend::new().context("serial on stdio")?;
+            let sink = b.sink();
+            stdio_backend = Some(b);
+            sink
+        }
+        CharDev::Stderr => bail!("-serial stderr is not supported"),
+        CharDev::File(p) => FileBackend::create(p)
+            .with_context(|| format!("-serial file:{}", p.display()))?
+            .sink(),
+    };
+
+    let dma = Arc::new(DmaRam::new());
+    let below_4g = plan.ram;
+    let pc = PcDevices::new(
+        PcConfig {
+            ram_below_4g: below_4g,
+            ram_above_4g: 0,
+            cpus: 1,
+            rtc_base_unix_secs: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64),
+            serial: serial_sink,
+            debugcon: debugcon_writer(&plan.debugcon)?,
+        },
+        dma.clone(),
+    )
+    .context("building the PC")?;
+    let bios_len = plan.bios.len() as u64;
+    let platform = PcPlatform::new(
+        &pc,
+        PcPlatformConfig {
+            bios: plan.bios,
+            ide: plan.ide,
+            vga: plan.vga,
+        },
+        dma.clone(),
+    )
+    .context("building the PC platform")?;
+    {
+        let mut rtc = pc.rtc.lock().unwrap_or_else(|e| e.into_inner());
+        rtc.set_boot_order(&plan.boot)
+            .map_err(|e| anyhow::anyhow!("boot order: {e}"))?;
+    }
+    {
+        let mut fw = pc.fw_cfg.lock().unwrap_or_else(|e| e.into_inner());
+        fw.set_e820(&[
+            E820Entry {
+                address: 0,
+                length: below_4g,
+                kind: E820Kind::Ram,
+            },
+            E820Entry {
+                address: (1 << 32) - bios_len,
+                length: bios_len,
+                kind: E820Kind::Reserved,
+            },
+        ])
+        .context("fw_cfg e820")?;
+        if let Some(k) = &plan.kernel {
+            k.publish(&mut fw, below_4g)
+                .context("publishing the kernel through fw_cfg")?;
+        }
+    }
+
+    let clock = pc.clock.clone();
+    let mut board = Board::new(
+        pc,
+        platform,
+        Box::new(move |pc: &PcDevices| pc.clock.advance_to(now_ns())),
+    );
+    let mem = board.build_memory(below_4g as usize);
+    let mut cpu = Cpu::new(mem);
+
+    let mut poll = Poll::new().context("mio poll")?;
+    let mut events = Events::with_capacity(16);
+    if let Some(b) = stdio_backend.as_mut() {
+        b.register(poll.registry(), STDIN_TOKEN)
+            .context("registering stdin")?;
+    }
+    let _raw = stdio_backend.as_ref().map(|_| RawTerminal::enter());
+    let mut escape = false;
+    let mut monitor = Monitor {
+        active: false,
+        line: Vec::new(),
+        out: match stdio_backend.as_ref() {
+            Some(b) => b.sink(),
+            None => Box::new(NullSink),
+        },
+    };
+    let mut quit = false;
+    let mut last_poll = Instant::now();
+    let mut a20_open = true;
+
+    let status = loop {
+        let exit = cpu.run(&mut board, plan.slice);
+
+        // Device work with RAM lent to the devices.
+        board.refresh_mappings();
+        dma.lend(&mut cpu);
+        if board.has_deferred() {
+            board.run_deferred();
+        }
+        clock.advance_to(now_ns());
+        dma.give_back(&mut cpu);
+
+        if let Some(max) = plan.max_time
+            && start.elapsed() >= max
+        {
+            let post = board
+                .pc
+                .post
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .last();
+            eprintln!(
+                "vireo: time limit reached; POST code {post:#04x}; CPU state:\n{}",
+                dump_registers(&mut cpu)
+            );
+            break 124;
+        }
+        let signals = board.pc.signals.clone();
+        // Only on a change: the CPU drops its translations when the gate moves.
+        let a20 = signals.a20();
+        if a20 != a20_open {
+            a20_open = a20;
+            cpu.set_a20(a20);
+        }
+        if let Some(s) = signals.exit_status() {
+            log::info!("guest wrote the test exit port: status {s}");
+            break s;
+        }
+        if board.platform.power.take_poweroff() {
+            log::info!("guest powered off (ACPI S5)");
+            break 0;
+        }
+        if exit == RunExit::Shutdown || board.triple_fault {
+            board.triple_fault = false;
+            eprintln!(
+                "vireo: triple fault; CPU state:\n{}",
+                dump_registers(&mut cpu)
+            );
+            if plan.no_reboot {
+                break 0;
+            }
+            board.reset(&mut cpu);
+            continue;
+        }
+        if signals.take_reset() {
+            log::info!("guest reset the machine");
+            if plan.no_reboot {
+                break 0;
+            }
+            board.reset(&mut cpu);
+            continue;
+        }
+
+        // Host I/O: a blocking wait when halted, otherwise a periodic non-blocking look.
+        let if_set = cpu.rflags() & (1 << 9) != 0;
+        let halted = exit == RunExit::Halted
+            && !(if_set
+                && board
+                    .pc
+                    .pic
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .interrupt_pending());
+        let timeout = if halted {
+            let now = now_ns();
+            let wait = clock
+                .next_deadline()
+                .map_or(MAX_SLEEP, |d| Duration::from_nanos(d.saturating_sub(now)));
+            Some(wait.min(MAX_SLEEP))
+        } else if last_poll.elapsed() >= POLL_INTERVAL {
+            Some(Duration::ZERO)
+        } else {
+            None
+        };
+        if let Some(timeout) = timeout {
+            last_poll = Instant::now();
+            if let Some(b) = stdio_backend.as_mut() {
+                if let Err(e) = poll.poll(&mut events, Some(timeout))
+                    && e.kind() != io::ErrorKind::Interrupted
+                {
+                    return Err(e).context("polling host I/O");
+                }
+                if !events.is_empty() {
+                    b.handle_ready();
+                }
+                if b.has_input() || !events.is_empty() {
+                    let com1 = board.pc.com1.clone();
+                    let cpu = &mut cpu;
+                    b.pump_input(&mut |bytes| {
+                        let mut taken = 0;
+                        for &byte in bytes {
+                            if !monitor.active
+                                && com1.lock().unwrap_or_else(|e| e.into_inner()).rx_space() == 0
+                            {
+                                break;
+                            }
+                            taken += 1;
+                            if escape {
+                                escape = false;
+                                match byte {
+                                    b'x' | b'X' => quit = true,
+                                    b'c' | b'C' => monitor.toggle(),
+                                    ESCAPE if !monitor.active => {
+                                        com1.lock()
+                                            .unwrap_or_else(|e| e.into_inner())
+                                            .receive(&[ESCAPE]);
+                                    }
+                                    _ => {}
+                                }
+                            } else if byte == ESCAPE {
+                                escape = true;
+                            } else if monitor.active {
+                                if monitor.input(byte, cpu) {
+                                    quit = true;
+                                }
+                            } else {
+                                com1.lock()
+                                    .unwrap_or_else(|e| e.into_inner())
+                                    .receive(&[byte]);
+                            }
+                        }
+                        taken
+                    });
+                }
+            } else if halted {
+                std::thread::sleep(timeout);
+            }
+            if quit {
+                break 0;
+            }
+        }
+    };
+    Ok(status)
+}

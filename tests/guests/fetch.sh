@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# Fetches and builds the guests the root package's boot tests use. Everything it builds goes to
+# target/guests/ (ignored by git) and is reused; packages come from Debian with apt-get (needs
+# root when something is missing).
+#
+# Usage: tests/guests/fetch.sh [seabios|boot-image|linux|all]...   (default: seabios boot-image)
+#   seabios     Debian's seabios (bios-256k.bin, vgabios-stdvga.bin) in /usr/share/seabios
+#   boot-image  target/guests/boot.img: the 64 KiB IDE boot disk assembled from the end-to-end
+#               boot sector (tests/xen/boot.asm: markers on 0xE9 and COM1, a bus-master DMA
+#               read, poweroff through PIIX4 PM1a)
+#   linux       target/guests/linux/: Debian's i386 kernel (linux-image-*-686, vmlinuz) and an
+#               initramfs from busybox-static (i386) whose /init prints VIREO-READY and runs a shell
+#               on ttyS0; also qemu-system-data's linuxboot_dma.bin for -kernel through SeaBIOS
+# Prints the paths it produced, one per line.
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+OUT="$ROOT/target/guests"
+mkdir -p "$OUT"
+
+apt_install() {
+    if [ "$(id -u)" != 0 ]; then
+        echo "fetch.sh: error: $* missing and we are not root: apt-get install $*" >&2
+        exit 1
+    fi
+    echo "fetch.sh: installing $* with apt-get" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y "$@" >/dev/null 2>&1 || {
+        apt-get update >/dev/null 2>&1
+        DEBIAN_FRONTEND=noninteractive apt-get install -y "$@" >/dev/null
+    }
+}
+
+seabios() {
+    [ -f /usr/share/seabios/bios-256k.bin ] && [ -f /usr/share/seabios/vgabios-stdvga.bin ] ||
+        apt_install seabios
+    echo /usr/share/seabios/bios-256k.bin
+}
+
+boot_image() {
+    command -v nasm >/dev/null 2>&1 || apt_install nasm
+    local src="$ROOT/tests/xen/boot.asm"
+    if [ ! -f "$src" ]; then
+        # Until the Xen end-to-end branch is merged, take the file from it.
+        src="$OUT/boot.asm"
+        git -C "$ROOT" show dev/xene2e:tests/xen/boot.asm >"$src" 2>/dev/null || {
+            echo "fetch.sh: error: tests/xen/boot.asm not found (nor on branch dev/xene2e)" >&2
+            exit 1
+        }
+    fi
+    nasm -f bin -o "$OUT/boot.img.tmp" "$src"
+    mv "$OUT/boot.img.tmp" "$OUT/boot.img"
+    echo "$OUT/boot.img"
+}
+
+linux() {
+    local dir="$OUT/linux"
+    mkdir -p "$dir"
+    [ -f /usr/share/qemu/linuxboot_dma.bin ] || apt_install qemu-system-data
+    if [ ! -f "$dir/vmlinuz" ] || [ ! -f "$dir/busybox" ]; then
+        if ! dpkg --print-foreign-architectures | grep -qx i386; then
+            [ "$(id -u)" = 0 ] || { echo "fetch.sh: error: need root for dpkg --add-architecture i386" >&2; exit 1; }
+            dpkg --add-architecture i386
+            apt-get update >/dev/null 2>&1 || true
+        fi
+        local dl="$dir/deb"
+        mkdir -p "$dl"
+        local kpkg
+        kpkg=$(apt-cache depends linux-image-686:i386 2>/dev/null | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
+        [ -n "$kpkg" ] || { apt-get update >/dev/null 2>&1 || true; kpkg=$(apt-cache depends linux-image-686:i386 | awk '/Depends: linux-image-[0-9]/ {print $2; exit}'); }
+        (cd "$dl" && apt-get download "${kpkg%:i386}:i386" busybox-static:i386 >/dev/null)
+        rm -rf "$dir/x" && mkdir -p "$dir/x"
+        for deb in "$dl"/*.deb; do dpkg -x "$deb" "$dir/x"; done
+        cp "$(ls "$dir"/x/boot/vmlinuz-* | head -n1)" "$dir/vmlinuz"
+        cp "$dir/x/bin/busybox" "$dir/busybox"
+        rm -rf "$dir/x"
+    fi
+    if [ ! -f "$dir/initramfs.cpio.gz" ] || [ "$HERE/fetch.sh" -nt "$dir/initramfs.cpio.gz" ]; then
+        local root="$dir/rootfs"
+        rm -rf "$root" && mkdir -p "$root"/{bin,sbin,proc,sys,dev,tmp,etc}
+        cp "$dir/busybox" "$root/bin/busybox"
+        for a in sh mount uname cat echo head ls poweroff reboot sleep; do ln -sf busybox "$root/bin/$a"; done
+        cat >"$root/init" <<'INIT'
+#!/bin/sh
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev 2>/dev/null
+echo VIREO-READY
+exec /bin/sh </dev/ttyS0 >/dev/ttyS0 2>&1
+INIT
+        chmod +x "$root/init"
+        (cd "$root" && find . | cpio -o -H newc 2>/dev/null | gzip -9) >"$dir/initramfs.cpio.gz"
+        rm -rf "$root"
+    fi
+    echo "$dir/vmlinuz"
+    echo "$dir/initramfs.cpio.gz"
+}
+
+[ $# -gt 0 ] || set -- seabios boot-image
+for what in "$@"; do
+    case "$what" in
+        seabios) seabios ;;
+        boot-image) boot_image ;;
+        linux) linux ;;
+        all) seabios; boot_image; linux ;;
+        *) echo "fetch.sh: unknown guest '$what' (seabios, boot-image, linux, all)" >&2; exit 2 ;;
+    esac
+done
