@@ -845,3 +845,27 @@ fn call_gate_from_ring3_copies_parameters_and_retf_returns() {
         ]
     );
 }
+
+/// `rep bsf`/`rep bsr` are TZCNT/LZCNT on CPUs with BMI1/LZCNT; ours advertises neither, so
+/// they run as BSF/BSR, as on the P6 (Linux's find-first-bit helpers use `rep bsf`).
+#[test]
+fn rep_bsf_and_rep_bsr_run_as_bsf_and_bsr() {
+    let (mut cpu, mut bus) = machine(|a| {
+        a.mov(eax, 0x0000_0110u32)?;
+        a.mov(ecx, 0xFFFF_FFFFu32)?;
+        a.db(&[0xF3, 0x0F, 0xBC, 0xC8])?; // rep bsf ecx, eax
+        a.mov(eax, ecx)?;
+        report(a)?;
+        a.mov(eax, 0x0000_0110u32)?;
+        a.db(&[0xF3, 0x0F, 0xBD, 0xC8])?; // rep bsr ecx, eax
+        a.mov(eax, ecx)?;
+        report(a)?;
+        // A zero source: BSF sets ZF and leaves the destination (TZCNT would write 32).
+        a.xor(eax, eax)?;
+        a.db(&[0xF3, 0x0F, 0xBC, 0xC8])?;
+        a.mov(eax, ecx)?;
+        report(a)
+    });
+    run(&mut cpu, &mut bus);
+    assert_eq!(bus.out, vec![4, 8, 8]);
+}

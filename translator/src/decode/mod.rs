@@ -653,8 +653,11 @@ pub fn translate(ins: &Instruction, bytes: &[u8], bitness: u32) -> Op {
             };
             bits::bt
         }
-        M::Bsf | M::Bsr => {
-            op.aux = (ins.mnemonic() == M::Bsr) as u8;
+        // F3 0F BC/BD decode as TZCNT/LZCNT, but a CPU without BMI1/LZCNT (ours: CPUID
+        // advertises neither) ignores the REP prefix and runs BSF/BSR — which Linux relies on
+        // (`rep bsf` in its find-first-bit helpers).
+        M::Bsf | M::Bsr | M::Tzcnt | M::Lzcnt => {
+            op.aux = matches!(ins.mnemonic(), M::Bsr | M::Lzcnt) as u8;
             bits::bsf_bsr
         }
         M::Bound => bits::bound,
