@@ -241,6 +241,26 @@ impl Cpu {
         Ok(self.write_lin(bus, lin, size, v, user)?)
     }
 
+    /// The linear address of an `S`-byte data access at `seg:off` when it needs no check beyond
+    /// the limit — a present, writable, expand-up data segment outside long mode, no alignment
+    /// checking, within one page — or `None` to take the full path.
+    #[inline(always)]
+    fn fast_lin<const S: u8>(&self, seg: usize, off: u64) -> Option<u64> {
+        let s = &self.segs[seg];
+        if s.attr & (attr::P | attr::CODE | attr::DC | attr::RW) == attr::P | attr::RW
+            && self.efer & efer::LMA == 0
+            && self.rflags & flag::AC == 0
+            && off.wrapping_add(S as u64 - 1) <= s.limit as u64
+            && off <= s.limit as u64
+        {
+            let lin = s.base.wrapping_add(off) & 0xFFFF_FFFF;
+            if (lin & 0xFFF) <= 0x1000 - S as u64 {
+                return Some(lin);
+            }
+        }
+        None
+    }
+
     /// [`Cpu::read_mem`] for a fixed size, with the common case inline: a present, writable,
     /// expand-up data segment outside long mode, the offset within its limit, and a page the
     /// fast TLB knows as plain RAM. Everything else takes the full path.
@@ -251,19 +271,10 @@ impl Cpu {
         seg: usize,
         off: u64,
     ) -> Result<u64, Exit> {
-        let s = &self.segs[seg];
-        if s.attr & (attr::P | attr::CODE | attr::DC | attr::RW) == attr::P | attr::RW
-            && self.efer & efer::LMA == 0
-            && self.rflags & flag::AC == 0
-            && off.wrapping_add(S as u64 - 1) <= s.limit as u64
-            && off <= s.limit as u64
+        if let Some(lin) = self.fast_lin::<S>(seg, off)
+            && let Some(pa) = self.tlb.fast_read(lin, self.cpl == 3)
         {
-            let lin = s.base.wrapping_add(off) & 0xFFFF_FFFF;
-            if (lin & 0xFFF) <= 0x1000 - S as u64
-                && let Some(pa) = self.tlb.fast_read(lin, self.cpl == 3)
-            {
-                return Ok(self.mem.load(pa, S));
-            }
+            return Ok(self.mem.load(pa, S));
         }
         self.read_mem(bus, seg, off, S)
     }
@@ -278,19 +289,10 @@ impl Cpu {
         seg: usize,
         off: u64,
     ) -> Result<u64, Exit> {
-        let s = &self.segs[seg];
-        if s.attr & (attr::P | attr::CODE | attr::DC | attr::RW) == attr::P | attr::RW
-            && self.efer & efer::LMA == 0
-            && self.rflags & flag::AC == 0
-            && off.wrapping_add(S as u64 - 1) <= s.limit as u64
-            && off <= s.limit as u64
+        if let Some(lin) = self.fast_lin::<S>(seg, off)
+            && let Some(pa) = self.tlb.fast_write(lin, self.cpl == 3)
         {
-            let lin = s.base.wrapping_add(off) & 0xFFFF_FFFF;
-            if (lin & 0xFFF) <= 0x1000 - S as u64
-                && let Some(pa) = self.tlb.fast_write(lin, self.cpl == 3)
-            {
-                return Ok(self.mem.load(pa, S));
-            }
+            return Ok(self.mem.load(pa, S));
         }
         self.read_mem_rmw(bus, seg, off, S)
     }
@@ -305,20 +307,11 @@ impl Cpu {
         off: u64,
         v: u64,
     ) -> Result<(), Exit> {
-        let s = &self.segs[seg];
-        if s.attr & (attr::P | attr::CODE | attr::DC | attr::RW) == attr::P | attr::RW
-            && self.efer & efer::LMA == 0
-            && self.rflags & flag::AC == 0
-            && off.wrapping_add(S as u64 - 1) <= s.limit as u64
-            && off <= s.limit as u64
+        if let Some(lin) = self.fast_lin::<S>(seg, off)
+            && let Some(pa) = self.tlb.fast_write(lin, self.cpl == 3)
         {
-            let lin = s.base.wrapping_add(off) & 0xFFFF_FFFF;
-            if (lin & 0xFFF) <= 0x1000 - S as u64
-                && let Some(pa) = self.tlb.fast_write(lin, self.cpl == 3)
-            {
-                self.mem.store(pa, S, v);
-                return Ok(());
-            }
+            self.mem.store(pa, S, v);
+            return Ok(());
         }
         self.write_mem(bus, seg, off, S, v)
     }
