@@ -129,6 +129,15 @@ impl StateWriter {
     pub fn i64(&mut self, v: i64) {
         self.buf.extend_from_slice(&v.to_le_bytes());
     }
+    /// An optional value: a presence byte, then the value (zero when absent).
+    pub fn opt_u8(&mut self, v: Option<u8>) {
+        self.bool(v.is_some());
+        self.u8(v.unwrap_or(0));
+    }
+    pub fn opt_u16(&mut self, v: Option<u16>) {
+        self.bool(v.is_some());
+        self.u16(v.unwrap_or(0));
+    }
     /// An optional deadline or value: a presence byte, then the value.
     pub fn opt_u64(&mut self, v: Option<u64>) {
         self.bool(v.is_some());
@@ -192,6 +201,16 @@ impl<'a> StateReader<'a> {
     }
     pub fn i64(&mut self) -> Result<i64, SnapshotError> {
         Ok(i64::from_le_bytes(self.array()?))
+    }
+    pub fn opt_u8(&mut self) -> Result<Option<u8>, SnapshotError> {
+        let present = self.bool()?;
+        let v = self.u8()?;
+        Ok(present.then_some(v))
+    }
+    pub fn opt_u16(&mut self) -> Result<Option<u16>, SnapshotError> {
+        let present = self.bool()?;
+        let v = self.u16()?;
+        Ok(present.then_some(v))
     }
     pub fn opt_u64(&mut self) -> Result<Option<u64>, SnapshotError> {
         let present = self.bool()?;

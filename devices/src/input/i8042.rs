@@ -476,8 +476,7 @@ impl Snapshot for I8042 {
         w.bool(s.sys_flag);
         w.bool(s.last_was_command);
         w.u8(s.output_port);
-        w.bool(s.awaiting.is_some());
-        w.u8(s.awaiting.unwrap_or(0));
+        w.opt_u8(s.awaiting);
         w.bool(s.obf);
         w.bool(s.ob_aux);
         w.u8(s.ob_data);
@@ -505,9 +504,10 @@ impl Snapshot for I8042 {
                 "i8042 output port {output_port:#04x} stores OBF bits"
             )));
         }
-        let has_awaiting = r.bool()?;
-        let awaiting = r.u8()?;
-        if has_awaiting && !takes_data(awaiting) {
+        let awaiting = r.opt_u8()?;
+        if let Some(awaiting) = awaiting
+            && !takes_data(awaiting)
+        {
             return Err(SnapshotError::Invalid(format!(
                 "i8042 command {awaiting:#04x} takes no data"
             )));
@@ -528,7 +528,7 @@ impl Snapshot for I8042 {
             sys_flag,
             last_was_command,
             output_port,
-            awaiting: has_awaiting.then_some(awaiting),
+            awaiting,
             obf,
             ob_aux,
             ob_data,

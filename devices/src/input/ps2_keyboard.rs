@@ -709,8 +709,7 @@ impl Snapshot for Ps2Keyboard {
         let scancodes: Vec<u8> = self.scancodes.iter().copied().collect();
         w.var_bytes(&replies);
         w.var_bytes(&scancodes);
-        w.bool(self.awaiting.is_some());
-        w.u8(self.awaiting.unwrap_or(0));
+        w.opt_u8(self.awaiting);
         w.u8(self.scan_set);
         w.bool(self.scanning);
         w.u8(self.leds);
@@ -725,9 +724,10 @@ impl Snapshot for Ps2Keyboard {
     ) -> Result<(), SnapshotError> {
         let replies = r.var_bytes(REPLY_QUEUE_SIZE)?;
         let scancodes = r.var_bytes(SCANCODE_QUEUE_SIZE)?;
-        let has_awaiting = r.bool()?;
-        let awaiting = r.u8()?;
-        if has_awaiting && !PARAM_COMMANDS.contains(&awaiting) {
+        let awaiting = r.opt_u8()?;
+        if let Some(awaiting) = awaiting
+            && !PARAM_COMMANDS.contains(&awaiting)
+        {
             return Err(SnapshotError::Invalid(format!(
                 "ps2-keyboard awaits a parameter for {awaiting:#04x}"
             )));
@@ -745,7 +745,7 @@ impl Snapshot for Ps2Keyboard {
         *self = Ps2Keyboard {
             replies: replies.into(),
             scancodes: scancodes.into(),
-            awaiting: has_awaiting.then_some(awaiting),
+            awaiting,
             scan_set,
             scanning,
             leds,

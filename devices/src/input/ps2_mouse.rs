@@ -413,8 +413,7 @@ impl Snapshot for Ps2Mouse {
         let data: Vec<u8> = self.data.iter().copied().collect();
         w.var_bytes(&replies);
         w.var_bytes(&data);
-        w.bool(self.awaiting.is_some());
-        w.u8(self.awaiting.unwrap_or(0));
+        w.opt_u8(self.awaiting);
         w.u8(self.sample_rate);
         w.u8(self.resolution);
         w.bool(self.scaling_2_1);
@@ -438,9 +437,10 @@ impl Snapshot for Ps2Mouse {
     ) -> Result<(), SnapshotError> {
         let replies = r.var_bytes(REPLY_QUEUE_SIZE)?;
         let data = r.var_bytes(DATA_QUEUE_SIZE)?;
-        let has_awaiting = r.bool()?;
-        let awaiting = r.u8()?;
-        if has_awaiting && !PARAM_COMMANDS.contains(&awaiting) {
+        let awaiting = r.opt_u8()?;
+        if let Some(awaiting) = awaiting
+            && !PARAM_COMMANDS.contains(&awaiting)
+        {
             return Err(SnapshotError::Invalid(format!(
                 "ps2-mouse awaits a parameter for {awaiting:#04x}"
             )));
@@ -476,7 +476,7 @@ impl Snapshot for Ps2Mouse {
         *self = Ps2Mouse {
             replies: replies.into(),
             data: data.into(),
-            awaiting: has_awaiting.then_some(awaiting),
+            awaiting,
             sample_rate,
             resolution,
             scaling_2_1,

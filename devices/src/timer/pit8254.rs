@@ -859,28 +859,6 @@ impl TimerTarget for Pit8254 {
     }
 }
 
-fn write_opt_u8(w: &mut StateWriter, v: Option<u8>) {
-    w.bool(v.is_some());
-    w.u8(v.unwrap_or(0));
-}
-
-fn read_opt_u8(r: &mut StateReader<'_>) -> Result<Option<u8>, SnapshotError> {
-    let present = r.bool()?;
-    let v = r.u8()?;
-    Ok(present.then_some(v))
-}
-
-fn write_opt_u16(w: &mut StateWriter, v: Option<u16>) {
-    w.bool(v.is_some());
-    w.u16(v.unwrap_or(0));
-}
-
-fn read_opt_u16(r: &mut StateReader<'_>) -> Result<Option<u16>, SnapshotError> {
-    let present = r.bool()?;
-    let v = r.u16()?;
-    Ok(present.then_some(v))
-}
-
 fn read_count(r: &mut StateReader<'_>) -> Result<u32, SnapshotError> {
     let n = r.u32()?;
     if !(1..=0x1_0000).contains(&n) {
@@ -903,10 +881,10 @@ fn read_relative_tick(r: &mut StateReader<'_>, now_tick: i64) -> Result<i64, Sna
 fn save_channel(ch: &Channel, w: &mut StateWriter, now_tick: i64) {
     w.u8(ch.control);
     w.u16(ch.cr);
-    write_opt_u8(w, ch.write_lsb);
+    w.opt_u8(ch.write_lsb);
     w.bool(ch.read_msb_next);
-    write_opt_u16(w, ch.latched_count);
-    write_opt_u8(w, ch.latched_status);
+    w.opt_u16(ch.latched_count);
+    w.opt_u8(ch.latched_status);
     w.bool(ch.null_count);
     w.bool(ch.count_written);
     match ch.run {
@@ -949,10 +927,10 @@ fn restore_channel(
         )));
     }
     let cr = r.u16()?;
-    let write_lsb = read_opt_u8(r)?;
+    let write_lsb = r.opt_u8()?;
     let read_msb_next = r.bool()?;
-    let latched_count = read_opt_u16(r)?;
-    let latched_status = read_opt_u8(r)?;
+    let latched_count = r.opt_u16()?;
+    let latched_status = r.opt_u8()?;
     let null_count = r.bool()?;
     let count_written = r.bool()?;
     let run = match r.u8_below(3)? {
