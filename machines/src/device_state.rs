@@ -5,6 +5,7 @@
 //! `devices::snapshot`). Under Xen this is what `xen-save-devices-state` writes: RAM and vCPU
 //! state are the toolstack's.
 
+use devices::snapshot::Snapshot;
 use thiserror::Error;
 
 const MAGIC: &[u8; 14] = b"VIREO-DEVICES\0";
@@ -22,6 +23,10 @@ pub enum DeviceStateError {
     #[error("device-state file has no state for {0}")]
     Missing(String),
 }
+
+/// A device whose state a board saves by name (every device with state).
+pub trait SnapshotDevice: Snapshot + Send {}
+impl<T: Snapshot + Send> SnapshotDevice for T {}
 
 pub fn encode(blobs: &[(String, Vec<u8>)]) -> Vec<u8> {
     let mut out = MAGIC.to_vec();

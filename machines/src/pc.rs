@@ -45,7 +45,9 @@ use devices::pci::piix3::{NUM_ISA_IRQS, PIIX3_BDF, Piix3, PirqRouter};
 use devices::pci::root::PciRoot;
 use devices::rtc::mc146818::{self, Mc146818};
 use devices::serial::uart16550::{COM1_BASE, UART_PORT_COUNT, Uart16550};
-use devices::snapshot::{self, Snapshot, SnapshotError};
+use devices::snapshot::{self, SnapshotError};
+
+use crate::device_state::SnapshotDevice;
 use devices::storage::ide::{ChannelDrives, IdeHandle, PIIX3_IDE_BDF, Piix3Ide};
 use devices::system::SystemSignals;
 use devices::timer::pit8254::{PIT_BASE, PORT_B_BASE, Pit8254};
@@ -246,10 +248,6 @@ impl PcDevices {
         })
     }
 }
-
-/// A device that both sits on the bus and snapshots (every device here).
-pub trait SnapshotDevice: Snapshot + Send {}
-impl<T: Snapshot + Send> SnapshotDevice for T {}
 
 /// Where the standard VGA sits, as in QEMU's `pc` (and the classic Xen layout).
 pub const VGA_BDF: Bdf = Bdf::from_devfn(0, 2 << 3);

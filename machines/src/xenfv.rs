@@ -51,8 +51,7 @@ use devices::storage::ide::{ChannelDrives, IdeHandle, PIIX3_IDE_BDF, Piix3Ide};
 use devices::system::SystemControl;
 use thiserror::Error;
 
-use crate::device_state::{self, DeviceStateError};
-use crate::pc::SnapshotDevice;
+use crate::device_state::{self, DeviceStateError, SnapshotDevice};
 use xen::abi::SHUTDOWN_POWEROFF;
 use xen::ioreq_server::{DeviceModel, IsaIrq, ShutdownLatch, XenIntxSink, XenLinkRoutes};
 use xen::mapcache::new_mapcache;
