@@ -74,7 +74,8 @@ linux() {
         cp "$dir/x/bin/busybox" "$dir/busybox"
         rm -rf "$dir/x"
     fi
-    if [ ! -f "$dir/initramfs.cpio.gz" ] || [ "$HERE/fetch.sh" -nt "$dir/initramfs.cpio.gz" ]; then
+    if [ ! -s "$dir/initramfs.cpio.gz" ] || [ "$HERE/fetch.sh" -nt "$dir/initramfs.cpio.gz" ]; then
+        command -v cpio >/dev/null 2>&1 || apt_install cpio
         local root="$dir/rootfs"
         rm -rf "$root" && mkdir -p "$root"/{bin,sbin,proc,sys,dev,tmp,etc}
         cp "$dir/busybox" "$root/bin/busybox"
@@ -88,7 +89,8 @@ echo VIREO-READY
 exec /bin/sh </dev/ttyS0 >/dev/ttyS0 2>&1
 INIT
         chmod +x "$root/init"
-        (cd "$root" && find . | cpio -o -H newc 2>/dev/null | gzip -9) >"$dir/initramfs.cpio.gz"
+        (cd "$root" && find . | cpio -o -H newc --quiet | gzip -9) >"$dir/initramfs.cpio.gz.tmp"
+        mv "$dir/initramfs.cpio.gz.tmp" "$dir/initramfs.cpio.gz"
         rm -rf "$root"
     fi
     echo "$dir/vmlinuz"

@@ -183,6 +183,13 @@ impl Cpu {
         if exception {
             self.last_fault = Some(first);
         }
+        log::trace!(
+            "exception {:?} at {:04x}:{:x} cpl {}",
+            first,
+            self.segs[state::sreg::CS].selector,
+            self.rip,
+            self.cpl
+        );
         let mut f = first;
         for _ in 0..4 {
             match self.deliver(bus, f.vector, f.error_code, true) {

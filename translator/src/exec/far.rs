@@ -443,13 +443,13 @@ impl Cpu {
             self.set_sp(sp);
         } else {
             let at = 2 * osize as u64 + release;
-            let saved = (self.segs, self.cpl, self.regs[4]);
-            self.cpl = rpl;
+            // The outer SS:ESP is read from the current (inner) stack with the current
+            // privilege: under paging that stack is usually supervisor-only.
+            let saved = (self.segs, self.regs[4]);
             if let Err(e) = self.load_outer_stack(bus, at, osize, rpl, release) {
-                (self.segs, self.cpl, self.regs[4]) = saved;
+                (self.segs, self.regs[4]) = saved;
                 return Err(e);
             }
-            self.cpl = saved.1;
             self.set_cs_pm(bus, d, addr, cs, rpl)?;
             self.null_inaccessible_segs();
         }
@@ -509,13 +509,11 @@ impl Cpu {
             let sp = self.sp().wrapping_add(3 * osize as u64);
             self.set_sp(sp);
         } else {
-            let saved = (self.segs, self.cpl, self.regs[4]);
-            self.cpl = rpl;
+            let saved = (self.segs, self.regs[4]);
             if let Err(e) = self.load_outer_stack(bus, 3 * osize as u64, osize, rpl, 0) {
-                (self.segs, self.cpl, self.regs[4]) = saved;
+                (self.segs, self.regs[4]) = saved;
                 return Err(e);
             }
-            self.cpl = saved.1;
             self.set_cs_pm(bus, d, addr, cs, rpl)?;
             self.null_inaccessible_segs();
         }
