@@ -5,32 +5,12 @@
 //! Needs Debian's seabios and nasm: `tests/guests/fetch.sh` installs them (as root) and builds
 //! the disk. Run in release: `cargo test --release --test boot_seabios -- --nocapture`.
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// Run the fetch script for `what` and return the paths it printed.
-fn fetch(what: &str) -> Vec<PathBuf> {
-    let script = root().join("tests/guests/fetch.sh");
-    let out = Command::new(&script)
-        .arg(what)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
-    assert!(
-        out.status.success(),
-        "{} {what} failed (run it by hand, as root if packages are missing):\n{}",
-        script.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(PathBuf::from)
-        .collect()
-}
+use support::{fetch, root};
 
 fn read(path: &Path) -> String {
     String::from_utf8_lossy(&std::fs::read(path).unwrap_or_default()).into_owned()
