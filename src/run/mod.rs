@@ -29,7 +29,7 @@ use devices::rtc::mc146818::BootDevice;
 use devices::storage::ide::{ChannelDrives, IdeDrive};
 use machines::pc::{PcConfig, PcDevices, PcPlatform, PcPlatformConfig};
 use mio::{Events, Poll, Token};
-use translator::{Cpu, RunExit};
+use translator::{Cpu, RunExit, TscClock};
 
 use board::Board;
 use memory::DmaRam;
@@ -46,6 +46,8 @@ const ESCAPE: u8 = 0x01;
 const POLL_INTERVAL: Duration = Duration::from_millis(5);
 /// The longest a halted guest sleeps without looking again (no timer armed, IF clear...).
 const MAX_SLEEP: Duration = Duration::from_millis(200);
+/// The nominal time-stamp counter rate the guest sees (a 1 GHz P6).
+const TSC_HZ: u64 = 1_000_000_000;
 
 /// Everything decided from the command line, checked before the guest starts.
 struct Plan {
@@ -433,6 +435,9 @@ pub fn run(o: &Options) -> Result<i32> {
     );
     let mem = board.build_memory(below_4g as usize);
     let mut cpu = Cpu::new(mem);
+    // The PIT, RTC and ACPI timer run on host time; so must the TSC, or the kernel finds its
+    // clock sources disagreeing (and a halted guest's TSC would stand still).
+    cpu.tsc_clock = TscClock::host(TSC_HZ);
 
     let mut poll = Poll::new().context("mio poll")?;
     let mut events = Events::with_capacity(16);

@@ -38,7 +38,9 @@ pub struct Cpu {
     pub cr4: u64,
     pub efer: u64,
     pub dr: [u64; 8],
+    /// Added to the clock's ticks to give the time-stamp counter (WRMSR to it moves this).
     pub tsc: u64,
+    pub tsc_clock: TscClock,
     pub msr: Msrs,
     pub fpu: Fpu,
     /// Current privilege level (CS.RPL in protected mode; 0 in real mode, 3 in v8086).
@@ -70,6 +72,47 @@ pub struct Cpu {
     pub last_fault: Option<crate::exception::Fault>,
 }
 
+/// What the time-stamp counter counts.
+#[derive(Debug, Clone, Copy)]
+pub enum TscClock {
+    /// One tick per retired instruction: deterministic, for tests and conformance runs.
+    Instructions,
+    /// Host monotonic time at `hz` ticks per second, like an invariant TSC. A board whose
+    /// timers run on host time needs this: a guest calibrating the TSC against the PIT, or
+    /// checking one clock source against another, must see them agree, also across HLT
+    /// (where no instructions retire).
+    Host { origin: std::time::Instant, hz: u64 },
+}
+
+impl TscClock {
+    /// Host time at `hz` from now on.
+    pub fn host(hz: u64) -> Self {
+        TscClock::Host {
+            origin: std::time::Instant::now(),
+            hz,
+        }
+    }
+}
+
+impl Cpu {
+    /// The time-stamp counter's current value.
+    pub fn tsc_now(&self) -> u64 {
+        let ticks = match self.tsc_clock {
+            TscClock::Instructions => self.icount,
+            TscClock::Host { origin, hz } => {
+                (origin.elapsed().as_nanos() * hz as u128 / 1_000_000_000) as u64
+            }
+        };
+        self.tsc.wrapping_add(ticks)
+    }
+
+    /// Makes the time-stamp counter read `value` now.
+    pub fn set_tsc(&mut self, value: u64) {
+        self.tsc = 0;
+        self.tsc = value.wrapping_sub(self.tsc_now());
+    }
+}
+
 impl Cpu {
     /// A CPU in the reset state (SDM Vol. 3, 9.1.1) with `mem` as its physical memory.
     pub fn new(mem: PhysMem) -> Self {
@@ -90,6 +133,7 @@ impl Cpu {
             efer: 0,
             dr: [0; 8],
             tsc: 0,
+            tsc_clock: TscClock::Instructions,
             msr: Msrs::default(),
             fpu: Fpu::default(),
             cpl: 0,
@@ -161,6 +205,7 @@ impl Cpu {
         self.nmi_blocked = false;
         self.delivering = None;
         self.last_fault = None;
+        self.set_tsc(0);
         self.flush_translations();
     }
 

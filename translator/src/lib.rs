@@ -24,7 +24,7 @@ pub mod mmu;
 pub mod state;
 
 pub use bus::{CpuBus, NullBus, PhysMem};
-pub use cpu::{Cpu, Mode};
+pub use cpu::{Cpu, Mode, TscClock};
 pub use exception::{Exit, Fault};
 pub use exec::x87;
 

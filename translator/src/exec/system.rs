@@ -294,12 +294,12 @@ pub fn cpuid(cpu: &mut Cpu, _op: &Op, _bus: &mut dyn CpuBus) -> ExecResult {
     Ok(())
 }
 
-/// RDTSC: the time-stamp counter advances by one per retired instruction.
+/// RDTSC: the time-stamp counter, from the clock the board chose (`Cpu::tsc_clock`).
 pub fn rdtsc(cpu: &mut Cpu, _op: &Op, _bus: &mut dyn CpuBus) -> ExecResult {
     if cpu.cr4 & cr4::TSD != 0 && cpu.protected() && cpu.cpl != 0 {
         return Err(Fault::gp(0).into());
     }
-    let t = cpu.tsc.wrapping_add(cpu.icount);
+    let t = cpu.tsc_now();
     cpu.set_reg(0, 4, t & 0xFFFF_FFFF);
     cpu.set_reg(2, 4, t >> 32);
     Ok(())
@@ -320,7 +320,7 @@ pub mod msr {
 pub fn rdmsr(cpu: &mut Cpu, _op: &Op, _bus: &mut dyn CpuBus) -> ExecResult {
     require_cpl0(cpu)?;
     let v = match cpu.reg(1, 4) as u32 {
-        msr::TSC => cpu.tsc.wrapping_add(cpu.icount),
+        msr::TSC => cpu.tsc_now(),
         msr::APIC_BASE => cpu.msr.apic_base,
         msr::SYSENTER_CS => cpu.msr.sysenter_cs,
         msr::SYSENTER_ESP => cpu.msr.sysenter_esp,
@@ -340,7 +340,7 @@ pub fn wrmsr(cpu: &mut Cpu, _op: &Op, _bus: &mut dyn CpuBus) -> ExecResult {
     require_cpl0(cpu)?;
     let v = (cpu.reg(2, 4) << 32) | cpu.reg(0, 4);
     match cpu.reg(1, 4) as u32 {
-        msr::TSC => cpu.tsc = v.wrapping_sub(cpu.icount),
+        msr::TSC => cpu.set_tsc(v),
         msr::APIC_BASE => cpu.msr.apic_base = v,
         msr::SYSENTER_CS => cpu.msr.sysenter_cs = v,
         msr::SYSENTER_ESP => cpu.msr.sysenter_esp = v,
