@@ -3,7 +3,6 @@
 mod bench_bus;
 mod run;
 
-use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -26,14 +25,19 @@ enum Command {
     Run(Box<run::Options>),
 }
 
-fn main() -> Result<()> {
+fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse_from(run::options::qemu_style_args(std::env::args()));
-    match cli.command {
-        Command::BenchBus(options) => bench_bus::run(&options),
-        Command::Run(options) => {
-            let status = run::run(&options)?;
-            std::process::exit(status);
+    let result = match cli.command {
+        Command::BenchBus(options) => bench_bus::run(&options).map(|()| 0),
+        Command::Run(options) => run::run(&options),
+    };
+    match result {
+        Ok(status) => std::process::exit(status),
+        Err(e) => {
+            // One line, causes joined, as a user of QEMU expects; no backtrace.
+            eprintln!("vireo: error: {e:#}");
+            std::process::exit(1);
         }
     }
 }
