@@ -10,7 +10,7 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use support::{fetch, root};
+use support::{boot_sector, fetch, root};
 
 fn read(path: &Path) -> String {
     String::from_utf8_lossy(&std::fs::read(path).unwrap_or_default()).into_owned()
@@ -118,19 +118,6 @@ fn tail(s: &str, n: usize) -> &str {
         i += 1;
     }
     &s[i..]
-}
-
-/// A one-sector boot disk: `code` at 0x7C00, zero bytes after it, the 0x55AA signature.
-fn boot_sector(name: &str, code: &[u8]) -> PathBuf {
-    let dir = root().join("target/guests/out");
-    std::fs::create_dir_all(&dir).unwrap();
-    let mut sector = vec![0u8; 512];
-    sector[..code.len()].copy_from_slice(code);
-    sector[510] = 0x55;
-    sector[511] = 0xAA;
-    let path = dir.join(name);
-    std::fs::write(&path, sector).unwrap();
-    path
 }
 
 /// Boot `image` with `-no-reboot`; returns (exit status, serial output, stderr).

@@ -7,6 +7,7 @@
 //! timer deadline or host input, so an idle guest costs no host CPU.
 
 pub mod board;
+pub mod curses;
 pub mod linux;
 pub mod memory;
 pub mod options;
@@ -57,6 +58,8 @@ struct Plan {
     ide: [ChannelDrives; 2],
     boot: Vec<BootDevice>,
     serial: CharDev,
+    /// `-display curses`: the terminal shows the VGA text screen and types on the keyboard.
+    curses: bool,
     debugcon: CharDev,
     kernel: Option<linux::LinuxImage>,
     no_reboot: bool,
@@ -93,16 +96,25 @@ fn plan(o: &Options) -> Result<Plan> {
             return Err(OptionError::BadSmp(smp.clone()).into());
         }
     }
-    if let Some(d) = &o.display
-        && d != "none"
-    {
-        return Err(OptionError::BadDisplay(d.clone()).into());
+    let curses = match o.display.as_deref() {
+        None | Some("none") => false,
+        Some("curses") => true,
+        Some(d) => return Err(OptionError::BadDisplay(d.to_string()).into()),
+    };
+    if curses && o.nographic {
+        bail!("-nographic and -display curses both want the terminal: choose one");
+    }
+    if curses && o.vga.as_deref() == Some("none") {
+        bail!("-display curses shows the VGA's text screen: it needs -vga std");
     }
     let serial = match (&o.serial, o.nographic) {
         (Some(s), _) => options::parse_serial(s)?,
         (None, true) => CharDev::Stdio,
         (None, false) => CharDev::None,
     };
+    if curses && serial == CharDev::Stdio {
+        bail!("-serial stdio and -display curses both want the terminal: choose one");
+    }
     let debugcon = match &o.debugcon {
         Some(s) => options::parse_debugcon(s)?,
         None => CharDev::None,
@@ -209,6 +221,7 @@ fn plan(o: &Options) -> Result<Plan> {
         ide,
         boot,
         serial,
+        curses,
         debugcon,
         kernel,
         no_reboot: o.no_reboot,
@@ -373,6 +386,13 @@ pub fn run(o: &Options) -> Result<i32> {
             .with_context(|| format!("-serial file:{}", p.display()))?
             .sink(),
     };
+    let mut display = None;
+    if plan.curses {
+        let b = StdioBackend::new().context("-display curses")?;
+        display = Some(curses::CursesDisplay::new(b.sink()));
+        stdio_backend = Some(b);
+    }
+    let mut keys = curses::KeyDecoder::default();
 
     let dma = Arc::new(DmaRam::new());
     let below_4g = plan.ram;
@@ -537,7 +557,12 @@ pub fn run(o: &Options) -> Result<i32> {
             let wait = clock
                 .next_deadline()
                 .map_or(MAX_SLEEP, |d| Duration::from_nanos(d.saturating_sub(now)));
-            Some(wait.min(MAX_SLEEP))
+            let wait = wait.min(MAX_SLEEP);
+            Some(if display.is_some() {
+                wait.min(curses::REFRESH)
+            } else {
+                wait
+            })
         } else if last_poll.elapsed() >= POLL_INTERVAL {
             Some(Duration::ZERO)
         } else {
@@ -556,13 +581,44 @@ pub fn run(o: &Options) -> Result<i32> {
                 }
                 if b.has_input() || !events.is_empty() {
                     let com1 = board.pc.com1.clone();
+                    let i8042 = board.pc.i8042.clone();
+                    let to_keyboard = display.is_some();
+                    let keys = &mut keys;
                     let cpu = &mut cpu;
+                    // Into the guest's keyboard or its first serial port, whichever the
+                    // terminal is attached to.
+                    let mut guest_input = |byte: u8| {
+                        if to_keyboard {
+                            let mut kbc = i8042.lock().unwrap_or_else(|e| e.into_inner());
+                            for stroke in keys.feed(byte) {
+                                for (key, pressed) in stroke.events() {
+                                    kbc.key_event(key, pressed);
+                                }
+                            }
+                        } else {
+                            com1.lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .receive(&[byte]);
+                        }
+                    };
+                    // Room for one more byte: a keystroke with both modifiers is up to 10
+                    // scan-code bytes in the keyboard's 16-byte buffer.
+                    let has_room = || {
+                        if to_keyboard {
+                            i8042
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .keyboard()
+                                .pending()
+                                <= 4
+                        } else {
+                            com1.lock().unwrap_or_else(|e| e.into_inner()).rx_space() > 0
+                        }
+                    };
                     b.pump_input(&mut |bytes| {
                         let mut taken = 0;
                         for &byte in bytes {
-                            if !monitor.active
-                                && com1.lock().unwrap_or_else(|e| e.into_inner()).rx_space() == 0
-                            {
+                            if !monitor.active && !has_room() {
                                 break;
                             }
                             taken += 1;
@@ -571,11 +627,7 @@ pub fn run(o: &Options) -> Result<i32> {
                                 match byte {
                                     b'x' | b'X' => quit = true,
                                     b'c' | b'C' => monitor.toggle(),
-                                    ESCAPE if !monitor.active => {
-                                        com1.lock()
-                                            .unwrap_or_else(|e| e.into_inner())
-                                            .receive(&[ESCAPE]);
-                                    }
+                                    ESCAPE if !monitor.active => guest_input(ESCAPE),
                                     _ => {}
                                 }
                             } else if byte == ESCAPE {
@@ -585,9 +637,7 @@ pub fn run(o: &Options) -> Result<i32> {
                                     quit = true;
                                 }
                             } else {
-                                com1.lock()
-                                    .unwrap_or_else(|e| e.into_inner())
-                                    .receive(&[byte]);
+                                guest_input(byte);
                             }
                         }
                         taken
@@ -595,6 +645,20 @@ pub fn run(o: &Options) -> Result<i32> {
                 }
             } else if halted {
                 std::thread::sleep(timeout);
+            }
+            if let Some(d) = display.as_mut() {
+                // A lone Escape: no sequence followed it within a poll.
+                if events.is_empty() {
+                    let mut kbc = board.pc.i8042.lock().unwrap_or_else(|e| e.into_inner());
+                    for stroke in keys.flush() {
+                        for (key, pressed) in stroke.events() {
+                            kbc.key_event(key, pressed);
+                        }
+                    }
+                }
+                if let Some(vga) = board.platform.vga.as_ref() {
+                    d.tick(&vga.lock().unwrap_or_else(|e| e.into_inner()));
+                }
             }
             if quit {
                 break 0;

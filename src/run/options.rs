@@ -38,7 +38,8 @@ pub struct Options {
     /// No display; COM1 on stdio (as QEMU's `-nographic`).
     #[arg(long)]
     pub nographic: bool,
-    /// `none` (the only display today; the VGA is there for the guest all the same).
+    /// `none` (no display; the VGA is there for the guest all the same) or `curses` (the VGA
+    /// text screen on this terminal, keys to the guest's PS/2 keyboard).
     #[arg(long, value_name = "TYPE")]
     pub display: Option<String>,
     /// `std` (default) or `none`.
@@ -138,7 +139,7 @@ impl std::fmt::Display for OptionError {
                 f,
                 "-debugcon {v}: expected file:PATH, stdio, stderr or none"
             ),
-            OptionError::BadDisplay(v) => write!(f, "-display {v}: only none is supported"),
+            OptionError::BadDisplay(v) => write!(f, "-display {v}: expected none or curses"),
             OptionError::BadVga(v) => write!(f, "-vga {v}: expected std or none"),
             OptionError::BadSmp(v) => write!(f, "-smp {v}: only one CPU is supported"),
             OptionError::BadBoot(v) => write!(

@@ -32,6 +32,19 @@ pub fn fetch(what: &str) -> Vec<PathBuf> {
         .collect()
 }
 
+/// A one-sector boot disk: `code` at 0x7C00, zero bytes after it, the 0x55AA signature.
+pub fn boot_sector(name: &str, code: &[u8]) -> PathBuf {
+    let dir = root().join("target/guests/out");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut sector = vec![0u8; 512];
+    sector[..code.len()].copy_from_slice(code);
+    sector[510] = 0x55;
+    sector[511] = 0xAA;
+    let path = dir.join(name);
+    std::fs::write(&path, sector).unwrap();
+    path
+}
+
 /// A `vireo` child whose stdout (the guest's serial console with `-nographic`) is collected
 /// by a thread, so the test can wait for text without blocking on the pipe.
 pub struct Guest {
