@@ -131,20 +131,20 @@ pub struct Module {
 
 /// Split `-initrd` into module entries: commas separate, `,,` is a literal comma.
 pub fn split_module_list(list: &str) -> Vec<String> {
-    let mut out = vec![String::new()];
+    let mut out = Vec::new();
+    let mut current = String::new();
     let mut chars = list.chars().peekable();
     while let Some(c) = chars.next() {
-        if c == ',' {
-            if chars.peek() == Some(&',') {
+        match c {
+            ',' if chars.peek() == Some(&',') => {
                 chars.next();
-                out.last_mut().map(|s| s.push(','));
-            } else {
-                out.push(String::new());
+                current.push(',');
             }
-        } else {
-            out.last_mut().map(|s| s.push(c));
+            ',' => out.push(std::mem::take(&mut current)),
+            c => current.push(c),
         }
     }
+    out.push(current);
     out
 }
 
