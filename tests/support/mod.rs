@@ -5,7 +5,7 @@
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
-use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -99,22 +99,6 @@ impl Guest {
         let stdin = self.stdin.as_mut().expect("stdin");
         stdin.write_all(line.as_bytes()).unwrap();
         stdin.write_all(b"\n").unwrap();
-    }
-
-    /// Wait for the run to end; kills it and panics with the console after `limit`.
-    pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                return s;
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                panic!("the run did not end; console:\n{}", self.console());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
     }
 }
 
