@@ -8,8 +8,11 @@
 
 pub mod board;
 pub mod curses;
+pub mod direct;
+pub mod direct_linux;
 pub mod linux;
 pub mod memory;
+pub mod multiboot;
 pub mod options;
 
 use std::io::{self, IsTerminal, Write};
@@ -18,7 +21,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use devices::block::BlockBackend;
 use devices::block::overlay::CowOverlay;
 use devices::block::raw::RawFile;
@@ -50,6 +53,14 @@ const MAX_SLEEP: Duration = Duration::from_millis(200);
 /// The nominal time-stamp counter rate the guest sees (a 1 GHz P6).
 const TSC_HZ: u64 = 1_000_000_000;
 
+/// How `-kernel` boots.
+enum KernelBoot {
+    /// A bzImage published through fw_cfg for the firmware's loader option ROM (QEMU's way).
+    FwCfg(linux::LinuxImage),
+    /// Loaded here and entered without firmware: Linux with `-bios none`, or multiboot.
+    Direct(direct::DirectBoot),
+}
+
 /// Everything decided from the command line, checked before the guest starts.
 struct Plan {
     ram: u64,
@@ -61,7 +72,7 @@ struct Plan {
     /// `-display curses`: the terminal shows the VGA text screen and types on the keyboard.
     curses: bool,
     debugcon: CharDev,
-    kernel: Option<linux::LinuxImage>,
+    kernel: Option<KernelBoot>,
     no_reboot: bool,
     slice: u64,
     max_time: Option<Duration>,
@@ -119,17 +130,25 @@ fn plan(o: &Options) -> Result<Plan> {
         Some(s) => options::parse_debugcon(s)?,
         None => CharDev::None,
     };
+    let no_firmware = o.bios.as_deref() == Some(Path::new("none"));
     let bios_path = o
         .bios
         .clone()
         .unwrap_or_else(|| PathBuf::from(DEFAULT_BIOS));
-    let bios = read_file("BIOS", &bios_path).with_context(|| {
-        if o.bios.is_none() {
-            "Debian's SeaBIOS is the default firmware: apt-get install seabios".to_string()
-        } else {
-            "check -bios".to_string()
+    let bios = if no_firmware {
+        if o.kernel.is_none() {
+            bail!("-bios none enters a kernel directly: it needs -kernel");
         }
-    })?;
+        direct::no_firmware_rom()
+    } else {
+        read_file("BIOS", &bios_path).with_context(|| {
+            if o.bios.is_none() {
+                "Debian's SeaBIOS is the default firmware: apt-get install seabios".to_string()
+            } else {
+                "check -bios".to_string()
+            }
+        })?
+    };
     if bios.is_empty()
         || !bios.len().is_multiple_of(0x1_0000)
         || bios.len() > machines::pc::MAX_BIOS_SIZE
@@ -200,17 +219,7 @@ fn plan(o: &Options) -> Result<Plan> {
         return Err(OptionError::NeedsKernel.into());
     }
     let kernel = match &o.kernel {
-        Some(k) => {
-            let image = read_file("kernel", k)?;
-            let initrd = match &o.initrd {
-                Some(p) => Some(read_file("initrd", p)?),
-                None => None,
-            };
-            Some(
-                linux::LinuxImage::parse(image, initrd, o.append.clone().unwrap_or_default())
-                    .with_context(|| format!("-kernel {}", k.display()))?,
-            )
-        }
+        Some(k) => Some(plan_kernel(o, k, ram, bios.len() as u64, no_firmware)?),
         None => None,
     };
 
@@ -231,6 +240,61 @@ fn plan(o: &Options) -> Result<Plan> {
             .filter(|s| s.is_finite() && *s > 0.0)
             .map(Duration::from_secs_f64),
     })
+}
+
+/// Check and lay out `-kernel` (with `-initrd` and `-append`) before the guest starts. Errors
+/// are one line: they name the option and say what is wrong.
+fn plan_kernel(
+    o: &Options,
+    path: &Path,
+    ram: u64,
+    rom_len: u64,
+    no_firmware: bool,
+) -> Result<KernelBoot> {
+    let image = std::fs::read(path)
+        .map_err(|e| anyhow!("-kernel {}: cannot read it: {e}", path.display()))?;
+    let append = o.append.clone().unwrap_or_default();
+    let e820 = direct::e820_map(ram, rom_len);
+    let bad_kernel = |e: &dyn std::fmt::Display| anyhow!("-kernel {}: {e}", path.display());
+    // A setup header makes it Linux, whatever else it carries (QEMU's order).
+    if !linux::has_setup_header(&image) {
+        match multiboot::find_header(&image).map_err(|e| bad_kernel(&e))? {
+            Some((offset, flags)) => {
+                let k = multiboot::MultibootKernel::parse(&image, offset, flags)
+                    .map_err(|e| bad_kernel(&e))?;
+                let modules = match &o.initrd {
+                    Some(list) => multiboot::load_modules(&list.to_string_lossy())
+                        .map_err(|e| anyhow!("-initrd: {e}"))?,
+                    None => Vec::new(),
+                };
+                let cmdline = if append.is_empty() {
+                    path.display().to_string()
+                } else {
+                    format!("{} {append}", path.display())
+                };
+                let boot = k
+                    .prepare(&cmdline, &modules, ram, &e820)
+                    .map_err(|e| bad_kernel(&e))?;
+                return Ok(KernelBoot::Direct(boot));
+            }
+            None => return Err(bad_kernel(&linux::LinuxError::NotBzImage)),
+        }
+    }
+    let initrd = match &o.initrd {
+        Some(p) => Some(
+            std::fs::read(p)
+                .map_err(|e| anyhow!("-initrd {}: cannot read it: {e}", p.display()))?,
+        ),
+        None => None,
+    };
+    let image = linux::LinuxImage::parse(image, initrd, append).map_err(|e| bad_kernel(&e))?;
+    if no_firmware {
+        let boot = direct_linux::prepare(&image, ram, &e820).map_err(|e| bad_kernel(&e))?;
+        Ok(KernelBoot::Direct(boot))
+    } else {
+        linux::LinuxImage::check_option_rom().map_err(|e| bad_kernel(&e))?;
+        Ok(KernelBoot::FwCfg(image))
+    }
 }
 
 /// Puts the terminal in raw mode (so Ctrl-A and Ctrl-C reach the guest) and restores it.
@@ -441,7 +505,7 @@ pub fn run(o: &Options) -> Result<i32> {
             },
         ])
         .context("fw_cfg e820")?;
-        if let Some(k) = &plan.kernel {
+        if let Some(KernelBoot::FwCfg(k)) = &plan.kernel {
             k.publish(&mut fw, below_4g)
                 .context("publishing the kernel through fw_cfg")?;
         }
@@ -458,6 +522,20 @@ pub fn run(o: &Options) -> Result<i32> {
     // The PIT, RTC and ACPI timer run on host time; so must the TSC, or the kernel finds its
     // clock sources disagreeing (and a halted guest's TSC would stand still).
     cpu.tsc_clock = TscClock::host(TSC_HZ);
+    let direct_boot = match &plan.kernel {
+        Some(KernelBoot::Direct(d)) => Some(d),
+        _ => None,
+    };
+    // Without firmware to load it again, every reset (power-on included) re-enters the kernel.
+    let reset = |board: &mut Board, cpu: &mut Cpu| {
+        board.reset(cpu);
+        if let Some(d) = direct_boot {
+            d.enter(cpu);
+        }
+    };
+    if let Some(d) = direct_boot {
+        d.enter(&mut cpu);
+    }
 
     let mut poll = Poll::new().context("mio poll")?;
     let mut events = Events::with_capacity(16);
@@ -530,7 +608,7 @@ pub fn run(o: &Options) -> Result<i32> {
             if plan.no_reboot {
                 break 0;
             }
-            board.reset(&mut cpu);
+            reset(&mut board, &mut cpu);
             continue;
         }
         if signals.take_reset() {
@@ -538,7 +616,7 @@ pub fn run(o: &Options) -> Result<i32> {
             if plan.no_reboot {
                 break 0;
             }
-            board.reset(&mut cpu);
+            reset(&mut board, &mut cpu);
             continue;
         }
 

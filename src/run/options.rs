@@ -12,13 +12,17 @@ pub struct Options {
     #[arg(short = 'm', long = "m", value_name = "SIZE", default_value = "128")]
     pub memory: String,
     /// Firmware image mapped at the top of 4 GiB [default: /usr/share/seabios/bios-256k.bin].
-    #[arg(long, value_name = "FILE")]
+    /// `none`: no firmware runs; `-kernel` is loaded and entered directly.
+    #[arg(long, value_name = "FILE|none")]
     pub bios: Option<PathBuf>,
-    /// A Linux bzImage to boot directly (through fw_cfg and the firmware).
-    #[arg(long, value_name = "BZIMAGE")]
-    pub kernel: Option<PathBuf>,
-    /// Initial ramdisk for `-kernel`.
+    /// A kernel to boot. A Linux bzImage goes through fw_cfg and the firmware's loader, or
+    /// with `-bios none` straight to its 32-bit entry (boot protocol, zero page, e820). A
+    /// multiboot v1 kernel (ELF32 or a.out kludge) is always loaded and entered directly.
     #[arg(long, value_name = "FILE")]
+    pub kernel: Option<PathBuf>,
+    /// Initial ramdisk for a Linux `-kernel`; for a multiboot kernel the modules:
+    /// `FILE[ ARGS][,FILE[ ARGS]]...` (`,,` for a comma in a name).
+    #[arg(long, value_name = "FILE|MODULES")]
     pub initrd: Option<PathBuf>,
     /// Kernel command line for `-kernel`.
     #[arg(long, value_name = "CMDLINE")]

@@ -3,7 +3,7 @@
 # target/guests/ (ignored by git) and is reused; packages come from Debian with apt-get (needs
 # root when something is missing).
 #
-# Usage: tests/guests/fetch.sh [seabios|boot-image|linux|all]...   (default: seabios boot-image)
+# Usage: tests/guests/fetch.sh [seabios|boot-image|linux|multiboot|all]...   (default: seabios boot-image)
 #   seabios     Debian's seabios (bios-256k.bin, vgabios-stdvga.bin) in /usr/share/seabios
 #   boot-image  target/guests/boot.img: the 64 KiB IDE boot disk assembled from the end-to-end
 #               boot sector (tests/xen/boot.asm: markers on 0xE9 and COM1, a bus-master DMA
@@ -11,6 +11,8 @@
 #   linux       target/guests/linux/: Debian's i386 kernel (linux-image-*-686, vmlinuz) and an
 #               initramfs from busybox-static (i386) whose /init prints VIREO-READY and runs a shell
 #               on ttyS0; also qemu-system-data's linuxboot_dma.bin for -kernel through SeaBIOS
+#   multiboot   target/guests/multiboot/{mb.elf,mb-aout.bin}: the multiboot test kernel
+#               (tests/guests/multiboot/) as an ELF (nasm + ld) and in a.out-kludge form (nasm)
 # Prints the paths it produced, one per line.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -97,13 +99,32 @@ INIT
     echo "$dir/initramfs.cpio.gz"
 }
 
+multiboot() {
+    command -v nasm >/dev/null 2>&1 || apt_install nasm
+    command -v ld >/dev/null 2>&1 || apt_install binutils
+    local src="$ROOT/tests/guests/multiboot" dir="$OUT/multiboot"
+    mkdir -p "$dir"
+    # Per-process temporaries: tests run this step concurrently; the renames are atomic.
+    local tmp="$dir/tmp.$$"
+    mkdir -p "$tmp"
+    nasm -f elf32 -I "$src/" -o "$tmp/elf.o" "$src/elf.asm"
+    ld -m elf_i386 -T "$src/elf.ld" -o "$tmp/mb.elf" "$tmp/elf.o"
+    nasm -f bin -I "$src/" -o "$tmp/mb-aout.bin" "$src/aout.asm"
+    mv "$tmp/mb.elf" "$dir/mb.elf"
+    mv "$tmp/mb-aout.bin" "$dir/mb-aout.bin"
+    rm -rf "$tmp"
+    echo "$dir/mb.elf"
+    echo "$dir/mb-aout.bin"
+}
+
 [ $# -gt 0 ] || set -- seabios boot-image
 for what in "$@"; do
     case "$what" in
         seabios) seabios ;;
         boot-image) boot_image ;;
         linux) linux ;;
-        all) seabios; boot_image; linux ;;
-        *) echo "fetch.sh: unknown guest '$what' (seabios, boot-image, linux, all)" >&2; exit 2 ;;
+        multiboot) multiboot ;;
+        all) seabios; boot_image; linux; multiboot ;;
+        *) echo "fetch.sh: unknown guest '$what' (seabios, boot-image, linux, multiboot, all)" >&2; exit 2 ;;
     esac
 done

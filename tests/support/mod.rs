@@ -13,6 +13,13 @@ pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// A scratch directory for images and logs the tests make (target/guests/out).
+pub fn out_dir() -> PathBuf {
+    let dir = root().join("target/guests/out");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 /// Runs `tests/guests/fetch.sh WHAT` and returns the paths it printed, one per line.
 pub fn fetch(what: &str) -> Vec<PathBuf> {
     let script = root().join("tests/guests/fetch.sh");
@@ -98,9 +105,14 @@ impl Guest {
     /// Waits until the console shows `text`; on timeout the guest is killed and the test
     /// fails with the console.
     pub fn expect(&mut self, text: &str, limit: Duration) -> Duration {
+        self.expect_nth(text, 1, limit)
+    }
+
+    /// Waits until the console shows `text` for the `n`th time (a second boot, say).
+    pub fn expect_nth(&mut self, text: &str, n: usize, limit: Duration) -> Duration {
         let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
-            if self.console().contains(text) {
+        loop {
+            if self.console().matches(text).count() >= n {
                 let at = self.started.elapsed();
                 println!("{text:?} after {at:?}");
                 return at;
@@ -110,6 +122,9 @@ impl Guest {
                     "vireo ended ({status}) before {text:?}; console:\n{}",
                     self.console()
                 );
+            }
+            if Instant::now() >= deadline {
+                break;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
