@@ -38,6 +38,11 @@ pub struct Cpu {
     pub cr4: u64,
     pub efer: u64,
     pub dr: [u64; 8],
+    /// DR7 enables a breakpoint: the run loop goes one instruction at a time and checks them
+    /// (derived from `dr`; recomputed at MOV DR and at every `run`).
+    pub(crate) dbg_armed: bool,
+    /// Data breakpoints (bit n = DRn) hit by the instruction running now.
+    pub(crate) dbg_hits: u8,
     pub tsc: u64,
     pub msr: Msrs,
     pub fpu: Fpu,
@@ -89,6 +94,8 @@ impl Cpu {
             cr4: 0,
             efer: 0,
             dr: [0; 8],
+            dbg_armed: false,
+            dbg_hits: 0,
             tsc: 0,
             msr: Msrs::default(),
             fpu: Fpu::default(),
