@@ -56,10 +56,13 @@ fn machine(
     machine_with(main, None)
 }
 
+/// Code emitted into an assembler.
+type Emit = dyn Fn(&mut CodeAssembler) -> Result<(), IcedError>;
+
 /// Like [`machine`], with a routine at `SUB` (called by `main`).
 fn machine_with(
     main: impl FnOnce(&mut CodeAssembler) -> Result<Vec<CodeLabel>, IcedError>,
-    sub: Option<&dyn Fn(&mut CodeAssembler) -> Result<(), IcedError>>,
+    sub: Option<&Emit>,
 ) -> (Cpu, TestBus, Vec<u32>) {
     use translator::state::{Segment, TableReg, attr, cr0, sreg};
     let mut mem = PhysMem::new(4 << 20);

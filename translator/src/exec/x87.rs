@@ -1410,3 +1410,91 @@ pub(crate) fn translate(ins: &Instruction, op: &mut Op, osz: u8) -> Option<Handl
     };
     Some(h)
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::Cpu;
+    use crate::bus::{NullBus, PhysMem};
+    use crate::exception::vector;
+    use crate::state::{Segment, attr, cr0, sreg};
+    use iced_x86::code_asm::*;
+
+    /// 32-bit flat protected mode with no IDT (an exception ends in shutdown; `last_fault`
+    /// tells which), code at 0x1000, data at 0x2000.
+    fn run(cr0_extra: u64, f: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>) -> Cpu {
+        let mut a = CodeAssembler::new(32).unwrap();
+        f(&mut a).unwrap();
+        a.hlt().unwrap();
+        let code = a.assemble(0x1000).unwrap();
+        let mut mem = PhysMem::new(1 << 20);
+        mem.as_mut_slice()[0x1000..0x1000 + code.len()].copy_from_slice(&code);
+        let mut cpu = Cpu::new(mem);
+        cpu.cr0 |= cr0::PE | cr0_extra;
+        for s in 0..6 {
+            cpu.segs[s] = Segment {
+                selector: if s == sreg::CS { 8 } else { 0x10 },
+                base: 0,
+                limit: 0xFFFF_FFFF,
+                attr: attr::P
+                    | attr::S
+                    | attr::RW
+                    | attr::DB
+                    | attr::G
+                    | if s == sreg::CS { attr::CODE } else { 0 },
+            };
+        }
+        cpu.idtr.limit = 0;
+        cpu.rip = 0x1000;
+        cpu.regs[4] = 0x8000;
+        cpu.run(&mut NullBus, 1000);
+        cpu
+    }
+
+    fn fault(cpu: &Cpu) -> Option<u8> {
+        cpu.last_fault.map(|f| f.vector)
+    }
+
+    #[test]
+    fn fxsave_nm_with_ts_or_em_and_gp_when_misaligned() {
+        for (extra, at, want) in [
+            (cr0::TS, 0x2000, Some(vector::NM)),
+            (cr0::EM, 0x2000, Some(vector::NM)),
+            (0, 0x2008, Some(vector::GP)),
+            (0, 0x2000, None),
+        ] {
+            let cpu = run(extra, |a| a.fxsave(ptr(at)));
+            assert_eq!(fault(&cpu), want, "cr0 {extra:#x} at {at:#x}");
+        }
+    }
+
+    #[test]
+    fn fxrstor_checks_mxcsr_and_round_trips_with_fxsave() {
+        // DAZ (bit 6) is outside this CPU's MXCSR_MASK: #GP(0).
+        let cpu = run(0, |a| {
+            a.mov(dword_ptr(0x2018), 0x1FC0)?;
+            a.fxrstor(ptr(0x2000))
+        });
+        assert_eq!(fault(&cpu), Some(vector::GP));
+        let cpu = run(0, |a| {
+            a.fninit()?;
+            a.fld1()?;
+            a.fldz()?;
+            a.fxsave(ptr(0x2000))?;
+            a.mov(dword_ptr(0x2018), 0x7F80)?; // MXCSR: round toward zero
+            a.fninit()?;
+            a.fxrstor(ptr(0x2000))?;
+            a.fninit()?; // keeps MXCSR
+            a.fxrstor(ptr(0x2000))?;
+            a.fxsave(ptr(0x2200))
+        });
+        assert_eq!(fault(&cpu), None);
+        let m = cpu.mem.as_slice();
+        // The second image equals the first in every byte FXSAVE defines.
+        assert_eq!(m[0x2000..0x20A0], m[0x2200..0x22A0]);
+        assert_eq!(&m[0x2218..0x221C], &0x7F80u32.to_le_bytes());
+        // FCW, FSW with TOP = 6, abridged tags of R6 and R7, ST(0) = +0, ST(1) = 1.0.
+        assert_eq!(&m[0x2200..0x2205], &[0x7F, 0x03, 0x00, 0x30, 0xC0]);
+        assert_eq!(&m[0x2220..0x222A], &[0; 10]);
+        assert_eq!(&m[0x2230..0x223A], &[0, 0, 0, 0, 0, 0, 0, 0x80, 0xFF, 0x3F]);
+    }
+}
