@@ -38,6 +38,11 @@ pub struct Cpu {
     pub cr4: u64,
     pub efer: u64,
     pub dr: [u64; 8],
+    /// DR7 enables a breakpoint: the run loop goes one instruction at a time and checks them
+    /// (derived from `dr`; recomputed at MOV DR and at every `run`).
+    pub(crate) dbg_armed: bool,
+    /// Data breakpoints (bit n = DRn) hit by the instruction running now.
+    pub(crate) dbg_hits: u8,
     /// Added to the clock's ticks to give the time-stamp counter (WRMSR to it moves this).
     pub tsc: u64,
     pub tsc_clock: TscClock,
@@ -132,6 +137,8 @@ impl Cpu {
             cr4: 0,
             efer: 0,
             dr: [0; 8],
+            dbg_armed: false,
+            dbg_hits: 0,
             tsc: 0,
             tsc_clock: TscClock::Instructions,
             msr: Msrs::default(),

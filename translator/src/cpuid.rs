@@ -13,7 +13,11 @@ pub mod edx1 {
     pub const CX8: u32 = 1 << 8;
     pub const PGE: u32 = 1 << 13;
     pub const CMOV: u32 = 1 << 15;
+    pub const FXSR: u32 = 1 << 24;
 }
+
+/// FXSAVE/FXRSTOR are implemented (exec/x87.rs); the decoder makes them #UD when this is off.
+pub const FXSR: bool = true;
 
 /// The four result registers [EAX, EBX, ECX, EDX] of CPUID leaf `leaf` (sub-leaf `sub`).
 pub fn cpuid(leaf: u32, _sub: u32) -> [u32; 4] {
@@ -27,7 +31,8 @@ pub fn cpuid(leaf: u32, _sub: u32) -> [u32; 4] {
             0,
             0,
             // FPU: the x87 is implemented with f64 arithmetic (see exec/x87.rs). FCMOV and FCOMI
-            // come with CMOV. No FXSR, SSE, APIC, SEP, MTRR, VME yet.
+            // come with CMOV. FXSR without SSE (a Pentium II's set): FXSAVE/FXRSTOR carry the
+            // x87 state and an MXCSR that nothing else uses. No SSE, APIC, SEP, MTRR, VME yet.
             edx1::FPU
                 | edx1::PSE
                 | edx1::TSC
@@ -35,7 +40,8 @@ pub fn cpuid(leaf: u32, _sub: u32) -> [u32; 4] {
                 | edx1::PAE
                 | edx1::CX8
                 | edx1::PGE
-                | edx1::CMOV,
+                | edx1::CMOV
+                | if FXSR { edx1::FXSR } else { 0 },
         ],
         0x8000_0000 => [0x8000_0001, 0, 0, 0],
         // NX (bit 20) is implemented in the page walker.

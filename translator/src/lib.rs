@@ -29,6 +29,7 @@ pub use exception::{Exit, Fault};
 pub use exec::x87;
 
 use exception::vector;
+use exec::system::dr6;
 use state::flag;
 
 /// Why [`Cpu::run`] returned.
@@ -49,6 +50,8 @@ impl Cpu {
         // Chain links live within one call: between calls the board may have changed the
         // registers (CS, CR0, EFER...) behind the links' backs.
         self.cache.epoch = self.cache.epoch.wrapping_add(1);
+        // The board may have written the debug registers too.
+        self.update_debug_arm();
         // The block that just ran to its end without leaving its fetch context: the next
         // block may come from its chain links instead of a cache lookup.
         let mut prev: Option<std::rc::Rc<block::Block>> = None;
@@ -79,6 +82,20 @@ impl Cpu {
             if self.halted {
                 return RunExit::Halted;
             }
+            // Instruction breakpoints: a fault before the instruction (and its fetch) unless
+            // RF is set. The pushed RF stays as it is; the handler sets it to go on.
+            if self.dbg_armed && self.rflags & flag::RF == 0 {
+                let hits = self.code_breakpoints();
+                if hits != 0 {
+                    prev = None;
+                    self.dr[6] = (self.dr[6] & !dr6::B_MASK) | hits;
+                    left -= 1;
+                    if !self.raise(bus, Fault::new(vector::DB), true) {
+                        return RunExit::Shutdown;
+                    }
+                    continue;
+                }
+            }
             let got = match prev.take() {
                 Some(p) => self.next_block(bus, &p),
                 None => self.get_block(bus),
@@ -88,6 +105,8 @@ impl Cpu {
                 Err(Exit::Fault(f)) => {
                     // A fetch fault consumes budget too, so fault loops cannot spin forever.
                     left -= 1;
+                    // Faults push RF = 1: the restarted instruction skips its breakpoint.
+                    self.rflags |= flag::RF;
                     if !self.raise(bus, f, true) {
                         return RunExit::Shutdown;
                     }
@@ -95,15 +114,19 @@ impl Cpu {
                 }
                 Err(Exit::Halt) => return RunExit::Halted,
             };
-            // TF: one instruction at a time, each followed by a single-step #DB trap.
+            // TF: one instruction at a time, each followed by a single-step #DB trap. RF and
+            // armed breakpoints also take this path (one test per block when none is).
             let single_step = self.rflags & flag::TF != 0;
             self.block_break = false;
             self.smc_hit = false;
             let mask = block.ip_mask;
-            if shadow || single_step {
+            if shadow || self.rflags & (flag::TF | flag::RF) != 0 || self.dbg_armed {
                 let start = self.rip;
                 let rsp = self.regs[4];
                 let op = &block.ops[0];
+                // RF covers this instruction's breakpoint check only (done above).
+                self.rflags &= !flag::RF;
+                self.dbg_hits = 0;
                 self.rip = start.wrapping_add(op.len as u64) & mask;
                 match (op.exec)(self, op, bus) {
                     Ok(()) => {}
@@ -112,6 +135,7 @@ impl Cpu {
                         self.rip = start;
                         self.regs[4] = rsp;
                         left -= 1;
+                        self.rflags |= flag::RF;
                         if !self.raise(bus, f, true) {
                             return RunExit::Shutdown;
                         }
@@ -128,8 +152,22 @@ impl Cpu {
                 // and exception delivery clear TF and so skip it (as the hardware does); a
                 // POPF that clears TF also skips it here, where the hardware would still trap
                 // once.
-                if single_step && self.rflags & flag::TF != 0 {
-                    self.dr[6] |= 1 << 14; // DR6.BS
+                let step = single_step && self.rflags & flag::TF != 0;
+                let hits = std::mem::take(&mut self.dbg_hits) as u64;
+                if step || hits != 0 {
+                    if step {
+                        self.dr[6] |= dr6::BS;
+                    }
+                    if hits != 0 {
+                        // Data breakpoints: a trap after the instruction.
+                        self.dr[6] = (self.dr[6] & !dr6::B_MASK) | hits;
+                    }
+                    // After an iteration of an unfinished REP instruction RF = 1 is pushed.
+                    if self.rip == start
+                        && op.prefix & (decode::op::pfx::REP | decode::op::pfx::REPNE) != 0
+                    {
+                        self.rflags |= flag::RF;
+                    }
                     if !self.raise(bus, Fault::new(vector::DB), true) {
                         return RunExit::Shutdown;
                     }
@@ -150,6 +188,7 @@ impl Cpu {
                         self.regs[4] = rsp;
                         self.icount += done;
                         left -= done + 1;
+                        self.rflags |= flag::RF;
                         if !self.raise(bus, f, true) {
                             return RunExit::Shutdown;
                         }

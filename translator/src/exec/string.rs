@@ -124,6 +124,7 @@ pub fn string<const K: u8>(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> Exec
             && step == size
             && c > 1
             && cpu.rflags & flag::TF == 0
+            && !cpu.dbg_armed
             && !cpu.align_checking()
         {
             // Forward MOVS/STOS: whole runs of elements inside one page of plain RAM at once.
@@ -159,7 +160,8 @@ pub fn string<const K: u8>(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> Exec
         n += 1;
         // TF: the hardware single-steps a REP instruction per iteration, trapping with RIP
         // still at the instruction and rCX/rSI/rDI advanced by one element.
-        if n >= REP_SLICE || cpu.smc_hit || cpu.rflags & flag::TF != 0 {
+        // An iteration that hit a data breakpoint traps likewise.
+        if n >= REP_SLICE || cpu.smc_hit || cpu.rflags & flag::TF != 0 || cpu.dbg_hits != 0 {
             // Run this instruction again later: back to its first byte.
             cpu.rip = cpu.rip.wrapping_sub(op.len as u64) & cpu.ip_mask();
             cpu.block_break = true;

@@ -1,6 +1,16 @@
 //! System instructions: descriptor-table registers (LGDT/LIDT/SGDT/SIDT/LLDT/SLDT/LTR/STR),
 //! control and debug registers (MOV CRn/DRn, LMSW, SMSW, CLTS), INVLPG, CPUID, RDTSC, RDMSR,
 //! WRMSR, WBINVD/INVD, and the descriptor probes LAR/LSL/VERR/VERW/ARPL.
+//!
+//! Debug registers: DR0-3 breakpoints enabled by DR7's L/G bits are armed. Instruction
+//! breakpoints (R/W 00) are faults checked by the run loop before an instruction starts
+//! (suppressed for one instruction by EFLAGS.RF); data breakpoints (R/W 01 write, 11 read or
+//! write; LEN 1, 2, 4 or 8 bytes) are recorded by the memory access path and reported as a trap
+//! after the instruction (after the iteration, for REP string instructions). DR7.GD makes MOV
+//! DR a #DB fault with DR6.BD. I/O breakpoints (R/W 10) are not implemented. While any
+//! breakpoint is armed the run loop executes one instruction at a time and, with data
+//! breakpoints, the fast TLB slots stay empty; with DR7 arming nothing the cost is one test per
+//! block.
 
 use crate::Cpu;
 use crate::bus::CpuBus;
@@ -237,25 +247,86 @@ pub fn mov_to_cr(cpu: &mut Cpu, op: &Op, _bus: &mut dyn CpuBus) -> ExecResult {
     Ok(())
 }
 
+/// DR6 bits.
+pub mod dr6 {
+    /// B0-B3: which breakpoints the last #DB reports.
+    pub const B_MASK: u64 = 0xF;
+    /// Debug-register access detected (DR7.GD).
+    pub const BD: u64 = 1 << 13;
+    /// Single step (EFLAGS.TF).
+    pub const BS: u64 = 1 << 14;
+}
+
+/// DR7.GD: general detect.
+const DR7_GD: u64 = 1 << 13;
+
+impl Cpu {
+    /// Derive the armed state from DR7 (after MOV DR, and at every `run` since `dr` is public).
+    pub(crate) fn update_debug_arm(&mut self) {
+        let dr7 = self.dr[7];
+        self.dbg_armed = dr7 & 0xFF != 0;
+        // R/W 01 and 11 (bit 16 + 4n set) are data breakpoints.
+        let data = (0..4).any(|n| (dr7 >> (2 * n)) & 3 != 0 && (dr7 >> (16 + 4 * n)) & 1 != 0);
+        self.tlb.set_no_fast(data);
+    }
+
+    /// The instruction breakpoints (DR6 B0-B3 bits) matching the instruction at CS:rIP.
+    pub(crate) fn code_breakpoints(&self) -> u64 {
+        let dr7 = self.dr[7];
+        let mut lin = self.segs[crate::state::sreg::CS]
+            .base
+            .wrapping_add(self.rip);
+        if !self.long64() {
+            lin &= 0xFFFF_FFFF;
+        }
+        let mut hits = 0;
+        for n in 0..4 {
+            // Enabled, R/W 00 (LEN should be 00 too; other lengths are undefined and treated
+            // as 1 byte).
+            if (dr7 >> (2 * n)) & 3 != 0 && (dr7 >> (16 + 4 * n)) & 3 == 0 && self.dr[n] == lin {
+                hits |= 1 << n;
+            }
+        }
+        hits
+    }
+}
+
+/// DR7.GD set: the MOV DR becomes a #DB fault with DR6.BD, and GD is cleared so the handler
+/// can use the debug registers.
+fn general_detect(cpu: &mut Cpu) -> Result<(), Exit> {
+    if cpu.dr[7] & DR7_GD != 0 {
+        cpu.dr[6] |= dr6::BD;
+        cpu.dr[7] &= !DR7_GD;
+        return Err(Fault::new(crate::exception::vector::DB).into());
+    }
+    Ok(())
+}
+
 /// MOV r32, DRn (aux = n). DR4/DR5 alias DR6/DR7 unless CR4.DE.
 pub fn mov_from_dr(cpu: &mut Cpu, op: &Op, _bus: &mut dyn CpuBus) -> ExecResult {
     require_cpl0(cpu)?;
     let n = dr_index(cpu, op.aux)?;
+    general_detect(cpu)?;
     let v = cpu.dr[n];
     cpu.set_reg(op.dst, op.osize, v);
     Ok(())
 }
 
-/// MOV DRn, r32. Breakpoints are stored but not yet armed (no #DB from DR7).
+/// MOV DRn, r32. Writing DR0-3 or DR7 re-arms the breakpoints.
 pub fn mov_to_dr(cpu: &mut Cpu, op: &Op, _bus: &mut dyn CpuBus) -> ExecResult {
     require_cpl0(cpu)?;
     let n = dr_index(cpu, op.aux)?;
+    general_detect(cpu)?;
     let v = cpu.reg(op.src, op.osize);
     cpu.dr[n] = match n {
         6 => (v & 0xE00F) | 0xFFFF_0FF0,
         7 => (v & 0xFFFF_2BFF) | 0x400,
         _ => v,
     };
+    cpu.update_debug_arm();
+    // The run loop checks `dbg_armed` at block boundaries: stop here so a breakpoint armed by
+    // this instruction applies from the next one.
+    cpu.block_break = true;
     Ok(())
 }
 

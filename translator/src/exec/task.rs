@@ -159,6 +159,9 @@ impl Cpu {
             attr: nd.attr() | (BUSY >> 40) as u16,
         };
         self.cr0 |= cr0::TS;
+        // The local breakpoint enables (L0-L3, LE) belong to the old task.
+        self.dr[7] &= !0x155;
+        self.update_debug_arm();
         if let Some(c) = cr3
             && self.cr0 & cr0::PG != 0
         {

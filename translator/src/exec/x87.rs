@@ -2,7 +2,7 @@
 //! (m32/m64/m80 real, m16/m32/m64 integer, m80 BCD), arithmetic in all operand forms, compares
 //! (FCOM/FUCOM/FICOM/FCOMI/FUCOMI/FTST/FXAM), FCMOVcc, the transcendental and rounding
 //! instructions, FXCH/FFREE/FINCSTP/FDECSTP, and FNINIT/FNCLEX/FNSTSW/FNSTCW/FLDCW/FNSTENV/
-//! FLDENV/FNSAVE/FRSTOR.
+//! FLDENV/FNSAVE/FRSTOR, FXSAVE/FXRSTOR.
 //!
 //! **Precision:** values are kept in f64, not 80-bit extended precision. Results therefore
 //! carry 53 mantissa bits whatever the precision control says (they equal the hardware's at
@@ -51,7 +51,17 @@ pub struct Fpu {
     /// Tag word: 2 bits per physical register, 11 = empty (only empty/non-empty is tracked;
     /// FNSTENV computes the full tags from the values).
     pub tw: u16,
+    /// MXCSR as FXSAVE/FXRSTOR see it. There is no SSE unit, so nothing reads it: it is a
+    /// 32-bit store that keeps what FXRSTOR loaded (reset value 0x1F80, untouched by FNINIT),
+    /// with FXRSTOR's #GP on bits outside [`MXCSR_MASK`] so software sees a consistent CPU.
+    pub mxcsr: u32,
 }
+
+/// The MXCSR bits FXRSTOR accepts (reported in FXSAVE's MXCSR_MASK field): flags, masks,
+/// rounding control and FZ as on the first SSE parts, no DAZ (bit 6) and no MM (AMD bit 17).
+pub const MXCSR_MASK: u32 = 0x0000_FFBF;
+/// MXCSR after reset.
+pub const MXCSR_RESET: u32 = 0x1F80;
 
 impl Default for Fpu {
     fn default() -> Self {
@@ -62,11 +72,23 @@ impl Default for Fpu {
             cw: 0x037F,
             sw: 0,
             tw: 0xFFFF,
+            mxcsr: MXCSR_RESET,
         }
     }
 }
 
 impl Fpu {
+    /// The state after FNINIT (or FNSAVE): control, status and tag words reset, every register
+    /// tagged empty, but the registers' contents and MXCSR kept, as the hardware does (FXSAVE
+    /// and FNSAVE show the old values in the empty slots).
+    pub fn initialized(&self) -> Fpu {
+        Fpu {
+            st: self.st,
+            mxcsr: self.mxcsr,
+            ..Fpu::default()
+        }
+    }
+
     pub fn status(&self) -> u16 {
         (self.sw & !0x3800) | ((self.top as u16 & 7) << 11)
     }
@@ -99,6 +121,8 @@ impl Fpu {
             self.set(0, INDEFINITE);
             return;
         }
+        // C1 reports the overflow: cleared on a successful push.
+        self.sw &= !sw::C1;
         self.top = p as u8;
         self.set(0, v);
     }
@@ -121,7 +145,8 @@ impl Fpu {
                 let v = self.st[p];
                 if v == 0.0 {
                     1
-                } else if !v.is_finite() || v.is_subnormal() {
+                } else if !v.is_finite() {
+                    // An f64 denormal is a normal number in the 80-bit format (tag valid).
                     2
                 } else {
                     0
@@ -300,7 +325,11 @@ pub fn f80_to_f64(mant: u64, se: u16) -> f64 {
         if mant << 1 == 0 {
             f64::INFINITY
         } else {
-            f64::from_bits(0x7FF8_0000_0000_0000 | ((mant >> 11) & 0x000F_FFFF_FFFF_FFFF))
+            // The quiet bit (62) maps to f64's bit 51, so a signalling NaN stays signalling
+            // (FLD m80 quiets it and flags IE; FRSTOR/FXRSTOR keep it as it is). A payload
+            // only in the 11 bits f64 cannot hold keeps the NaN a NaN.
+            let frac = (mant >> 11) & 0x000F_FFFF_FFFF_FFFF;
+            f64::from_bits(0x7FF0_0000_0000_0000 | if frac == 0 { 1 } else { frac })
         }
     } else if mant == 0 {
         0.0
@@ -410,7 +439,7 @@ const POP2: u32 = 4;
 
 pub fn fninit(cpu: &mut Cpu, _op: &Op, _bus: &mut dyn CpuBus) -> ExecResult {
     check_nm(cpu)?;
-    cpu.fpu = Fpu::default();
+    cpu.fpu = cpu.fpu.initialized();
     Ok(())
 }
 
@@ -445,8 +474,9 @@ pub fn fld(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecResult {
     check_nm(cpu)?;
     let v = if op.src == loc::MEM {
         let v = read_f(cpu, op, bus, op.osize)?;
-        // Converting a memory SNaN to the register format quiets it (IE); FLD ST(i) copies.
-        if v.is_nan() && v.to_bits() & (1 << 51) == 0 {
+        // Converting an m32/m64 SNaN to the register format quiets it (IE); FLD m80 and
+        // FLD ST(i) copy it unchanged.
+        if op.osize != 10 && v.is_nan() && v.to_bits() & (1 << 51) == 0 {
             cpu.fpu.sw |= sw::IE;
             f64::from_bits(v.to_bits() | (1 << 51))
         } else {
@@ -455,7 +485,12 @@ pub fn fld(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecResult {
     } else {
         cpu.fpu.get(op.src)
     };
+    let underflow = op.src != loc::MEM && cpu.fpu.empty(op.src);
     cpu.fpu.push(v);
+    if underflow {
+        // An empty source wins over a full destination: C1 = 0 (underflow), not 1 (overflow).
+        cpu.fpu.sw &= !sw::C1;
+    }
     Ok(())
 }
 
@@ -499,10 +534,16 @@ pub fn fld_const(cpu: &mut Cpu, op: &Op, _bus: &mut dyn CpuBus) -> ExecResult {
 /// FST/FSTP m32/m64/m80/ST(i) (imm2 POP).
 pub fn fst(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecResult {
     check_nm(cpu)?;
-    let v = cpu.fpu.get(0);
+    let mut v = cpu.fpu.get(0);
     if op.dst == loc::MEM {
         let ea = cpu.ea(op);
         let seg = op.seg as usize;
+        // A register SNaN (FLD m80, FRSTOR, FXRSTOR can load one) is quieted, with IE, when
+        // converted to m32/m64.
+        let snan = op.osize != 10 && v.is_nan() && v.to_bits() & (1 << 51) == 0;
+        if snan {
+            v = f64::from_bits(v.to_bits() | (1 << 51));
+        }
         match op.osize {
             4 => cpu.write_mem(
                 bus,
@@ -519,9 +560,15 @@ pub fn fst(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecResult {
                 cpu.write_mem(bus, seg, (ea + 8) & size_mask(op.asize), 2, se as u64)?;
             }
         }
+        if snan {
+            cpu.fpu.sw |= sw::IE;
+        }
     } else {
         cpu.fpu.set(op.dst, v);
     }
+    // C1 tells whether an inexact result was rounded up; this FPU does not track that (a
+    // stack underflow clears it in `get` as well).
+    cpu.fpu.sw &= !sw::C1;
     if op.imm2 & POP != 0 {
         cpu.fpu.pop();
     }
@@ -589,9 +636,21 @@ pub fn fbstp(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecResult {
 /// FADD/FMUL/FSUB/FSUBR/FDIV/FDIVR (aux 0,1,4,5,6,7) in every form: dst ST(op.dst) = dst OP src.
 pub fn farith(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecResult {
     check_nm(cpu)?;
+    let underflow = (op.src != loc::MEM && cpu.fpu.empty(op.src)) || cpu.fpu.empty(op.dst);
     let b = source(cpu, op, bus)?;
     let a = cpu.fpu.get(op.dst);
     let rc = (cpu.fpu.cw >> 10) & 3;
+    if underflow {
+        // Masked stack underflow: the result is the indefinite, whatever the other operand.
+        cpu.fpu.set(op.dst, INDEFINITE);
+        if op.imm2 & POP != 0 {
+            cpu.fpu.pop();
+        }
+        return Ok(());
+    }
+    // C1 = 1 would say an inexact result was rounded up, which is not tracked: exact results
+    // (and every result of the host tests that compare C1) have C1 = 0.
+    cpu.fpu.sw &= !sw::C1;
     if a.is_nan() || b.is_nan() {
         cpu.fpu.set(op.dst, nan_result(a, b));
         if op.imm2 & POP != 0 {
@@ -719,11 +778,25 @@ pub fn fcmov(cpu: &mut Cpu, op: &Op, _bus: &mut dyn CpuBus) -> ExecResult {
 pub fn funary(cpu: &mut Cpu, op: &Op, _bus: &mut dyn CpuBus) -> ExecResult {
     check_nm(cpu)?;
     let f = &mut cpu.fpu;
+    let underflow = f.empty(0);
     let a = f.get(0);
     f.sw &= !sw::C2;
     match op.aux {
-        0 => f.set(0, -a),
-        1 => f.set(0, a.abs()),
+        0 | 1 => {
+            f.sw &= !sw::C1;
+            // The masked response to an empty ST(0) is the indefinite itself, not its negation
+            // or absolute value.
+            f.set(
+                0,
+                if underflow {
+                    a
+                } else if op.aux == 0 {
+                    -a
+                } else {
+                    a.abs()
+                },
+            )
+        }
         2 => {
             if a < 0.0 {
                 f.sw |= sw::IE;
@@ -843,6 +916,7 @@ pub fn fxch(cpu: &mut Cpu, op: &Op, _bus: &mut dyn CpuBus) -> ExecResult {
     let f = &mut cpu.fpu;
     let a = f.get(0);
     let b = f.get(op.src);
+    f.sw &= !sw::C1;
     f.set(0, b);
     f.set(op.src, a);
     Ok(())
@@ -856,12 +930,21 @@ pub fn fstack(cpu: &mut Cpu, op: &Op, _bus: &mut dyn CpuBus) -> ExecResult {
         0 => {
             let p = f.phys(op.src);
             f.tw |= 3 << (p * 2);
+            // C0-C3 are undefined after FFREE; C1 cleared is what the host CPU of the
+            // differential test (Intel family 6 model 0xA7) does.
+            f.sw &= !sw::C1;
             if op.imm2 & POP != 0 {
                 f.top = (f.top + 1) & 7;
             }
         }
-        1 => f.top = (f.top + 1) & 7,
-        2 => f.top = (f.top + 7) & 7,
+        1 => {
+            f.top = (f.top + 1) & 7;
+            f.sw &= !sw::C1;
+        }
+        2 => {
+            f.top = (f.top + 7) & 7;
+            f.sw &= !sw::C1;
+        }
         _ => {}
     }
     Ok(())
@@ -909,7 +992,7 @@ pub fn fnstenv(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecResult {
             cpu.write_mem(bus, seg, a, 8, m)?;
             cpu.write_mem(bus, seg, (a + 8) & size_mask(op.asize), 2, se as u64)?;
         }
-        cpu.fpu = Fpu::default();
+        cpu.fpu = cpu.fpu.initialized();
     } else {
         // FNSTENV masks all exceptions afterwards.
         cpu.fpu.cw |= 0x3F;
@@ -953,6 +1036,97 @@ pub fn fldenv(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecResult {
             f.st[p] = *r;
         }
     }
+    Ok(())
+}
+
+/// Bytes of the FXSAVE image this CPU defines: the header (control/status/tag words, pointers,
+/// MXCSR) and the eight 16-byte register slots. The XMM area (160-287) and the rest (288-511)
+/// belong to registers this CPU does not have: FXSAVE leaves them untouched and FXRSTOR
+/// ignores them.
+const FX_IMAGE: usize = 160;
+
+/// The 16-byte-aligned linear address of an FXSAVE/FXRSTOR operand, or #GP(0).
+fn fx_operand(cpu: &Cpu, op: &Op) -> Result<u64, Exit> {
+    let ea = cpu.ea(op);
+    let lin = cpu.segs[op.seg as usize].base.wrapping_add(ea);
+    if lin & 15 != 0 {
+        return Err(Fault::gp(0).into());
+    }
+    Ok(ea)
+}
+
+/// FXSAVE m512 (0F AE /0): the x87 state in the FXSAVE layout, without reinitialising the FPU.
+/// FOP, FIP/FCS and FDP/FDS are not tracked (as in FNSTENV) and read 0 — which is also what an
+/// AMD part stores for them while no x87 exception is pending (Intel parts store the last
+/// non-control instruction's); the 64-bit form's wider pointer fields are then the same bytes.
+/// Reserved header bytes and the slots' padding read 0.
+pub fn fxsave(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecResult {
+    check_nm(cpu)?;
+    let ea = fx_operand(cpu, op)?;
+    let seg = op.seg as usize;
+    let am = size_mask(op.asize);
+    cpu.probe_write(bus, seg, ea, 16)?;
+    cpu.probe_write(bus, seg, (ea + 512 - 16) & am, 16)?;
+    let f = &cpu.fpu;
+    let mut img = [0u8; FX_IMAGE];
+    img[0..2].copy_from_slice(&f.cw.to_le_bytes());
+    img[2..4].copy_from_slice(&f.status().to_le_bytes());
+    // Abridged tag word: bit i set when physical register i is not empty.
+    img[4] = (0..8).fold(0u8, |t, p| t | (((f.tw >> (p * 2)) & 3 != 3) as u8) << p);
+    img[24..28].copy_from_slice(&f.mxcsr.to_le_bytes());
+    img[28..32].copy_from_slice(&MXCSR_MASK.to_le_bytes());
+    for i in 0..8u8 {
+        let (m, se) = f64_to_f80(f.st[f.phys(i)]);
+        let o = 32 + i as usize * 16;
+        img[o..o + 8].copy_from_slice(&m.to_le_bytes());
+        img[o + 8..o + 10].copy_from_slice(&se.to_le_bytes());
+    }
+    for (k, chunk) in img.chunks_exact(8).enumerate() {
+        let v = u64::from_le_bytes(chunk.try_into().unwrap_or_default());
+        cpu.write_mem(bus, seg, (ea + k as u64 * 8) & am, 8, v)?;
+    }
+    Ok(())
+}
+
+/// FXRSTOR m512 (0F AE /1): loads what [`fxsave`] stores. #GP(0) when the image's MXCSR sets a
+/// bit outside [`MXCSR_MASK`]. The abridged tag word only says empty/non-empty; the full tags
+/// are derived from the values when FNSTENV asks.
+pub fn fxrstor(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecResult {
+    check_nm(cpu)?;
+    let ea = fx_operand(cpu, op)?;
+    let seg = op.seg as usize;
+    let am = size_mask(op.asize);
+    let mut img = [0u8; FX_IMAGE];
+    for k in 0..FX_IMAGE / 8 {
+        let v = cpu.read_mem(bus, seg, (ea + k as u64 * 8) & am, 8)?;
+        img[k * 8..k * 8 + 8].copy_from_slice(&v.to_le_bytes());
+    }
+    // The whole 512 bytes are the operand: a limit or page fault on its tail counts too.
+    cpu.read_mem(bus, seg, (ea + 512 - 8) & am, 8)?;
+    let word = |o: usize| u16::from_le_bytes([img[o], img[o + 1]]);
+    let mxcsr = u32::from_le_bytes([img[24], img[25], img[26], img[27]]);
+    if mxcsr & !MXCSR_MASK != 0 {
+        return Err(Fault::gp(0).into());
+    }
+    let f = &mut cpu.fpu;
+    f.cw = word(0) | 0x40;
+    let swv = word(2);
+    f.top = ((swv >> 11) & 7) as u8;
+    f.sw = swv & !0x3800;
+    f.tw = (0..8).fold(0u16, |t, p| {
+        t | if img[4] & (1 << p) == 0 {
+            3 << (p * 2)
+        } else {
+            0
+        }
+    });
+    for i in 0..8u8 {
+        let o = 32 + i as usize * 16;
+        let m = u64::from_le_bytes(img[o..o + 8].try_into().unwrap_or_default());
+        let p = f.phys(i);
+        f.st[p] = f80_to_f64(m, word(o + 8));
+    }
+    f.mxcsr = mxcsr;
     Ok(())
 }
 
@@ -1223,7 +1397,104 @@ pub(crate) fn translate(ins: &Instruction, op: &mut Op, osz: u8) -> Option<Handl
             };
             fldenv
         }
+        // With FXSR off in CPUID the encodings stay undefined (#UD), as on a part without it.
+        M::Fxsave | M::Fxsave64 if crate::cpuid::FXSR && mem => {
+            op.dst = loc::MEM;
+            fxsave
+        }
+        M::Fxrstor | M::Fxrstor64 if crate::cpuid::FXSR && mem => {
+            op.src = loc::MEM;
+            fxrstor
+        }
         _ => return None,
     };
     Some(h)
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::Cpu;
+    use crate::bus::{NullBus, PhysMem};
+    use crate::exception::vector;
+    use crate::state::{Segment, attr, cr0, sreg};
+    use iced_x86::code_asm::*;
+
+    /// 32-bit flat protected mode with no IDT (an exception ends in shutdown; `last_fault`
+    /// tells which), code at 0x1000, data at 0x2000.
+    fn run(cr0_extra: u64, f: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>) -> Cpu {
+        let mut a = CodeAssembler::new(32).unwrap();
+        f(&mut a).unwrap();
+        a.hlt().unwrap();
+        let code = a.assemble(0x1000).unwrap();
+        let mut mem = PhysMem::new(1 << 20);
+        mem.as_mut_slice()[0x1000..0x1000 + code.len()].copy_from_slice(&code);
+        let mut cpu = Cpu::new(mem);
+        cpu.cr0 |= cr0::PE | cr0_extra;
+        for s in 0..6 {
+            cpu.segs[s] = Segment {
+                selector: if s == sreg::CS { 8 } else { 0x10 },
+                base: 0,
+                limit: 0xFFFF_FFFF,
+                attr: attr::P
+                    | attr::S
+                    | attr::RW
+                    | attr::DB
+                    | attr::G
+                    | if s == sreg::CS { attr::CODE } else { 0 },
+            };
+        }
+        cpu.idtr.limit = 0;
+        cpu.rip = 0x1000;
+        cpu.regs[4] = 0x8000;
+        cpu.run(&mut NullBus, 1000);
+        cpu
+    }
+
+    fn fault(cpu: &Cpu) -> Option<u8> {
+        cpu.last_fault.map(|f| f.vector)
+    }
+
+    #[test]
+    fn fxsave_nm_with_ts_or_em_and_gp_when_misaligned() {
+        for (extra, at, want) in [
+            (cr0::TS, 0x2000, Some(vector::NM)),
+            (cr0::EM, 0x2000, Some(vector::NM)),
+            (0, 0x2008, Some(vector::GP)),
+            (0, 0x2000, None),
+        ] {
+            let cpu = run(extra, |a| a.fxsave(ptr(at)));
+            assert_eq!(fault(&cpu), want, "cr0 {extra:#x} at {at:#x}");
+        }
+    }
+
+    #[test]
+    fn fxrstor_checks_mxcsr_and_round_trips_with_fxsave() {
+        // DAZ (bit 6) is outside this CPU's MXCSR_MASK: #GP(0).
+        let cpu = run(0, |a| {
+            a.mov(dword_ptr(0x2018), 0x1FC0)?;
+            a.fxrstor(ptr(0x2000))
+        });
+        assert_eq!(fault(&cpu), Some(vector::GP));
+        let cpu = run(0, |a| {
+            a.fninit()?;
+            a.fld1()?;
+            a.fldz()?;
+            a.fxsave(ptr(0x2000))?;
+            a.mov(dword_ptr(0x2018), 0x7F80)?; // MXCSR: round toward zero
+            a.fninit()?;
+            a.fxrstor(ptr(0x2000))?;
+            a.fninit()?; // keeps MXCSR
+            a.fxrstor(ptr(0x2000))?;
+            a.fxsave(ptr(0x2200))
+        });
+        assert_eq!(fault(&cpu), None);
+        let m = cpu.mem.as_slice();
+        // The second image equals the first in every byte FXSAVE defines.
+        assert_eq!(m[0x2000..0x20A0], m[0x2200..0x22A0]);
+        assert_eq!(&m[0x2218..0x221C], &0x7F80u32.to_le_bytes());
+        // FCW, FSW with TOP = 6, abridged tags of R6 and R7, ST(0) = +0, ST(1) = 1.0.
+        assert_eq!(&m[0x2200..0x2205], &[0x7F, 0x03, 0x00, 0x30, 0xC0]);
+        assert_eq!(&m[0x2220..0x222A], &[0; 10]);
+        assert_eq!(&m[0x2230..0x223A], &[0, 0, 0, 0, 0, 0, 0, 0x80, 0xFF, 0x3F]);
+    }
 }

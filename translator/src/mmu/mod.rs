@@ -144,12 +144,19 @@ impl Cpu {
             if let Some(pa) = self.tlb.fast_read(lin, user) {
                 return Ok(self.mem.load(pa, size));
             }
+            // Armed data breakpoints keep the fast slots empty, so every access gets here.
+            if self.tlb.no_fast() {
+                self.watch(lin, size, false);
+            }
             let pa = self.translate(bus, lin, Access::Read, user)?;
             if self.mem.is_ram(pa) {
                 self.tlb.fill_read(lin, user, pa);
                 return Ok(self.mem.load(pa, size));
             }
             return Ok(self.phys_read(bus, pa, size));
+        }
+        if self.tlb.no_fast() {
+            self.watch(lin, size, false);
         }
         Ok(self.read_lin(bus, lin, size, Access::Read, user)?)
     }
@@ -171,6 +178,9 @@ impl Cpu {
             && let Some(pa) = self.tlb.fast_write(lin, user)
         {
             return Ok(self.mem.load(pa, size));
+        }
+        if self.tlb.no_fast() {
+            self.watch(lin, size, false);
         }
         Ok(self.read_lin(bus, lin, size, Access::Write, user)?)
     }
@@ -229,6 +239,9 @@ impl Cpu {
                 self.mem.store(pa, size, v);
                 return Ok(());
             }
+            if self.tlb.no_fast() {
+                self.watch(lin, size, true);
+            }
             let pa = self.translate(bus, lin, Access::Write, user)?;
             if self.mem.is_ram(pa) && !self.cache.is_code_page(pa >> 12) {
                 self.tlb.fill_write(lin, user, pa);
@@ -238,7 +251,34 @@ impl Cpu {
             self.phys_write(bus, pa, size, v);
             return Ok(());
         }
+        if self.tlb.no_fast() {
+            self.watch(lin, size, true);
+        }
         Ok(self.write_lin(bus, lin, size, v, user)?)
+    }
+
+    /// Record the data breakpoints (DR0-3 with R/W 01 or 11, enabled in DR7) that an access of
+    /// `size` bytes at linear `lin` hits. The #DB trap is taken after the instruction.
+    #[cold]
+    #[inline(never)]
+    fn watch(&mut self, lin: u64, size: u8, write: bool) {
+        let dr7 = self.dr[7];
+        for n in 0..4 {
+            if (dr7 >> (2 * n)) & 3 == 0 {
+                continue;
+            }
+            let rw = (dr7 >> (16 + 4 * n)) & 3;
+            // 00 is an instruction breakpoint, 10 an I/O breakpoint (not implemented).
+            if !(rw == 3 || (rw == 1 && write)) {
+                continue;
+            }
+            // LEN 00/01/11 = 1/2/4 bytes, 10 = 8 bytes; the address is aligned down to it.
+            let len = [1u64, 2, 8, 4][((dr7 >> (18 + 4 * n)) & 3) as usize];
+            let a = self.dr[n] & !(len - 1);
+            if lin < a.wrapping_add(len) && a < lin.wrapping_add(size as u64) {
+                self.dbg_hits |= 1 << n;
+            }
+        }
     }
 
     /// The linear address of an `S`-byte data access at `seg:off` when it needs no check beyond

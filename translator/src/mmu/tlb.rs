@@ -50,6 +50,9 @@ pub struct Tlb {
     /// Bumped whenever cached translations are dropped, so block chains (which remember a
     /// code translation) can tell they are stale.
     pub(crate) generation: u64,
+    /// Data breakpoints are armed: the fast slots stay empty so every data access takes the
+    /// checked path in `mmu/mod.rs`.
+    no_fast: bool,
 }
 
 impl Default for Tlb {
@@ -66,7 +69,20 @@ impl Tlb {
             fast_w: vec![FastEntry::default(); FAST].into_boxed_slice(),
             has_large: false,
             generation: 0,
+            no_fast: false,
         }
+    }
+
+    /// Keep the fast data-access slots empty (`true`) or let them fill again.
+    pub fn set_no_fast(&mut self, on: bool) {
+        if on && !self.no_fast {
+            self.flush_fast();
+        }
+        self.no_fast = on;
+    }
+
+    pub fn no_fast(&self) -> bool {
+        self.no_fast
     }
 
     #[inline]
@@ -128,6 +144,9 @@ impl Tlb {
     }
 
     pub fn fill_read(&mut self, lin: u64, user: bool, phys: u64) {
+        if self.no_fast {
+            return;
+        }
         let (i, tag) = Self::fast_tag(lin, user);
         self.fast_r[i] = FastEntry {
             tag,
@@ -136,6 +155,9 @@ impl Tlb {
     }
 
     pub fn fill_write(&mut self, lin: u64, user: bool, phys: u64) {
+        if self.no_fast {
+            return;
+        }
         let (i, tag) = Self::fast_tag(lin, user);
         self.fast_w[i] = FastEntry {
             tag,

@@ -13,8 +13,9 @@ pub const AREA: u32 = 0x0002_2000;
 pub const AREA_SIZE: usize = 0x2000;
 /// Native-only state page: input and output registers, the signal record, a scratch stack.
 pub const STATE: u32 = 0x0003_0000;
-pub const MAX_CODE: usize = 64;
-pub const MAX_PATCH: usize = 32;
+pub const MAX_CODE: usize = 160;
+/// Room for an FXRSTOR image's defined part.
+pub const MAX_PATCH: usize = 160;
 
 /// One test case: registers, EFLAGS, the code bytes and the area content (a fill from `seed`,
 /// then `patch` written at `patch_off`).

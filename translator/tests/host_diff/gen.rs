@@ -9,6 +9,9 @@
 //! CMPXCHG equal/unequal, stack pointers in the area...). String instructions and x87 use
 //! templates.
 
+#[path = "fxsr.rs"]
+mod fxsr;
+
 use super::common::*;
 use iced_x86::{
     Code, Decoder, DecoderOptions, Encoder, Instruction, InstructionInfoFactory, MemoryOperand,
@@ -58,6 +61,8 @@ pub enum Kind {
         len: u32,
         pool: std::sync::Arc<Vec<Code>>,
     },
+    /// FXSAVE/FXRSTOR templates (`fxsr.rs`).
+    Fxsr(fxsr::FxOp),
 }
 
 pub struct Form {
@@ -532,6 +537,12 @@ pub fn forms() -> Vec<Form> {
             }
         }
     }
+    for op in fxsr::OPS {
+        v.push(Form {
+            name: format!("fxsr {op:?}"),
+            kind: Kind::Fxsr(op),
+        });
+    }
     v
 }
 
@@ -778,6 +789,7 @@ pub fn gen_case(form: &Form, rng: &mut Rng) -> (Case, Mask) {
                 full_sw,
             } => gen_x87(*op, *double_pc, *full_sw, rng),
             Kind::Seq { len, pool } => gen_seq(*len, pool, rng),
+            Kind::Fxsr(op) => fxsr::gen_case(*op, rng),
         };
         if let Some(x) = r {
             return x;
@@ -1290,8 +1302,10 @@ fn gen_string(code: Code, rep: RepPrefixKind, rng: &mut Rng) -> Option<(Case, Ma
             Code::Cmpsb_m8_m8 | Code::Cmpsw_m16_m16 | Code::Cmpsd_m32_m32
         ) {
             let d = c.regs[7];
-            let n = MAX_PATCH.min(AREA_SIZE - (d - AREA).min(AREA_SIZE as u32) as usize);
-            let mut b = [0u8; MAX_PATCH];
+            // 32 bytes compared (the patch limit when these cases were designed).
+            const CMPS_SPAN: usize = 32;
+            let n = CMPS_SPAN.min(AREA_SIZE - (d - AREA).min(AREA_SIZE as u32) as usize);
+            let mut b = [0u8; CMPS_SPAN];
             for (i, x) in b.iter_mut().enumerate().take(n) {
                 *x = mem_read(&c, d + i as u32, 1) as u8;
             }

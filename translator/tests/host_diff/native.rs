@@ -21,6 +21,9 @@ const IN_EFL: u32 = STATE + 0x20;
 const OUT_REGS: u32 = STATE + 0x40;
 const OUT_EFL: u32 = STATE + 0x60;
 const HOST_RSP: u32 = STATE + 0x80;
+/// The child's own MXCSR, put back after each case (FXRSTOR cases load random ones; MXCSR is
+/// callee-saved in the SysV ABI).
+const HOST_MXCSR: u32 = STATE + 0x88;
 /// Signal record: signo, trapno, err, cr2, eip, eflags, then 8 registers.
 const SIG_REC: u32 = STATE + 0x100;
 const SCRATCH_TOP: u32 = STATE + 0xFF0;
@@ -96,6 +99,10 @@ impl Harness {
             }
             a.mov(rax, HOST_RSP as u64)?;
             a.mov(qword_ptr(rax), rsp)?;
+            a.stmxcsr(dword_ptr(rax + 8))?;
+            // Every case starts from MXCSR's reset value (the child's own carries sticky flags).
+            a.mov(dword_ptr(rax + 12), 0x1F80)?;
+            a.ldmxcsr(dword_ptr(rax + 12))?;
             a.push(USER32_CS)?;
             a.push(PRO32 as i32)?;
             a.db(&[0x48, 0xCB]) // retfq: into 32-bit code
@@ -109,6 +116,8 @@ impl Harness {
             a.cld()?;
             // The x87 control word is callee-saved in the SysV ABI.
             a.fninit()?;
+            a.mov(rax, HOST_MXCSR as u64)?;
+            a.ldmxcsr(dword_ptr(rax))?;
             a.ret()
         });
         let restorer = asm_at(64, RESTORER, |a| {
