@@ -35,16 +35,18 @@ fn disk_image() -> &'static Path {
     static IMAGE: OnceLock<PathBuf> = OnceLock::new();
     IMAGE.get_or_init(|| {
         fetch("seabios");
-        fetch("linux-disk").pop().expect("fetch.sh printed the image path")
+        fetch("linux-disk")
+            .pop()
+            .expect("fetch.sh printed the image path")
     })
 }
 
-fn boot(image: &Path, snapshot: bool) -> Guest {
+fn boot(image: &Path, snapshot: bool, cdrom: Option<&Path>) -> Guest {
     let mut drive = format!("file={},format=raw,if=ide", image.display());
     if snapshot {
         drive.push_str(",snapshot=on");
     }
-    let mut guest = Guest::start([
+    let mut args: Vec<std::ffi::OsString> = [
         "run",
         "-m",
         "256",
@@ -52,7 +54,13 @@ fn boot(image: &Path, snapshot: bool) -> Guest {
         "-no-reboot",
         "-drive",
         &drive,
-    ]);
+    ]
+    .map(Into::into)
+    .to_vec();
+    if let Some(cd) = cdrom {
+        args.extend(["-cdrom".into(), cd.into()]);
+    }
+    let mut guest = Guest::start(args);
     guest.expect("SYSLINUX", Duration::from_secs(120));
     guest.expect("Loading /modules.gz", boot_limit());
     let ready = guest.expect("VIREO-READY", boot_limit());
@@ -60,8 +68,8 @@ fn boot(image: &Path, snapshot: bool) -> Guest {
     guest
 }
 
-/// Loads the disk modules shipped in the image's second initramfs archive and waits until
-/// the kernel has read the partition table through ata_piix.
+/// Loads the disk modules shipped in the image's second initramfs archive (sd_mod and sr_mod
+/// among them) and waits until the kernel has read the partition table through ata_piix.
 fn attach_disk(guest: &mut Guest) {
     guest.send(
         "for m in $(cat /lib/modules/disk/order); do busybox insmod /lib/modules/disk/$m.ko; done\n",
@@ -97,7 +105,7 @@ fn debian_kernel_boots_from_the_ide_disk_through_syslinux() {
     let image = disk_image();
     let original = std::fs::read(image).unwrap();
     assert_eq!(original.len() as u64, SECTORS * 512);
-    let mut guest = boot(image, true);
+    let mut guest = boot(image, true, None);
     guest.send("echo answer=$((6*7))\n");
     guest.expect("answer=42", STEP);
 
@@ -127,6 +135,8 @@ fn debian_kernel_boots_from_the_ide_disk_through_syslinux() {
     );
 }
 
+/// Also reads the untouched image as a CD-ROM through ata_piix's ATAPI path (sr_mod), all of
+/// it, in 2048-byte sectors.
 #[test]
 fn guest_writes_reach_the_image_without_snapshot() {
     let dir = tempfile_dir();
@@ -134,8 +144,11 @@ fn guest_writes_reach_the_image_without_snapshot() {
     std::fs::copy(disk_image(), &copy).unwrap();
     let original = std::fs::read(&copy).unwrap();
 
-    let mut guest = boot(&copy, false);
+    let mut guest = boot(&copy, false, Some(disk_image()));
     attach_disk(&mut guest);
+    guest.expect("[sr0] scsi3-mmc drive", STEP);
+    guest.send("busybox dd if=/dev/sr0 bs=64k 2>/dev/null | busybox md5sum\n");
+    guest.expect(&format!("{}  -", host_md5(&original)), STEP);
     guest.send(&format!(
         "echo vireo-$((6*7))-written | busybox dd of=/dev/sda bs=512 seek={SPARE_SECTOR} conv=notrunc,fsync; \
          busybox sync; echo synced-$((1+1))\n"
@@ -149,7 +162,12 @@ fn guest_writes_reach_the_image_without_snapshot() {
     assert_eq!(after.len(), original.len(), "the image keeps its size");
     let mut expected = b"vireo-42-written\n".to_vec();
     expected.resize(512, 0);
-    assert_eq!(sector(&after, SPARE_SECTOR), &expected[..]);
+    let written = sector(&after, SPARE_SECTOR);
+    assert!(
+        written == &expected[..],
+        "sector {SPARE_SECTOR} of the image starts {:?}",
+        String::from_utf8_lossy(&written[..32])
+    );
     // Nothing else changed: no stray writes elsewhere on the disk.
     for n in (0..SECTORS).filter(|&n| n != SPARE_SECTOR) {
         assert!(
@@ -160,11 +178,11 @@ fn guest_writes_reach_the_image_without_snapshot() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// A fresh directory under target/ for this test's copy of the image.
+/// A directory under target/ for this test's copy of the image, left behind when the test
+/// fails (to look at) and replaced by the next run.
 fn tempfile_dir() -> PathBuf {
-    let dir = support::root()
-        .join("target/guests/tmp")
-        .join(format!("disk-write-{}", std::process::id()));
+    let dir = support::root().join("target/guests/tmp/disk-write");
+    let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }

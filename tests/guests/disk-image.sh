@@ -69,7 +69,7 @@ kmod="$work/x/lib/modules/$release/kernel"
 # crc64-rocksoft fall back to table code when no crypto driver is loaded.
 order="lib/crc64 lib/crc64-rocksoft crypto/crct10dif_common lib/crc-t10dif block/t10-pi
 drivers/scsi/scsi_common drivers/scsi/scsi_mod drivers/ata/libata drivers/ata/ata_piix
-drivers/scsi/sd_mod"
+drivers/scsi/sd_mod drivers/cdrom/cdrom drivers/scsi/sr_mod"
 mkdir -p "$work/m/lib/modules/disk"
 : >"$work/m/lib/modules/disk/order"
 for m in $order; do
