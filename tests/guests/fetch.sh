@@ -3,7 +3,7 @@
 # target/guests/ (ignored by git) and is reused; packages come from Debian with apt-get (needs
 # root when something is missing).
 #
-# Usage: tests/guests/fetch.sh [seabios|boot-image|linux|multiboot|all]...   (default: seabios boot-image)
+# Usage: tests/guests/fetch.sh [seabios|boot-image|linux|linux-disk|multiboot|all]...   (default: seabios boot-image)
 #   seabios     Debian's seabios (bios-256k.bin, vgabios-stdvga.bin) in /usr/share/seabios
 #   boot-image  target/guests/boot.img: the 64 KiB IDE boot disk assembled from the end-to-end
 #               boot sector (tests/xen/boot.asm: markers on 0xE9 and COM1, a bus-master DMA
@@ -11,6 +11,8 @@
 #   linux       target/guests/linux/: Debian's i386 kernel (linux-image-*-686, vmlinuz) and an
 #               initramfs from busybox-static (i386) whose /init prints VIREO-READY and runs a shell
 #               on ttyS0; also qemu-system-data's linuxboot_dma.bin for -kernel through SeaBIOS
+#   linux-disk  target/guests/linux/disk.img: that kernel and initramfs on a raw IDE disk image
+#               booted by syslinux (MBR + FAT16 partition), built by tests/guests/disk-image.sh
 #   multiboot   target/guests/multiboot/{mb.elf,mb-aout.bin}: the multiboot test kernel
 #               (tests/guests/multiboot/) as an ELF (nasm + ld) and in a.out-kludge form (nasm)
 # Prints the paths it produced, one per line.
@@ -123,8 +125,9 @@ for what in "$@"; do
         seabios) seabios ;;
         boot-image) boot_image ;;
         linux) linux ;;
+        linux-disk) linux >/dev/null; "$HERE/disk-image.sh" "$OUT/linux" ;;
         multiboot) multiboot ;;
-        all) seabios; boot_image; linux; multiboot ;;
-        *) echo "fetch.sh: unknown guest '$what' (seabios, boot-image, linux, multiboot, all)" >&2; exit 2 ;;
+        all) seabios; boot_image; linux; "$HERE/disk-image.sh" "$OUT/linux"; multiboot ;;
+        *) echo "fetch.sh: unknown guest '$what' (seabios, boot-image, linux, linux-disk, multiboot, all)" >&2; exit 2 ;;
     esac
 done
