@@ -8,9 +8,12 @@
 #   boot-image  target/guests/boot.img: the 64 KiB IDE boot disk assembled from the end-to-end
 #               boot sector (tests/xen/boot.asm: markers on 0xE9 and COM1, a bus-master DMA
 #               read, poweroff through PIIX4 PM1a)
-#   linux       target/guests/linux/: Debian's i386 kernel (linux-image-*-686, vmlinuz) and an
-#               initramfs from busybox-static (i386) whose /init prints VIREO-READY and runs a shell
-#               on ttyS0; also qemu-system-data's linuxboot_dma.bin for -kernel through SeaBIOS
+#   linux       target/guests/linux/: Debian's i386 kernel (linux-image-*-686, vmlinuz), vbench
+#               (tests/guests/bench/vbench.c, gcc -m32 -static -O2) and an initramfs from
+#               busybox-static (i386) whose /init prints VIREO-READY, runs `vbench N` (N from
+#               `vbench=N` on the kernel command line, default 200, 0 skips it) and then a shell
+#               on ttyS0; also qemu-system-data's linuxboot_dma.bin for -kernel through SeaBIOS.
+#               Prints vmlinuz, initramfs.cpio.gz and vbench, in that order.
 #   linux-disk  target/guests/linux/disk.img: that kernel and initramfs on a raw IDE disk image
 #               booted by syslinux (MBR + FAT16 partition), built by tests/guests/disk-image.sh
 #   multiboot   target/guests/multiboot/{mb.elf,mb-aout.bin}: the multiboot test kernel
@@ -56,6 +59,21 @@ boot_image() {
     echo "$OUT/boot.img"
 }
 
+# The in-guest benchmark: a static i386 program, so the host runs the very same binary to get
+# the checksum the guest must reproduce.
+vbench() {
+    local dir="$1" src="$HERE/bench/vbench.c"
+    [ -x "$dir/vbench" ] && [ "$dir/vbench" -nt "$src" ] && return 0
+    command -v gcc >/dev/null 2>&1 || apt_install gcc
+    local probe="$dir/probe32"
+    if ! printf 'int main(void){return 0;}\n' | gcc -m32 -static -x c -o "$probe" - 2>/dev/null; then
+        apt_install gcc-multilib
+    fi
+    rm -f "$probe"
+    gcc -m32 -static -O2 -Wall -Wextra -Werror -o "$dir/vbench.tmp" "$src"
+    mv "$dir/vbench.tmp" "$dir/vbench"
+}
+
 linux() {
     local dir="$OUT/linux"
     mkdir -p "$dir"
@@ -78,11 +96,14 @@ linux() {
         cp "$dir/x/bin/busybox" "$dir/busybox"
         rm -rf "$dir/x"
     fi
-    if [ ! -s "$dir/initramfs.cpio.gz" ] || [ "$HERE/fetch.sh" -nt "$dir/initramfs.cpio.gz" ]; then
+    vbench "$dir"
+    if [ ! -s "$dir/initramfs.cpio.gz" ] || [ "$HERE/fetch.sh" -nt "$dir/initramfs.cpio.gz" ] ||
+        [ "$dir/vbench" -nt "$dir/initramfs.cpio.gz" ]; then
         command -v cpio >/dev/null 2>&1 || apt_install cpio
         local root="$dir/rootfs"
         rm -rf "$root" && mkdir -p "$root"/{bin,sbin,proc,sys,dev,tmp,etc}
         cp "$dir/busybox" "$root/bin/busybox"
+        cp "$dir/vbench" "$root/bin/vbench"
         for a in sh mount uname cat echo head ls poweroff reboot sleep; do ln -sf busybox "$root/bin/$a"; done
         cat >"$root/init" <<'INIT'
 #!/bin/sh
@@ -90,6 +111,11 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
 echo VIREO-READY
+rounds=200
+for arg in $(cat /proc/cmdline); do
+    case "$arg" in vbench=*) rounds=${arg#vbench=} ;; esac
+done
+[ "$rounds" = 0 ] || /bin/vbench "$rounds"
 exec /bin/sh </dev/ttyS0 >/dev/ttyS0 2>&1
 INIT
         chmod +x "$root/init"
@@ -99,6 +125,7 @@ INIT
     fi
     echo "$dir/vmlinuz"
     echo "$dir/initramfs.cpio.gz"
+    echo "$dir/vbench"
 }
 
 multiboot() {

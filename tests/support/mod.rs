@@ -164,3 +164,20 @@ impl Drop for Guest {
         let _ = self.child.wait();
     }
 }
+
+impl Guest {
+    /// The first complete console line (without its line ending) that starts with `prefix`.
+    pub fn line_starting(&self, prefix: &str) -> Option<String> {
+        let console = self.console();
+        let at = console.find(prefix)?;
+        let line = &console[at..];
+        let end = line.find('\n')?;
+        Some(line[..end].trim_end_matches('\r').to_string())
+    }
+}
+
+/// The value of `key=` in a line of space-separated `key=value` words.
+pub fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    line.split_whitespace()
+        .find_map(|word| word.strip_prefix(key)?.strip_prefix('='))
+}

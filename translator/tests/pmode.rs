@@ -869,3 +869,20 @@ fn rep_bsf_and_rep_bsr_run_as_bsf_and_bsr() {
     run(&mut cpu, &mut bus);
     assert_eq!(bus.out, vec![4, 8, 8]);
 }
+
+/// 0F 19-0F 1E are hint NOPs on the P6: ENDBR32 (F3 0F 1E FB), which CET-built code such as
+/// Debian's static glibc starts every function with, and RDSSPD (F3 0F 1E /1), which leaves its
+/// register alone on a CPU without CET. A memory form touches no memory.
+#[test]
+fn endbr32_rdssp_and_hint_nops_are_nops() {
+    let (mut cpu, mut bus) = machine(|a| {
+        a.mov(eax, 0x1234_5678u32)?;
+        a.db(&[0xF3, 0x0F, 0x1E, 0xFB])?; // endbr32
+        a.db(&[0xF3, 0x0F, 0x1E, 0xC8])?; // rdsspd eax
+        a.db(&[0x0F, 0x19, 0x05, 0xF0, 0xFF, 0xFF, 0xFF])?; // hint nop [0xFFFFFFF0]
+        a.db(&[0x0F, 0x1E, 0xC0])?; // hint nop eax, eax
+        report(a)
+    });
+    run(&mut cpu, &mut bus);
+    assert_eq!(bus.out, vec![0x1234_5678]);
+}

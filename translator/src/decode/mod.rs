@@ -662,6 +662,10 @@ pub fn translate(ins: &Instruction, bytes: &[u8], bitness: u32) -> Op {
         }
         M::Bound => bits::bound,
         // ---- system ----
+        // 0F 19-0F 1E are hint NOPs on the P6 and later; CET's ENDBR32/64 and RDSSP live in
+        // that space and are NOPs on a CPU without CET (ours), which is what lets CET-built
+        // programs such as Debian's static glibc run on it.
+        M::Reservednop | M::Endbr32 | M::Endbr64 | M::Rdsspd | M::Rdsspq => exec::nop,
         M::Nop
         | M::Pause
         | M::Lfence
