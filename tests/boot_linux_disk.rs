@@ -41,7 +41,7 @@ fn disk_image() -> &'static Path {
     })
 }
 
-fn boot(image: &Path, snapshot: bool, cdrom: Option<&Path>) -> Guest {
+fn boot(image: &Path, snapshot: bool, cdrom: Option<&Path>, memory: &str) -> Guest {
     let mut drive = format!("file={},format=raw,if=ide", image.display());
     if snapshot {
         drive.push_str(",snapshot=on");
@@ -49,7 +49,7 @@ fn boot(image: &Path, snapshot: bool, cdrom: Option<&Path>) -> Guest {
     let mut args: Vec<std::ffi::OsString> = [
         "run",
         "-m",
-        "256",
+        memory,
         "-nographic",
         "-no-reboot",
         "-drive",
@@ -105,7 +105,19 @@ fn debian_kernel_boots_from_the_ide_disk_through_syslinux() {
     let image = disk_image();
     let original = std::fs::read(image).unwrap();
     assert_eq!(original.len() as u64, SECTORS * 512);
-    let mut guest = boot(image, true, None);
+    // 5 GiB: 3 GiB below the PCI hole and 2 GiB from 4 GiB up, in the map SeaBIOS builds from
+    // fw_cfg and CMOS and hands the kernel (a non-PAE kernel then uses the low 3 GiB).
+    let mut guest = boot(image, true, None, "5G");
+    for line in [
+        "BIOS-e820: [mem 0x0000000000100000-0x00000000bfffdfff] usable",
+        "BIOS-e820: [mem 0x0000000100000000-0x000000017fffffff] usable",
+    ] {
+        assert!(
+            guest.console().contains(line),
+            "no {line:?}:\n{}",
+            guest.console()
+        );
+    }
     guest.send("echo answer=$((6*7))\n");
     guest.expect("answer=42", STEP);
 
@@ -144,7 +156,7 @@ fn guest_writes_reach_the_image_without_snapshot() {
     std::fs::copy(disk_image(), &copy).unwrap();
     let original = std::fs::read(&copy).unwrap();
 
-    let mut guest = boot(&copy, false, Some(disk_image()));
+    let mut guest = boot(&copy, false, Some(disk_image()), "256");
     attach_disk(&mut guest);
     guest.expect("[sr0] scsi3-mmc drive", STEP);
     guest.send("busybox dd if=/dev/sr0 bs=64k 2>/dev/null | busybox md5sum\n");

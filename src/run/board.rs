@@ -39,6 +39,36 @@ fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+const FOUR_GIB: u64 = 1 << 32;
+
+/// Where `-m` RAM goes: below the PCI hole, and the rest from 4 GiB up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RamLayout {
+    pub below_4g: u64,
+    pub above_4g: u64,
+}
+
+impl RamLayout {
+    /// QEMU's split for the i440FX `pc` machine, so firmware and guests see the same map: up to
+    /// 3.5 GiB all RAM sits below the hole; from there on the low part stops at 3 GiB (a
+    /// gigabyte boundary, which hosts map with large pages) and the rest starts at 4 GiB.
+    pub fn for_size(ram: u64) -> RamLayout {
+        const LOWMEM_MAX: u64 = 0xE000_0000;
+        const LOWMEM_SPLIT: u64 = 0xC000_0000;
+        if ram >= LOWMEM_MAX {
+            RamLayout {
+                below_4g: LOWMEM_SPLIT,
+                above_4g: ram - LOWMEM_SPLIT,
+            }
+        } else {
+            RamLayout {
+                below_4g: ram,
+                above_4g: 0,
+            }
+        }
+    }
+}
+
 /// The board: devices, and what the CPU's port and MMIO accesses need.
 pub struct Board {
     pub pc: PcDevices,
@@ -78,12 +108,22 @@ impl Board {
         }
     }
 
-    /// Guest RAM of `ram` bytes with the holes and the firmware's low alias in place.
-    pub fn build_memory(&self, ram: usize) -> PhysMem {
-        let mut mem = PhysMem::new(ram);
+    /// Guest RAM laid out as `ram` says, with the VGA window, the PCI hole and the firmware's
+    /// low alias in place; `None` when the host cannot provide that much memory.
+    pub fn build_memory(&self, ram: RamLayout) -> Option<PhysMem> {
+        let size = if ram.above_4g > 0 {
+            FOUR_GIB + ram.above_4g
+        } else {
+            ram.below_4g
+        };
+        let mut mem = PhysMem::try_new(usize::try_from(size).ok()?)?;
         self.load_low_alias(&mut mem);
         mem.set_mmio(0xA_0000, 0xC_0000);
-        mem
+        if ram.above_4g > 0 {
+            // The PCI hole and the firmware ROM at the top: the bus's, not RAM.
+            mem.set_mmio(ram.below_4g, FOUR_GIB);
+        }
+        Some(mem)
     }
 
     /// (Re)load the firmware's low alias: at power-on and at every reset, as the shadow RAM
@@ -260,6 +300,44 @@ mod tests {
     use devices::guest_memory::GuestMemory;
     use machines::pc::{PcConfig, PcPlatformConfig};
 
+    #[test]
+    fn ram_splits_around_the_pci_hole_as_qemu_pc_does() {
+        let gib = 1u64 << 30;
+        assert_eq!(
+            RamLayout::for_size((3584 << 20) - 4096),
+            RamLayout {
+                below_4g: (3584 << 20) - 4096,
+                above_4g: 0
+            }
+        );
+        assert_eq!(
+            RamLayout::for_size(3584 << 20),
+            RamLayout {
+                below_4g: 3 * gib,
+                above_4g: 512 << 20
+            }
+        );
+        assert_eq!(
+            RamLayout::for_size(8 * gib),
+            RamLayout {
+                below_4g: 3 * gib,
+                above_4g: 5 * gib
+            }
+        );
+    }
+
+    #[test]
+    fn high_ram_is_ram_and_the_hole_is_the_bus() {
+        let b = board(Arc::new(DmaRam::new()));
+        let mem = b.build_memory(RamLayout::for_size(5 << 30)).unwrap();
+        assert!(mem.is_backed((3 << 30) - 1));
+        assert!(!mem.is_backed(3 << 30));
+        assert!(!mem.is_backed((1 << 32) - 1));
+        assert!(mem.is_backed(1 << 32));
+        assert!(mem.is_backed((1 << 32) + (2 << 30) - 1));
+        assert!(!mem.is_backed((1 << 32) + (2 << 30)));
+    }
+
     fn board(dma: Arc<DmaRam>) -> Board {
         let pc = PcDevices::new(
             PcConfig {
@@ -293,7 +371,7 @@ mod tests {
     fn rom_at_the_top_of_4g_and_its_low_alias_in_ram() {
         let dma = Arc::new(DmaRam::new());
         let mut b = board(dma);
-        let mem = b.build_memory(16 << 20);
+        let mem = b.build_memory(RamLayout::for_size(16 << 20)).unwrap();
         assert_eq!(mem.as_slice()[0xE_0000], 0xAB);
         assert!(!mem.is_backed(0xA_0000) && !mem.is_backed(0xB_FFFF));
         assert!(mem.is_backed(0xC_0000));
@@ -321,7 +399,7 @@ mod tests {
         // A plain register write on an idle device goes straight through.
         b.io_write(0x3FF, 1, 0x5A);
         assert_eq!(b.io_read(0x3FF, 1), 0x5A);
-        let mut cpu = Cpu::new(b.build_memory(16 << 20));
+        let mut cpu = Cpu::new(b.build_memory(RamLayout::for_size(16 << 20)).unwrap());
         dma.lend(&mut cpu);
         b.run_deferred();
         dma.give_back(&mut cpu);

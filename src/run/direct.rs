@@ -6,6 +6,7 @@
 //! firmware runs to load the kernel a second time, and the guest has overwritten its images by
 //! then (QEMU keeps such images as ROM blobs and copies them back at reset, the same idea).
 
+use super::board::RamLayout;
 use devices::firmware::fw_cfg::{E820Entry, E820Kind};
 use translator::Cpu;
 use translator::state::Segment;
@@ -54,6 +55,15 @@ pub fn e820_map(ram: u64, rom_len: u64) -> Vec<E820Entry> {
         });
     }
     map
+}
+
+/// The e820 entry for RAM above 4 GiB, if the layout has any.
+pub fn high_ram(layout: RamLayout) -> Option<E820Entry> {
+    (layout.above_4g > 0).then_some(E820Entry {
+        address: 1 << 32,
+        length: layout.above_4g,
+        kind: E820Kind::Ram,
+    })
 }
 
 /// Whether `[start, start + len)` is RAM the kernel may be loaded into: below the VGA window

@@ -35,7 +35,7 @@ use machines::pc::{PcConfig, PcDevices, PcPlatform, PcPlatformConfig};
 use mio::{Events, Poll, Token};
 use translator::{Cpu, RunExit, TscClock};
 
-use board::Board;
+use board::{Board, RamLayout};
 use memory::DmaRam;
 pub use options::Options;
 use options::{CharDev, OptionError};
@@ -254,7 +254,10 @@ fn plan_kernel(
     let image = std::fs::read(path)
         .map_err(|e| anyhow!("-kernel {}: cannot read it: {e}", path.display()))?;
     let append = o.append.clone().unwrap_or_default();
-    let e820 = direct::e820_map(ram, rom_len);
+    let layout = RamLayout::for_size(ram);
+    let mut e820 = direct::e820_map(layout.below_4g, rom_len);
+    e820.extend(direct::high_ram(layout));
+    let ram = layout.below_4g;
     let bad_kernel = |e: &dyn std::fmt::Display| anyhow!("-kernel {}: {e}", path.display());
     // A setup header makes it Linux, whatever else it carries (QEMU's order).
     if !linux::has_setup_header(&image) {
@@ -459,11 +462,12 @@ pub fn run(o: &Options) -> Result<i32> {
     let mut keys = curses::KeyDecoder::default();
 
     let dma = Arc::new(DmaRam::new());
-    let below_4g = plan.ram;
+    let layout = RamLayout::for_size(plan.ram);
+    let below_4g = layout.below_4g;
     let pc = PcDevices::new(
         PcConfig {
             ram_below_4g: below_4g,
-            ram_above_4g: 0,
+            ram_above_4g: layout.above_4g,
             cpus: 1,
             rtc_base_unix_secs: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -492,7 +496,7 @@ pub fn run(o: &Options) -> Result<i32> {
     }
     {
         let mut fw = pc.fw_cfg.lock().unwrap_or_else(|e| e.into_inner());
-        fw.set_e820(&[
+        let mut e820 = vec![
             E820Entry {
                 address: 0,
                 length: below_4g,
@@ -503,8 +507,9 @@ pub fn run(o: &Options) -> Result<i32> {
                 length: bios_len,
                 kind: E820Kind::Reserved,
             },
-        ])
-        .context("fw_cfg e820")?;
+        ];
+        e820.extend(direct::high_ram(layout));
+        fw.set_e820(&e820).context("fw_cfg e820")?;
         if let Some(KernelBoot::FwCfg(k)) = &plan.kernel {
             k.publish(&mut fw, below_4g)
                 .context("publishing the kernel through fw_cfg")?;
@@ -517,7 +522,12 @@ pub fn run(o: &Options) -> Result<i32> {
         platform,
         Box::new(move |pc: &PcDevices| pc.clock.advance_to(now_ns())),
     );
-    let mem = board.build_memory(below_4g as usize);
+    let mem = board.build_memory(layout).with_context(|| {
+        format!(
+            "cannot allocate {} MiB of guest RAM on this host",
+            plan.ram >> 20
+        )
+    })?;
     let mut cpu = Cpu::new(mem);
     // The PIT, RTC and ACPI timer run on host time; so must the TSC, or the kernel finds its
     // clock sources disagreeing (and a halted guest's TSC would stand still).

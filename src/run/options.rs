@@ -8,7 +8,8 @@ use std::path::PathBuf;
 /// `--m`, `--bios`...
 #[derive(clap::Args, Debug, Default)]
 pub struct Options {
-    /// Guest RAM: MiB, or with a suffix (`256M`, `1G`). 16 MiB to 3584 MiB.
+    /// Guest RAM: MiB, or with a suffix (`256M`, `1G`). 16 MiB to 63 GiB; from 3.5 GiB on,
+    /// 3 GiB sit below the PCI hole and the rest above 4 GiB (PAE guests reach it).
     #[arg(short = 'm', long = "m", value_name = "SIZE", default_value = "128")]
     pub memory: String,
     /// Firmware image mapped at the top of 4 GiB [default: /usr/share/seabios/bios-256k.bin].
@@ -130,7 +131,7 @@ impl std::fmt::Display for OptionError {
             }
             OptionError::MemoryRange(v) => write!(
                 f,
-                "-m {v}: out of range (16 MiB to 3584 MiB below the PCI hole)"
+                "-m {v}: out of range (16 MiB to 63 GiB, what a 36-bit PAE address space holds above the hole)"
             ),
             OptionError::BadDrive { spec, reason } => write!(f, "-drive {spec}: {reason}"),
             OptionError::DriveSlot(v) => {
@@ -157,6 +158,11 @@ impl std::fmt::Display for OptionError {
 
 impl std::error::Error for OptionError {}
 
+const MIN_RAM: u64 = 16 << 20;
+/// The CPU's physical address space is 64 GiB (PAE, 36 bits) and RAM above 4 GiB starts
+/// after a 1 GiB hole.
+const MAX_RAM: u64 = 63 << 30;
+
 /// Parse `-m`: plain numbers are MiB as in QEMU.
 pub fn parse_memory(s: &str) -> Result<u64, OptionError> {
     let bad = || OptionError::BadMemory(s.to_string());
@@ -175,7 +181,7 @@ pub fn parse_memory(s: &str) -> Result<u64, OptionError> {
     };
     let n: u64 = num.parse().map_err(|_| bad())?;
     let bytes = n.checked_mul(mult).ok_or_else(bad)?;
-    if !(16 << 20..=3584 << 20).contains(&bytes) {
+    if !(MIN_RAM..=MAX_RAM).contains(&bytes) {
         return Err(OptionError::MemoryRange(s.to_string()));
     }
     Ok(bytes & !0xFFF)
@@ -291,8 +297,9 @@ mod tests {
             parse_memory("8"),
             Err(OptionError::MemoryRange(_))
         ));
+        assert_eq!(parse_memory("5G"), Ok(5 << 30));
         assert!(matches!(
-            parse_memory("5G"),
+            parse_memory("64G"),
             Err(OptionError::MemoryRange(_))
         ));
         assert!(matches!(parse_memory("x"), Err(OptionError::BadMemory(_))));

@@ -60,6 +60,24 @@ impl PhysMem {
             kind: vec![PAGE_RAM; pages].into_boxed_slice(),
         }
     }
+
+    /// [`PhysMem::new`], or `None` when the host cannot reserve that much address space. The
+    /// zeroed allocation is lazy (fresh anonymous pages), so a large guest costs host memory
+    /// only for the pages it touches — and the hole below 4 GiB costs nothing.
+    pub fn try_new(size: usize) -> Option<Self> {
+        let pages = size.div_ceil(4096);
+        let bytes = pages.checked_mul(4096)?;
+        let mut data = Vec::<u8>::new();
+        data.try_reserve_exact(bytes).ok()?;
+        // A reservation is not zeroed memory; `resize` would touch every page. Give the
+        // reservation back and take the lazily zeroed allocation that `vec!` makes, now that
+        // the host has shown it can map that much.
+        drop(data);
+        Some(PhysMem {
+            data: vec![0u8; bytes].into_boxed_slice(),
+            kind: vec![PAGE_RAM; pages].into_boxed_slice(),
+        })
+    }
     /// Size of the backing store in bytes.
     pub fn len(&self) -> usize {
         self.data.len()
