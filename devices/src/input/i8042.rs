@@ -848,7 +848,7 @@ mod tests {
         r.kbc.release_key(KeyCode::F7);
         assert_eq!(r.drain_bytes(), [0x41, 0xC1]);
         // Every key: translated set 2 is the key's set 1 sequence.
-        for key in KeyCode::ALL {
+        for &key in KeyCode::ALL {
             r.kbc.press_key(key);
             r.kbc.release_key(key);
             let (extended, code) = key.set1();

@@ -78,10 +78,24 @@ pub fn translate_to_set1(byte: u8) -> u8 {
     }
 }
 
-/// The keys a host can press: a full-size US keyboard without Print Screen and Pause (whose
-/// multi-byte sequences depend on modifiers and are not needed for a shell).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum KeyCode {
+/// Declares [`KeyCode`] and its [`KeyCode::ALL`] table from one list, so the two cannot drift.
+macro_rules! key_codes {
+    ($($key:ident),* $(,)?) => {
+        /// The keys a host can press: a full-size US keyboard without Print Screen and Pause
+        /// (whose multi-byte sequences depend on modifiers and are not needed for a shell).
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum KeyCode {
+            $($key),*
+        }
+
+        impl KeyCode {
+            /// Every key, for hosts that map by table and for tests.
+            pub const ALL: &'static [KeyCode] = &[$(KeyCode::$key),*];
+        }
+    };
+}
+
+key_codes! {
     A,
     B,
     C,
@@ -187,115 +201,6 @@ pub enum KeyCode {
 }
 
 impl KeyCode {
-    /// Every key, for hosts that map by table and for tests.
-    pub const ALL: [KeyCode; 102] = {
-        use KeyCode::*;
-        [
-            A,
-            B,
-            C,
-            D,
-            E,
-            F,
-            G,
-            H,
-            I,
-            J,
-            K,
-            L,
-            M,
-            N,
-            O,
-            P,
-            Q,
-            R,
-            S,
-            T,
-            U,
-            V,
-            W,
-            X,
-            Y,
-            Z,
-            Digit0,
-            Digit1,
-            Digit2,
-            Digit3,
-            Digit4,
-            Digit5,
-            Digit6,
-            Digit7,
-            Digit8,
-            Digit9,
-            Minus,
-            Equal,
-            LeftBracket,
-            RightBracket,
-            Backslash,
-            Semicolon,
-            Apostrophe,
-            Grave,
-            Comma,
-            Period,
-            Slash,
-            Enter,
-            Escape,
-            Backspace,
-            Tab,
-            Space,
-            CapsLock,
-            LeftShift,
-            RightShift,
-            LeftCtrl,
-            RightCtrl,
-            LeftAlt,
-            RightAlt,
-            LeftMeta,
-            RightMeta,
-            Menu,
-            F1,
-            F2,
-            F3,
-            F4,
-            F5,
-            F6,
-            F7,
-            F8,
-            F9,
-            F10,
-            F11,
-            F12,
-            Up,
-            Down,
-            Left,
-            Right,
-            Insert,
-            Delete,
-            Home,
-            End,
-            PageUp,
-            PageDown,
-            NumLock,
-            ScrollLock,
-            Keypad0,
-            Keypad1,
-            Keypad2,
-            Keypad3,
-            Keypad4,
-            Keypad5,
-            Keypad6,
-            Keypad7,
-            Keypad8,
-            Keypad9,
-            KeypadDecimal,
-            KeypadPlus,
-            KeypadMinus,
-            KeypadMultiply,
-            KeypadDivide,
-            KeypadEnter,
-        ]
-    };
-
     /// The key's set 2 make code, and whether it carries the 0xE0 prefix.
     pub const fn set2(self) -> (bool, u8) {
         use KeyCode::*;
