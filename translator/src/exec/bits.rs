@@ -81,6 +81,12 @@ pub fn bound(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecResult {
     }
     let size = op.osize;
     let ea = cpu.ea(op);
+    // Both bounds are read before either is compared, so a bound pair that runs into an
+    // unmapped page is #PF even when the readable lower bound alone shows the index out of
+    // range. Neither manual orders #BR against a data #PF (both are faults of the executing
+    // instruction, whose order within that class the Intel SDM calls implementation-dependent);
+    // AMD's Zen 3 behaves like this, Intel's family 6 model 0xA7 raises #BR from the lower bound
+    // first (HOST_DIFF.md, "Intel vs AMD hosts").
     let lo = sext(cpu.read_mem(bus, op.seg as usize, ea, size)?, size);
     let hi_ea = (ea + size as u64) & size_mask(op.asize);
     let hi = sext(cpu.read_mem(bus, op.seg as usize, hi_ea, size)?, size);

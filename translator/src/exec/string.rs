@@ -112,6 +112,20 @@ pub fn string<const K: u8>(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> Exec
     }
     let a = op.asize;
     let compares = K == kind::CMPS || K == kind::SCAS;
+    // Intel SDM, REP/REPE/REPNE: when a fault interrupts a REPE/REPNE CMPS or SCAS, EFLAGS is
+    // restored to its value before the instruction (the comparisons do not read the flags, so
+    // the restarted instruction needs none of them). The AMD APM does not say what the
+    // arithmetic flags hold then. Vireo restores them whenever the instruction stops before
+    // its termination condition — a fault, a single-step or data-breakpoint trap between
+    // iterations, or the end of a slice — as the Intel processors the host test ran on do
+    // for the trap too (HOST_DIFF.md, "Intel vs AMD hosts").
+    let saved = compares.then_some((cpu.lazy, cpu.rflags & flag::ARITH));
+    let restore = |cpu: &mut Cpu| {
+        if let Some((lazy, arith)) = saved {
+            cpu.lazy = lazy;
+            cpu.rflags = (cpu.rflags & !flag::ARITH) | arith;
+        }
+    };
     let mut n = 0;
     loop {
         let c = cpu.reg(1, a);
@@ -144,7 +158,10 @@ pub fn string<const K: u8>(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> Exec
                 continue;
             }
         }
-        one::<K>(cpu, op, bus, step)?;
+        if let Err(e) = one::<K>(cpu, op, bus, step) {
+            restore(cpu);
+            return Err(e);
+        }
         let c = c.wrapping_sub(1) & size_mask(a);
         cpu.set_reg(1, a, c);
         if compares {
@@ -165,6 +182,7 @@ pub fn string<const K: u8>(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> Exec
             // Run this instruction again later: back to its first byte.
             cpu.rip = cpu.rip.wrapping_sub(op.len as u64) & cpu.ip_mask();
             cpu.block_break = true;
+            restore(cpu);
             return Ok(());
         }
     }

@@ -259,6 +259,8 @@ pub fn gen_case(op: FxOp, rng: &mut Rng) -> Option<(Case, Mask)> {
             flags: COMPARE_FLAGS & !0x10,
             regs: 0,
             informational: false,
+            rep_cmp: None,
+            bound_br_first: false,
         },
     ))
 }
