@@ -20,6 +20,7 @@ pub mod exception;
 pub mod exec;
 pub mod flags;
 pub mod interrupt;
+pub mod jit;
 pub mod mmu;
 pub mod state;
 
@@ -27,6 +28,7 @@ pub use bus::{CpuBus, NullBus, PhysMem};
 pub use cpu::{Cpu, Mode};
 pub use exception::{Exit, Fault};
 pub use exec::x87;
+pub use jit::JitMode;
 
 use exception::vector;
 use state::flag;
@@ -139,7 +141,29 @@ impl Cpu {
             let n = block.ops.len().min(left.min(usize::MAX as u64) as usize);
             let mut done = 0u64;
             let mut clean = true;
-            for op in &block.ops[..n] {
+            // Tier 1 runs whole blocks only (the budget check above stays per op).
+            let compiled = if n == block.ops.len() {
+                jit::run_block(self, bus, &block)
+            } else {
+                None
+            };
+            match compiled {
+                Some(jit::Outcome::Ran { done: d, clean: c }) => (done, clean) = (d, c),
+                Some(jit::Outcome::Fault { done: d, fault }) => {
+                    self.icount += d;
+                    left -= d + 1;
+                    if !self.raise(bus, fault, true) {
+                        return RunExit::Shutdown;
+                    }
+                    clean = false;
+                }
+                Some(jit::Outcome::Halt { done: d }) => {
+                    self.icount += d + 1;
+                    return RunExit::Halted;
+                }
+                None => {}
+            }
+            for op in &block.ops[..if compiled.is_some() { 0 } else { n }] {
                 let start = self.rip;
                 let rsp = self.regs[4];
                 self.rip = start.wrapping_add(op.len as u64) & mask;

@@ -496,3 +496,72 @@ pub(crate) fn specialise(ins: &Instruction, op: &mut Op) {
         op.exec = n;
     }
 }
+
+/// A specialised handler that tier 1 compiles inline (`jit::compile`), with its parameters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum FastForm {
+    /// ALU `K` (`arith::kind`) of size `s`, register destination and register source.
+    AluRR {
+        k: u8,
+        s: u8,
+    },
+    /// ALU with a register destination and the immediate.
+    AluRI {
+        k: u8,
+        s: u8,
+    },
+    MovRR(u8),
+    MovRI(u8),
+    Inc(u8),
+    Dec(u8),
+    /// LEA with 32-bit addressing and this operand size.
+    Lea(u8),
+    /// Jcc rel32 (`jcc32`); the condition is in `Op::aux`.
+    Jcc32,
+}
+
+fn push_sized<const S: u8>(t: &mut Vec<(usize, FastForm)>) {
+    fn alu<const K: u8, const S: u8>(t: &mut Vec<(usize, FastForm)>) {
+        t.push((
+            alu_rr::<K, S> as Handler as usize,
+            FastForm::AluRR { k: K, s: S },
+        ));
+        t.push((
+            alu_ri::<K, S> as Handler as usize,
+            FastForm::AluRI { k: K, s: S },
+        ));
+    }
+    alu::<{ kind::ADD }, S>(t);
+    alu::<{ kind::OR }, S>(t);
+    alu::<{ kind::AND }, S>(t);
+    alu::<{ kind::SUB }, S>(t);
+    alu::<{ kind::XOR }, S>(t);
+    alu::<{ kind::CMP }, S>(t);
+    alu::<{ kind::TEST }, S>(t);
+    t.push((mov_rr::<S> as Handler as usize, FastForm::MovRR(S)));
+    t.push((mov_ri::<S> as Handler as usize, FastForm::MovRI(S)));
+    t.push((inc_r::<S> as Handler as usize, FastForm::Inc(S)));
+    t.push((dec_r::<S> as Handler as usize, FastForm::Dec(S)));
+}
+
+/// Which [`FastForm`] handler `h` is. Recognised by address, taken here where `specialise`
+/// takes it: a handler instantiated elsewhere (another codegen unit) is simply not
+/// recognised and runs as a call, which is always correct.
+pub(crate) fn fast_form(h: Handler) -> Option<FastForm> {
+    static TABLE: std::sync::OnceLock<Vec<(usize, FastForm)>> = std::sync::OnceLock::new();
+    let t = TABLE.get_or_init(|| {
+        let mut t = Vec::new();
+        push_sized::<1>(&mut t);
+        push_sized::<2>(&mut t);
+        push_sized::<4>(&mut t);
+        push_sized::<8>(&mut t);
+        t.push((lea_r::<4> as Handler as usize, FastForm::Lea(4)));
+        t.push((lea_r::<8> as Handler as usize, FastForm::Lea(8)));
+        for h in JCC32 {
+            t.push((h as usize, FastForm::Jcc32));
+        }
+        t
+    });
+    let a = h as usize;
+    t.iter().find(|(p, _)| *p == a).map(|(_, f)| *f)
+}

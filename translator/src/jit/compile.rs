@@ -1,0 +1,580 @@
+//! The block compiler: a tier-0 block (its `Op`s) → x86-64 host code.
+//!
+//! Every op either becomes inline host code (the forms `FastForm` names, plus near JMP rel)
+//! or a call of [`trampoline::call_op`] with that op, which runs its tier-0 handler exactly as
+//! the dispatch loop would. Register conventions inside a block: RBX = `*mut Cpu`, R12 =
+//! `*mut Ctx`; RAX, RCX, RDX are scratch. Guest state stays in the `Cpu` (no register
+//! caching yet), so a handler call needs no spilling.
+//!
+//! RIP: inline ops do not read it, so their lengths are summed at compile time (`delta`) and
+//! written back before a handler call, a branch, or the block end. Masking once is exact:
+//! `((a + x) & m + y) & m == (a + x + y) & m` for the 16/32-bit masks.
+//!
+//! Flags: inline ALU ops record the lazy-flags state exactly as their tier-0 handlers do.
+//! When the producer of the pending flags is an inline op of this block (`Producer::Known`),
+//! a Jcc regenerates the host flags by redoing that operation (CMP for SUB, TEST for the
+//! logic ops, ADD, INC/DEC with CF loaded from RFLAGS) and branches with the host's own
+//! condition code; otherwise it calls `Cpu::cond`.
+
+use super::trampoline::{self, ST_OK};
+use crate::Cpu;
+use crate::decode::op::{Op, loc};
+use crate::exec::arith::kind;
+use crate::exec::fast::{FastForm, fast_form};
+use crate::flags::{FlagOp, LazyFlags};
+use crate::state::{Segment, sreg};
+use dynasmrt::x64::X64Relocation;
+use dynasmrt::{DynamicLabel, DynasmApi, DynasmLabelApi, VecAssembler, dynasm};
+use std::mem::offset_of;
+
+macro_rules! asm {
+    ($a:expr; $($t:tt)*) => {
+        dynasm!($a ; .arch x64 ; $($t)*)
+    };
+}
+
+const fn off32(x: usize) -> i32 {
+    x as i32
+}
+
+const REGS: i32 = off32(offset_of!(Cpu, regs));
+const RIP: i32 = off32(offset_of!(Cpu, rip));
+const RFLAGS: i32 = off32(offset_of!(Cpu, rflags));
+const LAZY: usize = offset_of!(Cpu, lazy);
+const L_OP: i32 = off32(LAZY + offset_of!(LazyFlags, op));
+const L_SIZE: i32 = off32(LAZY + offset_of!(LazyFlags, size));
+const L_A: i32 = off32(LAZY + offset_of!(LazyFlags, a));
+const L_B: i32 = off32(LAZY + offset_of!(LazyFlags, b));
+const L_RES: i32 = off32(LAZY + offset_of!(LazyFlags, res));
+const CS_LIMIT: i32 = off32(
+    offset_of!(Cpu, segs) + sreg::CS * std::mem::size_of::<Segment>() + offset_of!(Segment, limit),
+);
+
+fn reg(r: u8) -> i32 {
+    REGS + 8 * (r as i32 & 15)
+}
+
+/// Who set the pending lazy flags, as far as the compiler can tell at this point.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Producer {
+    /// A handler call or the block start: anything.
+    Unknown,
+    /// An inline op of this block with this operation and size.
+    Known(FlagOp, u8),
+}
+
+/// Counts for the statistics and tests.
+#[derive(Default, Clone, Copy, Debug)]
+pub(crate) struct Counts {
+    pub inline: u64,
+    pub called: u64,
+}
+
+pub(crate) struct Compiled {
+    pub code: Vec<u8>,
+    pub counts: Counts,
+}
+
+struct Compiler {
+    a: VecAssembler<X64Relocation>,
+    ip_mask: u64,
+    long: bool,
+    /// Bytes of RIP advance not yet written back.
+    delta: u64,
+    flags: Producer,
+    /// Out-of-line exit stubs: (label, op index).
+    exits: Vec<(DynamicLabel, usize)>,
+    /// Out-of-line handler calls for inline ops that left their fast path: (label, op index,
+    /// label to continue at).
+    fallbacks: Vec<(DynamicLabel, usize, DynamicLabel)>,
+    counts: Counts,
+}
+
+/// Compile `ops` (a block decoded for `bitness`-bit code, RIP mask `ip_mask`).
+pub(crate) fn compile(
+    ops: &[Op],
+    bitness: u32,
+    ip_mask: u64,
+) -> Result<Compiled, dynasmrt::DynasmError> {
+    let mut a = VecAssembler::<X64Relocation>::new(0);
+    let out = a.new_dynamic_label();
+    let mut c = Compiler {
+        a,
+        ip_mask,
+        long: bitness == 64,
+        delta: 0,
+        flags: Producer::Unknown,
+        exits: Vec::new(),
+        fallbacks: Vec::new(),
+        counts: Counts::default(),
+    };
+    // Three pushes after the return address keep RSP 16-byte aligned at our calls.
+    asm!(c.a
+        ; push rbx
+        ; push r12
+        ; push r13
+        ; mov rbx, rdi
+        ; mov r12, rsi
+    );
+    for (i, op) in ops.iter().enumerate() {
+        if !c.inline(i, op) {
+            c.call(i, op);
+            c.counts.called += 1;
+        } else {
+            c.counts.inline += 1;
+        }
+    }
+    c.flush_rip();
+    asm!(c.a
+        ; xor eax, eax
+        ; pop r13
+        ; pop r12
+        ; pop rbx
+        ; ret
+    );
+    for (l, i, cont) in std::mem::take(&mut c.fallbacks) {
+        asm!(c.a ; =>l);
+        c.emit_call(i, &ops[i]);
+        asm!(c.a ; jmp =>cont);
+    }
+    for (l, i) in std::mem::take(&mut c.exits) {
+        // Blocks hold at most `MAX_OPS` ops.
+        let i = i as i32;
+        asm!(c.a
+            ; =>l
+            ; mov edx, i
+            ; jmp =>out
+        );
+    }
+    asm!(c.a
+        ; =>out
+        ; shl rdx, 8
+        ; or rax, rdx
+        ; pop r13
+        ; pop r12
+        ; pop rbx
+        ; ret
+    );
+    debug_assert_eq!(ST_OK, 0);
+    let counts = c.counts;
+    Ok(Compiled {
+        code: c.a.finalize()?,
+        counts,
+    })
+}
+
+/// Host address of an `extern "sysv64"` helper, as an immediate.
+fn addr(p: usize) -> i64 {
+    p as i64
+}
+
+impl Compiler {
+    /// Write the pending RIP advance back to `Cpu::rip`.
+    fn flush_rip(&mut self) {
+        if self.delta == 0 {
+            return;
+        }
+        let d = self.delta as i32;
+        self.delta = 0;
+        self.advance_rip_rax(d);
+        asm!(self.a ; mov QWORD [rbx + RIP], rax);
+    }
+
+    /// RAX = (RIP + d) & ip_mask.
+    fn advance_rip_rax(&mut self, d: i32) {
+        asm!(self.a
+            ; mov rax, QWORD [rbx + RIP]
+            ; add rax, d
+        );
+        match self.ip_mask {
+            0xFFFF => asm!(self.a ; movzx eax, ax),
+            0xFFFF_FFFF => asm!(self.a ; mov eax, eax),
+            _ => {}
+        }
+    }
+
+    /// A handler call for op `i`, leaving the block on any status but OK.
+    fn call(&mut self, i: usize, op: &Op) {
+        self.flush_rip();
+        self.emit_call(i, op);
+        self.flags = Producer::Unknown;
+    }
+
+    fn emit_call(&mut self, i: usize, op: &Op) {
+        let exit = self.a.new_dynamic_label();
+        self.exits.push((exit, i));
+        let op_ptr = op as *const Op as i64;
+        let f = addr(trampoline::call_op as *const () as usize);
+        asm!(self.a
+            ; mov rdi, r12
+            ; mov rsi, QWORD op_ptr
+            ; mov rax, QWORD f
+            ; call rax
+            ; test rax, rax
+            ; jnz =>exit
+        );
+    }
+
+    /// Emit op `i` inline if it is a form we compile; false to have it called.
+    fn inline(&mut self, i: usize, op: &Op) -> bool {
+        let form = fast_form(op.exec);
+        let len = op.len as u64;
+        match form {
+            Some(FastForm::MovRR(s)) => {
+                self.load(s, op.src);
+                self.store_rax(s, op.dst);
+            }
+            Some(FastForm::MovRI(s)) => {
+                let m = crate::flags::size_mask(s);
+                let v = (op.imm & m) as i64;
+                asm!(self.a ; mov rax, QWORD v);
+                self.store_rax(s, op.dst);
+            }
+            Some(FastForm::AluRR { k, s }) => {
+                self.load(s, op.dst);
+                let src = reg(op.src);
+                asm!(self.a ; mov rcx, QWORD [rbx + src]);
+                mask(&mut self.a, s, Reg::Rcx);
+                self.alu(k, s, op.dst);
+            }
+            Some(FastForm::AluRI { k, s }) => {
+                self.load(s, op.dst);
+                let m = crate::flags::size_mask(s);
+                let v = (op.imm & m) as i64;
+                asm!(self.a ; mov rcx, QWORD v);
+                self.alu(k, s, op.dst);
+            }
+            Some(FastForm::Inc(s)) | Some(FastForm::Dec(s)) => {
+                let inc = matches!(form, Some(FastForm::Inc(_)));
+                self.fold_cf();
+                self.load(s, op.dst);
+                if inc {
+                    asm!(self.a ; lea rdx, [rax + 1]);
+                } else {
+                    asm!(self.a ; lea rdx, [rax - 1]);
+                }
+                mask(&mut self.a, s, Reg::Rdx);
+                self.store_rdx(s, op.dst);
+                let fop = if inc { FlagOp::Inc } else { FlagOp::Dec };
+                let (fb, sb) = (fop as u8 as i8, s as i8);
+                asm!(self.a
+                    ; mov QWORD [rbx + L_A], rax
+                    ; mov QWORD [rbx + L_B], 1
+                    ; mov QWORD [rbx + L_RES], rdx
+                    ; mov BYTE [rbx + L_OP], fb
+                    ; mov BYTE [rbx + L_SIZE], sb
+                );
+                self.flags = Producer::Known(fop, s);
+            }
+            Some(FastForm::Lea(s)) if op.base != loc::RIP => {
+                let disp = op.disp as i64;
+                asm!(self.a ; mov rax, QWORD disp);
+                if op.base != loc::NO_REG {
+                    let b = reg(op.base);
+                    asm!(self.a ; add rax, QWORD [rbx + b]);
+                }
+                if op.index != loc::NO_REG {
+                    let (ix, sc) = (reg(op.index), op.scale as i8);
+                    asm!(self.a
+                        ; mov rcx, QWORD [rbx + ix]
+                        ; shl rcx, sc
+                        ; add rax, rcx
+                    );
+                }
+                // lea_r runs with a 32-bit address: the sum is masked to 32 bits.
+                asm!(self.a ; mov eax, eax);
+                self.store_rax(s, op.dst);
+            }
+            Some(FastForm::Jcc32) if !self.long => self.jcc(i, op, op.aux),
+            None if !self.long && is_handler(op, crate::exec::control::jcc) => {
+                self.jcc(i, op, op.aux)
+            }
+            None if !self.long && is_handler(op, crate::exec::control::jmp_rel) => {
+                self.flush_rip();
+                self.jump_taken(i, op, None);
+            }
+            _ => return false,
+        }
+        if !matches!(form, Some(FastForm::Jcc32)) && !is_branch(op) {
+            self.delta += len;
+        }
+        true
+    }
+
+    /// RAX = the low `s` bytes of register `r`.
+    fn load(&mut self, s: u8, r: u8) {
+        let o = reg(r);
+        asm!(self.a ; mov rax, QWORD [rbx + o]);
+        mask(&mut self.a, s, Reg::Rax);
+    }
+
+    /// Register `r`'s low `s` bytes = RAX (already masked; a 32-bit write zero-extends).
+    fn store_rax(&mut self, s: u8, r: u8) {
+        let o = reg(r);
+        match s {
+            1 => asm!(self.a ; mov BYTE [rbx + o], al),
+            2 => asm!(self.a ; mov WORD [rbx + o], ax),
+            4 => asm!(self.a ; mov eax, eax ; mov QWORD [rbx + o], rax),
+            _ => asm!(self.a ; mov QWORD [rbx + o], rax),
+        }
+    }
+
+    fn store_rdx(&mut self, s: u8, r: u8) {
+        let o = reg(r);
+        match s {
+            1 => asm!(self.a ; mov BYTE [rbx + o], dl),
+            2 => asm!(self.a ; mov WORD [rbx + o], dx),
+            _ => asm!(self.a ; mov QWORD [rbx + o], rdx),
+        }
+    }
+
+    /// RAX = a, RCX = b (both masked): RDX = a OP b, the lazy flags, and the write-back.
+    fn alu(&mut self, k: u8, s: u8, dst: u8) {
+        asm!(self.a ; mov rdx, rax);
+        let fop = match k {
+            kind::ADD => {
+                asm!(self.a ; add rdx, rcx);
+                FlagOp::Add
+            }
+            kind::SUB | kind::CMP => {
+                asm!(self.a ; sub rdx, rcx);
+                FlagOp::Sub
+            }
+            kind::AND | kind::TEST => {
+                asm!(self.a ; and rdx, rcx);
+                FlagOp::Logic
+            }
+            kind::OR => {
+                asm!(self.a ; or rdx, rcx);
+                FlagOp::Logic
+            }
+            _ => {
+                asm!(self.a ; xor rdx, rcx);
+                FlagOp::Logic
+            }
+        };
+        mask(&mut self.a, s, Reg::Rdx);
+        let (fb, sb) = (fop as u8 as i8, s as i8);
+        asm!(self.a
+            ; mov QWORD [rbx + L_A], rax
+            ; mov QWORD [rbx + L_B], rcx
+            ; mov QWORD [rbx + L_RES], rdx
+            ; mov BYTE [rbx + L_OP], fb
+            ; mov BYTE [rbx + L_SIZE], sb
+        );
+        if k != kind::CMP && k != kind::TEST {
+            self.store_rdx(s, dst);
+        }
+        self.flags = Producer::Known(fop, s);
+    }
+
+    /// INC/DEC keep CF: fold the pending producer's CF into RFLAGS first (`Cpu::set_lazy`).
+    fn fold_cf(&mut self) {
+        match self.flags {
+            Producer::Known(FlagOp::Inc | FlagOp::Dec | FlagOp::None, _) => {}
+            Producer::Known(FlagOp::Logic, _) => asm!(self.a ; and QWORD [rbx + RFLAGS], -2),
+            Producer::Known(FlagOp::Add, _) => {
+                // CF = res < a (both masked).
+                asm!(self.a
+                    ; mov rcx, QWORD [rbx + L_RES]
+                    ; cmp rcx, QWORD [rbx + L_A]
+                    ; setb cl
+                );
+                self.set_cf_from_cl();
+            }
+            Producer::Known(FlagOp::Sub, _) => {
+                asm!(self.a
+                    ; mov rcx, QWORD [rbx + L_A]
+                    ; cmp rcx, QWORD [rbx + L_B]
+                    ; setb cl
+                );
+                self.set_cf_from_cl();
+            }
+            _ => {
+                let f = addr(trampoline::fold_cf as *const () as usize);
+                asm!(self.a
+                    ; mov rdi, rbx
+                    ; mov rax, QWORD f
+                    ; call rax
+                );
+            }
+        }
+    }
+
+    fn set_cf_from_cl(&mut self) {
+        asm!(self.a
+            ; movzx ecx, cl
+            ; mov rdx, QWORD [rbx + RFLAGS]
+            ; and rdx, -2
+            ; or rdx, rcx
+            ; mov QWORD [rbx + RFLAGS], rdx
+        );
+    }
+
+    /// Jcc (outside 64-bit code): RIP is written back to the Jcc's start first, so the
+    /// fallback (a CS-limit fault on the taken path) calls the handler with tier-0 state.
+    fn jcc(&mut self, i: usize, op: &Op, cc: u8) {
+        self.flush_rip();
+        let taken = self.a.new_dynamic_label();
+        match self.flags {
+            Producer::Known(fop, s) if fop != FlagOp::None => {
+                self.regenerate_flags(fop, s);
+                jcc_host(&mut self.a, cc & 15, taken);
+            }
+            _ => {
+                let (c32, f) = (cc as i32, addr(trampoline::cond as *const () as usize));
+                asm!(self.a
+                    ; mov rdi, rbx
+                    ; mov esi, c32
+                    ; mov rax, QWORD f
+                    ; call rax
+                    ; test al, al
+                    ; jnz =>taken
+                );
+                // `Cpu::cond` may have materialised the flags.
+                self.flags = Producer::Unknown;
+            }
+        }
+        let cont = self.a.new_dynamic_label();
+        // Not taken: RIP to the next instruction.
+        self.advance_rip_rax(op.len as i32);
+        asm!(self.a
+            ; mov QWORD [rbx + RIP], rax
+            ; jmp =>cont
+            ; =>taken
+        );
+        self.jump_taken(i, op, Some(cont));
+    }
+
+    /// RIP = (next RIP + imm) masked to the operand size, or the handler (which faults) when
+    /// that lies beyond the CS limit. RIP in memory is the branch's start here.
+    fn jump_taken(&mut self, i: usize, op: &Op, cont: Option<DynamicLabel>) {
+        let fb = self.a.new_dynamic_label();
+        let cont = cont.unwrap_or_else(|| self.a.new_dynamic_label());
+        let (len, imm) = (op.len as i32, op.imm as i64);
+        asm!(self.a
+            ; mov rax, QWORD [rbx + RIP]
+            ; add rax, len
+            ; mov rcx, QWORD imm
+            ; add rax, rcx
+        );
+        mask(&mut self.a, op.osize, Reg::Rax);
+        asm!(self.a
+            ; mov ecx, DWORD [rbx + CS_LIMIT]
+            ; cmp rax, rcx
+            ; ja =>fb
+            ; mov QWORD [rbx + RIP], rax
+            ; =>cont
+        );
+        self.fallbacks.push((fb, i, cont));
+        // Both paths join with RIP written back; the handler path may have materialised
+        // the flags.
+        if !matches!(self.flags, Producer::Known(..)) {
+            self.flags = Producer::Unknown;
+        }
+    }
+
+    /// Host flags = the x86 flags of the pending lazy operation (known to be `fop`, size `s`).
+    fn regenerate_flags(&mut self, fop: FlagOp, s: u8) {
+        match fop {
+            FlagOp::Sub => {
+                asm!(self.a ; mov rax, QWORD [rbx + L_A] ; mov rcx, QWORD [rbx + L_B]);
+                match s {
+                    1 => asm!(self.a ; cmp al, cl),
+                    2 => asm!(self.a ; cmp ax, cx),
+                    4 => asm!(self.a ; cmp eax, ecx),
+                    _ => asm!(self.a ; cmp rax, rcx),
+                }
+            }
+            FlagOp::Add => {
+                asm!(self.a ; mov rax, QWORD [rbx + L_A] ; mov rcx, QWORD [rbx + L_B]);
+                match s {
+                    1 => asm!(self.a ; add al, cl),
+                    2 => asm!(self.a ; add ax, cx),
+                    4 => asm!(self.a ; add eax, ecx),
+                    _ => asm!(self.a ; add rax, rcx),
+                }
+            }
+            FlagOp::Inc | FlagOp::Dec => {
+                // CF from RFLAGS (INC/DEC keep it), the rest from redoing the operation.
+                asm!(self.a
+                    ; mov rax, QWORD [rbx + L_A]
+                    ; bt QWORD [rbx + RFLAGS], 0
+                );
+                match (fop == FlagOp::Inc, s) {
+                    (true, 1) => asm!(self.a ; inc al),
+                    (true, 2) => asm!(self.a ; inc ax),
+                    (true, 4) => asm!(self.a ; inc eax),
+                    (true, _) => asm!(self.a ; inc rax),
+                    (false, 1) => asm!(self.a ; dec al),
+                    (false, 2) => asm!(self.a ; dec ax),
+                    (false, 4) => asm!(self.a ; dec eax),
+                    (false, _) => asm!(self.a ; dec rax),
+                }
+            }
+            _ => {
+                // Logic: CF = OF = 0, the rest from the result.
+                asm!(self.a ; mov rax, QWORD [rbx + L_RES]);
+                match s {
+                    1 => asm!(self.a ; test al, al),
+                    2 => asm!(self.a ; test ax, ax),
+                    4 => asm!(self.a ; test eax, eax),
+                    _ => asm!(self.a ; test rax, rax),
+                }
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Reg {
+    Rax,
+    Rcx,
+    Rdx,
+}
+
+/// Zero-extend the low `s` bytes of `r` in place.
+fn mask(a: &mut VecAssembler<X64Relocation>, s: u8, r: Reg) {
+    match (s, r) {
+        (1, Reg::Rax) => asm!(a ; movzx eax, al),
+        (2, Reg::Rax) => asm!(a ; movzx eax, ax),
+        (4, Reg::Rax) => asm!(a ; mov eax, eax),
+        (1, Reg::Rcx) => asm!(a ; movzx ecx, cl),
+        (2, Reg::Rcx) => asm!(a ; movzx ecx, cx),
+        (4, Reg::Rcx) => asm!(a ; mov ecx, ecx),
+        (1, Reg::Rdx) => asm!(a ; movzx edx, dl),
+        (2, Reg::Rdx) => asm!(a ; movzx edx, dx),
+        (4, Reg::Rdx) => asm!(a ; mov edx, edx),
+        _ => {}
+    }
+}
+
+/// Branch to `l` on x86 condition code `cc` (the low nibble of Jcc) of the host flags.
+fn jcc_host(a: &mut VecAssembler<X64Relocation>, cc: u8, l: DynamicLabel) {
+    match cc {
+        0 => asm!(a ; jo =>l),
+        1 => asm!(a ; jno =>l),
+        2 => asm!(a ; jb =>l),
+        3 => asm!(a ; jae =>l),
+        4 => asm!(a ; je =>l),
+        5 => asm!(a ; jne =>l),
+        6 => asm!(a ; jbe =>l),
+        7 => asm!(a ; ja =>l),
+        8 => asm!(a ; js =>l),
+        9 => asm!(a ; jns =>l),
+        10 => asm!(a ; jp =>l),
+        11 => asm!(a ; jnp =>l),
+        12 => asm!(a ; jl =>l),
+        13 => asm!(a ; jge =>l),
+        14 => asm!(a ; jle =>l),
+        _ => asm!(a ; jg =>l),
+    }
+}
+
+fn is_handler(op: &Op, h: crate::decode::op::Handler) -> bool {
+    op.exec as usize == h as usize
+}
+
+fn is_branch(op: &Op) -> bool {
+    is_handler(op, crate::exec::control::jcc) || is_handler(op, crate::exec::control::jmp_rel)
+}
