@@ -141,12 +141,7 @@ impl Cpu {
             let n = block.ops.len().min(left.min(usize::MAX as u64) as usize);
             let mut done = 0u64;
             let mut clean = true;
-            // Tier 1 runs whole blocks only (the budget check above stays per op).
-            let compiled = if n == block.ops.len() {
-                jit::run_block(self, bus, &block)
-            } else {
-                None
-            };
+            let compiled = jit::run_block(self, bus, &block, n);
             match compiled {
                 Some(jit::Outcome::Ran { done: d, clean: c }) => (done, clean) = (d, c),
                 Some(jit::Outcome::Fault { done: d, fault }) => {

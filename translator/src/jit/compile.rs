@@ -6,6 +6,9 @@
 //! `*mut Ctx`; RAX, RCX, RDX are scratch. Guest state stays in the `Cpu` (no register
 //! caching yet), so a handler call needs no spilling.
 //!
+//! A block is entered with the number of ops the budget allows (R13); it stops before op
+//! R13 with [`ST_STOP`] when that is less than the block's length.
+//!
 //! RIP: inline ops do not read it, so their lengths are summed at compile time (`delta`) and
 //! written back before a handler call, a branch, or the block end. Masking once is exact:
 //! `((a + x) & m + y) & m == (a + x + y) & m` for the 16/32-bit masks.
@@ -16,7 +19,7 @@
 //! logic ops, ADD, INC/DEC with CF loaded from RFLAGS) and branches with the host's own
 //! condition code; otherwise it calls `Cpu::cond`.
 
-use super::trampoline::{self, ST_OK};
+use super::trampoline::{self, ST_OK, ST_STOP};
 use crate::Cpu;
 use crate::decode::op::{Op, loc};
 use crate::exec::arith::kind;
@@ -87,6 +90,8 @@ struct Compiler {
     /// Out-of-line handler calls for inline ops that left their fast path: (label, op index,
     /// label to continue at).
     fallbacks: Vec<(DynamicLabel, usize, DynamicLabel)>,
+    /// Budget stops before op `i` with `delta` RIP bytes pending: (label, i, delta).
+    stops: Vec<(DynamicLabel, usize, u64)>,
     counts: Counts,
 }
 
@@ -106,6 +111,7 @@ pub(crate) fn compile(
         flags: Producer::Unknown,
         exits: Vec::new(),
         fallbacks: Vec::new(),
+        stops: Vec::new(),
         counts: Counts::default(),
     };
     // Three pushes after the return address keep RSP 16-byte aligned at our calls.
@@ -115,8 +121,19 @@ pub(crate) fn compile(
         ; push r13
         ; mov rbx, rdi
         ; mov r12, rsi
+        ; mov r13, rdx
     );
     for (i, op) in ops.iter().enumerate() {
+        if i > 0 {
+            // The dispatcher's budget may end the block early (R13 = ops to run).
+            let stop = c.a.new_dynamic_label();
+            c.stops.push((stop, i, c.delta));
+            let n = i as i32;
+            asm!(c.a
+                ; cmp r13, n
+                ; jbe =>stop
+            );
+        }
         if !c.inline(i, op) {
             c.call(i, op);
             c.counts.called += 1;
@@ -136,6 +153,17 @@ pub(crate) fn compile(
         asm!(c.a ; =>l);
         c.emit_call(i, &ops[i]);
         asm!(c.a ; jmp =>cont);
+    }
+    for (l, i, delta) in std::mem::take(&mut c.stops) {
+        asm!(c.a ; =>l);
+        c.delta = delta;
+        c.flush_rip();
+        let (n, st) = (i as i32, ST_STOP as i32);
+        asm!(c.a
+            ; mov edx, n
+            ; mov eax, st
+            ; jmp =>out
+        );
     }
     for (l, i) in std::mem::take(&mut c.exits) {
         // Blocks hold at most `MAX_OPS` ops.

@@ -18,7 +18,7 @@ use crate::bus::CpuBus;
 use crate::exception::Fault;
 use buffer::CodeBuffer;
 pub(crate) use buffer::Compiled;
-use trampoline::{ST_BREAK, ST_FAULT, ST_HALT, ST_OK};
+use trampoline::{ST_BREAK, ST_FAULT, ST_HALT, ST_OK, ST_STOP};
 
 /// Whether tier 1 is used.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -158,9 +158,17 @@ pub(crate) enum Outcome {
     Halt { done: u64 },
 }
 
-/// Run all of `block` as compiled code, compiling it first if it is due; `None` when tier 0
-/// should run it.
-pub(crate) fn run_block(cpu: &mut Cpu, bus: &mut dyn CpuBus, block: &Block) -> Option<Outcome> {
+/// Run the first `max_ops` ops of `block` (all when it has no more) as compiled code,
+/// compiling it first if it is due; `None` when tier 0 should run it.
+pub(crate) fn run_block(
+    cpu: &mut Cpu,
+    bus: &mut dyn CpuBus,
+    block: &Block,
+    max_ops: usize,
+) -> Option<Outcome> {
+    if cpu.jit.mode == JitMode::Off {
+        return None;
+    }
     let code = match block.jit.get() {
         Some(c) if cpu.jit.is_current(c) => c,
         _ => {
@@ -178,7 +186,7 @@ pub(crate) fn run_block(cpu: &mut Cpu, bus: &mut dyn CpuBus, block: &Block) -> O
     cpu.jit.stats.entries += 1;
     // SAFETY: `code` is current (checked above or just compiled), so `entry` is mapped
     // executable and was compiled from `block`, which the caller holds alive for the call.
-    let (r, fault) = unsafe { trampoline::enter(cpu, bus, entry, block.ip_mask) };
+    let (r, fault) = unsafe { trampoline::enter(cpu, bus, entry, block.ip_mask, max_ops as u64) };
     let (status, idx) = (r & 0xFF, r >> 8);
     Some(match (status, fault) {
         (ST_OK, _) => Outcome::Ran {
@@ -191,6 +199,10 @@ pub(crate) fn run_block(cpu: &mut Cpu, bus: &mut dyn CpuBus, block: &Block) -> O
         },
         (ST_FAULT, Some(fault)) => Outcome::Fault { done: idx, fault },
         (ST_HALT, _) => Outcome::Halt { done: idx },
+        (ST_STOP, _) => Outcome::Ran {
+            done: idx,
+            clean: false,
+        },
         _ => unreachable!("compiled code returned {r:#x}"),
     })
 }

@@ -1,7 +1,8 @@
 //! Entry into compiled code and the Rust functions compiled code calls back into.
 //!
-//! A compiled block is `extern "sysv64" fn(cpu: *mut Cpu, ctx: *mut Ctx) -> u64`. It keeps
-//! the `Cpu` pointer pinned in RBX and the context pointer in R12 and returns
+//! A compiled block is `extern "sysv64" fn(cpu: *mut Cpu, ctx: *mut Ctx, max_ops: u64) -> u64`.
+//! It keeps the `Cpu` pointer pinned in RBX, the context pointer in R12, `max_ops` in R13 and
+//! returns
 //! `status | index << 8`: [`ST_OK`] when every op ran, otherwise the status of op `index`.
 
 use crate::Cpu;
@@ -17,6 +18,8 @@ pub(crate) const ST_BREAK: u64 = 1;
 pub(crate) const ST_FAULT: u64 = 2;
 /// Op `index` was HLT.
 pub(crate) const ST_HALT: u64 = 3;
+/// The budget ran out: ops before `index` ran.
+pub(crate) const ST_STOP: u64 = 4;
 
 /// What compiled code needs besides the `Cpu`: the bus for handler calls and a place for the
 /// fault that ends the block.
@@ -28,7 +31,7 @@ pub(crate) struct Ctx<'a> {
     pub fault: Option<Fault>,
 }
 
-type Entry = unsafe extern "sysv64" fn(*mut Cpu, *mut Ctx<'_>) -> u64;
+type Entry = unsafe extern "sysv64" fn(*mut Cpu, *mut Ctx<'_>, u64) -> u64;
 
 /// Run the compiled block at host address `entry`.
 ///
@@ -41,6 +44,7 @@ pub(crate) unsafe fn enter(
     bus: &mut dyn CpuBus,
     entry: usize,
     ip_mask: u64,
+    max_ops: u64,
 ) -> (u64, Option<Fault>) {
     let mut ctx = Ctx {
         cpu: cpu as *mut Cpu,
@@ -53,7 +57,7 @@ pub(crate) unsafe fn enter(
     // SAFETY: the pointers in `ctx` come from live exclusive borrows that are not used
     // otherwise until the call returns; the compiled code only touches `Cpu` fields at
     // offsets taken with `offset_of!` and calls the functions below.
-    let r = unsafe { f(ctx.cpu, &mut ctx) };
+    let r = unsafe { f(ctx.cpu, &mut ctx, max_ops) };
     (r, ctx.fault)
 }
 

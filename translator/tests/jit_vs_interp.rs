@@ -1,0 +1,451 @@
+//! Tier 1 against tier 0: generated instruction sequences (straight-line and looping) and
+//! self-modifying code run from identical states in tier 0 alone, with the JIT forced for
+//! every block, and with the JIT compiling hot blocks (tiers mixed within one run). Registers,
+//! RIP, RFLAGS, the instruction count, the run's exit and all memory must agree.
+//!
+//! `VIREO_JIT_DIFF_CASES=5000 VIREO_JIT_DIFF_SEED=9 cargo test --release -p translator --test jit_vs_interp`
+
+use iced_x86::BlockEncoderOptions;
+use iced_x86::code_asm::*;
+use translator::state::{Segment, attr, cr0, sreg};
+use translator::{Cpu, JitMode, NullBus, PhysMem, RunExit};
+
+const CODE: u64 = 0x1000;
+const DATA: u64 = 0x10000;
+const MEM: usize = 1 << 20;
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        // xorshift64*
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    fn pick<T: Copy>(&mut self, xs: &[T]) -> T {
+        xs[self.below(xs.len() as u64) as usize]
+    }
+}
+
+fn env_num(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// 32-bit flat protected mode, no IDT (an exception ends in shutdown, the same in both tiers).
+fn machine(code: &[u8], regs: &[u64; 8], data: &[u8], mode: JitMode) -> Cpu {
+    let mut mem = PhysMem::new(MEM);
+    mem.as_mut_slice()[CODE as usize..CODE as usize + code.len()].copy_from_slice(code);
+    mem.as_mut_slice()[DATA as usize..DATA as usize + data.len()].copy_from_slice(data);
+    let mut cpu = Cpu::new(mem);
+    cpu.jit.mode = mode;
+    // Auto with a low threshold: blocks switch tiers in the middle of a run.
+    cpu.jit.threshold = 3;
+    cpu.cr0 |= cr0::PE;
+    for s in 0..6 {
+        cpu.segs[s] = Segment {
+            selector: if s == sreg::CS { 8 } else { 0x10 },
+            base: 0,
+            limit: 0xFFFF_FFFF,
+            attr: attr::P
+                | attr::S
+                | attr::RW
+                | attr::DB
+                | attr::G
+                | if s == sreg::CS { attr::CODE } else { 0 },
+        };
+    }
+    cpu.idtr.limit = 0;
+    cpu.rip = CODE;
+    cpu.regs[..8].copy_from_slice(regs);
+    cpu.regs[4] = 0x8000;
+    cpu.regs[5] = DATA;
+    cpu
+}
+
+#[derive(Debug, PartialEq, Eq)]
+struct State {
+    exits: Vec<RunExit>,
+    regs: [u64; 16],
+    rip: u64,
+    rflags: u64,
+    icount: u64,
+}
+
+/// Run to HLT, shutdown or the budget, in two slices (the second one odd-sized, so blocks
+/// are cut short by the budget too).
+fn run(cpu: &mut Cpu) -> State {
+    let mut exits = vec![cpu.run(&mut NullBus, 3000)];
+    if exits[0] == RunExit::Budget {
+        exits.push(cpu.run(&mut NullBus, 777));
+    }
+    State {
+        exits,
+        regs: cpu.regs,
+        rip: cpu.rip,
+        rflags: cpu.rflags(),
+        icount: cpu.icount,
+    }
+}
+
+/// Run `code` in the three configurations and compare; returns the JIT-forced CPU.
+fn compare(what: &str, code: &[u8], regs: &[u64; 8], data: &[u8]) -> Cpu {
+    let mut t0 = machine(code, regs, data, JitMode::Off);
+    let s0 = run(&mut t0);
+    let mut out = None;
+    for mode in [JitMode::Always, JitMode::Auto] {
+        let mut t1 = machine(code, regs, data, mode);
+        let s1 = run(&mut t1);
+        assert_eq!(
+            s0, s1,
+            "{what}: {mode:?} differs from tier 0; code {code:02x?}"
+        );
+        assert!(
+            t0.mem.as_slice() == t1.mem.as_slice(),
+            "{what}: {mode:?}: memory differs from tier 0; code {code:02x?}"
+        );
+        if mode == JitMode::Always {
+            out = Some(t1);
+        }
+    }
+    out.expect("the forced run")
+}
+
+const R32: [AsmRegister32; 6] = [eax, ebx, ecx, edx, esi, edi];
+const R16: [AsmRegister16; 6] = [ax, bx, cx, dx, si, di];
+const R8: [AsmRegister8; 8] = [al, bl, cl, dl, ah, bh, ch, dh];
+
+/// One random instruction (or a short forward branch around one). `avoid` is a register the
+/// generated code must not write (a loop counter).
+fn random_insn(
+    a: &mut CodeAssembler,
+    rng: &mut Rng,
+    avoid: Option<AsmRegister32>,
+) -> Result<(), IcedError> {
+    let dst32 = loop {
+        let r = rng.pick(&R32);
+        if Some(r) != avoid {
+            break r;
+        }
+    };
+    let idx = R32.iter().position(|r| *r == dst32).unwrap_or(0);
+    let dst16 = R16[idx];
+    // Byte registers: only the low byte of the destination (AH-BH alias other registers).
+    let dst8 = [al, bl, cl, dl, ah, bh][idx.min(3)];
+    let src32 = rng.pick(&R32);
+    let src16 = rng.pick(&R16);
+    let src8 = rng.pick(&R8);
+    let imm = match rng.below(4) {
+        0 => rng.below(4) as u32,
+        1 => 0xFFFF_FFFF - rng.below(4) as u32,
+        2 => 0x7FFF_FFFF + rng.below(3) as u32,
+        _ => rng.next() as u32,
+    };
+    let disp = (rng.below(0x100) * 4) as i32;
+    let mem32 = dword_ptr(ebp + disp);
+    match rng.below(24) {
+        0 => a.mov(dst32, src32),
+        1 => a.mov(dst32, imm),
+        2 => match rng.below(9) {
+            0 => a.add(dst32, src32),
+            1 => a.sub(dst32, src32),
+            2 => a.and(dst32, src32),
+            3 => a.or(dst32, src32),
+            4 => a.xor(dst32, src32),
+            5 => a.cmp(dst32, src32),
+            6 => a.test(dst32, src32),
+            7 => a.adc(dst32, src32),
+            _ => a.sbb(dst32, src32),
+        },
+        3 => match rng.below(8) {
+            0 => a.add(dst32, imm as i32),
+            1 => a.sub(dst32, imm as i32),
+            2 => a.and(dst32, imm as i32),
+            3 => a.or(dst32, imm as i32),
+            4 => a.xor(dst32, imm as i32),
+            5 => a.cmp(dst32, imm as i32),
+            6 => a.test(dst32, imm),
+            _ => a.adc(dst32, imm as i32),
+        },
+        4 => match rng.below(6) {
+            0 => a.add(dst16, src16),
+            1 => a.sub(dst16, imm & 0xFFFF),
+            2 => a.cmp(dst16, src16),
+            3 => a.xor(dst16, imm & 0xFFFF),
+            4 => a.mov(dst16, src16),
+            _ => a.mov(dst16, imm & 0xFFFF),
+        },
+        5 if idx < 4 => match rng.below(6) {
+            0 => a.add(dst8, src8),
+            1 => a.sub(dst8, (imm & 0xFF) as i32),
+            2 => a.cmp(dst8, src8),
+            3 => a.and(dst8, (imm & 0xFF) as i32),
+            4 => a.mov(dst8, src8),
+            _ => a.mov(dst8, imm & 0xFF),
+        },
+        6 => match rng.below(4) {
+            0 => a.inc(dst32),
+            1 => a.dec(dst32),
+            2 => a.inc(dst16),
+            _ => a.dec(dst16),
+        },
+        7 => {
+            let scale = rng.pick(&[1, 2, 4, 8]);
+            a.lea(dst32, dword_ptr(src32 + rng.pick(&R32) * scale + disp))
+        }
+        8 => match rng.below(4) {
+            0 => a.shl(dst32, (imm & 31) as u32),
+            1 => a.shr(dst32, (imm & 31) as u32),
+            2 => a.sar(dst16, (imm & 15) as u32),
+            _ => a.rol(dst32, (imm & 31) as u32),
+        },
+        9 => a.mov(mem32, src32),
+        10 => a.mov(dst32, mem32),
+        11 => a.add(mem32, src32),
+        12 => a.sub(dst32, mem32),
+        13 => a.cmovne(dst32, src32),
+        14 if idx < 4 => a.setb(dst8),
+        15 => {
+            // Read the flags (they must be materialised exactly).
+            a.pushfd()?;
+            a.pop(dst32)
+        }
+        16 => {
+            // A forward branch around one instruction: ends a block on both paths.
+            let mut skip = a.create_label();
+            match rng.below(6) {
+                0 => a.jne(skip)?,
+                1 => a.jb(skip)?,
+                2 => a.jl(skip)?,
+                3 => a.jbe(skip)?,
+                4 => a.js(skip)?,
+                _ => a.jo(skip)?,
+            }
+            a.add(dst32, imm as i32)?;
+            a.set_label(&mut skip)?;
+            a.nop()
+        }
+        17 => {
+            a.push(src32)?;
+            a.pop(dst32)
+        }
+        18 => a.neg(dst32),
+        19 => a.imul_2(dst32, src32),
+        20 => a.xor(dst32, dst32),
+        21 => {
+            // Carry-consuming forms after a producer.
+            a.cmp(src32, imm as i32)?;
+            a.adc(dst32, 0)
+        }
+        22 => {
+            let mut skip = a.create_label();
+            a.jmp(skip)?;
+            a.int3()?;
+            a.set_label(&mut skip)?;
+            a.nop()
+        }
+        _ => a.inc(mem32),
+    }
+}
+
+fn random_regs(rng: &mut Rng) -> [u64; 8] {
+    let mut r = [0u64; 8];
+    for x in r.iter_mut() {
+        *x = rng.next() & 0xFFFF_FFFF;
+    }
+    r
+}
+
+fn random_data(rng: &mut Rng) -> Vec<u8> {
+    (0..0x1000).map(|_| rng.next() as u8).collect()
+}
+
+#[test]
+fn generated_sequences_agree() {
+    let cases = env_num("VIREO_JIT_DIFF_CASES", 300);
+    let mut rng = Rng(env_num("VIREO_JIT_DIFF_SEED", 0x0717_5EED) | 1);
+    let mut inline_ops = 0;
+    for case in 0..cases {
+        let looping = case % 2 == 1;
+        let mut a = CodeAssembler::new(32).expect("32-bit assembler");
+        let counter = if looping && rng.below(2) == 0 {
+            Some(esi)
+        } else {
+            None
+        };
+        let mut top = a.create_label();
+        if looping {
+            match counter {
+                Some(r) => a.mov(r, 5 + rng.below(40) as u32),
+                None => a.mov(dword_ptr(ebp + 0x800), 5 + rng.below(40) as u32),
+            }
+            .expect("asm");
+            a.set_label(&mut top).expect("asm");
+        }
+        for _ in 0..1 + rng.below(30) {
+            random_insn(&mut a, &mut rng, counter).expect("asm");
+        }
+        if looping {
+            match counter {
+                Some(r) => a.dec(r),
+                None => a.dec(dword_ptr(ebp + 0x800)),
+            }
+            .expect("asm");
+            a.jne(top).expect("asm");
+        }
+        a.hlt().expect("asm");
+        let code = a.assemble(CODE).expect("assemble");
+        let regs = random_regs(&mut rng);
+        let data = random_data(&mut rng);
+        let t1 = compare(&format!("case {case}"), &code, &regs, &data);
+        inline_ops += t1.jit.stats.inline_ops;
+    }
+    // The JIT really compiled code inline (not only handler calls).
+    assert!(inline_ops > cases, "only {inline_ops} ops compiled inline");
+}
+
+/// Assemble until `f`, which gets the addresses of its labels from the previous pass, gives
+/// the same addresses again.
+fn assemble_with_labels(
+    n: usize,
+    f: impl Fn(&mut CodeAssembler, &mut [CodeLabel], &[u64]) -> Result<(), IcedError>,
+) -> Vec<u8> {
+    let mut addrs = vec![0x0FFF_FFF0u64; n];
+    // Branch encodings may shrink once the targets are known: a few passes settle them.
+    for _ in 0..5 {
+        let mut a = CodeAssembler::new(32).expect("32-bit assembler");
+        let mut labels: Vec<CodeLabel> = (0..n).map(|_| a.create_label()).collect();
+        f(&mut a, &mut labels, &addrs).expect("asm");
+        let r = a
+            .assemble_options(CODE, BlockEncoderOptions::RETURN_NEW_INSTRUCTION_OFFSETS)
+            .expect("assemble");
+        let new: Vec<u64> = labels
+            .iter()
+            .map(|l| r.label_ip(l).expect("label"))
+            .collect();
+        if new == addrs {
+            return r.inner.code_buffer;
+        }
+        addrs = new;
+    }
+    panic!("label addresses did not settle");
+}
+
+#[test]
+fn self_modifying_code_agrees() {
+    // A loop that bumps the immediate of an instruction it already ran (in a compiled block).
+    let bump = assemble_with_labels(1, |a, l, addr| {
+        a.mov(esi, 20)?;
+        a.set_label(&mut l[0])?;
+        a.mov(eax, 0x100)?;
+        a.add(ebx, eax)?;
+        a.inc(dword_ptr(addr[0] as u32 + 1))?;
+        a.dec(esi)?;
+        a.jne(l[0])?;
+        a.hlt()
+    });
+    let t1 = compare("bump an immediate", &bump, &[0; 8], &[]);
+    assert_eq!(t1.regs[3], (0..20).map(|i| 0x100 + i).sum::<u64>());
+
+    // A store into the very next instruction of the same block: NOP becomes INC EAX.
+    let next = assemble_with_labels(1, |a, l, addr| {
+        a.mov(byte_ptr(addr[0] as u32), 0x40)?;
+        a.set_label(&mut l[0])?;
+        a.nop()?;
+        a.hlt()
+    });
+    let t1 = compare("patch the next instruction", &next, &[0; 8], &[]);
+    assert_eq!(t1.regs[0], 1);
+
+    // A loop whose body is rewritten between passes (the loop branch's block is compiled).
+    let rewrite = assemble_with_labels(1, |a, l, addr| {
+        a.mov(ecx, 6)?;
+        a.set_label(&mut l[0])?;
+        a.inc(eax)?; // 0x40; rewritten to DEC EAX (0x48) and back
+        a.xor(byte_ptr(addr[0] as u32), 0x08)?;
+        a.dec(ecx)?;
+        a.jne(l[0])?;
+        a.hlt()
+    });
+    let t1 = compare("rewrite a loop body", &rewrite, &[0; 8], &[]);
+    assert_eq!(t1.regs[0], 0);
+
+    // A jump into the middle of an instruction: the immediate's bytes are INC EAX x4.
+    let middle = assemble_with_labels(1, |a, l, addr| {
+        let mut skip = a.create_label();
+        a.jmp(addr[0] + 1)?;
+        a.set_label(&mut l[0])?;
+        a.mov(ebx, 0x4040_4040)?;
+        a.jmp(skip)?;
+        a.set_label(&mut skip)?;
+        a.hlt()
+    });
+    let t1 = compare("jump into an instruction", &middle, &[0; 8], &[]);
+    assert_eq!((t1.regs[0], t1.regs[3]), (4, 0));
+
+    // Random stores of random bytes into the code that follows them.
+    let mut rng = Rng(env_num("VIREO_JIT_DIFF_SEED", 0x0717_5EED) | 1);
+    for case in 0..env_num("VIREO_JIT_DIFF_CASES", 300) / 2 {
+        let patches: Vec<(u64, u8)> = (0..4).map(|_| (rng.below(64), rng.next() as u8)).collect();
+        let body = Rng(rng.next() | 1);
+        let code = assemble_with_labels(1, |a, l, addr| {
+            let mut b = Rng(body.0);
+            a.mov(esi, 4)?;
+            let mut top = a.create_label();
+            a.set_label(&mut top)?;
+            for (i, (off, byte)) in patches.iter().enumerate() {
+                a.mov(byte_ptr(addr[0] as u32 + *off as u32), *byte as u32)?;
+                for _ in 0..2 + i {
+                    random_insn(a, &mut b, Some(esi))?;
+                }
+            }
+            a.dec(esi)?;
+            a.jne(top)?;
+            a.set_label(&mut l[0])?;
+            for _ in 0..20 {
+                random_insn(a, &mut b, Some(esi))?;
+            }
+            a.hlt()
+        });
+        let regs = random_regs(&mut rng);
+        let data = random_data(&mut rng);
+        compare(&format!("random SMC {case}"), &code, &regs, &data);
+    }
+}
+
+#[test]
+fn a_tiny_code_cache_is_flushed_and_stays_bounded() {
+    // Many distinct blocks through a cache that holds only a few of them.
+    let mut a = CodeAssembler::new(32).expect("32-bit assembler");
+    a.mov(esi, 50).expect("asm");
+    let mut top = a.create_label();
+    a.set_label(&mut top).expect("asm");
+    let mut rng = Rng(5);
+    for _ in 0..200 {
+        random_insn(&mut a, &mut rng, Some(esi)).expect("asm");
+        let mut next = a.create_label();
+        a.jmp(next).expect("asm");
+        a.set_label(&mut next).expect("asm");
+    }
+    a.dec(esi).expect("asm");
+    a.jne(top).expect("asm");
+    a.hlt().expect("asm");
+    let code = a.assemble(CODE).expect("assemble");
+    let regs = [1, 2, 3, 4, 0, 0, 5, 6];
+    let mut t0 = machine(&code, &regs, &[], JitMode::Off);
+    let s0 = run(&mut t0);
+    let mut t1 = machine(&code, &regs, &[], JitMode::Always);
+    t1.jit.cache_bytes = 8192;
+    let s1 = run(&mut t1);
+    assert_eq!(s0, s1);
+    assert!(t0.mem.as_slice() == t1.mem.as_slice());
+    assert!(t1.jit.stats.flushes > 10, "{:?}", t1.jit.stats);
+    assert!(t1.jit.cache_used() <= 8192);
+}
