@@ -518,6 +518,15 @@ pub(crate) enum FastForm {
     Lea(u8),
     /// Jcc rel32 (`jcc32`); the condition is in `Op::aux`.
     Jcc32,
+    /// MOV reg, [mem] / MOV [mem], reg / MOV [mem], imm of size `s`.
+    MovRM(u8),
+    MovMR(u8),
+    MovMI(u8),
+    /// ALU with a register destination and a memory source.
+    AluRM {
+        k: u8,
+        s: u8,
+    },
 }
 
 fn push_sized<const S: u8>(t: &mut Vec<(usize, FastForm)>) {
@@ -530,6 +539,9 @@ fn push_sized<const S: u8>(t: &mut Vec<(usize, FastForm)>) {
             alu_ri::<K, S> as Handler as usize,
             FastForm::AluRI { k: K, s: S },
         ));
+        let rm = FastForm::AluRM { k: K, s: S };
+        t.push((alu_rm::<K, S, false> as Handler as usize, rm));
+        t.push((alu_rm::<K, S, true> as Handler as usize, rm));
     }
     alu::<{ kind::ADD }, S>(t);
     alu::<{ kind::OR }, S>(t);
@@ -540,6 +552,12 @@ fn push_sized<const S: u8>(t: &mut Vec<(usize, FastForm)>) {
     alu::<{ kind::TEST }, S>(t);
     t.push((mov_rr::<S> as Handler as usize, FastForm::MovRR(S)));
     t.push((mov_ri::<S> as Handler as usize, FastForm::MovRI(S)));
+    t.push((mov_rm::<S, false> as Handler as usize, FastForm::MovRM(S)));
+    t.push((mov_rm::<S, true> as Handler as usize, FastForm::MovRM(S)));
+    t.push((mov_mr::<S, false> as Handler as usize, FastForm::MovMR(S)));
+    t.push((mov_mr::<S, true> as Handler as usize, FastForm::MovMR(S)));
+    t.push((mov_mi::<S, false> as Handler as usize, FastForm::MovMI(S)));
+    t.push((mov_mi::<S, true> as Handler as usize, FastForm::MovMI(S)));
     t.push((inc_r::<S> as Handler as usize, FastForm::Inc(S)));
     t.push((dec_r::<S> as Handler as usize, FastForm::Dec(S)));
 }

@@ -19,13 +19,14 @@
 //! logic ops, ADD, INC/DEC with CF loaded from RFLAGS) and branches with the host's own
 //! condition code; otherwise it calls `Cpu::cond`.
 
-use super::trampoline::{self, ST_OK, ST_STOP};
+use super::trampoline::{self, Ctx, ST_OK, ST_STOP};
 use crate::Cpu;
 use crate::decode::op::{Op, loc};
 use crate::exec::arith::kind;
 use crate::exec::fast::{FastForm, fast_form};
 use crate::flags::{FlagOp, LazyFlags};
-use crate::state::{Segment, sreg};
+use crate::mmu::tlb::{FAST, FAST_ENTRY_BYTES};
+use crate::state::{Segment, attr, efer, flag, sreg};
 use dynasmrt::x64::X64Relocation;
 use dynasmrt::{DynamicLabel, DynasmApi, DynasmLabelApi, VecAssembler, dynasm};
 use std::mem::offset_of;
@@ -53,6 +54,25 @@ const CS_LIMIT: i32 = off32(
     offset_of!(Cpu, segs) + sreg::CS * std::mem::size_of::<Segment>() + offset_of!(Segment, limit),
 );
 
+const SEG_ATTR: usize = offset_of!(Segment, attr);
+const SEG_LIMIT: usize = offset_of!(Segment, limit);
+const SEG_BASE: usize = offset_of!(Segment, base);
+const EFER: i32 = off32(offset_of!(Cpu, efer));
+const CPL: i32 = off32(offset_of!(Cpu, cpl));
+const CTX_MEM: i32 = off32(offset_of!(Ctx<'static>, mem));
+const CTX_FAST_R: i32 = off32(offset_of!(Ctx<'static>, fast_r));
+const CTX_FAST_W: i32 = off32(offset_of!(Ctx<'static>, fast_w));
+
+fn seg_field(seg: usize, field: usize) -> i32 {
+    off32(offset_of!(Cpu, segs) + seg * std::mem::size_of::<Segment>() + field)
+}
+
+/// Memory operands the inline path handles: one of the six segments, 16/32-bit addressing
+/// (64-bit addressing means long mode, where `fast_lin` never applies).
+fn mem_inlinable(op: &Op) -> bool {
+    op.seg < 6 && matches!(op.asize, 2 | 4) && op.base != loc::RIP && op.index != loc::RIP
+}
+
 fn reg(r: u8) -> i32 {
     REGS + 8 * (r as i32 & 15)
 }
@@ -78,6 +98,17 @@ pub(crate) struct Compiled {
     pub counts: Counts,
 }
 
+/// An inline op's way out to its handler: at `label` RIP in memory is `delta` bytes behind op
+/// `index`'s start; after the call the inline path's pending RIP advance is `rewind` bytes
+/// (so RIP goes back by that much before continuing at `cont`).
+struct Fallback {
+    label: DynamicLabel,
+    index: usize,
+    cont: DynamicLabel,
+    delta: u64,
+    rewind: u64,
+}
+
 struct Compiler {
     a: VecAssembler<X64Relocation>,
     ip_mask: u64,
@@ -89,7 +120,7 @@ struct Compiler {
     exits: Vec<(DynamicLabel, usize)>,
     /// Out-of-line handler calls for inline ops that left their fast path: (label, op index,
     /// label to continue at).
-    fallbacks: Vec<(DynamicLabel, usize, DynamicLabel)>,
+    fallbacks: Vec<Fallback>,
     /// Budget stops before op `i` with `delta` RIP bytes pending: (label, i, delta).
     stops: Vec<(DynamicLabel, usize, u64)>,
     counts: Counts,
@@ -149,9 +180,16 @@ pub(crate) fn compile(
         ; pop rbx
         ; ret
     );
-    for (l, i, cont) in std::mem::take(&mut c.fallbacks) {
-        asm!(c.a ; =>l);
-        c.emit_call(i, &ops[i]);
+    for f in std::mem::take(&mut c.fallbacks) {
+        asm!(c.a ; =>f.label);
+        c.delta = f.delta;
+        c.flush_rip();
+        c.emit_call(f.index, &ops[f.index]);
+        if f.rewind != 0 {
+            c.advance_rip_rax((f.rewind as i32).wrapping_neg());
+            asm!(c.a ; mov QWORD [rbx + RIP], rax);
+        }
+        let cont = f.cont;
         asm!(c.a ; jmp =>cont);
     }
     for (l, i, delta) in std::mem::take(&mut c.stops) {
@@ -313,6 +351,53 @@ impl Compiler {
                 asm!(self.a ; mov eax, eax);
                 self.store_rax(s, op.dst);
             }
+            Some(FastForm::MovRM(s)) if mem_inlinable(op) => {
+                let cont = self.mem_probe(i, op, s, false);
+                match s {
+                    1 => asm!(self.a ; movzx eax, BYTE [rcx]),
+                    2 => asm!(self.a ; movzx eax, WORD [rcx]),
+                    4 => asm!(self.a ; mov eax, DWORD [rcx]),
+                    _ => asm!(self.a ; mov rax, QWORD [rcx]),
+                }
+                self.store_rax(s, op.dst);
+                asm!(self.a ; =>cont);
+            }
+            Some(FastForm::AluRM { k, s }) if mem_inlinable(op) => {
+                let cont = self.mem_probe(i, op, s, false);
+                match s {
+                    1 => asm!(self.a ; movzx ecx, BYTE [rcx]),
+                    2 => asm!(self.a ; movzx ecx, WORD [rcx]),
+                    4 => asm!(self.a ; mov ecx, DWORD [rcx]),
+                    _ => asm!(self.a ; mov rcx, QWORD [rcx]),
+                }
+                self.load(s, op.dst);
+                self.alu(k, s, op.dst);
+                asm!(self.a ; =>cont);
+            }
+            Some(FastForm::MovMR(s)) if mem_inlinable(op) => {
+                let cont = self.mem_probe(i, op, s, true);
+                let src = reg(op.src);
+                asm!(self.a ; mov rax, QWORD [rbx + src]);
+                match s {
+                    1 => asm!(self.a ; mov BYTE [rcx], al),
+                    2 => asm!(self.a ; mov WORD [rcx], ax),
+                    4 => asm!(self.a ; mov DWORD [rcx], eax),
+                    _ => asm!(self.a ; mov QWORD [rcx], rax),
+                }
+                asm!(self.a ; =>cont);
+            }
+            Some(FastForm::MovMI(s)) if mem_inlinable(op) => {
+                let cont = self.mem_probe(i, op, s, true);
+                let v = (op.imm & crate::flags::size_mask(s)) as i64;
+                asm!(self.a ; mov rax, QWORD v);
+                match s {
+                    1 => asm!(self.a ; mov BYTE [rcx], al),
+                    2 => asm!(self.a ; mov WORD [rcx], ax),
+                    4 => asm!(self.a ; mov DWORD [rcx], eax),
+                    _ => asm!(self.a ; mov QWORD [rcx], rax),
+                }
+                asm!(self.a ; =>cont);
+            }
             Some(FastForm::Jcc32) if !self.long => self.jcc(i, op, op.aux),
             None if !self.long && is_handler(op, crate::exec::control::jcc) => {
                 self.jcc(i, op, op.aux)
@@ -327,6 +412,97 @@ impl Compiler {
             self.delta += len;
         }
         true
+    }
+
+    /// The inline fast path of a data access of `s` bytes by op `i` (`Cpu::load_fast` /
+    /// `store_fast`): effective address, segment checks (present, writable, expand-up data
+    /// segment outside long mode, no alignment checking, within the limit), one page, and a
+    /// hit in the fast TLB. Leaves RCX = the host address; anything else goes to the op's
+    /// handler. Returns the label to place after the access (where both paths join).
+    fn mem_probe(&mut self, i: usize, op: &Op, s: u8, write: bool) -> DynamicLabel {
+        let fb = self.a.new_dynamic_label();
+        let cont = self.a.new_dynamic_label();
+        self.fallbacks.push(Fallback {
+            label: fb,
+            index: i,
+            cont,
+            delta: self.delta,
+            rewind: self.delta + op.len as u64,
+        });
+        // RAX = effective address.
+        let disp = op.disp as i64;
+        asm!(self.a ; mov rax, QWORD disp);
+        if op.base != loc::NO_REG {
+            let b = reg(op.base);
+            asm!(self.a ; add rax, QWORD [rbx + b]);
+        }
+        if op.index != loc::NO_REG {
+            let (ix, sc) = (reg(op.index), op.scale as i8);
+            asm!(self.a
+                ; mov rcx, QWORD [rbx + ix]
+                ; shl rcx, sc
+                ; add rax, rcx
+            );
+        }
+        mask(&mut self.a, op.asize, Reg::Rax);
+        // Segment checks (`Cpu::fast_lin`).
+        let seg = op.seg as usize;
+        let (sattr, slimit, sbase) = (
+            seg_field(seg, SEG_ATTR),
+            seg_field(seg, SEG_LIMIT),
+            seg_field(seg, SEG_BASE),
+        );
+        let want = (attr::P | attr::RW) as i32;
+        let kind = (attr::P | attr::CODE | attr::DC | attr::RW) as i32;
+        let (lma, ac) = (efer::LMA as i32, flag::AC as i32);
+        let last = s as i32 - 1;
+        let page_max = 0x1000 - s as i32;
+        asm!(self.a
+            ; movzx ecx, WORD [rbx + sattr]
+            ; and ecx, kind
+            ; cmp ecx, want
+            ; jne =>fb
+            ; test DWORD [rbx + EFER], lma
+            ; jnz =>fb
+            ; test DWORD [rbx + RFLAGS], ac
+            ; jnz =>fb
+            ; mov ecx, DWORD [rbx + slimit]
+            ; cmp rax, rcx
+            ; ja =>fb
+            ; lea rdx, [rax + last]
+            ; cmp rdx, rcx
+            ; ja =>fb
+            ; add rax, QWORD [rbx + sbase]
+            ; mov eax, eax
+            ; mov ecx, eax
+            ; and ecx, 0xFFF
+            ; cmp ecx, page_max
+            ; ja =>fb
+        );
+        // Fast TLB: slot (page & (FAST-1)), tag ((page << 1) | user) + 1.
+        let table = if write { CTX_FAST_W } else { CTX_FAST_R };
+        let (slots, shift) = ((FAST - 1) as i32, FAST_ENTRY_BYTES.trailing_zeros() as i8);
+        asm!(self.a
+            ; mov rdx, rax
+            ; shr rdx, 12
+            ; mov ecx, edx
+            ; and ecx, slots
+            ; shl ecx, shift
+            ; add rcx, QWORD [r12 + table]
+            ; add rdx, rdx
+            ; cmp BYTE [rbx + CPL], 3
+            ; sete r8b
+            ; movzx r8d, r8b
+            ; or rdx, r8
+            ; inc rdx
+            ; cmp QWORD [rcx], rdx
+            ; jne =>fb
+            ; mov rcx, QWORD [rcx + 8]
+            ; and eax, 0xFFF
+            ; add rcx, rax
+            ; add rcx, QWORD [r12 + CTX_MEM]
+        );
+        cont
     }
 
     /// RAX = the low `s` bytes of register `r`.
@@ -494,7 +670,13 @@ impl Compiler {
             ; mov QWORD [rbx + RIP], rax
             ; =>cont
         );
-        self.fallbacks.push((fb, i, cont));
+        self.fallbacks.push(Fallback {
+            label: fb,
+            index: i,
+            cont,
+            delta: 0,
+            rewind: 0,
+        });
         // Both paths join with RIP written back; the handler path may have materialised
         // the flags.
         if !matches!(self.flags, Producer::Known(..)) {

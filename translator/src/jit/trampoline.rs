@@ -23,7 +23,14 @@ pub(crate) const ST_STOP: u64 = 4;
 
 /// What compiled code needs besides the `Cpu`: the bus for handler calls and a place for the
 /// fault that ends the block.
+/// `repr(C)`: compiled code reads the host addresses at fixed offsets.
+#[repr(C)]
 pub(crate) struct Ctx<'a> {
+    /// Host address of guest physical 0 (`PhysMem`'s RAM).
+    pub mem: usize,
+    /// Host addresses of the fast read and write TLB tables.
+    pub fast_r: usize,
+    pub fast_w: usize,
     pub cpu: *mut Cpu,
     pub bus: *mut (dyn CpuBus + 'a),
     /// RIP mask of the block's code size.
@@ -46,7 +53,11 @@ pub(crate) unsafe fn enter(
     ip_mask: u64,
     max_ops: u64,
 ) -> (u64, Option<Fault>) {
+    let (fast_r, fast_w) = cpu.tlb.fast_tables();
     let mut ctx = Ctx {
+        mem: cpu.mem.host_base(),
+        fast_r,
+        fast_w,
         cpu: cpu as *mut Cpu,
         bus: bus as *mut (dyn CpuBus + '_),
         ip_mask,
@@ -73,7 +84,12 @@ pub(crate) extern "sysv64" fn call_op(ctx: *mut Ctx<'_>, op: *const Op) -> u64 {
     let start = cpu.rip;
     let rsp = cpu.regs[4];
     cpu.rip = start.wrapping_add(op.len as u64) & ctx.ip_mask;
-    match (op.exec)(cpu, op, bus) {
+    let r = (op.exec)(cpu, op, bus);
+    // Handlers never replace the TLB or the memory, but refreshing costs little and keeps
+    // compiled code correct if one ever does.
+    (ctx.fast_r, ctx.fast_w) = cpu.tlb.fast_tables();
+    ctx.mem = cpu.mem.host_base();
+    match r {
         Ok(()) if cpu.block_break => ST_BREAK,
         Ok(()) => ST_OK,
         Err(Exit::Fault(f)) => {
