@@ -40,7 +40,8 @@ fn env_num(name: &str, default: u64) -> u64 {
 }
 
 /// 32-bit flat protected mode, no IDT (an exception ends in shutdown, the same in both tiers).
-/// `limit`: the byte-granular limit of the data segments (4 GiB when `None`).
+/// `limit`: the byte-granular limit of the data segments (4 GiB when `None`; all ones: a
+/// 16-bit stack segment instead).
 fn machine(code: &[u8], regs: &[u64; 8], data: &[u8], mode: JitMode, limit: Option<u32>) -> Cpu {
     let mut mem = PhysMem::new(MEM);
     mem.as_mut_slice()[CODE as usize..CODE as usize + code.len()].copy_from_slice(code);
@@ -63,11 +64,16 @@ fn machine(code: &[u8], regs: &[u64; 8], data: &[u8], mode: JitMode, limit: Opti
                 | if s == sreg::CS { attr::CODE } else { 0 },
         };
     }
-    if let Some(l) = limit {
-        for s in [sreg::ES, sreg::SS, sreg::DS] {
-            cpu.segs[s].limit = l;
-            cpu.segs[s].attr &= !attr::G;
+    match limit {
+        // A 16-bit stack segment: SS.B clear.
+        Some(0xFFFF_FFFF) => cpu.segs[sreg::SS].attr &= !attr::DB,
+        Some(l) => {
+            for s in [sreg::ES, sreg::SS, sreg::DS] {
+                cpu.segs[s].limit = l;
+                cpu.segs[s].attr &= !attr::G;
+            }
         }
+        None => {}
     }
     cpu.idtr.limit = 0;
     cpu.rip = CODE;
@@ -157,7 +163,7 @@ fn random_insn(
     };
     let disp = (rng.below(0x100) * 4) as i32;
     let mem32 = dword_ptr(ebp + disp);
-    match rng.below(24) {
+    match rng.below(25) {
         0 => a.mov(dst32, src32),
         1 => a.mov(dst32, imm),
         2 => match rng.below(9) {
@@ -258,6 +264,21 @@ fn random_insn(
             a.set_label(&mut skip)?;
             a.nop()
         }
+        23 => {
+            // A near call and return (RET imm16 sometimes), each ending a block.
+            let mut f = a.create_label();
+            let mut after = a.create_label();
+            a.call(f)?;
+            a.jmp(after)?;
+            a.set_label(&mut f)?;
+            a.xor(dst32, imm as i32)?;
+            match rng.below(3) {
+                0 => a.ret_1(4)?,
+                _ => a.ret()?,
+            }
+            a.set_label(&mut after)?;
+            a.nop()
+        }
         _ => a.inc(mem32),
     }
 }
@@ -314,7 +335,17 @@ fn generated_sequences_agree() {
         // Every third case: data segments that end inside the data area, so some accesses
         // fault (#GP/#SS → shutdown, no IDT) in the middle of a compiled block.
         let limit = (case % 3 == 2).then_some(DATA as u32 + 0x200 + rng.below(0x200) as u32);
-        let t1 = compare(&format!("case {case}"), &code, &regs, &data, limit);
+        let mut t1 = compare(&format!("case {case}"), &code, &regs, &data, limit);
+        if case % 5 == 4 {
+            // The same program on a 16-bit stack (the 32-bit stack paths must step aside).
+            t1 = compare(
+                &format!("case {case}, 16-bit stack"),
+                &code,
+                &regs,
+                &data,
+                Some(0xFFFF_FFFF),
+            );
+        }
         inline_ops += t1.jit.stats.inline_ops;
     }
     // The JIT really compiled code inline (not only handler calls).

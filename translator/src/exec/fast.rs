@@ -527,6 +527,13 @@ pub(crate) enum FastForm {
         k: u8,
         s: u8,
     },
+    /// SHL/SAL/SHR/SAR (`shift_rotate::kind`) of a register by an immediate.
+    ShiftRI {
+        k: u8,
+        s: u8,
+    },
+    /// RET / RET imm16 with a 32-bit operand size (`ret32`).
+    Ret32,
 }
 
 fn push_sized<const S: u8>(t: &mut Vec<(usize, FastForm)>) {
@@ -559,6 +566,25 @@ fn push_sized<const S: u8>(t: &mut Vec<(usize, FastForm)>) {
     t.push((mov_mi::<S, false> as Handler as usize, FastForm::MovMI(S)));
     t.push((mov_mi::<S, true> as Handler as usize, FastForm::MovMI(S)));
     t.push((inc_r::<S> as Handler as usize, FastForm::Inc(S)));
+    {
+        use shift_rotate::kind as sk;
+        t.push((
+            shift_ri::<{ sk::SHL }, S> as Handler as usize,
+            FastForm::ShiftRI { k: sk::SHL, s: S },
+        ));
+        t.push((
+            shift_ri::<{ sk::SAL }, S> as Handler as usize,
+            FastForm::ShiftRI { k: sk::SAL, s: S },
+        ));
+        t.push((
+            shift_ri::<{ sk::SHR }, S> as Handler as usize,
+            FastForm::ShiftRI { k: sk::SHR, s: S },
+        ));
+        t.push((
+            shift_ri::<{ sk::SAR }, S> as Handler as usize,
+            FastForm::ShiftRI { k: sk::SAR, s: S },
+        ));
+    }
     t.push((dec_r::<S> as Handler as usize, FastForm::Dec(S)));
 }
 
@@ -575,6 +601,7 @@ pub(crate) fn fast_form(h: Handler) -> Option<FastForm> {
         push_sized::<8>(&mut t);
         t.push((lea_r::<4> as Handler as usize, FastForm::Lea(4)));
         t.push((lea_r::<8> as Handler as usize, FastForm::Lea(8)));
+        t.push((ret32 as Handler as usize, FastForm::Ret32));
         for h in JCC32 {
             t.push((h as usize, FastForm::Jcc32));
         }

@@ -26,7 +26,7 @@ use crate::exec::arith::kind;
 use crate::exec::fast::{FastForm, fast_form};
 use crate::flags::{FlagOp, LazyFlags};
 use crate::mmu::tlb::{FAST, FAST_ENTRY_BYTES};
-use crate::state::{Segment, attr, efer, flag, sreg};
+use crate::state::{Segment, attr, cr0, efer, flag, sreg};
 use dynasmrt::x64::X64Relocation;
 use dynasmrt::{DynamicLabel, DynasmApi, DynasmLabelApi, VecAssembler, dynasm};
 use std::mem::offset_of;
@@ -58,6 +58,7 @@ const SEG_ATTR: usize = offset_of!(Segment, attr);
 const SEG_LIMIT: usize = offset_of!(Segment, limit);
 const SEG_BASE: usize = offset_of!(Segment, base);
 const EFER: i32 = off32(offset_of!(Cpu, efer));
+const CR0: i32 = off32(offset_of!(Cpu, cr0));
 const CPL: i32 = off32(offset_of!(Cpu, cpl));
 const CTX_MEM: i32 = off32(offset_of!(Ctx<'static>, mem));
 const CTX_FAST_R: i32 = off32(offset_of!(Ctx<'static>, fast_r));
@@ -398,6 +399,8 @@ impl Compiler {
                 }
                 asm!(self.a ; =>cont);
             }
+            Some(FastForm::ShiftRI { k, s }) => self.shift_ri(k, s, op),
+            Some(FastForm::Ret32) if !self.long => self.ret32(i, op),
             Some(FastForm::Jcc32) if !self.long => self.jcc(i, op, op.aux),
             None if !self.long && is_handler(op, crate::exec::control::jcc) => {
                 self.jcc(i, op, op.aux)
@@ -408,7 +411,7 @@ impl Compiler {
             }
             _ => return false,
         }
-        if !matches!(form, Some(FastForm::Jcc32)) && !is_branch(op) {
+        if !matches!(form, Some(FastForm::Jcc32 | FastForm::Ret32)) && !is_branch(op) {
             self.delta += len;
         }
         true
@@ -429,6 +432,12 @@ impl Compiler {
             delta: self.delta,
             rewind: self.delta + op.len as u64,
         });
+        self.probe_to(op, s, write, fb);
+        cont
+    }
+
+    /// [`Compiler::mem_probe`] with the miss path going to `fb`.
+    fn probe_to(&mut self, op: &Op, s: u8, write: bool, fb: DynamicLabel) {
         // RAX = effective address.
         let disp = op.disp as i64;
         asm!(self.a ; mov rax, QWORD disp);
@@ -502,7 +511,132 @@ impl Compiler {
             ; add rcx, rax
             ; add rcx, QWORD [r12 + CTX_MEM]
         );
-        cont
+    }
+
+    /// SHL/SAL/SHR/SAR reg, imm (`fast::shift_ri`): the flags are eager there (lazy op None).
+    /// For counts below the operand width the host shift gives CF, PF, ZF and SF exactly
+    /// (LAHF puts them at their EFLAGS positions); OF follows tier 0's formula and AF is 0.
+    /// Larger counts (only possible for 8/16-bit operands) are called.
+    fn shift_ri(&mut self, k: u8, s: u8, op: &Op) {
+        use crate::exec::shift_rotate::kind as sk;
+        let bits = s as u32 * 8;
+        let cnt = (op.imm as u32) & if s == 8 { 0x3F } else { 0x1F };
+        if cnt == 0 {
+            // No operation at all (not even the flags).
+            return;
+        }
+        let o = reg(op.dst);
+        let c = cnt as i8;
+        asm!(self.a ; mov rcx, QWORD [rbx + o]);
+        match (k, s) {
+            (sk::SHR, 1) => asm!(self.a ; shr cl, c),
+            (sk::SHR, 2) => asm!(self.a ; shr cx, c),
+            (sk::SHR, 4) => asm!(self.a ; shr ecx, c),
+            (sk::SHR, _) => asm!(self.a ; shr rcx, c),
+            (sk::SAR, 1) => asm!(self.a ; sar cl, c),
+            (sk::SAR, 2) => asm!(self.a ; sar cx, c),
+            (sk::SAR, 4) => asm!(self.a ; sar ecx, c),
+            (sk::SAR, _) => asm!(self.a ; sar rcx, c),
+            (_, 1) => asm!(self.a ; shl cl, c),
+            (_, 2) => asm!(self.a ; shl cx, c),
+            (_, 4) => asm!(self.a ; shl ecx, c),
+            (_, _) => asm!(self.a ; shl rcx, c),
+        }
+        let szpc = (flag::SF | flag::ZF | flag::PF | flag::CF) as i32;
+        asm!(self.a
+            ; lahf
+            ; movzx edx, ah
+            ; and edx, szpc
+        );
+        mask(&mut self.a, s, Reg::Rcx);
+        // OF: SHL: msb(result) ^ CF; SHR: bit (bits - 2) of the result; SAR: 0.
+        match k {
+            sk::SHR => {
+                let sh = (bits - 2) as i8;
+                asm!(self.a
+                    ; mov rax, rcx
+                    ; shr rax, sh
+                    ; and eax, 1
+                    ; shl eax, 11
+                    ; or edx, eax
+                );
+            }
+            sk::SAR => {}
+            _ => {
+                let sh = (bits - 1) as i8;
+                asm!(self.a
+                    ; mov rax, rcx
+                    ; shr rax, sh
+                    ; xor eax, edx
+                    ; and eax, 1
+                    ; shl eax, 11
+                    ; or edx, eax
+                );
+            }
+        }
+        match s {
+            1 => asm!(self.a ; mov BYTE [rbx + o], cl),
+            2 => asm!(self.a ; mov WORD [rbx + o], cx),
+            _ => asm!(self.a ; mov QWORD [rbx + o], rcx),
+        }
+        let keep = !flag::ARITH as i32;
+        let none = FlagOp::None as u8 as i8;
+        asm!(self.a
+            ; mov rax, QWORD [rbx + RFLAGS]
+            ; and rax, keep
+            ; or rax, rdx
+            ; mov QWORD [rbx + RFLAGS], rax
+            ; mov BYTE [rbx + L_OP], none
+        );
+        self.flags = Producer::Known(FlagOp::None, s);
+    }
+
+    /// RET / RET imm16 with a 32-bit operand size (`fast::ret32`): the return address from
+    /// SS:ESP through the inline load path; a 16-bit stack, a target beyond the CS limit or
+    /// anything the load path does not handle goes to the handler.
+    fn ret32(&mut self, i: usize, op: &Op) {
+        self.flush_rip();
+        let fb = self.a.new_dynamic_label();
+        let cont = self.a.new_dynamic_label();
+        self.fallbacks.push(Fallback {
+            label: fb,
+            index: i,
+            cont,
+            delta: 0,
+            rewind: 0,
+        });
+        // stack32: CR0.PE and SS.B (LMA is checked by the load path).
+        let (pe, big) = (cr0::PE as i32, attr::DB as i32);
+        let ss_attr = seg_field(sreg::SS, SEG_ATTR);
+        asm!(self.a
+            ; test DWORD [rbx + CR0], pe
+            ; jz =>fb
+            ; test WORD [rbx + ss_attr], big as i16
+            ; jz =>fb
+        );
+        let mut stack = Op::new(op.exec, op.len);
+        stack.seg = sreg::SS as u8;
+        stack.base = 4;
+        stack.asize = 4;
+        stack.disp = 0;
+        self.probe_to(&stack, 4, false, fb);
+        let esp_off = reg(4);
+        let pop = (4 + (op.imm & 0xFFFF)) as i32;
+        asm!(self.a
+            ; mov eax, DWORD [rcx]
+            ; mov ecx, DWORD [rbx + CS_LIMIT]
+            ; cmp rax, rcx
+            ; ja =>fb
+            ; mov QWORD [rbx + RIP], rax
+            ; mov eax, DWORD [rbx + esp_off]
+            ; add eax, pop
+            ; mov QWORD [rbx + esp_off], rax
+            ; =>cont
+        );
+        self.flags = match self.flags {
+            Producer::Known(..) => self.flags,
+            Producer::Unknown => Producer::Unknown,
+        };
     }
 
     /// RAX = the low `s` bytes of register `r`.
