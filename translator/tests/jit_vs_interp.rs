@@ -214,10 +214,10 @@ fn random_insn(
             a.lea(dst32, dword_ptr(src32 + rng.pick(&R32) * scale + disp))
         }
         8 => match rng.below(4) {
-            0 => a.shl(dst32, (imm & 31) as u32),
-            1 => a.shr(dst32, (imm & 31) as u32),
-            2 => a.sar(dst16, (imm & 15) as u32),
-            _ => a.rol(dst32, (imm & 31) as u32),
+            0 => a.shl(dst32, imm & 31),
+            1 => a.shr(dst32, imm & 31),
+            2 => a.sar(dst16, imm & 15),
+            _ => a.rol(dst32, imm & 31),
         },
         9 => a.mov(mem32, src32),
         10 => a.mov(dst32, mem32),
