@@ -41,7 +41,7 @@ fn env_num(name: &str, default: u64) -> u64 {
 
 /// 32-bit flat protected mode, no IDT (an exception ends in shutdown, the same in both tiers).
 /// `limit`: the byte-granular limit of the data segments (4 GiB when `None`; all ones: a
-/// 16-bit stack segment instead).
+/// 16-bit stack segment instead; below `DATA`: the limit of CS instead).
 fn machine(code: &[u8], regs: &[u64; 8], data: &[u8], mode: JitMode, limit: Option<u32>) -> Cpu {
     let mut mem = PhysMem::new(MEM);
     mem.as_mut_slice()[CODE as usize..CODE as usize + code.len()].copy_from_slice(code);
@@ -67,6 +67,12 @@ fn machine(code: &[u8], regs: &[u64; 8], data: &[u8], mode: JitMode, limit: Opti
     match limit {
         // A 16-bit stack segment: SS.B clear.
         Some(0xFFFF_FFFF) => cpu.segs[sreg::SS].attr &= !attr::DB,
+        // A code segment that ends inside the code: branches, calls and fetches beyond it
+        // fault (#GP).
+        Some(l) if l < DATA as u32 => {
+            cpu.segs[sreg::CS].limit = l;
+            cpu.segs[sreg::CS].attr &= !attr::G;
+        }
         Some(l) => {
             for s in [sreg::ES, sreg::SS, sreg::DS] {
                 cpu.segs[s].limit = l;
@@ -129,6 +135,37 @@ fn compare(what: &str, code: &[u8], regs: &[u64; 8], data: &[u8], limit: Option<
         }
     }
     out.expect("the forced run")
+}
+
+/// Run the program, then shrink CS to `cs_limit` and run it again from the start: blocks
+/// translated (and compiled) under the larger limit must now fault where the limit says.
+fn compare_shrinking_cs(case: u64, code: &[u8], regs: &[u64; 8], data: &[u8], cs_limit: u32) {
+    let go = |mode| {
+        let mut cpu = machine(code, regs, data, mode, None);
+        let first = run(&mut cpu);
+        cpu.segs[sreg::CS].limit = cs_limit;
+        cpu.segs[sreg::CS].attr &= !attr::G;
+        cpu.rip = CODE;
+        cpu.regs[..8].copy_from_slice(regs);
+        cpu.regs[4] = 0x8000;
+        cpu.regs[5] = DATA;
+        cpu.halted = false;
+        let second = run(&mut cpu);
+        (first, second, cpu)
+    };
+    let (a1, a2, t0) = go(JitMode::Off);
+    for mode in [JitMode::Always, JitMode::Auto] {
+        let (b1, b2, t1) = go(mode);
+        assert_eq!(
+            (&a1, &a2),
+            (&b1, &b2),
+            "case {case}, CS shrunk to {cs_limit:#x}: {mode:?}"
+        );
+        assert!(
+            t0.mem.as_slice() == t1.mem.as_slice(),
+            "case {case}: memory"
+        );
+    }
 }
 
 const R32: [AsmRegister32; 6] = [eax, ebx, ecx, edx, esi, edi];
@@ -336,6 +373,18 @@ fn generated_sequences_agree() {
         // fault (#GP/#SS → shutdown, no IDT) in the middle of a compiled block.
         let limit = (case % 3 == 2).then_some(DATA as u32 + 0x200 + rng.below(0x200) as u32);
         let mut t1 = compare(&format!("case {case}"), &code, &regs, &data, limit);
+        if case % 7 == 6 {
+            let cs_limit = CODE as u32 + rng.below(code.len() as u64) as u32;
+            compare(
+                &format!("case {case}, CS limit {cs_limit:#x}"),
+                &code,
+                &regs,
+                &data,
+                Some(cs_limit),
+            );
+        }
+        let cs_limit = CODE as u32 + rng.below(code.len() as u64) as u32;
+        compare_shrinking_cs(case, &code, &regs, &data, cs_limit);
         if case % 5 == 4 {
             // The same program on a 16-bit stack (the 32-bit stack paths must step aside).
             t1 = compare(

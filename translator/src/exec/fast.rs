@@ -534,6 +534,9 @@ pub(crate) enum FastForm {
     },
     /// RET / RET imm16 with a 32-bit operand size (`ret32`).
     Ret32,
+    /// CALL rel32 (`call_rel32`), and the form the block goes on after (`call_rel32_sb`).
+    Call32,
+    Call32Sb,
 }
 
 fn push_sized<const S: u8>(t: &mut Vec<(usize, FastForm)>) {
@@ -602,6 +605,8 @@ pub(crate) fn fast_form(h: Handler) -> Option<FastForm> {
         t.push((lea_r::<4> as Handler as usize, FastForm::Lea(4)));
         t.push((lea_r::<8> as Handler as usize, FastForm::Lea(8)));
         t.push((ret32 as Handler as usize, FastForm::Ret32));
+        t.push((call_rel32 as Handler as usize, FastForm::Call32));
+        t.push((call_rel32_sb as Handler as usize, FastForm::Call32Sb));
         for h in JCC32 {
             t.push((h as usize, FastForm::Jcc32));
         }

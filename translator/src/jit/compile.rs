@@ -19,7 +19,7 @@
 //! logic ops, ADD, INC/DEC with CF loaded from RFLAGS) and branches with the host's own
 //! condition code; otherwise it calls `Cpu::cond`.
 
-use super::trampoline::{self, Ctx, ST_OK, ST_STOP};
+use super::trampoline::{self, Ctx, ST_BREAK, ST_OK, ST_STOP};
 use crate::Cpu;
 use crate::decode::op::{Op, loc};
 use crate::exec::arith::kind;
@@ -59,6 +59,7 @@ const SEG_LIMIT: usize = offset_of!(Segment, limit);
 const SEG_BASE: usize = offset_of!(Segment, base);
 const EFER: i32 = off32(offset_of!(Cpu, efer));
 const CR0: i32 = off32(offset_of!(Cpu, cr0));
+const BLOCK_BREAK: i32 = off32(offset_of!(Cpu, block_break));
 const CPL: i32 = off32(offset_of!(Cpu, cpl));
 const CTX_MEM: i32 = off32(offset_of!(Ctx<'static>, mem));
 const CTX_FAST_R: i32 = off32(offset_of!(Ctx<'static>, fast_r));
@@ -125,6 +126,8 @@ struct Compiler {
     /// Budget stops before op `i` with `delta` RIP bytes pending: (label, i, delta).
     stops: Vec<(DynamicLabel, usize, u64)>,
     counts: Counts,
+    /// Inline ops that end the block like a handler setting `block_break`: (label, op index).
+    breaks: Vec<(DynamicLabel, usize)>,
 }
 
 /// Compile `ops` (a block decoded for `bitness`-bit code, RIP mask `ip_mask`).
@@ -145,6 +148,7 @@ pub(crate) fn compile(
         fallbacks: Vec::new(),
         stops: Vec::new(),
         counts: Counts::default(),
+        breaks: Vec::new(),
     };
     // Three pushes after the return address keep RSP 16-byte aligned at our calls.
     asm!(c.a
@@ -199,6 +203,16 @@ pub(crate) fn compile(
         c.flush_rip();
         let (n, st) = (i as i32, ST_STOP as i32);
         asm!(c.a
+            ; mov edx, n
+            ; mov eax, st
+            ; jmp =>out
+        );
+    }
+    for (l, i) in std::mem::take(&mut c.breaks) {
+        let (n, st) = (i as i32, ST_BREAK as i32);
+        asm!(c.a
+            ; =>l
+            ; mov BYTE [rbx + BLOCK_BREAK], 1
             ; mov edx, n
             ; mov eax, st
             ; jmp =>out
@@ -401,6 +415,8 @@ impl Compiler {
             }
             Some(FastForm::ShiftRI { k, s }) => self.shift_ri(k, s, op),
             Some(FastForm::Ret32) if !self.long => self.ret32(i, op),
+            Some(FastForm::Call32) if !self.long => self.call32(i, op, false),
+            Some(FastForm::Call32Sb) if !self.long => self.call32(i, op, true),
             Some(FastForm::Jcc32) if !self.long => self.jcc(i, op, op.aux),
             None if !self.long && is_handler(op, crate::exec::control::jcc) => {
                 self.jcc(i, op, op.aux)
@@ -411,7 +427,11 @@ impl Compiler {
             }
             _ => return false,
         }
-        if !matches!(form, Some(FastForm::Jcc32 | FastForm::Ret32)) && !is_branch(op) {
+        if !matches!(
+            form,
+            Some(FastForm::Jcc32 | FastForm::Ret32 | FastForm::Call32 | FastForm::Call32Sb)
+        ) && !is_branch(op)
+        {
             self.delta += len;
         }
         true
@@ -637,6 +657,91 @@ impl Compiler {
             Producer::Known(..) => self.flags,
             Producer::Unknown => Producer::Unknown,
         };
+    }
+
+    /// CALL rel32 with a 32-bit stack (`fast::call_rel32`): target check against the CS
+    /// limit, the return address stored through the inline store path at SS:ESP-4. `sb`: the
+    /// block goes on with the callee (`fast::call_rel32_sb`), so the same checks as there
+    /// decide whether it may (else `block_break` and the block ends after the call).
+    fn call32(&mut self, i: usize, op: &Op, sb: bool) {
+        self.flush_rip();
+        let fb = self.a.new_dynamic_label();
+        let cont = self.a.new_dynamic_label();
+        self.fallbacks.push(Fallback {
+            label: fb,
+            index: i,
+            cont,
+            delta: 0,
+            rewind: 0,
+        });
+        let (pe, big) = (cr0::PE as i32, attr::DB as i16);
+        let ss_attr = seg_field(sreg::SS, SEG_ATTR);
+        let (len, imm) = (op.len as i32, op.imm as i64);
+        asm!(self.a
+            ; test DWORD [rbx + CR0], pe
+            ; jz =>fb
+            ; test WORD [rbx + ss_attr], big
+            ; jz =>fb
+        );
+        // R9 = return address (the next RIP), R10 = target.
+        self.advance_rip_rax(len);
+        asm!(self.a
+            ; mov r9, rax
+            ; mov rcx, QWORD imm
+            ; add rax, rcx
+            ; mov eax, eax
+            ; mov ecx, DWORD [rbx + CS_LIMIT]
+            ; cmp rax, rcx
+            ; ja =>fb
+            ; mov r10, rax
+        );
+        let mut push = Op::new(op.exec, op.len);
+        push.seg = sreg::SS as u8;
+        push.base = 4;
+        push.asize = 4;
+        push.disp = (-4i64) as u64;
+        self.probe_to(&push, 4, true, fb);
+        let esp_off = reg(4);
+        asm!(self.a
+            ; mov DWORD [rcx], r9d
+            ; mov eax, DWORD [rbx + esp_off]
+            ; sub eax, 4
+            ; mov QWORD [rbx + esp_off], rax
+            ; mov QWORD [rbx + RIP], r10
+        );
+        if sb {
+            let brk = self.a.new_dynamic_label();
+            let cs_base = seg_field(sreg::CS, SEG_BASE);
+            let page_off = (op.imm2 & 0xFFF) as i32;
+            let span = (op.imm2 >> 12) as i32;
+            asm!(self.a
+                ; mov rax, QWORD [rbx + cs_base]
+                ; lea rdx, [r9 - len]
+                ; mov edx, edx
+                ; add rdx, rax
+                ; mov edx, edx
+                ; mov rcx, r10
+                ; add rcx, rax
+                ; mov ecx, ecx
+                ; mov rax, rcx
+                ; xor rax, rdx
+                ; shr rax, 12
+                ; jnz =>brk
+                ; and ecx, 0xFFF
+                ; cmp ecx, page_off
+                ; jne =>brk
+            );
+            if span != 0 {
+                asm!(self.a
+                    ; lea rax, [r10 + span - 1]
+                    ; mov ecx, DWORD [rbx + CS_LIMIT]
+                    ; cmp rax, rcx
+                    ; ja =>brk
+                );
+            }
+            self.breaks.push((brk, i));
+        }
+        asm!(self.a ; =>cont);
     }
 
     /// RAX = the low `s` bytes of register `r`.
