@@ -539,3 +539,53 @@ fn a_tiny_code_cache_is_flushed_and_stays_bounded() {
     assert!(t1.jit.stats.flushes > 10, "{:?}", t1.jit.stats);
     assert!(t1.jit.cache_used() <= 8192);
 }
+
+#[test]
+fn user_accesses_never_hit_supervisor_entries_of_the_fast_tlb() {
+    // Paging on: everything identity-mapped user-accessible, except the supervisor data page.
+    let mut a = CodeAssembler::new(32).expect("32-bit assembler");
+    a.mov(eax, dword_ptr(DATA as u32)).expect("asm");
+    a.mov(dword_ptr(DATA as u32 + 4), eax).expect("asm");
+    a.hlt().expect("asm");
+    let kernel = a.assemble(CODE).expect("assemble");
+    let mut a = CodeAssembler::new(32).expect("32-bit assembler");
+    a.mov(ebx, dword_ptr(DATA as u32)).expect("asm");
+    a.mov(dword_ptr(DATA as u32 + 8), ebx).expect("asm");
+    a.hlt().expect("asm");
+    let user = a.assemble(CODE + 0x100).expect("assemble");
+    let mut code = kernel.clone();
+    code.resize(0x100, 0x90);
+    code.extend_from_slice(&user);
+    let go = |mode| {
+        let mut cpu = machine(&code, &[0; 8], &[0x5A; 16], mode, None);
+        let (pd, pt) = (0x20000usize, 0x21000usize);
+        let m = cpu.mem.as_mut_slice();
+        m[pd..pd + 4].copy_from_slice(&(pt as u32 | 7).to_le_bytes());
+        for i in 0..256u32 {
+            let flags = if i << 12 == DATA as u32 { 3 } else { 7 };
+            m[pt + 4 * i as usize..pt + 4 * i as usize + 4]
+                .copy_from_slice(&((i << 12) | flags).to_le_bytes());
+        }
+        cpu.cr3 = pd as u64;
+        cpu.cr0 |= cr0::PG;
+        cpu.flush_translations();
+        let kernel = run(&mut cpu);
+        // Now at CPL 3 over the same (cached) translations.
+        cpu.cpl = 3;
+        cpu.halted = false;
+        cpu.rip = CODE + 0x100;
+        let user = run(&mut cpu);
+        (kernel, user, cpu)
+    };
+    let (kern0, u0, t0) = go(JitMode::Off);
+    assert_eq!(
+        u0.exits,
+        vec![RunExit::Shutdown],
+        "tier 0: the user read must fault"
+    );
+    for mode in [JitMode::Always, JitMode::Auto] {
+        let (kern1, u1, t1) = go(mode);
+        assert_eq!((&kern0, &u0), (&kern1, &u1), "{mode:?}");
+        assert!(t0.mem.as_slice() == t1.mem.as_slice(), "{mode:?}: memory");
+    }
+}
