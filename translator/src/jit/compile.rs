@@ -418,6 +418,20 @@ impl Compiler {
             Some(FastForm::Call32) if !self.long => self.call32(i, op, false),
             Some(FastForm::Call32Sb) if !self.long => self.call32(i, op, true),
             Some(FastForm::Jcc32) if !self.long => self.jcc(i, op, op.aux),
+            None if !self.long
+                && op.osize == 4
+                && is_handler(op, crate::exec::stack::push)
+                && (op.src < 16 || op.src == loc::IMM) =>
+            {
+                self.push32(i, op)
+            }
+            None if !self.long
+                && op.osize == 4
+                && is_handler(op, crate::exec::stack::pop)
+                && op.dst < 16 =>
+            {
+                self.pop32(i, op)
+            }
             None if !self.long && is_handler(op, crate::exec::control::jcc) => {
                 self.jcc(i, op, op.aux)
             }
@@ -742,6 +756,85 @@ impl Compiler {
             self.breaks.push((brk, i));
         }
         asm!(self.a ; =>cont);
+    }
+
+    /// Jump to `fb` unless the stack is 32-bit outside long mode (CR0.PE and SS.B; long mode
+    /// is excluded by the memory probe).
+    fn check_stack32(&mut self, fb: DynamicLabel) {
+        let (pe, big) = (cr0::PE as i32, attr::DB as i16);
+        let ss_attr = seg_field(sreg::SS, SEG_ATTR);
+        asm!(self.a
+            ; test DWORD [rbx + CR0], pe
+            ; jz =>fb
+            ; test WORD [rbx + ss_attr], big
+            ; jz =>fb
+        );
+    }
+
+    /// The memory operand SS:[ESP + disp] with 32-bit addressing.
+    fn stack_slot(op: &Op, disp: i64) -> Op {
+        let mut m = Op::new(op.exec, op.len);
+        m.seg = sreg::SS as u8;
+        m.base = 4;
+        m.asize = 4;
+        m.disp = disp as u64;
+        m
+    }
+
+    /// PUSH r32 / PUSH imm with a 32-bit stack (`stack::push`): the value is read before ESP
+    /// moves (PUSH ESP pushes the old value), ESP changes after the store.
+    fn push32(&mut self, i: usize, op: &Op) {
+        let fb = self.a.new_dynamic_label();
+        let cont = self.a.new_dynamic_label();
+        self.fallbacks.push(Fallback {
+            label: fb,
+            index: i,
+            cont,
+            delta: self.delta,
+            rewind: self.delta + op.len as u64,
+        });
+        self.check_stack32(fb);
+        self.probe_to(&Self::stack_slot(op, -4), 4, true, fb);
+        if op.src == loc::IMM {
+            let v = (op.imm & 0xFFFF_FFFF) as i64;
+            asm!(self.a ; mov rax, QWORD v);
+        } else {
+            let src = reg(op.src);
+            asm!(self.a ; mov rax, QWORD [rbx + src]);
+        }
+        let esp_off = reg(4);
+        asm!(self.a
+            ; mov DWORD [rcx], eax
+            ; mov eax, DWORD [rbx + esp_off]
+            ; sub eax, 4
+            ; mov QWORD [rbx + esp_off], rax
+            ; =>cont
+        );
+    }
+
+    /// POP r32 with a 32-bit stack (`stack::pop`): ESP moves first, then the register is
+    /// written (so POP ESP loads the popped value).
+    fn pop32(&mut self, i: usize, op: &Op) {
+        let fb = self.a.new_dynamic_label();
+        let cont = self.a.new_dynamic_label();
+        self.fallbacks.push(Fallback {
+            label: fb,
+            index: i,
+            cont,
+            delta: self.delta,
+            rewind: self.delta + op.len as u64,
+        });
+        self.check_stack32(fb);
+        self.probe_to(&Self::stack_slot(op, 0), 4, false, fb);
+        let (esp_off, dst) = (reg(4), reg(op.dst));
+        asm!(self.a
+            ; mov ecx, DWORD [rcx]
+            ; mov eax, DWORD [rbx + esp_off]
+            ; add eax, 4
+            ; mov QWORD [rbx + esp_off], rax
+            ; mov QWORD [rbx + dst], rcx
+            ; =>cont
+        );
     }
 
     /// RAX = the low `s` bytes of register `r`.
