@@ -667,10 +667,6 @@ impl Compiler {
             ; mov QWORD [rbx + esp_off], rax
             ; =>cont
         );
-        self.flags = match self.flags {
-            Producer::Known(..) => self.flags,
-            Producer::Unknown => Producer::Unknown,
-        };
     }
 
     /// CALL rel32 with a 32-bit stack (`fast::call_rel32`): target check against the CS
@@ -1009,11 +1005,9 @@ impl Compiler {
             delta: 0,
             rewind: 0,
         });
-        // Both paths join with RIP written back; the handler path may have materialised
-        // the flags.
-        if !matches!(self.flags, Producer::Known(..)) {
-            self.flags = Producer::Unknown;
-        }
+        // Both paths join with RIP written back. The handler path only returns here when the
+        // branch did not fault, and the lazy flags it may have materialised are equal to the
+        // pending ones, so `self.flags` still describes them.
     }
 
     /// Host flags = the x86 flags of the pending lazy operation (known to be `fop`, size `s`).
