@@ -527,6 +527,15 @@ pub(crate) enum FastForm {
         k: u8,
         s: u8,
     },
+    /// ALU with a memory destination and a register / immediate source.
+    AluMR {
+        k: u8,
+        s: u8,
+    },
+    AluMI {
+        k: u8,
+        s: u8,
+    },
     /// SHL/SAL/SHR/SAR (`shift_rotate::kind`) of a register by an immediate.
     ShiftRI {
         k: u8,
@@ -552,6 +561,14 @@ fn push_sized<const S: u8>(t: &mut Vec<(usize, FastForm)>) {
         let rm = FastForm::AluRM { k: K, s: S };
         t.push((alu_rm::<K, S, false> as Handler as usize, rm));
         t.push((alu_rm::<K, S, true> as Handler as usize, rm));
+        let (mr, mi) = (
+            FastForm::AluMR { k: K, s: S },
+            FastForm::AluMI { k: K, s: S },
+        );
+        t.push((alu_mr::<K, S, false> as Handler as usize, mr));
+        t.push((alu_mr::<K, S, true> as Handler as usize, mr));
+        t.push((alu_mi::<K, S, false> as Handler as usize, mi));
+        t.push((alu_mi::<K, S, true> as Handler as usize, mi));
     }
     alu::<{ kind::ADD }, S>(t);
     alu::<{ kind::OR }, S>(t);

@@ -316,14 +316,14 @@ impl Compiler {
                 let src = reg(op.src);
                 asm!(self.a ; mov rcx, QWORD [rbx + src]);
                 mask(&mut self.a, s, Reg::Rcx);
-                self.alu(k, s, op.dst);
+                self.alu(k, s, Some(op.dst));
             }
             Some(FastForm::AluRI { k, s }) => {
                 self.load(s, op.dst);
                 let m = crate::flags::size_mask(s);
                 let v = (op.imm & m) as i64;
                 asm!(self.a ; mov rcx, QWORD v);
-                self.alu(k, s, op.dst);
+                self.alu(k, s, Some(op.dst));
             }
             Some(FastForm::Inc(s)) | Some(FastForm::Dec(s)) => {
                 let inc = matches!(form, Some(FastForm::Inc(_)));
@@ -386,7 +386,38 @@ impl Compiler {
                     _ => asm!(self.a ; mov rcx, QWORD [rcx]),
                 }
                 self.load(s, op.dst);
-                self.alu(k, s, op.dst);
+                self.alu(k, s, Some(op.dst));
+                asm!(self.a ; =>cont);
+            }
+            Some(FastForm::AluMR { k, s } | FastForm::AluMI { k, s }) if mem_inlinable(op) => {
+                // `fast::alu_m`: the destination is read with write intent (the write TLB)
+                // unless the op only compares; flags and the store follow the read.
+                let writes = k != kind::CMP && k != kind::TEST;
+                let cont = self.mem_probe(i, op, s, writes);
+                asm!(self.a ; mov r11, rcx);
+                match s {
+                    1 => asm!(self.a ; movzx eax, BYTE [r11]),
+                    2 => asm!(self.a ; movzx eax, WORD [r11]),
+                    4 => asm!(self.a ; mov eax, DWORD [r11]),
+                    _ => asm!(self.a ; mov rax, QWORD [r11]),
+                }
+                if matches!(form, Some(FastForm::AluMR { .. })) {
+                    let src = reg(op.src);
+                    asm!(self.a ; mov rcx, QWORD [rbx + src]);
+                    mask(&mut self.a, s, Reg::Rcx);
+                } else {
+                    let v = (op.imm & crate::flags::size_mask(s)) as i64;
+                    asm!(self.a ; mov rcx, QWORD v);
+                }
+                self.alu(k, s, None);
+                if writes {
+                    match s {
+                        1 => asm!(self.a ; mov BYTE [r11], dl),
+                        2 => asm!(self.a ; mov WORD [r11], dx),
+                        4 => asm!(self.a ; mov DWORD [r11], edx),
+                        _ => asm!(self.a ; mov QWORD [r11], rdx),
+                    }
+                }
                 asm!(self.a ; =>cont);
             }
             Some(FastForm::MovMR(s)) if mem_inlinable(op) => {
@@ -861,7 +892,9 @@ impl Compiler {
     }
 
     /// RAX = a, RCX = b (both masked): RDX = a OP b, the lazy flags, and the write-back.
-    fn alu(&mut self, k: u8, s: u8, dst: u8) {
+    /// `dst`: the register written back (`None` for memory destinations, which the caller
+    /// stores from RDX).
+    fn alu(&mut self, k: u8, s: u8, dst: Option<u8>) {
         asm!(self.a ; mov rdx, rax);
         let fop = match k {
             kind::ADD => {
@@ -894,7 +927,10 @@ impl Compiler {
             ; mov BYTE [rbx + L_OP], fb
             ; mov BYTE [rbx + L_SIZE], sb
         );
-        if k != kind::CMP && k != kind::TEST {
+        if let Some(dst) = dst
+            && k != kind::CMP
+            && k != kind::TEST
+        {
             self.store_rdx(s, dst);
         }
         self.flags = Producer::Known(fop, s);
