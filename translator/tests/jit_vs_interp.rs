@@ -294,7 +294,16 @@ fn random_insn(
             a.pop(dst32)
         }
         18 => a.neg(dst32),
-        19 => a.imul_2(dst32, src32),
+        19 => match rng.below(8) {
+            0 => a.imul_2(dst32, src32),
+            1 => a.imul_3(dst32, src32, imm as i32),
+            2 => a.imul_2(dst16, word_ptr(ebp + disp)),
+            3 => a.imul_3(dst32, mem32, (imm & 0xFF) as i32 - 0x80),
+            4 => a.movzx(dst32, src8),
+            5 => a.movsx(dst32, word_ptr(ebp + disp)),
+            6 => a.movsx(dst16, byte_ptr(ebp + disp)),
+            _ => a.movzx(dst32, byte_ptr(ebp + disp)),
+        },
         20 => a.xor(dst32, dst32),
         21 => {
             // Carry-consuming forms after a producer.

@@ -463,6 +463,22 @@ impl Compiler {
             {
                 self.pop32(i, op)
             }
+            None if (is_handler(op, crate::exec::moves::movzx)
+                || is_handler(op, crate::exec::moves::movsx))
+                && op.dst < 16
+                && matches!((op.aux, op.osize), (1, 2 | 4 | 8) | (2, 4 | 8) | (4, 8))
+                && (op.src < 20 || (op.src == loc::MEM && mem_inlinable(op))) =>
+            {
+                let signed = is_handler(op, crate::exec::moves::movsx);
+                self.movx(i, op, signed)
+            }
+            None if is_handler(op, crate::exec::arith::imul_n)
+                && op.dst < 16
+                && matches!(op.osize, 2 | 4 | 8)
+                && (op.src < 16 || (op.src == loc::MEM && mem_inlinable(op))) =>
+            {
+                self.imul(i, op)
+            }
             None if !self.long && is_handler(op, crate::exec::control::jcc) => {
                 self.jcc(i, op, op.aux)
             }
@@ -783,6 +799,95 @@ impl Compiler {
             self.breaks.push((brk, i));
         }
         asm!(self.a ; =>cont);
+    }
+
+    /// MOVZX/MOVSX(D) (`moves::movzx`/`movsx`, `aux` = source size): the source from a
+    /// register (16-19: AH-BH), or memory through the inline load path.
+    fn movx(&mut self, i: usize, op: &Op, signed: bool) {
+        let cont = if op.src == loc::MEM {
+            Some(self.mem_probe(i, op, op.aux, false))
+        } else {
+            let o = if op.src >= 16 {
+                reg(op.src - 16) + 1
+            } else {
+                reg(op.src)
+            };
+            asm!(self.a ; lea rcx, [rbx + o]);
+            None
+        };
+        match (signed, op.aux) {
+            (false, 1) => asm!(self.a ; movzx eax, BYTE [rcx]),
+            (false, 2) => asm!(self.a ; movzx eax, WORD [rcx]),
+            (false, _) => asm!(self.a ; mov eax, DWORD [rcx]),
+            (true, 1) => asm!(self.a ; movsx rax, BYTE [rcx]),
+            (true, 2) => asm!(self.a ; movsx rax, WORD [rcx]),
+            (true, _) => asm!(self.a ; movsxd rax, DWORD [rcx]),
+        }
+        self.store_rax(op.osize, op.dst);
+        if let Some(cont) = cont {
+            asm!(self.a ; =>cont);
+        }
+    }
+
+    /// Two- and three-operand IMUL (`arith::imul_n`): the host IMUL gives the truncated
+    /// product and CF = OF = overflow exactly; SF, ZF, PF come from the result (as tier 0's
+    /// `mul_flags`), AF is 0, and the flags are eager (lazy op None).
+    fn imul(&mut self, i: usize, op: &Op) {
+        let s = op.osize;
+        let cont = if op.src == loc::MEM {
+            let c = self.mem_probe(i, op, s, false);
+            // Exactly `s` bytes: the probe only vouched for those.
+            match s {
+                2 => asm!(self.a ; movzx ecx, WORD [rcx]),
+                4 => asm!(self.a ; mov ecx, DWORD [rcx]),
+                _ => asm!(self.a ; mov rcx, QWORD [rcx]),
+            }
+            Some(c)
+        } else {
+            let o = reg(op.src);
+            asm!(self.a ; mov rcx, QWORD [rbx + o]);
+            None
+        };
+        if op.aux == 1 {
+            let v = op.imm as i64;
+            asm!(self.a ; mov rax, QWORD v);
+        } else {
+            let o = reg(op.dst);
+            asm!(self.a ; mov rax, QWORD [rbx + o]);
+        }
+        match s {
+            2 => asm!(self.a ; imul cx, ax ; seto r8b ; test cx, cx),
+            4 => asm!(self.a ; imul ecx, eax ; seto r8b ; test ecx, ecx),
+            _ => asm!(self.a ; imul rcx, rax ; seto r8b ; test rcx, rcx),
+        }
+        let szp = (flag::SF | flag::ZF | flag::PF) as i32;
+        let cfof = (flag::CF | flag::OF) as i32;
+        let keep = !flag::ARITH as i32;
+        let none = FlagOp::None as u8 as i8;
+        asm!(self.a
+            ; lahf
+            ; movzx edx, ah
+            ; and edx, szp
+            ; movzx r8d, r8b
+            ; neg r8d
+            ; and r8d, cfof
+            ; or edx, r8d
+            ; mov rax, QWORD [rbx + RFLAGS]
+            ; and rax, keep
+            ; or rax, rdx
+            ; mov QWORD [rbx + RFLAGS], rax
+            ; mov BYTE [rbx + L_OP], none
+        );
+        mask(&mut self.a, s, Reg::Rcx);
+        let d = reg(op.dst);
+        match s {
+            2 => asm!(self.a ; mov WORD [rbx + d], cx),
+            _ => asm!(self.a ; mov QWORD [rbx + d], rcx),
+        }
+        if let Some(cont) = cont {
+            asm!(self.a ; =>cont);
+        }
+        self.flags = Producer::Known(FlagOp::None, s);
     }
 
     /// Jump to `fb` unless the stack is 32-bit outside long mode (CR0.PE and SS.B; long mode
