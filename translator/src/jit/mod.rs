@@ -24,9 +24,9 @@ use trampoline::{ST_BREAK, ST_FAULT, ST_HALT, ST_OK, ST_STOP};
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum JitMode {
     /// Tier 0 only.
-    #[default]
     Off,
     /// Compile blocks that have run [`Jit::threshold`] times.
+    #[default]
     Auto,
     /// Compile every block before its first run (for tests).
     Always,
