@@ -250,10 +250,14 @@ fn random_insn(
             let scale = rng.pick(&[1, 2, 4, 8]);
             a.lea(dst32, dword_ptr(src32 + rng.pick(&R32) * scale + disp))
         }
-        8 => match rng.below(4) {
+        8 => match rng.below(7) {
             0 => a.shl(dst32, imm & 31),
             1 => a.shr(dst32, imm & 31),
             2 => a.sar(dst16, imm & 15),
+            // Counts up to 31 on narrow operands (beyond the width: tier 0's rules).
+            3 if idx < 4 => a.shl(dst8, imm & 31),
+            4 => a.shr(dst16, imm & 31),
+            5 => a.sar(dst16, imm & 31),
             _ => a.rol(dst32, imm & 31),
         },
         9 => a.mov(mem32, src32),

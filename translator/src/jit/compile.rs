@@ -444,7 +444,13 @@ impl Compiler {
                 }
                 asm!(self.a ; =>cont);
             }
-            Some(FastForm::ShiftRI { k, s }) => self.shift_ri(k, s, op),
+            // Counts of the operand width or more (8/16-bit operands) leave CF undefined on
+            // the host: those are called.
+            Some(FastForm::ShiftRI { k, s })
+                if (op.imm as u32) & if s == 8 { 0x3F } else { 0x1F } < s as u32 * 8 =>
+            {
+                self.shift_ri(k, s, op)
+            }
             Some(FastForm::Ret32) if !self.long => self.ret32(i, op),
             Some(FastForm::Call32) if !self.long => self.call32(i, op, false),
             Some(FastForm::Call32Sb) if !self.long => self.call32(i, op, true),
