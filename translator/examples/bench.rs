@@ -1,7 +1,7 @@
 //! Tier-0 throughput: guest instructions per second on a mixed integer loop (arithmetic,
 //! memory, branches, calls) and on a string-copy loop, in 32-bit flat protected mode.
 //!
-//! `cargo run --release -p translator --example bench`
+//! `cargo run --release -p translator --example bench` (`VIREO_JIT=always` for tier 1)
 
 use iced_x86::code_asm::*;
 use std::time::Instant;
@@ -54,6 +54,9 @@ fn measure(name: &str, code: &[u8], bytes_moved: u64) {
     }
     let dt = t.elapsed().as_secs_f64();
     let cpu_s = cpu_time() - c0;
+    if cpu.jit.mode != translator::JitMode::Off {
+        println!("  jit ({:?}): {:?}", cpu.jit.mode, cpu.jit.stats);
+    }
     if bytes_moved == 0 {
         println!(
             "{name}: {} instructions, {:.1} M instructions/s of CPU time ({:.1} M/s wall)",

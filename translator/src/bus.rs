@@ -138,6 +138,12 @@ impl PhysMem {
         let a = addr as usize;
         buf.copy_from_slice(&self.data[a..a + buf.len()]);
     }
+    /// Host address of physical address 0, for compiled code (which reaches RAM only through
+    /// fast-TLB entries, i.e. pages checked to be RAM).
+    pub(crate) fn host_base(&mut self) -> usize {
+        self.data.as_mut_ptr() as usize
+    }
+
     /// Little-endian load of 1, 2, 4 or 8 bytes from backed memory (fixed-size loads, no
     /// memcpy call). The caller checked that the range is backed and within one page.
     #[inline]

@@ -69,6 +69,8 @@ pub struct Cpu {
     pub(crate) block_break: bool,
     pub(crate) cache: BlockCache,
     pub(crate) tlb: Tlb,
+    /// Tier 1 (the JIT): its mode, code cache and statistics.
+    pub jit: crate::jit::Jit,
     /// Exception nesting during delivery (for #DF and triple fault).
     pub(crate) delivering: Option<u8>,
     /// Instructions retired since reset.
@@ -154,6 +156,7 @@ impl Cpu {
             block_break: false,
             cache: BlockCache::new(),
             tlb: Tlb::new(),
+            jit: crate::jit::Jit::default(),
             delivering: None,
             icount: 0,
             last_fault: None,

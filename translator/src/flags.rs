@@ -8,6 +8,8 @@ use crate::state::flag;
 
 /// The operation whose flags are pending.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+// u8: tier 1 writes the discriminant straight into `LazyFlags::op`.
+#[repr(u8)]
 pub enum FlagOp {
     /// Nothing pending: RFLAGS holds every bit.
     None,

@@ -20,6 +20,7 @@ pub mod exception;
 pub mod exec;
 pub mod flags;
 pub mod interrupt;
+pub mod jit;
 pub mod mmu;
 pub mod state;
 
@@ -27,6 +28,7 @@ pub use bus::{CpuBus, NullBus, PhysMem};
 pub use cpu::{Cpu, Mode, TscClock};
 pub use exception::{Exit, Fault};
 pub use exec::x87;
+pub use jit::JitMode;
 
 use exception::vector;
 use exec::system::dr6;
@@ -177,7 +179,26 @@ impl Cpu {
             let n = block.ops.len().min(left.min(usize::MAX as u64) as usize);
             let mut done = 0u64;
             let mut clean = true;
-            for op in &block.ops[..n] {
+            let compiled = jit::run_block(self, bus, &block, n);
+            match compiled {
+                Some(jit::Outcome::Ran { done: d, clean: c }) => (done, clean) = (d, c),
+                Some(jit::Outcome::Fault { done: d, fault }) => {
+                    self.icount += d;
+                    left -= d + 1;
+                    // As in tier 0 below: faults push RF = 1.
+                    self.rflags |= flag::RF;
+                    if !self.raise(bus, fault, true) {
+                        return RunExit::Shutdown;
+                    }
+                    clean = false;
+                }
+                Some(jit::Outcome::Halt { done: d }) => {
+                    self.icount += d + 1;
+                    return RunExit::Halted;
+                }
+                None => {}
+            }
+            for op in &block.ops[..if compiled.is_some() { 0 } else { n }] {
                 let start = self.rip;
                 let rsp = self.regs[4];
                 self.rip = start.wrapping_add(op.len as u64) & mask;

@@ -3,7 +3,7 @@
 //! architectural exceptions, never panic or hang. Fixed seed, bounded budget per case.
 
 use translator::state::{Segment, TableReg, attr, cr0, flag};
-use translator::{Cpu, CpuBus, PhysMem};
+use translator::{Cpu, CpuBus, JitMode, PhysMem};
 
 struct Rng(u64);
 impl Rng {
@@ -133,7 +133,18 @@ fn prepare(cpu: &mut Cpu, rng: &mut Rng, setup: Setup) {
 
 #[test]
 fn random_bytes_never_panic() {
+    random_bytes(JitMode::Off);
+}
+
+/// The same cases with every block compiled by the JIT.
+#[test]
+fn random_bytes_never_panic_jit_forced() {
+    random_bytes(JitMode::Always);
+}
+
+fn random_bytes(mode: JitMode) {
     let mut cpu = Cpu::new(PhysMem::new(1 << 20));
+    cpu.jit.mode = mode;
     let mut bus = Bus;
     // More cases on demand: VIREO_FUZZ_CASES=100000 VIREO_FUZZ_SEED=7 cargo test --test fuzz
     let cases: usize = std::env::var("VIREO_FUZZ_CASES")

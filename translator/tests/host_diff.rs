@@ -204,7 +204,7 @@ fn run_form(
                 match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| vm.run(c))) {
                     Ok(v) => v,
                     Err(_) => {
-                        *vm = vireo::Vireo::new();
+                        *vm = vireo::Vireo::new(vm.mode());
                         Outcome {
                             harness_error: 0xBAD,
                             ..Outcome::default()
@@ -302,6 +302,16 @@ fn run_form(
 
 #[test]
 fn host_cpu_differential() {
+    differential(translator::JitMode::Off);
+}
+
+/// The same forms and cases with every block compiled by the JIT.
+#[test]
+fn host_cpu_differential_jit_forced() {
+    differential(translator::JitMode::Always);
+}
+
+fn differential(mode: translator::JitMode) {
     let start = Instant::now();
     let cases = env_num("VIREO_HOSTDIFF_CASES", 1000) as usize;
     let seed = env_num("VIREO_HOSTDIFF_SEED", 0x5EED_0003);
@@ -317,7 +327,7 @@ fn host_cpu_differential() {
     } else {
         "masked (not an Intel host: the AMD APM does not specify them)"
     };
-    println!("host CPU: {host}");
+    println!("host CPU: {host}; {mode:?}");
     println!("{} forms x {} cases, seed {:#x}", forms.len(), cases, seed);
     let h = native::Harness::new();
     let next = Mutex::new(0usize);
@@ -329,7 +339,7 @@ fn host_cpu_differential() {
     std::thread::scope(|s| {
         for _ in 0..threads {
             s.spawn(|| {
-                let mut vm = vireo::Vireo::new();
+                let mut vm = vireo::Vireo::new(mode);
                 loop {
                     let i = {
                         let mut g = next.lock().unwrap();

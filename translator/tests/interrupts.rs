@@ -57,6 +57,7 @@ fn real_machine(f: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>) -> 
         m[vec as usize * 4..vec as usize * 4 + 2].copy_from_slice(&(h as u16).to_le_bytes());
     }
     let mut cpu = Cpu::new(mem);
+    cpu.jit.mode = tier::mode();
     cpu.segs[1] = Segment::real(0, true);
     cpu.segs[2] = Segment::real(0, false);
     cpu.regs[4] = 0x8000;
@@ -223,3 +224,45 @@ fn nmi_is_blocked_until_iret() {
     // The first handler, then the held NMI right after its IRET, then the main line.
     assert_eq!(bus.out, vec![2, 2, 9]);
 }
+
+/// The tier the harness builds its CPU for: tier 0, or every block forced through the JIT.
+/// Thread-local because each test runs on its own thread.
+mod tier {
+    use std::cell::Cell;
+    use translator::JitMode;
+    thread_local! {
+        static MODE: Cell<JitMode> = const { Cell::new(JitMode::Off) };
+    }
+    pub fn mode() -> JitMode {
+        MODE.with(Cell::get)
+    }
+    pub fn set(m: JitMode) {
+        MODE.with(|c| c.set(m));
+    }
+}
+
+/// Every test again with the JIT forced on for every block (tier 1 must give tier 0's results).
+macro_rules! jit_forced {
+    ($($name:ident),* $(,)?) => {
+        mod jit_forced {
+            $(
+                #[test]
+                fn $name() {
+                    super::tier::set(translator::JitMode::Always);
+                    super::$name();
+                }
+            )*
+        }
+    };
+}
+
+jit_forced!(
+    intr_waits_for_if_and_the_sti_shadow,
+    hlt_returns_to_the_board_and_intr_wakes_it,
+    nmi_ignores_if,
+    triple_fault_shuts_down_through_the_bus,
+    budget_is_honoured,
+    tf_single_steps_each_instruction,
+    instruction_longer_than_15_bytes_is_gp,
+    nmi_is_blocked_until_iret,
+);

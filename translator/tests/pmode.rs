@@ -151,6 +151,7 @@ fn machine(main: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>) -> (C
     put(&mut mem, SYSCALL, &sys);
 
     let mut cpu = Cpu::new(mem);
+    cpu.jit.mode = tier::mode();
     cpu.segs[1] = translator::state::Segment::real(0, true);
     cpu.rip = 0x1000;
     (cpu, TestBus::default())
@@ -886,3 +887,63 @@ fn endbr32_rdssp_and_hint_nops_are_nops() {
     run(&mut cpu, &mut bus);
     assert_eq!(bus.out, vec![0x1234_5678]);
 }
+
+/// The tier the harness builds its CPU for: tier 0, or every block forced through the JIT.
+/// Thread-local because each test runs on its own thread.
+mod tier {
+    use std::cell::Cell;
+    use translator::JitMode;
+    thread_local! {
+        static MODE: Cell<JitMode> = const { Cell::new(JitMode::Off) };
+    }
+    pub fn mode() -> JitMode {
+        MODE.with(Cell::get)
+    }
+    pub fn set(m: JitMode) {
+        MODE.with(|c| c.set(m));
+    }
+}
+
+/// Every test again with the JIT forced on for every block (tier 1 must give tier 0's results).
+macro_rules! jit_forced {
+    ($($name:ident),* $(,)?) => {
+        mod jit_forced {
+            $(
+                #[test]
+                fn $name() {
+                    super::tier::set(translator::JitMode::Always);
+                    super::$name();
+                }
+            )*
+        }
+    };
+}
+
+jit_forced!(
+    enters_protected_mode_and_uses_flat_segments,
+    selector_beyond_gdt_limit_raises_gp_with_selector,
+    segment_limit_violation_raises_gp0,
+    paging_translates_and_sets_accessed_and_dirty,
+    page_fault_reports_cr2_and_error_code,
+    write_protect_faults_only_with_cr0_wp,
+    large_pages_with_pse,
+    ring3_interrupt_switches_to_the_tss_stack,
+    hlt_at_ring3_is_gp,
+    store_into_the_next_instruction_is_seen,
+    code_rewritten_on_a_loop_pass_is_retranslated,
+    pae_with_nx_faults_on_fetch,
+    user_access_to_a_supervisor_page_faults,
+    user_port_access_without_iopl_is_gp,
+    v86_int_with_iopl_below_3_is_gp,
+    v86_int_with_iopl_3_enters_ring0_with_the_v86_frame,
+    task_switch_through_a_task_gate_and_back_with_iret_then_jmp,
+    bad_selector_in_the_new_tss_raises_ts_inside_the_new_task,
+    x87_arithmetic_conversions_and_compares,
+    x87_fnsave_frstor_round_trip,
+    x87_with_cr0_em_raises_nm,
+    f80_conversions_are_exact_for_f64_values,
+    invlpg_drops_a_cached_translation,
+    call_gate_from_ring3_copies_parameters_and_retf_returns,
+    rep_bsf_and_rep_bsr_run_as_bsf_and_bsr,
+    endbr32_rdssp_and_hint_nops_are_nops,
+);

@@ -6,6 +6,7 @@
 //! `VIREO_SKIP_CONFORMANCE=1`.
 
 use std::path::PathBuf;
+use translator::JitMode;
 use translator::conformance::{Runner, SuiteInfo, test_files};
 
 fn suite_dir() -> Option<PathBuf> {
@@ -21,6 +22,16 @@ fn suite_dir() -> Option<PathBuf> {
 
 #[test]
 fn sst_80286_real_mode_developer_slice() {
+    developer_slice(JitMode::Off);
+}
+
+/// The same suite with every block compiled by the JIT: tier 1 must give the same results.
+#[test]
+fn sst_80286_real_mode_developer_slice_jit_forced() {
+    developer_slice(JitMode::Always);
+}
+
+fn developer_slice(mode: JitMode) {
     let Some(dir) = suite_dir() else {
         if std::env::var("VIREO_SKIP_CONFORMANCE").as_deref() == Ok("1") {
             eprintln!("conformance data not found; skipped on request");
@@ -30,6 +41,7 @@ fn sst_80286_real_mode_developer_slice() {
     };
     let info = SuiteInfo::load(&dir);
     let mut runner = Runner::new();
+    runner.cpu.jit.mode = mode;
     let mut pass = 0;
     let mut known = 0;
     let mut failures = Vec::new();

@@ -38,6 +38,10 @@ pub struct Block {
     /// Successors seen after this block (fall-through and taken target, or the last two
     /// return addresses): a memo of `get_block` for the same fetch context.
     links: RefCell<[Option<Link>; 2]>,
+    /// Executions seen by tier 1's hotness counter.
+    pub(crate) hits: Cell<u32>,
+    /// The block's tier-1 code; dropped when the block leaves the cache.
+    pub(crate) jit: Cell<Option<crate::jit::Compiled>>,
 }
 
 /// A remembered successor: valid while RIP, the translation stamp (block cache and TLB
@@ -63,6 +67,17 @@ impl Block {
             chainable,
             cached: Cell::new(false),
             links: RefCell::new([None, None]),
+            hits: Cell::new(0),
+            jit: Cell::new(None),
+        }
+    }
+
+    /// The code size the block was decoded for (16, 32 or 64).
+    pub(crate) fn bitness(&self) -> u32 {
+        match self.ip_mask {
+            0xFFFF => 16,
+            0xFFFF_FFFF => 32,
+            _ => 64,
         }
     }
 }
@@ -104,6 +119,9 @@ impl BlockCache {
         if !self.map.is_empty() {
             self.fast.fill(None);
         }
+        for b in self.map.values() {
+            b.jit.set(None);
+        }
         self.map.clear();
         self.by_page.clear();
         self.code_pages.fill(false);
@@ -118,7 +136,9 @@ impl BlockCache {
         if let Some(keys) = self.by_page.remove(&page) {
             self.epoch = self.epoch.wrapping_add(1);
             for k in keys {
-                self.map.remove(&k);
+                if let Some(b) = self.map.remove(&k) {
+                    b.jit.set(None);
+                }
                 let slot = &mut self.fast[fast_slot(&k)];
                 if slot.as_ref().is_some_and(|(fk, _)| *fk == k) {
                     *slot = None;

@@ -496,3 +496,139 @@ pub(crate) fn specialise(ins: &Instruction, op: &mut Op) {
         op.exec = n;
     }
 }
+
+/// A specialised handler that tier 1 compiles inline (`jit::compile`), with its parameters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum FastForm {
+    /// ALU `K` (`arith::kind`) of size `s`, register destination and register source.
+    AluRR {
+        k: u8,
+        s: u8,
+    },
+    /// ALU with a register destination and the immediate.
+    AluRI {
+        k: u8,
+        s: u8,
+    },
+    MovRR(u8),
+    MovRI(u8),
+    Inc(u8),
+    Dec(u8),
+    /// LEA with 32-bit addressing and this operand size.
+    Lea(u8),
+    /// Jcc rel32 (`jcc32`); the condition is in `Op::aux`.
+    Jcc32,
+    /// MOV reg, [mem] / MOV [mem], reg / MOV [mem], imm of size `s`.
+    MovRM(u8),
+    MovMR(u8),
+    MovMI(u8),
+    /// ALU with a register destination and a memory source.
+    AluRM {
+        k: u8,
+        s: u8,
+    },
+    /// ALU with a memory destination and a register / immediate source.
+    AluMR {
+        k: u8,
+        s: u8,
+    },
+    AluMI {
+        k: u8,
+        s: u8,
+    },
+    /// SHL/SAL/SHR/SAR (`shift_rotate::kind`) of a register by an immediate.
+    ShiftRI {
+        k: u8,
+        s: u8,
+    },
+    /// RET / RET imm16 with a 32-bit operand size (`ret32`).
+    Ret32,
+    /// CALL rel32 (`call_rel32`), and the form the block goes on after (`call_rel32_sb`).
+    Call32,
+    Call32Sb,
+}
+
+fn push_sized<const S: u8>(t: &mut Vec<(usize, FastForm)>) {
+    fn alu<const K: u8, const S: u8>(t: &mut Vec<(usize, FastForm)>) {
+        t.push((
+            alu_rr::<K, S> as Handler as usize,
+            FastForm::AluRR { k: K, s: S },
+        ));
+        t.push((
+            alu_ri::<K, S> as Handler as usize,
+            FastForm::AluRI { k: K, s: S },
+        ));
+        let rm = FastForm::AluRM { k: K, s: S };
+        t.push((alu_rm::<K, S, false> as Handler as usize, rm));
+        t.push((alu_rm::<K, S, true> as Handler as usize, rm));
+        let (mr, mi) = (
+            FastForm::AluMR { k: K, s: S },
+            FastForm::AluMI { k: K, s: S },
+        );
+        t.push((alu_mr::<K, S, false> as Handler as usize, mr));
+        t.push((alu_mr::<K, S, true> as Handler as usize, mr));
+        t.push((alu_mi::<K, S, false> as Handler as usize, mi));
+        t.push((alu_mi::<K, S, true> as Handler as usize, mi));
+    }
+    alu::<{ kind::ADD }, S>(t);
+    alu::<{ kind::OR }, S>(t);
+    alu::<{ kind::AND }, S>(t);
+    alu::<{ kind::SUB }, S>(t);
+    alu::<{ kind::XOR }, S>(t);
+    alu::<{ kind::CMP }, S>(t);
+    alu::<{ kind::TEST }, S>(t);
+    t.push((mov_rr::<S> as Handler as usize, FastForm::MovRR(S)));
+    t.push((mov_ri::<S> as Handler as usize, FastForm::MovRI(S)));
+    t.push((mov_rm::<S, false> as Handler as usize, FastForm::MovRM(S)));
+    t.push((mov_rm::<S, true> as Handler as usize, FastForm::MovRM(S)));
+    t.push((mov_mr::<S, false> as Handler as usize, FastForm::MovMR(S)));
+    t.push((mov_mr::<S, true> as Handler as usize, FastForm::MovMR(S)));
+    t.push((mov_mi::<S, false> as Handler as usize, FastForm::MovMI(S)));
+    t.push((mov_mi::<S, true> as Handler as usize, FastForm::MovMI(S)));
+    t.push((inc_r::<S> as Handler as usize, FastForm::Inc(S)));
+    {
+        use shift_rotate::kind as sk;
+        t.push((
+            shift_ri::<{ sk::SHL }, S> as Handler as usize,
+            FastForm::ShiftRI { k: sk::SHL, s: S },
+        ));
+        t.push((
+            shift_ri::<{ sk::SAL }, S> as Handler as usize,
+            FastForm::ShiftRI { k: sk::SAL, s: S },
+        ));
+        t.push((
+            shift_ri::<{ sk::SHR }, S> as Handler as usize,
+            FastForm::ShiftRI { k: sk::SHR, s: S },
+        ));
+        t.push((
+            shift_ri::<{ sk::SAR }, S> as Handler as usize,
+            FastForm::ShiftRI { k: sk::SAR, s: S },
+        ));
+    }
+    t.push((dec_r::<S> as Handler as usize, FastForm::Dec(S)));
+}
+
+/// Which [`FastForm`] handler `h` is. Recognised by address, taken here where `specialise`
+/// takes it: a handler instantiated elsewhere (another codegen unit) is simply not
+/// recognised and runs as a call, which is always correct.
+pub(crate) fn fast_form(h: Handler) -> Option<FastForm> {
+    static TABLE: std::sync::OnceLock<Vec<(usize, FastForm)>> = std::sync::OnceLock::new();
+    let t = TABLE.get_or_init(|| {
+        let mut t = Vec::new();
+        push_sized::<1>(&mut t);
+        push_sized::<2>(&mut t);
+        push_sized::<4>(&mut t);
+        push_sized::<8>(&mut t);
+        t.push((lea_r::<4> as Handler as usize, FastForm::Lea(4)));
+        t.push((lea_r::<8> as Handler as usize, FastForm::Lea(8)));
+        t.push((ret32 as Handler as usize, FastForm::Ret32));
+        t.push((call_rel32 as Handler as usize, FastForm::Call32));
+        t.push((call_rel32_sb as Handler as usize, FastForm::Call32Sb));
+        for h in JCC32 {
+            t.push((h as usize, FastForm::Jcc32));
+        }
+        t
+    });
+    let a = h as usize;
+    t.iter().find(|(p, _)| *p == a).map(|(_, f)| *f)
+}

@@ -26,10 +26,14 @@ struct Entry {
 }
 
 /// Slots of the fast data-access caches.
-const FAST: usize = 256;
+pub(crate) const FAST: usize = 256;
+/// Bytes per fast slot: the tag, then the physical page address (both u64).
+pub(crate) const FAST_ENTRY_BYTES: usize = std::mem::size_of::<FastEntry>();
 
 /// A fast-path slot: linear page (with the privilege bit) → physical page of plain RAM.
+/// `repr(C)`: tier 1 probes these slots from generated code (`jit::compile`).
 #[derive(Clone, Copy, Default)]
+#[repr(C)]
 struct FastEntry {
     /// ((linear page << 1) | user) + 1; 0 = empty.
     tag: u64,
@@ -163,6 +167,11 @@ impl Tlb {
             tag,
             base: phys & !0xFFF,
         };
+    }
+
+    /// Host addresses of the fast read and write tables, for compiled code.
+    pub(crate) fn fast_tables(&self) -> (usize, usize) {
+        (self.fast_r.as_ptr() as usize, self.fast_w.as_ptr() as usize)
     }
 
     /// Forget every fast write slot (a page just became a code page).

@@ -8,7 +8,7 @@
 
 use super::common::*;
 use translator::state::{Segment, TableReg, attr, sreg};
-use translator::{Cpu, NullBus, PhysMem, RunExit};
+use translator::{Cpu, JitMode, NullBus, PhysMem, RunExit};
 
 const GDT: u64 = 0x1000;
 const IDT: u64 = 0x2000;
@@ -54,7 +54,12 @@ const DATA32_3: u16 =
     attr::P | attr::S | attr::RW | attr::ACCESSED | attr::DB | attr::G | (3 << attr::DPL_SHIFT);
 
 impl Vireo {
-    pub fn new() -> Self {
+    /// The tier the CPU runs under (tier 0, or the JIT forced for every block).
+    pub fn mode(&self) -> JitMode {
+        self.cpu.jit.mode
+    }
+
+    pub fn new(mode: JitMode) -> Self {
         let mut mem = PhysMem::new(MEM_SIZE);
         let m = mem.as_mut_slice();
         let gdt: [u64; 9] = [
@@ -95,10 +100,9 @@ impl Vireo {
         for page in [CODE, AREA, AREA + 0x1000] {
             put(m, PT + (page as u64 >> 12) * 4, &(page | 7).to_le_bytes());
         }
-        Vireo {
-            cpu: Cpu::new(mem),
-            bus: NullBus,
-        }
+        let mut cpu = Cpu::new(mem);
+        cpu.jit.mode = mode;
+        Vireo { cpu, bus: NullBus }
     }
 
     fn setup(&mut self, case: &Case) {

@@ -1,0 +1,137 @@
+//! The code cache: one fixed-size anonymous mapping that compiled blocks are appended to.
+//!
+//! W^X: the mapping is never writable and executable at once. It is mapped read+execute;
+//! appending a block flips the pages it touches to read+write, copies the code in and flips
+//! them back. When the next block does not fit, the whole cache is flushed: the generation
+//! goes up (every `Compiled` handle of the old generation is then stale and never entered
+//! again) and appending starts over at offset 0. Memory stays bounded by the mapping size.
+
+use std::ptr::NonNull;
+
+/// Where a compiled block lives: valid while the buffer's generation is `generation`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Compiled {
+    pub generation: u64,
+    pub offset: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BufferError {
+    #[error("mmap of the code cache failed: {0}")]
+    Map(std::io::Error),
+    #[error("mprotect of the code cache failed: {0}")]
+    Protect(std::io::Error),
+}
+
+pub(crate) struct CodeBuffer {
+    base: NonNull<u8>,
+    cap: usize,
+    used: usize,
+    pub(crate) generation: u64,
+    /// Flushes so far (for tests and statistics).
+    pub(crate) flushes: u64,
+}
+
+const PAGE: usize = 4096;
+
+impl CodeBuffer {
+    pub fn new(cap: usize) -> Result<Self, BufferError> {
+        let cap = cap.max(PAGE).next_multiple_of(PAGE);
+        // SAFETY: a fresh private anonymous mapping; no existing memory is affected.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                cap,
+                libc::PROT_READ | libc::PROT_EXEC,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(BufferError::Map(std::io::Error::last_os_error()));
+        }
+        let base = NonNull::new(p.cast::<u8>()).ok_or_else(|| {
+            BufferError::Map(std::io::Error::other("mmap returned a null mapping"))
+        })?;
+        Ok(CodeBuffer {
+            base,
+            cap,
+            used: 0,
+            generation: 0,
+            flushes: 0,
+        })
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.cap
+    }
+
+    pub fn used(&self) -> usize {
+        self.used
+    }
+
+    /// Host address of offset `off` (for the entry call and for position-dependent code).
+    pub fn addr(&self, off: usize) -> usize {
+        self.base.as_ptr() as usize + off
+    }
+
+    /// The offset the next block will be placed at, if `len` bytes still fit.
+    pub fn next_offset(&self, len: usize) -> Option<usize> {
+        let off = self.used.next_multiple_of(16);
+        (off + len <= self.cap).then_some(off)
+    }
+
+    /// Forget every compiled block.
+    pub fn flush(&mut self) {
+        self.generation = self.generation.wrapping_add(1);
+        self.flushes += 1;
+        self.used = 0;
+        // Give the pages back to the host; the mapping stays (read+execute, now zero-filled).
+        // SAFETY: the range is our own mapping; nothing runs from it while the CPU compiles.
+        unsafe {
+            libc::madvise(self.base.as_ptr().cast(), self.cap, libc::MADV_DONTNEED);
+        }
+    }
+
+    /// Copy `code` in at `off` (from [`CodeBuffer::next_offset`]).
+    pub fn write(&mut self, off: usize, code: &[u8]) -> Result<Compiled, BufferError> {
+        assert!(off + code.len() <= self.cap, "code cache overrun");
+        let start = off / PAGE * PAGE;
+        let end = (off + code.len()).next_multiple_of(PAGE).min(self.cap);
+        // SAFETY: [start, end) lies inside our mapping (checked above); no compiled code runs
+        // while a block is being written (the CPU is single-threaded and compiling).
+        let p = unsafe { self.base.as_ptr().add(start) };
+        self.protect(p, end - start, libc::PROT_READ | libc::PROT_WRITE)?;
+        // SAFETY: the destination is inside the mapping and now writable; `code` is a
+        // separate heap buffer, so the ranges do not overlap.
+        unsafe {
+            std::ptr::copy_nonoverlapping(code.as_ptr(), self.base.as_ptr().add(off), code.len());
+        }
+        self.protect(p, end - start, libc::PROT_READ | libc::PROT_EXEC)?;
+        self.used = off + code.len();
+        Ok(Compiled {
+            generation: self.generation,
+            offset: off,
+        })
+    }
+
+    fn protect(&self, p: *mut u8, len: usize, prot: i32) -> Result<(), BufferError> {
+        // SAFETY: `p..p+len` is a page-aligned range of our own mapping.
+        let r = unsafe { libc::mprotect(p.cast(), len, prot) };
+        if r != 0 {
+            return Err(BufferError::Protect(std::io::Error::last_os_error()));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for CodeBuffer {
+    fn drop(&mut self) {
+        // SAFETY: unmapping our own mapping; every `Compiled` handle into it is only entered
+        // through the `Jit` that owns this buffer, which is being dropped.
+        unsafe {
+            libc::munmap(self.base.as_ptr().cast(), self.cap);
+        }
+    }
+}

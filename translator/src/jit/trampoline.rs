@@ -1,0 +1,121 @@
+//! Entry into compiled code and the Rust functions compiled code calls back into.
+//!
+//! A compiled block is `extern "sysv64" fn(cpu: *mut Cpu, ctx: *mut Ctx, max_ops: u64) -> u64`.
+//! It keeps the `Cpu` pointer pinned in RBX, the context pointer in R12, `max_ops` in R13 and
+//! returns
+//! `status | index << 8`: [`ST_OK`] when every op ran, otherwise the status of op `index`.
+
+use crate::Cpu;
+use crate::bus::CpuBus;
+use crate::decode::op::Op;
+use crate::exception::{Exit, Fault};
+
+/// The block ran to its end.
+pub(crate) const ST_OK: u64 = 0;
+/// Op `index` completed and set `block_break` (mode change, store into code...).
+pub(crate) const ST_BREAK: u64 = 1;
+/// Op `index` faulted; RIP and RSP are back at its start and the fault is in [`Ctx::fault`].
+pub(crate) const ST_FAULT: u64 = 2;
+/// Op `index` was HLT.
+pub(crate) const ST_HALT: u64 = 3;
+/// The budget ran out: ops before `index` ran.
+pub(crate) const ST_STOP: u64 = 4;
+
+/// What compiled code needs besides the `Cpu`: the bus for handler calls and a place for the
+/// fault that ends the block.
+/// `repr(C)`: compiled code reads the host addresses at fixed offsets.
+#[repr(C)]
+pub(crate) struct Ctx<'a> {
+    /// Host address of guest physical 0 (`PhysMem`'s RAM).
+    pub mem: usize,
+    /// Host addresses of the fast read and write TLB tables.
+    pub fast_r: usize,
+    pub fast_w: usize,
+    pub cpu: *mut Cpu,
+    pub bus: *mut (dyn CpuBus + 'a),
+    /// RIP mask of the block's code size.
+    pub ip_mask: u64,
+    pub fault: Option<Fault>,
+}
+
+type Entry = unsafe extern "sysv64" fn(*mut Cpu, *mut Ctx<'_>, u64) -> u64;
+
+/// Run the compiled block at host address `entry`.
+///
+/// # Safety
+/// `entry` must be the start of a block compiled by `compile::compile` for a `Block` that is
+/// alive for the whole call (its code holds pointers to the block's ops), still mapped
+/// executable, and compiled for this `Cpu` type layout (always true within one build).
+pub(crate) unsafe fn enter(
+    cpu: &mut Cpu,
+    bus: &mut dyn CpuBus,
+    entry: usize,
+    ip_mask: u64,
+    max_ops: u64,
+) -> (u64, Option<Fault>) {
+    let (fast_r, fast_w) = cpu.tlb.fast_tables();
+    let mut ctx = Ctx {
+        mem: cpu.mem.host_base(),
+        fast_r,
+        fast_w,
+        cpu: cpu as *mut Cpu,
+        bus: bus as *mut (dyn CpuBus + '_),
+        ip_mask,
+        fault: None,
+    };
+    // SAFETY: the caller guarantees `entry` is a compiled block with this signature.
+    let f: Entry = unsafe { std::mem::transmute::<usize, Entry>(entry) };
+    // SAFETY: the pointers in `ctx` come from live exclusive borrows that are not used
+    // otherwise until the call returns; the compiled code only touches `Cpu` fields at
+    // offsets taken with `offset_of!` and calls the functions below.
+    let r = unsafe { f(ctx.cpu, &mut ctx, max_ops) };
+    (r, ctx.fault)
+}
+
+/// Run one op exactly as the tier-0 loop does: RIP to the next instruction, the handler, and
+/// on a fault RIP and RSP back to the instruction's start (precise faults).
+pub(crate) extern "sysv64" fn call_op(ctx: *mut Ctx<'_>, op: *const Op) -> u64 {
+    // SAFETY: compiled code passes the `Ctx` it was entered with (alive on `enter`'s stack)
+    // and a pointer into its block's `ops`, which the dispatcher keeps alive while it runs.
+    let (ctx, op) = unsafe { (&mut *ctx, &*op) };
+    // SAFETY: `ctx.cpu` and `ctx.bus` are the exclusive borrows `enter` was given; compiled
+    // code does not touch the `Cpu` while this call runs.
+    let (cpu, bus) = unsafe { (&mut *ctx.cpu, &mut *ctx.bus) };
+    let start = cpu.rip;
+    let rsp = cpu.regs[4];
+    cpu.rip = start.wrapping_add(op.len as u64) & ctx.ip_mask;
+    let r = (op.exec)(cpu, op, bus);
+    // Handlers never replace the TLB or the memory, but refreshing costs little and keeps
+    // compiled code correct if one ever does.
+    (ctx.fast_r, ctx.fast_w) = cpu.tlb.fast_tables();
+    ctx.mem = cpu.mem.host_base();
+    match r {
+        Ok(()) if cpu.block_break => ST_BREAK,
+        Ok(()) => ST_OK,
+        Err(Exit::Fault(f)) => {
+            cpu.rip = start;
+            cpu.regs[4] = rsp;
+            ctx.fault = Some(f);
+            ST_FAULT
+        }
+        Err(Exit::Halt) => ST_HALT,
+    }
+}
+
+/// INC/DEC after an operation the compiler could not see: fold its CF into RFLAGS, as
+/// `Cpu::set_lazy` does.
+pub(crate) extern "sysv64" fn fold_cf(cpu: *mut Cpu) {
+    // SAFETY: compiled code passes its pinned `Cpu` pointer (see `call_op`).
+    let cpu = unsafe { &mut *cpu };
+    if cpu.lazy.op != crate::flags::FlagOp::None {
+        let cf = cpu.lazy.carry(cpu.rflags);
+        cpu.rflags = (cpu.rflags & !crate::state::flag::CF) | cf as u64;
+    }
+}
+
+/// A condition code evaluated from whatever flag state is pending (`Cpu::cond`).
+pub(crate) extern "sysv64" fn cond(cpu: *mut Cpu, cc: u64) -> u64 {
+    // SAFETY: compiled code passes its pinned `Cpu` pointer (see `call_op`).
+    let cpu = unsafe { &mut *cpu };
+    cpu.cond(cc as u8) as u64
+}

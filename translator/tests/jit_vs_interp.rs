@@ -1,0 +1,611 @@
+//! Tier 1 against tier 0: generated instruction sequences (straight-line and looping) and
+//! self-modifying code run from identical states in tier 0 alone, with the JIT forced for
+//! every block, and with the JIT compiling hot blocks (tiers mixed within one run). Registers,
+//! RIP, RFLAGS, the instruction count, the run's exit and all memory must agree.
+//!
+//! `VIREO_JIT_DIFF_CASES=5000 VIREO_JIT_DIFF_SEED=9 cargo test --release -p translator --test jit_vs_interp`
+
+use iced_x86::BlockEncoderOptions;
+use iced_x86::code_asm::*;
+use translator::state::{Segment, attr, cr0, sreg};
+use translator::{Cpu, JitMode, NullBus, PhysMem, RunExit};
+
+const CODE: u64 = 0x1000;
+const DATA: u64 = 0x10000;
+const MEM: usize = 1 << 20;
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        // xorshift64*
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    fn pick<T: Copy>(&mut self, xs: &[T]) -> T {
+        xs[self.below(xs.len() as u64) as usize]
+    }
+}
+
+fn env_num(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// 32-bit flat protected mode, no IDT (an exception ends in shutdown, the same in both tiers).
+/// `limit`: the byte-granular limit of the data segments (4 GiB when `None`; all ones: a
+/// 16-bit stack segment instead; below `DATA`: the limit of CS instead).
+fn machine(code: &[u8], regs: &[u64; 8], data: &[u8], mode: JitMode, limit: Option<u32>) -> Cpu {
+    let mut mem = PhysMem::new(MEM);
+    mem.as_mut_slice()[CODE as usize..CODE as usize + code.len()].copy_from_slice(code);
+    mem.as_mut_slice()[DATA as usize..DATA as usize + data.len()].copy_from_slice(data);
+    let mut cpu = Cpu::new(mem);
+    cpu.jit.mode = mode;
+    // Auto with a low threshold: blocks switch tiers in the middle of a run.
+    cpu.jit.threshold = 3;
+    cpu.cr0 |= cr0::PE;
+    for s in 0..6 {
+        cpu.segs[s] = Segment {
+            selector: if s == sreg::CS { 8 } else { 0x10 },
+            base: 0,
+            limit: 0xFFFF_FFFF,
+            attr: attr::P
+                | attr::S
+                | attr::RW
+                | attr::DB
+                | attr::G
+                | if s == sreg::CS { attr::CODE } else { 0 },
+        };
+    }
+    match limit {
+        // A 16-bit stack segment: SS.B clear.
+        Some(0xFFFF_FFFF) => cpu.segs[sreg::SS].attr &= !attr::DB,
+        // A code segment that ends inside the code: branches, calls and fetches beyond it
+        // fault (#GP).
+        Some(l) if l < DATA as u32 => {
+            cpu.segs[sreg::CS].limit = l;
+            cpu.segs[sreg::CS].attr &= !attr::G;
+        }
+        Some(l) => {
+            for s in [sreg::ES, sreg::SS, sreg::DS] {
+                cpu.segs[s].limit = l;
+                cpu.segs[s].attr &= !attr::G;
+            }
+        }
+        None => {}
+    }
+    cpu.idtr.limit = 0;
+    cpu.rip = CODE;
+    cpu.regs[..8].copy_from_slice(regs);
+    cpu.regs[4] = 0x8000;
+    cpu.regs[5] = DATA;
+    cpu
+}
+
+#[derive(Debug, PartialEq, Eq)]
+struct State {
+    exits: Vec<RunExit>,
+    regs: [u64; 16],
+    rip: u64,
+    rflags: u64,
+    icount: u64,
+}
+
+/// Run to HLT, shutdown or the budget, in two slices (the second one odd-sized, so blocks
+/// are cut short by the budget too).
+fn run(cpu: &mut Cpu) -> State {
+    let mut exits = vec![cpu.run(&mut NullBus, 3000)];
+    if exits[0] == RunExit::Budget {
+        exits.push(cpu.run(&mut NullBus, 777));
+    }
+    State {
+        exits,
+        regs: cpu.regs,
+        rip: cpu.rip,
+        rflags: cpu.rflags(),
+        icount: cpu.icount,
+    }
+}
+
+/// Run `code` in the three configurations and compare; returns the JIT-forced CPU.
+fn compare(what: &str, code: &[u8], regs: &[u64; 8], data: &[u8], limit: Option<u32>) -> Cpu {
+    let mut t0 = machine(code, regs, data, JitMode::Off, limit);
+    let s0 = run(&mut t0);
+    let mut out = None;
+    for mode in [JitMode::Always, JitMode::Auto] {
+        let mut t1 = machine(code, regs, data, mode, limit);
+        let s1 = run(&mut t1);
+        assert_eq!(
+            s0, s1,
+            "{what}: {mode:?} differs from tier 0; code {code:02x?}"
+        );
+        assert!(
+            t0.mem.as_slice() == t1.mem.as_slice(),
+            "{what}: {mode:?}: memory differs from tier 0; code {code:02x?}"
+        );
+        if mode == JitMode::Always {
+            out = Some(t1);
+        }
+    }
+    out.expect("the forced run")
+}
+
+/// Run the program, then shrink CS to `cs_limit` and run it again from the start: blocks
+/// translated (and compiled) under the larger limit must now fault where the limit says.
+fn compare_shrinking_cs(case: u64, code: &[u8], regs: &[u64; 8], data: &[u8], cs_limit: u32) {
+    let go = |mode| {
+        let mut cpu = machine(code, regs, data, mode, None);
+        let first = run(&mut cpu);
+        cpu.segs[sreg::CS].limit = cs_limit;
+        cpu.segs[sreg::CS].attr &= !attr::G;
+        cpu.rip = CODE;
+        cpu.regs[..8].copy_from_slice(regs);
+        cpu.regs[4] = 0x8000;
+        cpu.regs[5] = DATA;
+        cpu.halted = false;
+        let second = run(&mut cpu);
+        (first, second, cpu)
+    };
+    let (a1, a2, t0) = go(JitMode::Off);
+    for mode in [JitMode::Always, JitMode::Auto] {
+        let (b1, b2, t1) = go(mode);
+        assert_eq!(
+            (&a1, &a2),
+            (&b1, &b2),
+            "case {case}, CS shrunk to {cs_limit:#x}: {mode:?}"
+        );
+        assert!(
+            t0.mem.as_slice() == t1.mem.as_slice(),
+            "case {case}: memory"
+        );
+    }
+}
+
+const R32: [AsmRegister32; 6] = [eax, ebx, ecx, edx, esi, edi];
+const R16: [AsmRegister16; 6] = [ax, bx, cx, dx, si, di];
+const R8: [AsmRegister8; 8] = [al, bl, cl, dl, ah, bh, ch, dh];
+
+/// One random instruction (or a short forward branch around one). `avoid` is a register the
+/// generated code must not write (a loop counter).
+fn random_insn(
+    a: &mut CodeAssembler,
+    rng: &mut Rng,
+    avoid: Option<AsmRegister32>,
+) -> Result<(), IcedError> {
+    let dst32 = loop {
+        let r = rng.pick(&R32);
+        if Some(r) != avoid {
+            break r;
+        }
+    };
+    let idx = R32.iter().position(|r| *r == dst32).unwrap_or(0);
+    let dst16 = R16[idx];
+    // Byte registers: only the low byte of the destination (AH-BH alias other registers).
+    let dst8 = [al, bl, cl, dl, ah, bh][idx.min(3)];
+    let src32 = rng.pick(&R32);
+    let src16 = rng.pick(&R16);
+    let src8 = rng.pick(&R8);
+    let imm = match rng.below(4) {
+        0 => rng.below(4) as u32,
+        1 => 0xFFFF_FFFF - rng.below(4) as u32,
+        2 => 0x7FFF_FFFF + rng.below(3) as u32,
+        _ => rng.next() as u32,
+    };
+    let disp = (rng.below(0x100) * 4) as i32;
+    let mem32 = dword_ptr(ebp + disp);
+    match rng.below(25) {
+        0 => a.mov(dst32, src32),
+        1 => a.mov(dst32, imm),
+        2 => match rng.below(9) {
+            0 => a.add(dst32, src32),
+            1 => a.sub(dst32, src32),
+            2 => a.and(dst32, src32),
+            3 => a.or(dst32, src32),
+            4 => a.xor(dst32, src32),
+            5 => a.cmp(dst32, src32),
+            6 => a.test(dst32, src32),
+            7 => a.adc(dst32, src32),
+            _ => a.sbb(dst32, src32),
+        },
+        3 => match rng.below(8) {
+            0 => a.add(dst32, imm as i32),
+            1 => a.sub(dst32, imm as i32),
+            2 => a.and(dst32, imm as i32),
+            3 => a.or(dst32, imm as i32),
+            4 => a.xor(dst32, imm as i32),
+            5 => a.cmp(dst32, imm as i32),
+            6 => a.test(dst32, imm),
+            _ => a.adc(dst32, imm as i32),
+        },
+        4 => match rng.below(6) {
+            0 => a.add(dst16, src16),
+            1 => a.sub(dst16, imm & 0xFFFF),
+            2 => a.cmp(dst16, src16),
+            3 => a.xor(dst16, imm & 0xFFFF),
+            4 => a.mov(dst16, src16),
+            _ => a.mov(dst16, imm & 0xFFFF),
+        },
+        5 if idx < 4 => match rng.below(6) {
+            0 => a.add(dst8, src8),
+            1 => a.sub(dst8, (imm & 0xFF) as i32),
+            2 => a.cmp(dst8, src8),
+            3 => a.and(dst8, (imm & 0xFF) as i32),
+            4 => a.mov(dst8, src8),
+            _ => a.mov(dst8, imm & 0xFF),
+        },
+        6 => match rng.below(4) {
+            0 => a.inc(dst32),
+            1 => a.dec(dst32),
+            2 => a.inc(dst16),
+            _ => a.dec(dst16),
+        },
+        7 => {
+            let scale = rng.pick(&[1, 2, 4, 8]);
+            a.lea(dst32, dword_ptr(src32 + rng.pick(&R32) * scale + disp))
+        }
+        8 => match rng.below(7) {
+            0 => a.shl(dst32, imm & 31),
+            1 => a.shr(dst32, imm & 31),
+            2 => a.sar(dst16, imm & 15),
+            // Counts up to 31 on narrow operands (beyond the width: tier 0's rules).
+            3 if idx < 4 => a.shl(dst8, imm & 31),
+            4 => a.shr(dst16, imm & 31),
+            5 => a.sar(dst16, imm & 31),
+            _ => a.rol(dst32, imm & 31),
+        },
+        9 => a.mov(mem32, src32),
+        10 => a.mov(dst32, mem32),
+        11 => match rng.below(6) {
+            0 => a.add(mem32, src32),
+            1 => a.cmp(mem32, imm as i32),
+            2 => a.and(mem32, imm as i32),
+            3 => a.xor(mem32, src32),
+            4 => a.sub(word_ptr(ebp + disp), src16),
+            _ => a.test(mem32, src32),
+        },
+        12 => a.sub(dst32, mem32),
+        13 => a.cmovne(dst32, src32),
+        14 if idx < 4 => a.setb(dst8),
+        15 => {
+            // Read the flags (they must be materialised exactly).
+            a.pushfd()?;
+            a.pop(dst32)
+        }
+        16 => {
+            // A forward branch around one instruction: ends a block on both paths.
+            let mut skip = a.create_label();
+            match rng.below(6) {
+                0 => a.jne(skip)?,
+                1 => a.jb(skip)?,
+                2 => a.jl(skip)?,
+                3 => a.jbe(skip)?,
+                4 => a.js(skip)?,
+                _ => a.jo(skip)?,
+            }
+            a.add(dst32, imm as i32)?;
+            a.set_label(&mut skip)?;
+            a.nop()
+        }
+        17 => {
+            a.push(src32)?;
+            a.pop(dst32)
+        }
+        18 => a.neg(dst32),
+        19 => match rng.below(8) {
+            0 => a.imul_2(dst32, src32),
+            1 => a.imul_3(dst32, src32, imm as i32),
+            2 => a.imul_2(dst16, word_ptr(ebp + disp)),
+            3 => a.imul_3(dst32, mem32, (imm & 0xFF) as i32 - 0x80),
+            4 => a.movzx(dst32, src8),
+            5 => a.movsx(dst32, word_ptr(ebp + disp)),
+            6 => a.movsx(dst16, byte_ptr(ebp + disp)),
+            _ => a.movzx(dst32, byte_ptr(ebp + disp)),
+        },
+        20 => a.xor(dst32, dst32),
+        21 => {
+            // Carry-consuming forms after a producer.
+            a.cmp(src32, imm as i32)?;
+            a.adc(dst32, 0)
+        }
+        22 => {
+            let mut skip = a.create_label();
+            a.jmp(skip)?;
+            a.int3()?;
+            a.set_label(&mut skip)?;
+            a.nop()
+        }
+        23 => {
+            // A near call and return (RET imm16 sometimes), each ending a block.
+            let mut f = a.create_label();
+            let mut after = a.create_label();
+            a.call(f)?;
+            a.jmp(after)?;
+            a.set_label(&mut f)?;
+            a.xor(dst32, imm as i32)?;
+            match rng.below(3) {
+                0 => a.ret_1(4)?,
+                _ => a.ret()?,
+            }
+            a.set_label(&mut after)?;
+            a.nop()
+        }
+        _ => a.inc(mem32),
+    }
+}
+
+fn random_regs(rng: &mut Rng) -> [u64; 8] {
+    let mut r = [0u64; 8];
+    for x in r.iter_mut() {
+        *x = rng.next() & 0xFFFF_FFFF;
+    }
+    r
+}
+
+fn random_data(rng: &mut Rng) -> Vec<u8> {
+    (0..0x1000).map(|_| rng.next() as u8).collect()
+}
+
+#[test]
+fn generated_sequences_agree() {
+    let cases = env_num("VIREO_JIT_DIFF_CASES", 300);
+    let mut rng = Rng(env_num("VIREO_JIT_DIFF_SEED", 0x0717_5EED) | 1);
+    let mut inline_ops = 0;
+    for case in 0..cases {
+        let looping = case % 2 == 1;
+        let mut a = CodeAssembler::new(32).expect("32-bit assembler");
+        let counter = if looping && rng.below(2) == 0 {
+            Some(esi)
+        } else {
+            None
+        };
+        let mut top = a.create_label();
+        if looping {
+            match counter {
+                Some(r) => a.mov(r, 5 + rng.below(40) as u32),
+                None => a.mov(dword_ptr(ebp + 0x800), 5 + rng.below(40) as u32),
+            }
+            .expect("asm");
+            a.set_label(&mut top).expect("asm");
+        }
+        for _ in 0..1 + rng.below(30) {
+            random_insn(&mut a, &mut rng, counter).expect("asm");
+        }
+        if looping {
+            match counter {
+                Some(r) => a.dec(r),
+                None => a.dec(dword_ptr(ebp + 0x800)),
+            }
+            .expect("asm");
+            a.jne(top).expect("asm");
+        }
+        a.hlt().expect("asm");
+        let code = a.assemble(CODE).expect("assemble");
+        let regs = random_regs(&mut rng);
+        let data = random_data(&mut rng);
+        // Every third case: data segments that end inside the data area, so some accesses
+        // fault (#GP/#SS → shutdown, no IDT) in the middle of a compiled block.
+        let limit = (case % 3 == 2).then_some(DATA as u32 + 0x200 + rng.below(0x200) as u32);
+        let mut t1 = compare(&format!("case {case}"), &code, &regs, &data, limit);
+        if case % 7 == 6 {
+            let cs_limit = CODE as u32 + rng.below(code.len() as u64) as u32;
+            compare(
+                &format!("case {case}, CS limit {cs_limit:#x}"),
+                &code,
+                &regs,
+                &data,
+                Some(cs_limit),
+            );
+        }
+        let cs_limit = CODE as u32 + rng.below(code.len() as u64) as u32;
+        compare_shrinking_cs(case, &code, &regs, &data, cs_limit);
+        if case % 5 == 4 {
+            // The same program on a 16-bit stack (the 32-bit stack paths must step aside).
+            t1 = compare(
+                &format!("case {case}, 16-bit stack"),
+                &code,
+                &regs,
+                &data,
+                Some(0xFFFF_FFFF),
+            );
+        }
+        inline_ops += t1.jit.stats.inline_ops;
+    }
+    // The JIT really compiled code inline (not only handler calls).
+    assert!(inline_ops > cases, "only {inline_ops} ops compiled inline");
+}
+
+/// Assemble until `f`, which gets the addresses of its labels from the previous pass, gives
+/// the same addresses again.
+fn assemble_with_labels(
+    n: usize,
+    f: impl Fn(&mut CodeAssembler, &mut [CodeLabel], &[u64]) -> Result<(), IcedError>,
+) -> Vec<u8> {
+    let mut addrs = vec![0x0FFF_FFF0u64; n];
+    // Branch encodings may shrink once the targets are known: a few passes settle them.
+    for _ in 0..5 {
+        let mut a = CodeAssembler::new(32).expect("32-bit assembler");
+        let mut labels: Vec<CodeLabel> = (0..n).map(|_| a.create_label()).collect();
+        f(&mut a, &mut labels, &addrs).expect("asm");
+        let r = a
+            .assemble_options(CODE, BlockEncoderOptions::RETURN_NEW_INSTRUCTION_OFFSETS)
+            .expect("assemble");
+        let new: Vec<u64> = labels
+            .iter()
+            .map(|l| r.label_ip(l).expect("label"))
+            .collect();
+        if new == addrs {
+            return r.inner.code_buffer;
+        }
+        addrs = new;
+    }
+    panic!("label addresses did not settle");
+}
+
+#[test]
+fn self_modifying_code_agrees() {
+    // A loop that bumps the immediate of an instruction it already ran (in a compiled block).
+    let bump = assemble_with_labels(1, |a, l, addr| {
+        a.mov(esi, 20)?;
+        a.set_label(&mut l[0])?;
+        a.mov(eax, 0x100)?;
+        a.add(ebx, eax)?;
+        a.inc(dword_ptr(addr[0] as u32 + 1))?;
+        a.dec(esi)?;
+        a.jne(l[0])?;
+        a.hlt()
+    });
+    let t1 = compare("bump an immediate", &bump, &[0; 8], &[], None);
+    assert_eq!(t1.regs[3], (0..20).map(|i| 0x100 + i).sum::<u64>());
+
+    // A store into the very next instruction of the same block: NOP becomes INC EAX.
+    let next = assemble_with_labels(1, |a, l, addr| {
+        a.mov(byte_ptr(addr[0] as u32), 0x40)?;
+        a.set_label(&mut l[0])?;
+        a.nop()?;
+        a.hlt()
+    });
+    let t1 = compare("patch the next instruction", &next, &[0; 8], &[], None);
+    assert_eq!(t1.regs[0], 1);
+
+    // A loop whose body is rewritten between passes (the loop branch's block is compiled).
+    let rewrite = assemble_with_labels(1, |a, l, addr| {
+        a.mov(ecx, 6)?;
+        a.set_label(&mut l[0])?;
+        a.inc(eax)?; // 0x40; rewritten to DEC EAX (0x48) and back
+        a.xor(byte_ptr(addr[0] as u32), 0x08)?;
+        a.dec(ecx)?;
+        a.jne(l[0])?;
+        a.hlt()
+    });
+    let t1 = compare("rewrite a loop body", &rewrite, &[0; 8], &[], None);
+    assert_eq!(t1.regs[0], 0);
+
+    // A jump into the middle of an instruction: the immediate's bytes are INC EAX x4.
+    let middle = assemble_with_labels(1, |a, l, addr| {
+        let mut skip = a.create_label();
+        a.jmp(addr[0] + 1)?;
+        a.set_label(&mut l[0])?;
+        a.mov(ebx, 0x4040_4040)?;
+        a.jmp(skip)?;
+        a.set_label(&mut skip)?;
+        a.hlt()
+    });
+    let t1 = compare("jump into an instruction", &middle, &[0; 8], &[], None);
+    assert_eq!((t1.regs[0], t1.regs[3]), (4, 0));
+
+    // Random stores of random bytes into the code that follows them.
+    let mut rng = Rng(env_num("VIREO_JIT_DIFF_SEED", 0x0717_5EED) | 1);
+    for case in 0..env_num("VIREO_JIT_DIFF_CASES", 300) / 2 {
+        let patches: Vec<(u64, u8)> = (0..4).map(|_| (rng.below(64), rng.next() as u8)).collect();
+        let body = Rng(rng.next() | 1);
+        let code = assemble_with_labels(1, |a, l, addr| {
+            let mut b = Rng(body.0);
+            a.mov(esi, 4)?;
+            let mut top = a.create_label();
+            a.set_label(&mut top)?;
+            for (i, (off, byte)) in patches.iter().enumerate() {
+                a.mov(byte_ptr(addr[0] as u32 + *off as u32), *byte as u32)?;
+                for _ in 0..2 + i {
+                    random_insn(a, &mut b, Some(esi))?;
+                }
+            }
+            a.dec(esi)?;
+            a.jne(top)?;
+            a.set_label(&mut l[0])?;
+            for _ in 0..20 {
+                random_insn(a, &mut b, Some(esi))?;
+            }
+            a.hlt()
+        });
+        let regs = random_regs(&mut rng);
+        let data = random_data(&mut rng);
+        compare(&format!("random SMC {case}"), &code, &regs, &data, None);
+    }
+}
+
+#[test]
+fn a_tiny_code_cache_is_flushed_and_stays_bounded() {
+    // Many distinct blocks through a cache that holds only a few of them.
+    let mut a = CodeAssembler::new(32).expect("32-bit assembler");
+    a.mov(esi, 50).expect("asm");
+    let mut top = a.create_label();
+    a.set_label(&mut top).expect("asm");
+    let mut rng = Rng(5);
+    for _ in 0..200 {
+        random_insn(&mut a, &mut rng, Some(esi)).expect("asm");
+        let mut next = a.create_label();
+        a.jmp(next).expect("asm");
+        a.set_label(&mut next).expect("asm");
+    }
+    a.dec(esi).expect("asm");
+    a.jne(top).expect("asm");
+    a.hlt().expect("asm");
+    let code = a.assemble(CODE).expect("assemble");
+    let regs = [1, 2, 3, 4, 0, 0, 5, 6];
+    let mut t0 = machine(&code, &regs, &[], JitMode::Off, None);
+    let s0 = run(&mut t0);
+    let mut t1 = machine(&code, &regs, &[], JitMode::Always, None);
+    t1.jit.cache_bytes = 8192;
+    let s1 = run(&mut t1);
+    assert_eq!(s0, s1);
+    assert!(t0.mem.as_slice() == t1.mem.as_slice());
+    assert!(t1.jit.stats.flushes > 10, "{:?}", t1.jit.stats);
+    assert!(t1.jit.cache_used() <= 8192);
+}
+
+#[test]
+fn user_accesses_never_hit_supervisor_entries_of_the_fast_tlb() {
+    // Paging on: everything identity-mapped user-accessible, except the supervisor data page.
+    let mut a = CodeAssembler::new(32).expect("32-bit assembler");
+    a.mov(eax, dword_ptr(DATA as u32)).expect("asm");
+    a.mov(dword_ptr(DATA as u32 + 4), eax).expect("asm");
+    a.hlt().expect("asm");
+    let kernel = a.assemble(CODE).expect("assemble");
+    let mut a = CodeAssembler::new(32).expect("32-bit assembler");
+    a.mov(ebx, dword_ptr(DATA as u32)).expect("asm");
+    a.mov(dword_ptr(DATA as u32 + 8), ebx).expect("asm");
+    a.hlt().expect("asm");
+    let user = a.assemble(CODE + 0x100).expect("assemble");
+    let mut code = kernel.clone();
+    code.resize(0x100, 0x90);
+    code.extend_from_slice(&user);
+    let go = |mode| {
+        let mut cpu = machine(&code, &[0; 8], &[0x5A; 16], mode, None);
+        let (pd, pt) = (0x20000usize, 0x21000usize);
+        let m = cpu.mem.as_mut_slice();
+        m[pd..pd + 4].copy_from_slice(&(pt as u32 | 7).to_le_bytes());
+        for i in 0..256u32 {
+            let flags = if i << 12 == DATA as u32 { 3 } else { 7 };
+            m[pt + 4 * i as usize..pt + 4 * i as usize + 4]
+                .copy_from_slice(&((i << 12) | flags).to_le_bytes());
+        }
+        cpu.cr3 = pd as u64;
+        cpu.cr0 |= cr0::PG;
+        cpu.flush_translations();
+        let kernel = run(&mut cpu);
+        // Now at CPL 3 over the same (cached) translations.
+        cpu.cpl = 3;
+        cpu.halted = false;
+        cpu.rip = CODE + 0x100;
+        let user = run(&mut cpu);
+        (kernel, user, cpu)
+    };
+    let (kern0, u0, t0) = go(JitMode::Off);
+    assert_eq!(
+        u0.exits,
+        vec![RunExit::Shutdown],
+        "tier 0: the user read must fault"
+    );
+    for mode in [JitMode::Always, JitMode::Auto] {
+        let (kern1, u1, t1) = go(mode);
+        assert_eq!((&kern0, &u0), (&kern1, &u1), "{mode:?}");
+        assert!(t0.mem.as_slice() == t1.mem.as_slice(), "{mode:?}: memory");
+    }
+}
