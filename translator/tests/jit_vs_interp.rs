@@ -200,7 +200,8 @@ fn random_insn(
     };
     let disp = (rng.below(0x100) * 4) as i32;
     let mem32 = dword_ptr(ebp + disp);
-    match rng.below(25) {
+    match rng.below(34) {
+        25..=33 => return flag_consumer_insn(a, rng, avoid),
         0 => a.mov(dst32, src32),
         1 => a.mov(dst32, imm),
         2 => match rng.below(9) {
@@ -338,6 +339,155 @@ fn random_insn(
         }
         _ => a.inc(mem32),
     }
+}
+
+/// The forms tier 1 compiles inline beyond the basic ALU/MOV set (ADC/SBB, SETcc, CMOVcc,
+/// NOT/NEG, INC/DEC of memory, shifts by CL, rotates, one-operand MUL...) in every operand
+/// form and size, each often preceded by a flag producer and followed by a flag consumer
+/// (ADC, SETcc, Jcc), so the lazy-flags records the JIT leaves are read back in each way.
+fn flag_consumer_insn(
+    a: &mut CodeAssembler,
+    rng: &mut Rng,
+    avoid: Option<AsmRegister32>,
+) -> Result<(), IcedError> {
+    let pick_dst = |rng: &mut Rng| loop {
+        let i = rng.below(R32.len() as u64) as usize;
+        if Some(R32[i]) != avoid {
+            break i;
+        }
+    };
+    let idx = pick_dst(rng);
+    let (d32, d16) = (R32[idx], R16[idx]);
+    let d8 = [al, bl, cl, dl, ah, bh][idx.min(3)];
+    let (s32, s16, s8) = (rng.pick(&R32), rng.pick(&R16), rng.pick(&R8));
+    let imm = match rng.below(4) {
+        0 => rng.below(3) as u32,
+        1 => 0xFFFF_FFFF - rng.below(3) as u32,
+        2 => 0x7FFF_FFFF + rng.below(3) as u32,
+        _ => rng.next() as u32,
+    };
+    let disp = (rng.below(0x100) * 4) as i32;
+    let (m32, m16, m8) = (
+        dword_ptr(ebp + disp),
+        word_ptr(ebp + disp),
+        byte_ptr(ebp + disp + rng.below(4) as i32),
+    );
+    // A producer first: the consumer then sees each kind of pending flags.
+    match rng.below(8) {
+        0 => a.cmp(s32, imm as i32)?,
+        1 => a.add(d32, s32)?,
+        2 => a.test(s8, s8)?,
+        3 => a.inc(d16)?,
+        4 => a.dec(m32)?,
+        5 => a.shl(d32, 1 + (imm & 7))?,
+        6 => a.adc(d32, s32)?,
+        _ => {}
+    }
+    match rng.below(6) {
+        // ADC/SBB in every form and size.
+        0 => match rng.below(12) {
+            0 => a.adc(d32, s32),
+            1 => a.sbb(d32, s32),
+            2 => a.adc(d32, imm as i32),
+            3 => a.sbb(d32, imm as i32),
+            4 => a.adc(d32, m32),
+            5 => a.sbb(m32, s32),
+            6 => a.adc(m32, imm as i32),
+            7 if idx < 4 => a.sbb(d8, s8),
+            8 => a.adc(d16, s16),
+            9 => a.sbb(m16, (imm & 0xFFFF) as i32),
+            10 => a.adc(m8, (imm & 0xFF) as i32),
+            _ => a.sbb(d32, d32),
+        },
+        // SETcc of every condition, into low and high byte registers.
+        1 => {
+            let r = rng.pick(&R8);
+            match rng.below(16) {
+                0 => a.seto(r),
+                1 => a.setno(r),
+                2 => a.setb(r),
+                3 => a.setae(r),
+                4 => a.sete(r),
+                5 => a.setne(r),
+                6 => a.setbe(r),
+                7 => a.seta(r),
+                8 => a.sets(r),
+                9 => a.setns(r),
+                10 => a.setp(r),
+                11 => a.setnp(r),
+                12 => a.setl(r),
+                13 => a.setge(r),
+                14 => a.setle(r),
+                _ => a.setg(r),
+            }
+        }
+        // CMOVcc from registers and memory, 16 and 32 bits.
+        2 => match rng.below(8) {
+            0 => a.cmovb(d32, m32),
+            1 => a.cmovae(d32, m32),
+            2 => a.cmove(d32, s32),
+            3 => a.cmovl(d32, s32),
+            4 => a.cmovg(d16, s16),
+            5 => a.cmovbe(d16, m16),
+            6 => a.cmovs(d32, s32),
+            _ => a.cmovo(d32, s32),
+        },
+        // Carry chains: ADD/SUB then ADC/SBB then a CF consumer.
+        3 => {
+            a.add(d32, s32)?;
+            a.adc(s32, imm as i32)?;
+            a.sbb(d32, m32)?;
+            a.setb(s8)
+        }
+        4 => {
+            a.sub(d32, imm as i32)?;
+            a.sbb(d32, s32)?;
+            let mut skip = a.create_label();
+            match rng.below(3) {
+                0 => a.jb(skip)?,
+                1 => a.jae(skip)?,
+                _ => a.jl(skip)?,
+            }
+            a.adc(d32, 1)?;
+            a.set_label(&mut skip)?;
+            a.nop()
+        }
+        _ => {
+            // A consumer of every kind after each of the producers above.
+            match rng.below(4) {
+                0 => a.adc(d32, 0),
+                1 => a.sbb(d32, d32),
+                2 => a.cmovne(d32, s32),
+                _ => a.setle(d8),
+            }
+        }
+    }
+}
+
+#[test]
+fn carry_and_condition_forms_compile_inline() {
+    // Each of these is compiled inline (only the HLT is called; the zero bytes after it decode
+    // as more inline ADDs to the block's op limit), and the results agree with tier 0.
+    let mut a = CodeAssembler::new(32).expect("32-bit assembler");
+    let body = |a: &mut CodeAssembler| -> Result<(), IcedError> {
+        a.add(eax, ebx)?;
+        a.adc(ecx, edx)?;
+        a.sbb(esi, 7)?;
+        a.adc(dword_ptr(ebp + 8), eax)?;
+        a.sbb(edi, dword_ptr(ebp + 12))?;
+        a.setb(al)?;
+        a.seta(bh)?;
+        a.cmovae(edx, dword_ptr(ebp + 16))?;
+        a.cmovl(si, di)?;
+        a.hlt()
+    };
+    body(&mut a).expect("asm");
+    let code = a.assemble(CODE).expect("assemble");
+    let regs = [0xFFFF_FFF0, 0x20, 3, 0xFFFF_FFFF, 0, 0, 9, 2];
+    let data: Vec<u8> = (0..64).map(|i| i * 37).collect();
+    let t1 = compare("carry forms", &code, &regs, &data, None);
+    let st = t1.jit.stats;
+    assert!(st.called_ops == 1 && st.inline_ops >= 9, "{st:?}");
 }
 
 fn random_regs(rng: &mut Rng) -> [u64; 8] {

@@ -75,6 +75,19 @@ fn mem_inlinable(op: &Op) -> bool {
     op.seg < 6 && matches!(op.asize, 2 | 4) && op.base != loc::RIP && op.index != loc::RIP
 }
 
+/// A two-operand r/m form the inline ALU paths take: a general register (0-15, no AH-BH)
+/// destination with a register, immediate or memory source, or a memory destination with a
+/// register or immediate source.
+fn rm_operands_inlinable(op: &Op) -> bool {
+    let reg = |l: u8| l < 16;
+    matches!(op.osize, 1 | 2 | 4 | 8)
+        && match (op.dst, op.src) {
+            (d, s) if reg(d) => reg(s) || s == loc::IMM || (s == loc::MEM && mem_inlinable(op)),
+            (loc::MEM, s) => (reg(s) || s == loc::IMM) && mem_inlinable(op),
+            _ => false,
+        }
+}
+
 fn reg(r: u8) -> i32 {
     REGS + 8 * (r as i32 & 15)
 }
@@ -86,6 +99,11 @@ enum Producer {
     Unknown,
     /// An inline op of this block with this operation and size.
     Known(FlagOp, u8),
+    /// An inline ADC/SBB of a register: the lazy record is its own (`Add`/`Adc1`,
+    /// `Sub`/`Sbb1`, decided at run time), and RFLAGS.CF also holds its carry out, so CF-only
+    /// consumers read that bit (the other RFLAGS arithmetic bits are stale, as they may be
+    /// under any pending operation but INC/DEC).
+    Carry,
 }
 
 /// Counts for the statistics and tests.
@@ -484,6 +502,21 @@ impl Compiler {
                 && (op.src < 16 || (op.src == loc::MEM && mem_inlinable(op))) =>
             {
                 self.imul(i, op)
+            }
+            None if is_handler(op, crate::exec::moves::setcc) && op.dst < 20 => self.setcc(op),
+            None if is_handler(op, crate::exec::moves::cmov)
+                && op.dst < 16
+                && matches!(op.osize, 2 | 4 | 8)
+                && (op.src < 16 || (op.src == loc::MEM && mem_inlinable(op))) =>
+            {
+                self.cmov(i, op)
+            }
+            None if (is_handler(op, crate::exec::arith::alu::<{ kind::ADC }>)
+                || is_handler(op, crate::exec::arith::alu::<{ kind::SBB }>))
+                && rm_operands_inlinable(op) =>
+            {
+                let sbb = is_handler(op, crate::exec::arith::alu::<{ kind::SBB }>);
+                self.adc_sbb(i, op, sbb)
             }
             None if !self.long && is_handler(op, crate::exec::control::jcc) => {
                 self.jcc(i, op, op.aux)
@@ -1050,7 +1083,7 @@ impl Compiler {
     /// INC/DEC keep CF: fold the pending producer's CF into RFLAGS first (`Cpu::set_lazy`).
     fn fold_cf(&mut self) {
         match self.flags {
-            Producer::Known(FlagOp::Inc | FlagOp::Dec | FlagOp::None, _) => {}
+            Producer::Known(FlagOp::Inc | FlagOp::Dec | FlagOp::None, _) | Producer::Carry => {}
             Producer::Known(FlagOp::Logic, _) => asm!(self.a ; and QWORD [rbx + RFLAGS], -2),
             Producer::Known(FlagOp::Add, _) => {
                 // CF = res < a (both masked).
@@ -1095,25 +1128,8 @@ impl Compiler {
     fn jcc(&mut self, i: usize, op: &Op, cc: u8) {
         self.flush_rip();
         let taken = self.a.new_dynamic_label();
-        match self.flags {
-            Producer::Known(fop, s) if fop != FlagOp::None => {
-                self.regenerate_flags(fop, s);
-                jcc_host(&mut self.a, cc & 15, taken);
-            }
-            _ => {
-                let (c32, f) = (cc as i32, addr(trampoline::cond as *const () as usize));
-                asm!(self.a
-                    ; mov rdi, rbx
-                    ; mov esi, c32
-                    ; mov rax, QWORD f
-                    ; call rax
-                    ; test al, al
-                    ; jnz =>taken
-                );
-                // `Cpu::cond` may have materialised the flags.
-                self.flags = Producer::Unknown;
-            }
-        }
+        let hc = self.host_cond(cc);
+        jcc_host(&mut self.a, hc, taken);
         let cont = self.a.new_dynamic_label();
         // Not taken: RIP to the next instruction.
         self.advance_rip_rax(op.len as i32);
@@ -1206,6 +1222,249 @@ impl Compiler {
                 }
             }
         }
+    }
+}
+
+/// Emitters for the forms tier 0 runs through its generic handlers (`arith::alu` for ADC/SBB,
+/// `moves::setcc`/`cmov`, ...): same reads in the same order, the same lazy-flags record (or
+/// eager flags where tier 0 materialises them), the handler on any fast-path miss.
+impl Compiler {
+    /// Leave the host flags such that host condition code `hc` (returned) is x86 condition
+    /// `cc` of the pending flags: redo a known producer, read RFLAGS when the flags are
+    /// eager there (all but OF, through SAHF) or when only CF is asked for after ADC/SBB,
+    /// otherwise ask `Cpu::cond` (then `hc` is NE on its result).
+    fn host_cond(&mut self, cc: u8) -> u8 {
+        let cc = cc & 15;
+        match self.flags {
+            Producer::Known(fop, s) if fop != FlagOp::None => {
+                self.regenerate_flags(fop, s);
+                cc
+            }
+            // O, L, LE and their negations need OF, which SAHF does not load.
+            Producer::Known(FlagOp::None, _) if !matches!(cc >> 1, 0 | 6 | 7) => {
+                asm!(self.a
+                    ; mov eax, DWORD [rbx + RFLAGS]
+                    ; mov ah, al
+                    ; sahf
+                );
+                cc
+            }
+            Producer::Carry if cc >> 1 == 1 => {
+                asm!(self.a ; bt QWORD [rbx + RFLAGS], 0);
+                cc
+            }
+            _ => {
+                let (c32, f) = (cc as i32, addr(trampoline::cond as *const () as usize));
+                asm!(self.a
+                    ; mov rdi, rbx
+                    ; mov esi, c32
+                    ; mov rax, QWORD f
+                    ; call rax
+                    ; test al, al
+                );
+                // `Cpu::cond` may have materialised the flags.
+                self.flags = Producer::Unknown;
+                5
+            }
+        }
+    }
+
+    /// SETcc of a register (16-19: AH-BH), as `moves::setcc`.
+    fn setcc(&mut self, op: &Op) {
+        let hc = self.host_cond(op.aux);
+        setcc_al(&mut self.a, hc);
+        let o = if op.dst >= 16 {
+            reg(op.dst - 16) + 1
+        } else {
+            reg(op.dst)
+        };
+        asm!(self.a ; mov BYTE [rbx + o], al);
+    }
+
+    /// CMOVcc r, r/m (`moves::cmov`): the source is read (and may fault) whatever the
+    /// condition; a false condition still zero-extends a 32-bit destination.
+    fn cmov(&mut self, i: usize, op: &Op) {
+        let s = op.osize;
+        // The condition first (it may call out and clobber scratch registers), kept in R10.
+        let hc = self.host_cond(op.aux);
+        setcc_al(&mut self.a, hc);
+        asm!(self.a ; movzx r10d, al);
+        let cont = if op.src == loc::MEM {
+            let c = self.mem_probe(i, op, s, false);
+            match s {
+                2 => asm!(self.a ; movzx eax, WORD [rcx]),
+                4 => asm!(self.a ; mov eax, DWORD [rcx]),
+                _ => asm!(self.a ; mov rax, QWORD [rcx]),
+            }
+            Some(c)
+        } else {
+            let o = reg(op.src);
+            asm!(self.a ; mov rax, QWORD [rbx + o]);
+            None
+        };
+        let d = reg(op.dst);
+        asm!(self.a ; test r10d, r10d);
+        match s {
+            2 => asm!(self.a
+                ; cmovz ax, WORD [rbx + d]
+                ; mov WORD [rbx + d], ax
+            ),
+            4 => asm!(self.a
+                ; cmovz eax, DWORD [rbx + d]
+                ; mov QWORD [rbx + d], rax
+            ),
+            _ => asm!(self.a
+                ; cmovz rax, QWORD [rbx + d]
+                ; mov QWORD [rbx + d], rax
+            ),
+        }
+        if let Some(cont) = cont {
+            asm!(self.a ; =>cont);
+        }
+    }
+
+    /// Host CF = CF of the pending flags (what `Cpu::flag(CF)` reads).
+    fn carry_in(&mut self) {
+        match self.flags {
+            Producer::Known(FlagOp::Logic, _) => asm!(self.a ; clc),
+            Producer::Known(FlagOp::Add, _) => asm!(self.a
+                ; mov rcx, QWORD [rbx + L_RES]
+                ; cmp rcx, QWORD [rbx + L_A]
+            ),
+            Producer::Known(FlagOp::Sub, _) => asm!(self.a
+                ; mov rcx, QWORD [rbx + L_A]
+                ; cmp rcx, QWORD [rbx + L_B]
+            ),
+            Producer::Known(_, _) | Producer::Carry => {
+                asm!(self.a ; bt QWORD [rbx + RFLAGS], 0)
+            }
+            Producer::Unknown => {
+                self.fold_cf();
+                asm!(self.a ; bt QWORD [rbx + RFLAGS], 0);
+            }
+        }
+    }
+
+    /// ADC/SBB (`arith::alu::<ADC/SBB>`): the host ADC/SBB on the masked operands; the lazy
+    /// record is `Add`/`Sub` for a carry-in of 0 and `Adc1`/`Sbb1` for 1, as tier 0 records
+    /// it. The carry out also goes to RFLAGS.CF, so a following ADC/SBB/Jcc reads it there
+    /// (`Producer::Carry`; not after a memory form, whose handler path does not do that).
+    fn adc_sbb(&mut self, i: usize, op: &Op, sbb: bool) {
+        let s = op.osize;
+        self.carry_in();
+        asm!(self.a ; setc r10b ; movzx r10d, r10b);
+        let mem_dst = op.dst == loc::MEM;
+        let cont = if mem_dst || op.src == loc::MEM {
+            let c = self.mem_probe(i, op, s, mem_dst);
+            asm!(self.a ; mov r11, rcx);
+            Some(c)
+        } else {
+            None
+        };
+        if mem_dst {
+            load_r11(&mut self.a, s, Reg::Rax);
+        } else {
+            self.load(s, op.dst);
+        }
+        match op.src {
+            loc::MEM => load_r11(&mut self.a, s, Reg::Rcx),
+            loc::IMM => {
+                let v = (op.imm & crate::flags::size_mask(s)) as i64;
+                asm!(self.a ; mov rcx, QWORD v);
+            }
+            r => {
+                let o = reg(r);
+                asm!(self.a ; mov rcx, QWORD [rbx + o]);
+                mask(&mut self.a, s, Reg::Rcx);
+            }
+        }
+        asm!(self.a ; mov rdx, rax ; bt r10d, 0);
+        match (sbb, s) {
+            (false, 1) => asm!(self.a ; adc dl, cl),
+            (false, 2) => asm!(self.a ; adc dx, cx),
+            (false, 4) => asm!(self.a ; adc edx, ecx),
+            (false, _) => asm!(self.a ; adc rdx, rcx),
+            (true, 1) => asm!(self.a ; sbb dl, cl),
+            (true, 2) => asm!(self.a ; sbb dx, cx),
+            (true, 4) => asm!(self.a ; sbb edx, ecx),
+            (true, _) => asm!(self.a ; sbb rdx, rcx),
+        }
+        asm!(self.a ; setc r9b ; movzx r9d, r9b);
+        mask(&mut self.a, s, Reg::Rdx);
+        // Add + 1 = Adc1, Sub + 1 = Sbb1.
+        let base = if sbb { FlagOp::Sub } else { FlagOp::Add } as u8 as i32;
+        let sb = s as i8;
+        asm!(self.a
+            ; mov QWORD [rbx + L_A], rax
+            ; mov QWORD [rbx + L_B], rcx
+            ; mov QWORD [rbx + L_RES], rdx
+            ; lea r8d, [r10 + base]
+            ; mov BYTE [rbx + L_OP], r8b
+            ; mov BYTE [rbx + L_SIZE], sb
+        );
+        if mem_dst {
+            match s {
+                1 => asm!(self.a ; mov BYTE [r11], dl),
+                2 => asm!(self.a ; mov WORD [r11], dx),
+                4 => asm!(self.a ; mov DWORD [r11], edx),
+                _ => asm!(self.a ; mov QWORD [r11], rdx),
+            }
+        } else {
+            self.store_rdx(s, op.dst);
+        }
+        asm!(self.a
+            ; mov rax, QWORD [rbx + RFLAGS]
+            ; and rax, -2
+            ; or rax, r9
+            ; mov QWORD [rbx + RFLAGS], rax
+        );
+        self.flags = match cont {
+            Some(cont) => {
+                asm!(self.a ; =>cont);
+                Producer::Unknown
+            }
+            None => Producer::Carry,
+        };
+    }
+}
+
+/// `r` = the `s` bytes at [R11], zero-extended.
+fn load_r11(a: &mut VecAssembler<X64Relocation>, s: u8, r: Reg) {
+    match (s, r) {
+        (1, Reg::Rax) => asm!(a ; movzx eax, BYTE [r11]),
+        (2, Reg::Rax) => asm!(a ; movzx eax, WORD [r11]),
+        (4, Reg::Rax) => asm!(a ; mov eax, DWORD [r11]),
+        (_, Reg::Rax) => asm!(a ; mov rax, QWORD [r11]),
+        (1, Reg::Rcx) => asm!(a ; movzx ecx, BYTE [r11]),
+        (2, Reg::Rcx) => asm!(a ; movzx ecx, WORD [r11]),
+        (4, Reg::Rcx) => asm!(a ; mov ecx, DWORD [r11]),
+        (_, Reg::Rcx) => asm!(a ; mov rcx, QWORD [r11]),
+        (1, Reg::Rdx) => asm!(a ; movzx edx, BYTE [r11]),
+        (2, Reg::Rdx) => asm!(a ; movzx edx, WORD [r11]),
+        (4, Reg::Rdx) => asm!(a ; mov edx, DWORD [r11]),
+        (_, Reg::Rdx) => asm!(a ; mov rdx, QWORD [r11]),
+    }
+}
+
+/// AL = host condition code `cc` (0-15) of the host flags.
+fn setcc_al(a: &mut VecAssembler<X64Relocation>, cc: u8) {
+    match cc {
+        0 => asm!(a ; seto al),
+        1 => asm!(a ; setno al),
+        2 => asm!(a ; setb al),
+        3 => asm!(a ; setae al),
+        4 => asm!(a ; sete al),
+        5 => asm!(a ; setne al),
+        6 => asm!(a ; setbe al),
+        7 => asm!(a ; seta al),
+        8 => asm!(a ; sets al),
+        9 => asm!(a ; setns al),
+        10 => asm!(a ; setp al),
+        11 => asm!(a ; setnp al),
+        12 => asm!(a ; setl al),
+        13 => asm!(a ; setge al),
+        14 => asm!(a ; setle al),
+        _ => asm!(a ; setg al),
     }
 }
 
