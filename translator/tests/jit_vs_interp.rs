@@ -383,7 +383,57 @@ fn flag_consumer_insn(
         6 => a.adc(d32, s32)?,
         _ => {}
     }
-    match rng.below(6) {
+    let consumer = rng.below(4);
+    match rng.below(11) {
+        // Rotates by an immediate and by CL (they keep SF/ZF/AF/PF of the producer).
+        6 => match rng.below(8) {
+            0 => a.rol(d32, imm & 31),
+            1 => a.ror(d32, imm & 31),
+            2 => a.rol(d16, imm & 31),
+            3 if idx < 4 => a.ror(d8, imm & 31),
+            4 => a.rol(d32, cl),
+            5 => a.ror(d16, cl),
+            6 if idx < 4 => a.rol(d8, cl),
+            _ => a.ror(d32, 1),
+        },
+        // Shifts by CL: counts of 0, below and beyond the width of narrow operands.
+        7 => match {
+            if rng.below(2) == 0 {
+                a.mov(cl, rng.below(20) as u32)?;
+            }
+            rng.below(7)
+        } {
+            0 => a.shl(d32, cl),
+            1 => a.shr(d32, cl),
+            2 => a.sar(d32, cl),
+            3 => a.shl(d16, cl),
+            4 => a.sar(d16, cl),
+            5 if idx < 4 => a.shr(d8, cl),
+            _ => a.sal(d32, cl),
+        },
+        // NOT / NEG / INC / DEC of registers and memory.
+        8 => match rng.below(10) {
+            0 => a.not(d32),
+            1 => a.not(m32),
+            2 => a.neg(d16),
+            3 => a.neg(m32),
+            4 => a.inc(m32),
+            5 => a.dec(m16),
+            6 => a.inc(m8),
+            7 => a.dec(m32),
+            8 if idx < 4 => a.not(d8),
+            _ => a.neg(m8),
+        },
+        // One-operand MUL/IMUL (EDX:EAX), from registers and memory.
+        9 => match rng.below(6) {
+            0 => a.mul(s32),
+            1 => a.imul(s32),
+            2 => a.mul(m32),
+            3 => a.imul(m16),
+            4 => a.mul(s16),
+            _ => a.imul(m32),
+        },
+        10 => a.adc(d32, 0),
         // ADC/SBB in every form and size.
         0 => match rng.below(12) {
             0 => a.adc(d32, s32),
@@ -461,6 +511,16 @@ fn flag_consumer_insn(
                 _ => a.setle(d8),
             }
         }
+    }?;
+    // Then, often, a reader of every flag (OF and AF included).
+    match consumer {
+        0 => {
+            a.pushfd()?;
+            a.pop(d32)
+        }
+        1 => a.seto(s8),
+        2 => a.setl(d8),
+        _ => Ok(()),
     }
 }
 
@@ -479,6 +539,16 @@ fn carry_and_condition_forms_compile_inline() {
         a.seta(bh)?;
         a.cmovae(edx, dword_ptr(ebp + 16))?;
         a.cmovl(si, di)?;
+        a.rol(eax, 7)?;
+        a.ror(bx, cl)?;
+        a.shl(edx, cl)?;
+        a.sar(si, cl)?;
+        a.not(dword_ptr(ebp + 20))?;
+        a.neg(ecx)?;
+        a.inc(word_ptr(ebp + 24))?;
+        a.dec(byte_ptr(ebp + 26))?;
+        a.mul(ecx)?;
+        a.imul(dword_ptr(ebp + 4))?;
         a.hlt()
     };
     body(&mut a).expect("asm");
@@ -487,7 +557,7 @@ fn carry_and_condition_forms_compile_inline() {
     let data: Vec<u8> = (0..64).map(|i| i * 37).collect();
     let t1 = compare("carry forms", &code, &regs, &data, None);
     let st = t1.jit.stats;
-    assert!(st.called_ops == 1 && st.inline_ops >= 9, "{st:?}");
+    assert!(st.called_ops == 1 && st.inline_ops >= 19, "{st:?}");
 }
 
 fn random_regs(rng: &mut Rng) -> [u64; 8] {

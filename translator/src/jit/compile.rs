@@ -24,6 +24,7 @@ use crate::Cpu;
 use crate::decode::op::{Op, loc};
 use crate::exec::arith::kind;
 use crate::exec::fast::{FastForm, fast_form};
+use crate::exec::shift_rotate::{kind as sk, shift};
 use crate::flags::{FlagOp, LazyFlags};
 use crate::mmu::tlb::{FAST, FAST_ENTRY_BYTES};
 use crate::state::{Segment, attr, cr0, efer, flag, sreg};
@@ -86,6 +87,26 @@ fn rm_operands_inlinable(op: &Op) -> bool {
             (loc::MEM, s) => (reg(s) || s == loc::IMM) && mem_inlinable(op),
             _ => false,
         }
+}
+
+/// A one-operand r/m form the inline paths take: a general register (0-15, no AH-BH) or an
+/// inlinable memory operand, of 1, 2, 4 or 8 bytes.
+fn unary_inlinable(op: &Op) -> bool {
+    matches!(op.osize, 1 | 2 | 4 | 8) && (op.dst < 16 || (op.dst == loc::MEM && mem_inlinable(op)))
+}
+
+/// The shift (not rotate) kind of a generic `shift_rotate::shift` handler.
+fn shift_kind(op: &Op) -> Option<u8> {
+    [sk::SHL, sk::SAL, sk::SHR, sk::SAR]
+        .into_iter()
+        .zip([
+            shift::<{ sk::SHL }> as crate::decode::op::Handler,
+            shift::<{ sk::SAL }>,
+            shift::<{ sk::SHR }>,
+            shift::<{ sk::SAR }>,
+        ])
+        .find(|(_, h)| is_handler(op, *h))
+        .map(|(k, _)| k)
 }
 
 fn reg(r: u8) -> i32 {
@@ -517,6 +538,35 @@ impl Compiler {
             {
                 let sbb = is_handler(op, crate::exec::arith::alu::<{ kind::SBB }>);
                 self.adc_sbb(i, op, sbb)
+            }
+            None if (is_handler(op, shift::<{ sk::ROL }>)
+                || is_handler(op, shift::<{ sk::ROR }>))
+                && op.dst < 16
+                && (op.src == loc::IMM || op.src == 1) =>
+            {
+                self.rotate(op, is_handler(op, shift::<{ sk::ROR }>))
+            }
+            None if op.dst < 16 && op.src == 1 && shift_kind(op).is_some() => {
+                self.shift_cl(i, shift_kind(op).unwrap_or(sk::SHL), op)
+            }
+            None if is_handler(op, crate::exec::logic::not) && unary_inlinable(op) => {
+                self.not(i, op)
+            }
+            None if is_handler(op, crate::exec::arith::neg) && unary_inlinable(op) => {
+                self.unary_arith(i, op, FlagOp::Sub)
+            }
+            None if is_handler(op, crate::exec::arith::inc) && unary_inlinable(op) => {
+                self.unary_arith(i, op, FlagOp::Inc)
+            }
+            None if is_handler(op, crate::exec::arith::dec) && unary_inlinable(op) => {
+                self.unary_arith(i, op, FlagOp::Dec)
+            }
+            None if (is_handler(op, crate::exec::arith::mul1)
+                || is_handler(op, crate::exec::arith::imul1))
+                && op.osize != 1
+                && unary_inlinable(op) =>
+            {
+                self.mul1(i, op, is_handler(op, crate::exec::arith::imul1))
             }
             None if !self.long && is_handler(op, crate::exec::control::jcc) => {
                 self.jcc(i, op, op.aux)
@@ -1465,6 +1515,357 @@ fn setcc_al(a: &mut VecAssembler<X64Relocation>, cc: u8) {
         13 => asm!(a ; setge al),
         14 => asm!(a ; setle al),
         _ => asm!(a ; setg al),
+    }
+}
+
+impl Compiler {
+    /// Materialise the pending flags into RFLAGS (lazy op `None`), as `Cpu::rflags`: a known
+    /// producer is redone on the host (its six flags are the x86 ones; TEST leaves AF
+    /// undefined, and the logic ops clear it), anything else is computed by `Cpu::rflags`.
+    fn materialise(&mut self) {
+        match self.flags {
+            Producer::Known(FlagOp::None, _) => return,
+            Producer::Known(fop, s) => {
+                self.regenerate_flags(fop, s);
+                let mut szapc = (flag::SF | flag::ZF | flag::AF | flag::PF | flag::CF) as i32;
+                if fop == FlagOp::Logic {
+                    szapc &= !(flag::AF as i32);
+                }
+                let keep = !flag::ARITH as i32;
+                let none = FlagOp::None as u8 as i8;
+                asm!(self.a
+                    ; lahf
+                    ; seto dl
+                    ; movzx ecx, ah
+                    ; and ecx, szapc
+                    ; movzx edx, dl
+                    ; shl edx, 11
+                    ; or ecx, edx
+                    ; mov rax, QWORD [rbx + RFLAGS]
+                    ; and rax, keep
+                    ; or rax, rcx
+                    ; mov QWORD [rbx + RFLAGS], rax
+                    ; mov BYTE [rbx + L_OP], none
+                );
+            }
+            Producer::Carry | Producer::Unknown => {
+                let f = addr(trampoline::materialise as *const () as usize);
+                asm!(self.a
+                    ; mov rdi, rbx
+                    ; mov rax, QWORD f
+                    ; call rax
+                );
+            }
+        }
+        self.flags = Producer::Known(FlagOp::None, 0);
+    }
+
+    /// ROL/ROR of a register by an immediate or CL (`shift_rotate::shift`): a masked count of
+    /// 0 changes nothing; otherwise the flags are materialised, SF/ZF/AF/PF kept, and CF/OF
+    /// set from the result (ROL: CF = bit 0, OF = msb ^ CF; ROR: CF = msb, OF = msb ^ the
+    /// bit below), eagerly. The host rotate gives the value (its count is taken modulo the
+    /// width for 8/16-bit operands, as tier 0 does).
+    fn rotate(&mut self, op: &Op, ror: bool) {
+        let s = op.osize;
+        let cmask = if s == 8 { 0x3F } else { 0x1F };
+        if op.src == loc::IMM && (op.imm as u32) & cmask == 0 {
+            return;
+        }
+        // Materialising first is invisible and leaves the flags eager on both paths.
+        self.materialise();
+        let skip = self.a.new_dynamic_label();
+        if op.src == loc::IMM {
+            let c = ((op.imm as u32) & cmask) as i8;
+            asm!(self.a ; mov cl, c);
+        } else {
+            let cl_off = reg(1);
+            asm!(self.a
+                ; movzx ecx, BYTE [rbx + cl_off]
+                ; and ecx, cmask as i32
+                ; jz =>skip
+            );
+        }
+        let o = reg(op.dst);
+        asm!(self.a ; mov rax, QWORD [rbx + o]);
+        match (ror, s) {
+            (false, 1) => asm!(self.a ; rol al, cl),
+            (false, 2) => asm!(self.a ; rol ax, cl),
+            (false, 4) => asm!(self.a ; rol eax, cl),
+            (false, _) => asm!(self.a ; rol rax, cl),
+            (true, 1) => asm!(self.a ; ror al, cl),
+            (true, 2) => asm!(self.a ; ror ax, cl),
+            (true, 4) => asm!(self.a ; ror eax, cl),
+            (true, _) => asm!(self.a ; ror rax, cl),
+        }
+        match s {
+            1 => asm!(self.a ; mov BYTE [rbx + o], al),
+            2 => asm!(self.a ; mov WORD [rbx + o], ax),
+            _ => asm!(self.a ; mov QWORD [rbx + o], rax),
+        }
+        // RDX = CF | OF << 11.
+        let msb = (s as u32 * 8 - 1) as i8;
+        if ror {
+            asm!(self.a
+                ; mov rdx, rax
+                ; shr rdx, msb
+                ; and edx, 1
+                ; mov rcx, rax
+                ; shr rcx, msb - 1
+                ; xor ecx, edx
+                ; and ecx, 1
+            );
+        } else {
+            asm!(self.a
+                ; mov edx, eax
+                ; and edx, 1
+                ; mov rcx, rax
+                ; shr rcx, msb
+                ; xor ecx, edx
+                ; and ecx, 1
+            );
+        }
+        let keep = !(flag::CF | flag::OF) as i32;
+        asm!(self.a
+            ; shl ecx, 11
+            ; or edx, ecx
+            ; mov rax, QWORD [rbx + RFLAGS]
+            ; and rax, keep
+            ; or rax, rdx
+            ; mov QWORD [rbx + RFLAGS], rax
+            ; =>skip
+        );
+    }
+
+    /// SHL/SAL/SHR/SAR of a register by CL (`shift_rotate::shift`), as [`Compiler::shift_ri`]
+    /// with the count known at run time: a masked count of 0 changes nothing (the flags stay
+    /// pending), 8/16-bit operands shifted by their width or more go to the handler.
+    fn shift_cl(&mut self, i: usize, k: u8, op: &Op) {
+        use crate::exec::shift_rotate::kind as sk;
+        let s = op.osize;
+        let bits = s as i32 * 8;
+        let cmask = if s == 8 { 0x3F } else { 0x1F };
+        let fb = self.a.new_dynamic_label();
+        let cont = self.a.new_dynamic_label();
+        self.fallbacks.push(Fallback {
+            label: fb,
+            index: i,
+            cont,
+            delta: self.delta,
+            rewind: self.delta + op.len as u64,
+        });
+        let (cl_off, o) = (reg(1), reg(op.dst));
+        asm!(self.a
+            ; movzx ecx, BYTE [rbx + cl_off]
+            ; and ecx, cmask
+            ; jz =>cont
+        );
+        if s < 4 {
+            asm!(self.a ; cmp ecx, bits ; jae =>fb);
+        }
+        asm!(self.a ; mov rax, QWORD [rbx + o]);
+        match (k, s) {
+            (sk::SHR, 1) => asm!(self.a ; shr al, cl),
+            (sk::SHR, 2) => asm!(self.a ; shr ax, cl),
+            (sk::SHR, 4) => asm!(self.a ; shr eax, cl),
+            (sk::SHR, _) => asm!(self.a ; shr rax, cl),
+            (sk::SAR, 1) => asm!(self.a ; sar al, cl),
+            (sk::SAR, 2) => asm!(self.a ; sar ax, cl),
+            (sk::SAR, 4) => asm!(self.a ; sar eax, cl),
+            (sk::SAR, _) => asm!(self.a ; sar rax, cl),
+            (_, 1) => asm!(self.a ; shl al, cl),
+            (_, 2) => asm!(self.a ; shl ax, cl),
+            (_, 4) => asm!(self.a ; shl eax, cl),
+            (_, _) => asm!(self.a ; shl rax, cl),
+        }
+        // The host count is below the width: CF, PF, ZF, SF are the x86 ones.
+        let szpc = (flag::SF | flag::ZF | flag::PF | flag::CF) as i32;
+        asm!(self.a
+            ; mov r8, rax
+            ; lahf
+            ; movzx edx, ah
+            ; and edx, szpc
+        );
+        match s {
+            1 => asm!(self.a ; mov BYTE [rbx + o], r8b),
+            2 => asm!(self.a ; mov WORD [rbx + o], r8w),
+            4 => asm!(self.a ; mov r8d, r8d ; mov QWORD [rbx + o], r8),
+            _ => asm!(self.a ; mov QWORD [rbx + o], r8),
+        }
+        // OF as tier 0: SHL: msb(result) ^ CF; SHR: bit (bits - 2) of the result; SAR: 0.
+        let bits = bits as i8;
+        match k {
+            sk::SHR => asm!(self.a
+                ; mov rcx, r8
+                ; shr rcx, bits - 2
+                ; and ecx, 1
+                ; shl ecx, 11
+                ; or edx, ecx
+            ),
+            sk::SAR => {}
+            _ => asm!(self.a
+                ; mov rcx, r8
+                ; shr rcx, bits - 1
+                ; xor ecx, edx
+                ; and ecx, 1
+                ; shl ecx, 11
+                ; or edx, ecx
+            ),
+        }
+        let keep = !flag::ARITH as i32;
+        let none = FlagOp::None as u8 as i8;
+        asm!(self.a
+            ; mov rax, QWORD [rbx + RFLAGS]
+            ; and rax, keep
+            ; or rax, rdx
+            ; mov QWORD [rbx + RFLAGS], rax
+            ; mov BYTE [rbx + L_OP], none
+            ; =>cont
+        );
+        // The count-0 path leaves the old flags pending.
+        self.flags = Producer::Unknown;
+    }
+
+    /// The destination of a one-operand read-modify-write op: RAX = its `s` bytes; for
+    /// memory R11 = the host address (read with write intent) and the join label returned.
+    fn rm_load(&mut self, i: usize, op: &Op, s: u8) -> Option<DynamicLabel> {
+        if op.dst == loc::MEM {
+            let c = self.mem_probe(i, op, s, true);
+            asm!(self.a ; mov r11, rcx);
+            load_r11(&mut self.a, s, Reg::Rax);
+            Some(c)
+        } else {
+            self.load(s, op.dst);
+            None
+        }
+    }
+
+    /// Write RDX (masked) back to where [`Compiler::rm_load`] read.
+    fn rm_store_rdx(&mut self, op: &Op, s: u8) {
+        if op.dst == loc::MEM {
+            match s {
+                1 => asm!(self.a ; mov BYTE [r11], dl),
+                2 => asm!(self.a ; mov WORD [r11], dx),
+                4 => asm!(self.a ; mov DWORD [r11], edx),
+                _ => asm!(self.a ; mov QWORD [r11], rdx),
+            }
+        } else {
+            self.store_rdx(s, op.dst);
+        }
+    }
+
+    /// NOT r/m (`logic::not`): no flags.
+    fn not(&mut self, i: usize, op: &Op) {
+        let s = op.osize;
+        let cont = self.rm_load(i, op, s);
+        asm!(self.a ; mov rdx, rax ; not rdx);
+        mask(&mut self.a, s, Reg::Rdx);
+        self.rm_store_rdx(op, s);
+        if let Some(c) = cont {
+            asm!(self.a ; =>c);
+        }
+    }
+
+    /// NEG / INC / DEC r/m (`arith::neg`/`inc`/`dec`): NEG records `Sub` of 0 - x, INC/DEC
+    /// fold the pending CF into RFLAGS first (`Cpu::set_lazy`) and record `Inc`/`Dec`.
+    fn unary_arith(&mut self, i: usize, op: &Op, fop: FlagOp) {
+        let s = op.osize;
+        if fop != FlagOp::Sub {
+            self.fold_cf();
+        }
+        let cont = self.rm_load(i, op, s);
+        match fop {
+            FlagOp::Sub => asm!(self.a
+                ; mov rcx, rax
+                ; xor eax, eax
+                ; mov rdx, rax
+                ; sub rdx, rcx
+            ),
+            FlagOp::Inc => asm!(self.a ; mov ecx, 1 ; lea rdx, [rax + 1]),
+            _ => asm!(self.a ; mov ecx, 1 ; lea rdx, [rax - 1]),
+        }
+        mask(&mut self.a, s, Reg::Rdx);
+        self.rm_store_rdx(op, s);
+        let (fb, sb) = (fop as u8 as i8, s as i8);
+        asm!(self.a
+            ; mov QWORD [rbx + L_A], rax
+            ; mov QWORD [rbx + L_B], rcx
+            ; mov QWORD [rbx + L_RES], rdx
+            ; mov BYTE [rbx + L_OP], fb
+            ; mov BYTE [rbx + L_SIZE], sb
+        );
+        if let Some(c) = cont {
+            asm!(self.a ; =>c);
+        }
+        self.flags = Producer::Known(fop, s);
+    }
+
+    /// One-operand MUL/IMUL of 16/32/64 bits (`arith::mul1`/`imul1`): rDX:rAX = rAX * src
+    /// on the host, whose CF = OF are tier 0's (high half non-zero / not the sign extension
+    /// of the low half); SF, ZF, PF from the low half, AF 0, eager.
+    fn mul1(&mut self, i: usize, op: &Op, signed: bool) {
+        let s = op.osize;
+        let cont = if op.dst == loc::MEM {
+            let c = self.mem_probe(i, op, s, false);
+            asm!(self.a ; mov r11, rcx);
+            load_r11(&mut self.a, s, Reg::Rcx);
+            Some(c)
+        } else {
+            let o = reg(op.dst);
+            asm!(self.a ; mov rcx, QWORD [rbx + o]);
+            None
+        };
+        let (ra, rd) = (reg(0), reg(2));
+        asm!(self.a ; mov rax, QWORD [rbx + ra]);
+        match (signed, s) {
+            (false, 2) => asm!(self.a ; mul cx),
+            (false, 4) => asm!(self.a ; mul ecx),
+            (false, _) => asm!(self.a ; mul rcx),
+            (true, 2) => asm!(self.a ; imul cx),
+            (true, 4) => asm!(self.a ; imul ecx),
+            (true, _) => asm!(self.a ; imul rcx),
+        }
+        asm!(self.a ; seto r8b);
+        match s {
+            2 => asm!(self.a
+                ; mov WORD [rbx + ra], ax
+                ; mov WORD [rbx + rd], dx
+                ; test ax, ax
+            ),
+            4 => asm!(self.a
+                ; mov ecx, eax
+                ; mov QWORD [rbx + ra], rcx
+                ; mov ecx, edx
+                ; mov QWORD [rbx + rd], rcx
+                ; test eax, eax
+            ),
+            _ => asm!(self.a
+                ; mov QWORD [rbx + ra], rax
+                ; mov QWORD [rbx + rd], rdx
+                ; test rax, rax
+            ),
+        }
+        let szp = (flag::SF | flag::ZF | flag::PF) as i32;
+        let cfof = (flag::CF | flag::OF) as i32;
+        let keep = !flag::ARITH as i32;
+        let none = FlagOp::None as u8 as i8;
+        asm!(self.a
+            ; lahf
+            ; movzx edx, ah
+            ; and edx, szp
+            ; movzx r8d, r8b
+            ; neg r8d
+            ; and r8d, cfof
+            ; or edx, r8d
+            ; mov rax, QWORD [rbx + RFLAGS]
+            ; and rax, keep
+            ; or rax, rdx
+            ; mov QWORD [rbx + RFLAGS], rax
+            ; mov BYTE [rbx + L_OP], none
+        );
+        if let Some(c) = cont {
+            asm!(self.a ; =>c);
+        }
+        self.flags = Producer::Known(FlagOp::None, s);
     }
 }
 

@@ -119,3 +119,11 @@ pub(crate) extern "sysv64" fn cond(cpu: *mut Cpu, cc: u64) -> u64 {
     let cpu = unsafe { &mut *cpu };
     cpu.cond(cc as u8) as u64
 }
+
+/// Materialise the pending lazy flags into RFLAGS (`Cpu::rflags`), for inline ops that keep
+/// some of the old arithmetic flags (rotates) after a producer the compiler could not see.
+pub(crate) extern "sysv64" fn materialise(cpu: *mut Cpu) {
+    // SAFETY: compiled code passes its pinned `Cpu` pointer (see `call_op`).
+    let cpu = unsafe { &mut *cpu };
+    cpu.rflags();
+}
