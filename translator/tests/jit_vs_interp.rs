@@ -433,7 +433,35 @@ fn flag_consumer_insn(
             4 => a.mul(s16),
             _ => a.imul(m32),
         },
-        10 => a.adc(d32, 0),
+        10 => match rng.below(16) {
+            0 => a.nop(),
+            1 => a.pause(),
+            2 => a.cwde(),
+            3 => a.cdq(),
+            4 => a.cbw(),
+            5 => a.cwd(),
+            // DIV/IDIV: EDX often small enough for a quotient that fits, a zero divisor and
+            // overflows sometimes (#DE: shutdown without an IDT, in both tiers).
+            6 | 7 => {
+                if rng.below(4) != 0 {
+                    a.mov(edx, rng.below(3) as u32)?;
+                }
+                match rng.below(4) {
+                    0 => a.div(s32),
+                    1 => a.idiv(s32),
+                    2 => a.div(m32),
+                    _ => a.idiv(m32),
+                }
+            }
+            8 => a.shld(d32, s32, (imm & 31) as u32),
+            9 => a.shrd(d32, s32, cl),
+            10 => a.shld(d32, s32, cl),
+            11 => a.shrd(d32, s32, (imm & 31) as u32),
+            12 => a.bsf(d32, s32),
+            13 => a.bsr(d16, m16),
+            14 => a.bsr(d32, m32),
+            _ => a.push(m32),
+        },
         // ADC/SBB in every form and size.
         0 => match rng.below(12) {
             0 => a.adc(d32, s32),
@@ -526,8 +554,8 @@ fn flag_consumer_insn(
 
 #[test]
 fn carry_and_condition_forms_compile_inline() {
-    // Each of these is compiled inline (only the HLT is called; the zero bytes after it decode
-    // as more inline ADDs to the block's op limit), and the results agree with tier 0.
+    // Each of these is compiled inline (only the HLT the CALL reaches is called, and the zero
+    // bytes after it decode as more inline ADDs), and the results agree with tier 0.
     let mut a = CodeAssembler::new(32).expect("32-bit assembler");
     let body = |a: &mut CodeAssembler| -> Result<(), IcedError> {
         a.add(eax, ebx)?;
@@ -549,6 +577,21 @@ fn carry_and_condition_forms_compile_inline() {
         a.dec(byte_ptr(ebp + 26))?;
         a.mul(ecx)?;
         a.imul(dword_ptr(ebp + 4))?;
+        a.nop()?;
+        a.cdq()?;
+        a.cwde()?;
+        a.mov(ecx, 7)?;
+        a.xor(edx, edx)?;
+        a.div(ecx)?;
+        a.shld(eax, ebx, 3)?;
+        a.shrd(edx, esi, cl)?;
+        a.bsf(edi, dword_ptr(ebp + 28))?;
+        a.push(dword_ptr(ebp + 32))?;
+        // CALL rel32 to another page: a HLT (then zero bytes: more inline ADDs).
+        let mut far = a.create_label();
+        a.call(far)?;
+        a.db(&[0x90; 0x1000])?;
+        a.set_label(&mut far)?;
         a.hlt()
     };
     body(&mut a).expect("asm");
@@ -557,7 +600,7 @@ fn carry_and_condition_forms_compile_inline() {
     let data: Vec<u8> = (0..64).map(|i| i * 37).collect();
     let t1 = compare("carry forms", &code, &regs, &data, None);
     let st = t1.jit.stats;
-    assert!(st.called_ops == 1 && st.inline_ops >= 19, "{st:?}");
+    assert!(st.called_ops == 1 && st.inline_ops >= 31, "{st:?}");
 }
 
 fn random_regs(rng: &mut Rng) -> [u64; 8] {

@@ -229,6 +229,22 @@ fn call_rel32(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecResult {
     Ok(())
 }
 
+/// [`call_rel32`] as a handler of its own: `call_rel32` is inlined into `call_rel32_sb`, and an
+/// `#[inline(always)]` function whose address is taken in several places can get one copy
+/// per codegen unit, so the address `specialise` stores would not be the one [`fast_form`]
+/// looks for. This one is never inlined: one copy, one address.
+#[inline(never)]
+fn call_rel32_op(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecResult {
+    call_rel32(cpu, op, bus)
+}
+
+/// NOP and PAUSE (`exec::nop`, which is small enough to be copied into every codegen unit
+/// that takes its address: this one is what tier 1 recognises).
+#[inline(never)]
+fn nop_op(_cpu: &mut Cpu, _op: &Op, _bus: &mut dyn CpuBus) -> ExecResult {
+    Ok(())
+}
+
 /// CALL rel32 inside a block that goes on with the callee's code (the block builder followed
 /// the call into the same page). `imm2` holds the page offset the callee was decoded at (bits
 /// 0-11) and the length of the callee run (bits 12+). If at run time the target is not that
@@ -488,7 +504,8 @@ pub(crate) fn specialise(ins: &Instruction, op: &mut Op) {
             | M::Jg,
             _,
         ) if ins.op_kind(0) == OpKind::NearBranch32 => JCC32.get(op.aux as usize).copied(),
-        (M::Call, _) if ins.op_kind(0) == OpKind::NearBranch32 => Some(call_rel32 as Handler),
+        (M::Call, _) if ins.op_kind(0) == OpKind::NearBranch32 => Some(call_rel32_op as Handler),
+        (M::Nop | M::Pause, _) => Some(nop_op as Handler),
         (M::Ret, _) if size == 4 => Some(ret32 as Handler),
         _ => None,
     };
@@ -543,6 +560,8 @@ pub(crate) enum FastForm {
     },
     /// RET / RET imm16 with a 32-bit operand size (`ret32`).
     Ret32,
+    /// NOP, PAUSE (`nop_op`).
+    Nop,
     /// CALL rel32 (`call_rel32`), and the form the block goes on after (`call_rel32_sb`).
     Call32,
     Call32Sb,
@@ -622,7 +641,8 @@ pub(crate) fn fast_form(h: Handler) -> Option<FastForm> {
         t.push((lea_r::<4> as Handler as usize, FastForm::Lea(4)));
         t.push((lea_r::<8> as Handler as usize, FastForm::Lea(8)));
         t.push((ret32 as Handler as usize, FastForm::Ret32));
-        t.push((call_rel32 as Handler as usize, FastForm::Call32));
+        t.push((call_rel32_op as Handler as usize, FastForm::Call32));
+        t.push((nop_op as Handler as usize, FastForm::Nop));
         t.push((call_rel32_sb as Handler as usize, FastForm::Call32Sb));
         for h in JCC32 {
             t.push((h as usize, FastForm::Jcc32));

@@ -497,7 +497,9 @@ impl Compiler {
             None if !self.long
                 && op.osize == 4
                 && is_handler(op, crate::exec::stack::push)
-                && (op.src < 16 || op.src == loc::IMM) =>
+                && (op.src < 16
+                    || op.src == loc::IMM
+                    || (op.src == loc::MEM && mem_inlinable(op))) =>
             {
                 self.push32(i, op)
             }
@@ -567,6 +569,35 @@ impl Compiler {
                 && unary_inlinable(op) =>
             {
                 self.mul1(i, op, is_handler(op, crate::exec::arith::imul1))
+            }
+            // Nothing at all in tier 0 either.
+            Some(FastForm::Nop) => {}
+            None if is_handler(op, crate::exec::arith::cbw) && matches!(op.osize, 2 | 4 | 8) => {
+                self.cbw_cwd(op, false)
+            }
+            None if is_handler(op, crate::exec::arith::cwd) && matches!(op.osize, 2 | 4 | 8) => {
+                self.cbw_cwd(op, true)
+            }
+            None if (is_handler(op, crate::exec::arith::div1)
+                || is_handler(op, crate::exec::arith::idiv1))
+                && op.osize == 4
+                && unary_inlinable(op) =>
+            {
+                self.div32(i, op, is_handler(op, crate::exec::arith::idiv1))
+            }
+            None if is_handler(op, crate::exec::shift_rotate::shxd)
+                && matches!(op.osize, 4 | 8)
+                && op.dst < 16
+                && op.src < 16 =>
+            {
+                self.shxd(op)
+            }
+            None if is_handler(op, crate::exec::bits::bsf_bsr)
+                && matches!(op.osize, 2 | 4 | 8)
+                && op.dst < 16
+                && (op.src < 16 || (op.src == loc::MEM && mem_inlinable(op))) =>
+            {
+                self.bsf_bsr(i, op)
             }
             None if !self.long && is_handler(op, crate::exec::control::jcc) => {
                 self.jcc(i, op, op.aux)
@@ -1002,7 +1033,7 @@ impl Compiler {
         m
     }
 
-    /// PUSH r32 / PUSH imm with a 32-bit stack (`stack::push`): the value is read before ESP
+    /// PUSH r32 / PUSH imm / PUSH m32 with a 32-bit stack (`stack::push`): the value is read before ESP
     /// moves (PUSH ESP pushes the old value), ESP changes after the store.
     fn push32(&mut self, i: usize, op: &Op) {
         let fb = self.a.new_dynamic_label();
@@ -1015,10 +1046,17 @@ impl Compiler {
             rewind: self.delta + op.len as u64,
         });
         self.check_stack32(fb);
+        if op.src == loc::MEM {
+            // PUSH r/m32: the operand is read first (with ESP before the push).
+            self.probe_to(op, 4, false, fb);
+            asm!(self.a ; mov r9d, DWORD [rcx]);
+        }
         self.probe_to(&Self::stack_slot(op, -4), 4, true, fb);
         if op.src == loc::IMM {
             let v = (op.imm & 0xFFFF_FFFF) as i64;
             asm!(self.a ; mov rax, QWORD v);
+        } else if op.src == loc::MEM {
+            asm!(self.a ; mov eax, r9d);
         } else {
             let src = reg(op.src);
             asm!(self.a ; mov rax, QWORD [rbx + src]);
@@ -1861,6 +1899,217 @@ impl Compiler {
             ; or rax, rdx
             ; mov QWORD [rbx + RFLAGS], rax
             ; mov BYTE [rbx + L_OP], none
+        );
+        if let Some(c) = cont {
+            asm!(self.a ; =>c);
+        }
+        self.flags = Producer::Known(FlagOp::None, s);
+    }
+}
+
+impl Compiler {
+    /// A fallback to op `i`'s handler for an inline path with several exits; returns (its
+    /// label, the label to place where both paths join).
+    fn fallback_label(&mut self, i: usize, op: &Op) -> (DynamicLabel, DynamicLabel) {
+        let fb = self.a.new_dynamic_label();
+        let cont = self.a.new_dynamic_label();
+        self.fallbacks.push(Fallback {
+            label: fb,
+            index: i,
+            cont,
+            delta: self.delta,
+            rewind: self.delta + op.len as u64,
+        });
+        (fb, cont)
+    }
+
+    /// CBW/CWDE/CDQE (`arith::cbw`) and CWD/CDQ/CQO (`arith::cwd`): no flags.
+    fn cbw_cwd(&mut self, op: &Op, cwd: bool) {
+        let (ra, rd) = (reg(0), reg(2));
+        match (cwd, op.osize) {
+            (false, 2) => asm!(self.a
+                ; movsx eax, BYTE [rbx + ra]
+                ; mov WORD [rbx + ra], ax
+            ),
+            (false, 4) => asm!(self.a
+                ; movsx eax, WORD [rbx + ra]
+                ; mov QWORD [rbx + ra], rax
+            ),
+            (false, _) => asm!(self.a
+                ; movsxd rax, DWORD [rbx + ra]
+                ; mov QWORD [rbx + ra], rax
+            ),
+            (true, 2) => asm!(self.a
+                ; movsx eax, WORD [rbx + ra]
+                ; sar eax, 15
+                ; mov WORD [rbx + rd], ax
+            ),
+            (true, 4) => asm!(self.a
+                ; movsxd rax, DWORD [rbx + ra]
+                ; sar rax, 31
+                ; mov eax, eax
+                ; mov QWORD [rbx + rd], rax
+            ),
+            (true, _) => asm!(self.a
+                ; mov rax, QWORD [rbx + ra]
+                ; sar rax, 63
+                ; mov QWORD [rbx + rd], rax
+            ),
+        }
+    }
+
+    /// 32-bit DIV/IDIV (`arith::div1`/`idiv1`): EDX:EAX / src on the host, after checks that
+    /// it cannot trap there; a zero divisor or a quotient that does not fit (#DE) goes to the
+    /// handler (and so does IDIV by -1, to keep the host's 64-bit IDIV from overflowing).
+    /// The flags are not touched (tier 0 leaves them as they were).
+    fn div32(&mut self, i: usize, op: &Op, signed: bool) {
+        let (fb, cont) = self.fallback_label(i, op);
+        if op.dst == loc::MEM {
+            self.probe_to(op, 4, false, fb);
+            if signed {
+                asm!(self.a ; movsxd rcx, DWORD [rcx]);
+            } else {
+                asm!(self.a ; mov ecx, DWORD [rcx]);
+            }
+        } else {
+            let o = reg(op.dst);
+            if signed {
+                asm!(self.a ; movsxd rcx, DWORD [rbx + o]);
+            } else {
+                asm!(self.a ; mov ecx, DWORD [rbx + o]);
+            }
+        }
+        let (ra, rd) = (reg(0), reg(2));
+        asm!(self.a
+            ; test rcx, rcx
+            ; jz =>fb
+            ; mov eax, DWORD [rbx + ra]
+            ; mov edx, DWORD [rbx + rd]
+        );
+        if signed {
+            asm!(self.a
+                ; cmp rcx, -1
+                ; je =>fb
+                ; shl rdx, 32
+                ; or rax, rdx
+                ; cqo
+                ; idiv rcx
+                ; movsxd r8, eax
+                ; cmp r8, rax
+                ; jne =>fb
+            );
+        } else {
+            asm!(self.a
+                ; cmp edx, ecx
+                ; jae =>fb
+                ; div ecx
+            );
+        }
+        asm!(self.a
+            ; mov eax, eax
+            ; mov QWORD [rbx + ra], rax
+            ; mov edx, edx
+            ; mov QWORD [rbx + rd], rdx
+            ; =>cont
+        );
+    }
+
+    /// SHLD/SHRD of 32/64-bit registers by an immediate or CL (`shift_rotate::shxd`): a
+    /// masked count of 0 changes nothing; otherwise the host's result, CF, SF, ZF, PF, with
+    /// OF = the sign changed and AF 0, eagerly.
+    fn shxd(&mut self, op: &Op) {
+        let s = op.osize;
+        let cmask = if s == 8 { 0x3F } else { 0x1F };
+        let skip = self.a.new_dynamic_label();
+        if op.imm2 == 1 {
+            if (op.imm as u32) & cmask == 0 {
+                return;
+            }
+            let c = ((op.imm as u32) & cmask) as i8;
+            asm!(self.a ; mov cl, c);
+        } else {
+            let cl_off = reg(1);
+            asm!(self.a
+                ; movzx ecx, BYTE [rbx + cl_off]
+                ; and ecx, cmask as i32
+                ; jz =>skip
+            );
+        }
+        let (o, so) = (reg(op.dst), reg(op.src));
+        asm!(self.a
+            ; mov rax, QWORD [rbx + o]
+            ; mov r9, rax
+            ; mov rdx, QWORD [rbx + so]
+        );
+        match (op.aux == 1, s) {
+            (false, 4) => asm!(self.a ; shld eax, edx, cl),
+            (false, _) => asm!(self.a ; shld rax, rdx, cl),
+            (true, 4) => asm!(self.a ; shrd eax, edx, cl),
+            (true, _) => asm!(self.a ; shrd rax, rdx, cl),
+        }
+        let szpc = (flag::SF | flag::ZF | flag::PF | flag::CF) as i32;
+        let sign = (s as u32 * 8 - 1) as i8;
+        asm!(self.a
+            ; mov r8, rax
+            ; lahf
+            ; movzx edx, ah
+            ; and edx, szpc
+            ; mov QWORD [rbx + o], r8
+            ; xor r9, r8
+            ; shr r9, sign
+            ; and r9d, 1
+            ; shl r9d, 11
+            ; or edx, r9d
+        );
+        let keep = !flag::ARITH as i32;
+        let none = FlagOp::None as u8 as i8;
+        asm!(self.a
+            ; mov rax, QWORD [rbx + RFLAGS]
+            ; and rax, keep
+            ; or rax, rdx
+            ; mov QWORD [rbx + RFLAGS], rax
+            ; mov BYTE [rbx + L_OP], none
+            ; =>skip
+        );
+        // The count-0 path leaves the old flags pending.
+        self.flags = Producer::Unknown;
+    }
+
+    /// BSF/BSR r, r/m (`bits::bsf_bsr`, also for the TZCNT/LZCNT encodings, which it runs as
+    /// BSF/BSR): the flags are materialised and all kept but ZF; a zero source sets ZF and
+    /// leaves the destination alone.
+    fn bsf_bsr(&mut self, i: usize, op: &Op) {
+        let s = op.osize;
+        self.materialise();
+        let cont = if op.src == loc::MEM {
+            let c = self.mem_probe(i, op, s, false);
+            asm!(self.a ; mov r11, rcx);
+            load_r11(&mut self.a, s, Reg::Rcx);
+            Some(c)
+        } else {
+            let o = reg(op.src);
+            asm!(self.a ; mov rcx, QWORD [rbx + o]);
+            mask(&mut self.a, s, Reg::Rcx);
+            None
+        };
+        let (zero, done) = (self.a.new_dynamic_label(), self.a.new_dynamic_label());
+        let zf = flag::ZF as i32;
+        asm!(self.a
+            ; test rcx, rcx
+            ; jz =>zero
+        );
+        if op.aux == 0 {
+            asm!(self.a ; bsf rax, rcx);
+        } else {
+            asm!(self.a ; bsr rax, rcx);
+        }
+        self.store_rax(s, op.dst);
+        asm!(self.a
+            ; and QWORD [rbx + RFLAGS], !zf
+            ; jmp =>done
+            ; =>zero
+            ; or QWORD [rbx + RFLAGS], zf
+            ; =>done
         );
         if let Some(c) = cont {
             asm!(self.a ; =>c);
