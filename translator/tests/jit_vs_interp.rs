@@ -384,7 +384,29 @@ fn flag_consumer_insn(
         _ => {}
     }
     let consumer = rng.below(4);
-    match rng.below(11) {
+    match rng.below(12) {
+        // Returns through indirect JMPs (register and memory), and an indirect CALL.
+        11 => {
+            let (mut f, mut after) = (a.create_label(), a.create_label());
+            a.call(f)?;
+            a.jmp(after)?;
+            a.set_label(&mut f)?;
+            match rng.below(3) {
+                0 => {
+                    a.pop(d32)?;
+                    a.jmp(d32)?;
+                }
+                1 => {
+                    a.add(esp, 4)?;
+                    a.jmp(dword_ptr(esp - 4))?;
+                }
+                // CALL [ESP]: on to the JMP after the first CALL (both return addresses stay
+                // on the stack).
+                _ => a.call(dword_ptr(esp))?,
+            }
+            a.set_label(&mut after)?;
+            a.nop()
+        }
         // Rotates by an immediate and by CL (they keep SF/ZF/AF/PF of the producer).
         6 => match rng.below(8) {
             0 => a.rol(d32, imm & 31),
@@ -601,6 +623,58 @@ fn carry_and_condition_forms_compile_inline() {
     let t1 = compare("carry forms", &code, &regs, &data, None);
     let st = t1.jit.stats;
     assert!(st.called_ops == 1 && st.inline_ops >= 31, "{st:?}");
+}
+
+#[test]
+fn indirect_jumps_and_calls_agree() {
+    // JMP/CALL through registers and memory in a loop (compiled after a few rounds), also with
+    // a CS limit that cuts off each target (#GP), a 16-bit stack (the handler path) and a data
+    // limit below the memory operands.
+    let code = assemble_with_labels(3, |a, l, addr| {
+        let (t_a, t_b, t_f) = (addr[0] as u32, addr[1] as u32, addr[2] as u32);
+        a.mov(esi, 12)?;
+        let mut top = a.create_label();
+        a.set_label(&mut top)?;
+        a.mov(eax, t_a)?;
+        a.jmp(eax)?;
+        a.int3()?;
+        a.set_label(&mut l[0])?;
+        a.mov(dword_ptr(ebp + 0x40), t_b)?;
+        a.jmp(dword_ptr(ebp + 0x40))?;
+        a.int3()?;
+        a.set_label(&mut l[1])?;
+        a.mov(ebx, t_f)?;
+        a.call(ebx)?;
+        a.mov(dword_ptr(ebp + 0x44), t_f)?;
+        a.call(dword_ptr(ebp + 0x44))?;
+        a.add(edi, esp)?;
+        a.dec(esi)?;
+        a.jne(top)?;
+        a.hlt()?;
+        a.set_label(&mut l[2])?;
+        a.add(edx, dword_ptr(esp))?;
+        a.ret()
+    });
+    let regs = [1, 2, 3, 4, 0, 0, 5, 6];
+    let t1 = compare("indirect", &code, &regs, &[], None);
+    assert_eq!(t1.regs[7], 6 + 12 * 0x8000, "EDI sums ESP after each round");
+    // The branches ran inline: the HLT is the only handler call compiled.
+    assert_eq!(t1.jit.stats.called_ops, 1, "{:?}", t1.jit.stats);
+    let mut limits = vec![Some(0xFFFF_FFFF), Some(DATA as u32 + 0x42)];
+    limits.extend(
+        (0..code.len() as u32)
+            .step_by(3)
+            .map(|o| Some(CODE as u32 + o)),
+    );
+    for limit in limits {
+        compare(
+            &format!("indirect, limit {limit:x?}"),
+            &code,
+            &regs,
+            &[],
+            limit,
+        );
+    }
 }
 
 fn random_regs(rng: &mut Rng) -> [u64; 8] {

@@ -599,6 +599,14 @@ impl Compiler {
             {
                 self.bsf_bsr(i, op)
             }
+            None if !self.long
+                && op.osize == 4
+                && (is_handler(op, crate::exec::control::jmp_ind)
+                    || is_handler(op, crate::exec::control::call_ind))
+                && (op.src < 16 || (op.src == loc::MEM && mem_inlinable(op))) =>
+            {
+                self.branch_ind32(i, op, is_handler(op, crate::exec::control::call_ind))
+            }
             None if !self.long && is_handler(op, crate::exec::control::jcc) => {
                 self.jcc(i, op, op.aux)
             }
@@ -2118,6 +2126,58 @@ impl Compiler {
     }
 }
 
+impl Compiler {
+    /// JMP r/m32 and CALL r/m32 outside 64-bit code (`control::jmp_ind`/`call_ind`): the
+    /// target from a register or through the inline load path, checked against the CS limit;
+    /// CALL pushes the return address through the inline store path (32-bit stack). RIP in
+    /// memory is the branch's start until the op completes; anything off the fast path goes
+    /// to the handler.
+    fn branch_ind32(&mut self, i: usize, op: &Op, call: bool) {
+        self.flush_rip();
+        let fb = self.a.new_dynamic_label();
+        let cont = self.a.new_dynamic_label();
+        self.fallbacks.push(Fallback {
+            label: fb,
+            index: i,
+            cont,
+            delta: 0,
+            rewind: 0,
+        });
+        if call {
+            self.check_stack32(fb);
+        }
+        // R10 = target (the operand is read before anything is pushed).
+        if op.src == loc::MEM {
+            self.probe_to(op, 4, false, fb);
+            asm!(self.a ; mov r10d, DWORD [rcx]);
+        } else {
+            let o = reg(op.src);
+            asm!(self.a ; mov r10d, DWORD [rbx + o]);
+        }
+        asm!(self.a
+            ; mov ecx, DWORD [rbx + CS_LIMIT]
+            ; cmp r10, rcx
+            ; ja =>fb
+        );
+        if call {
+            self.advance_rip_rax(op.len as i32);
+            asm!(self.a ; mov r9, rax);
+            self.probe_to(&Self::stack_slot(op, -4), 4, true, fb);
+            let esp_off = reg(4);
+            asm!(self.a
+                ; mov DWORD [rcx], r9d
+                ; mov eax, DWORD [rbx + esp_off]
+                ; sub eax, 4
+                ; mov QWORD [rbx + esp_off], rax
+            );
+        }
+        asm!(self.a
+            ; mov QWORD [rbx + RIP], r10
+            ; =>cont
+        );
+    }
+}
+
 #[derive(Clone, Copy)]
 enum Reg {
     Rax,
@@ -2168,5 +2228,8 @@ fn is_handler(op: &Op, h: crate::decode::op::Handler) -> bool {
 }
 
 fn is_branch(op: &Op) -> bool {
-    is_handler(op, crate::exec::control::jcc) || is_handler(op, crate::exec::control::jmp_rel)
+    is_handler(op, crate::exec::control::jcc)
+        || is_handler(op, crate::exec::control::jmp_rel)
+        || is_handler(op, crate::exec::control::jmp_ind)
+        || is_handler(op, crate::exec::control::call_ind)
 }
