@@ -201,7 +201,7 @@ fn random_insn(
     let disp = (rng.below(0x100) * 4) as i32;
     let mem32 = dword_ptr(ebp + disp);
     match rng.below(34) {
-        25..=33 => return flag_consumer_insn(a, rng, avoid),
+        25..=33 => flag_consumer_insn(a, rng, avoid),
         0 => a.mov(dst32, src32),
         1 => a.mov(dst32, imm),
         2 => match rng.below(9) {
@@ -419,20 +419,21 @@ fn flag_consumer_insn(
             _ => a.ror(d32, 1),
         },
         // Shifts by CL: counts of 0, below and beyond the width of narrow operands.
-        7 => match {
+        7 => {
+            // A small count first half the time (CL is random otherwise).
             if rng.below(2) == 0 {
                 a.mov(cl, rng.below(20) as u32)?;
             }
-            rng.below(7)
-        } {
-            0 => a.shl(d32, cl),
-            1 => a.shr(d32, cl),
-            2 => a.sar(d32, cl),
-            3 => a.shl(d16, cl),
-            4 => a.sar(d16, cl),
-            5 if idx < 4 => a.shr(d8, cl),
-            _ => a.sal(d32, cl),
-        },
+            match rng.below(7) {
+                0 => a.shl(d32, cl),
+                1 => a.shr(d32, cl),
+                2 => a.sar(d32, cl),
+                3 => a.shl(d16, cl),
+                4 => a.sar(d16, cl),
+                5 if idx < 4 => a.shr(d8, cl),
+                _ => a.sal(d32, cl),
+            }
+        }
         // NOT / NEG / INC / DEC of registers and memory.
         8 => match rng.below(10) {
             0 => a.not(d32),
@@ -475,10 +476,10 @@ fn flag_consumer_insn(
                     _ => a.idiv(m32),
                 }
             }
-            8 => a.shld(d32, s32, (imm & 31) as u32),
+            8 => a.shld(d32, s32, imm & 31),
             9 => a.shrd(d32, s32, cl),
             10 => a.shld(d32, s32, cl),
-            11 => a.shrd(d32, s32, (imm & 31) as u32),
+            11 => a.shrd(d32, s32, imm & 31),
             12 => a.bsf(d32, s32),
             13 => a.bsr(d16, m16),
             14 => a.bsr(d32, m32),
