@@ -238,8 +238,8 @@ fn call_rel32_op(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecResult {
     call_rel32(cpu, op, bus)
 }
 
-/// NOP and PAUSE (`exec::nop`, which is small enough to be copied into every codegen unit
-/// that takes its address: this one is what tier 1 recognises).
+/// NOP, PAUSE, ENDBR32/64 (`exec::nop`, which is small enough to be copied into every
+/// codegen unit that takes its address: this one is what tier 1 recognises).
 #[inline(never)]
 fn nop_op(_cpu: &mut Cpu, _op: &Op, _bus: &mut dyn CpuBus) -> ExecResult {
     Ok(())
@@ -505,7 +505,7 @@ pub(crate) fn specialise(ins: &Instruction, op: &mut Op) {
             _,
         ) if ins.op_kind(0) == OpKind::NearBranch32 => JCC32.get(op.aux as usize).copied(),
         (M::Call, _) if ins.op_kind(0) == OpKind::NearBranch32 => Some(call_rel32_op as Handler),
-        (M::Nop | M::Pause, _) => Some(nop_op as Handler),
+        (M::Nop | M::Pause | M::Endbr32 | M::Endbr64, _) => Some(nop_op as Handler),
         (M::Ret, _) if size == 4 => Some(ret32 as Handler),
         _ => None,
     };
@@ -560,7 +560,7 @@ pub(crate) enum FastForm {
     },
     /// RET / RET imm16 with a 32-bit operand size (`ret32`).
     Ret32,
-    /// NOP, PAUSE (`nop_op`).
+    /// NOP, PAUSE, ENDBR32/64 (`nop_op`).
     Nop,
     /// CALL rel32 (`call_rel32`), and the form the block goes on after (`call_rel32_sb`).
     Call32,
