@@ -39,7 +39,7 @@ if ! command -v qemu-system-i386 >/dev/null 2>&1; then
     [ "$(id -u)" = 0 ] || { log "error: qemu-system-i386 missing: apt-get install qemu-system-x86"; exit 1; }
     log "installing qemu-system-x86 with apt-get"
     DEBIAN_FRONTEND=noninteractive apt-get install -y qemu-system-x86 >/dev/null 2>&1 || {
-        apt-get update >/dev/null 2>&1
+        apt-get update >/dev/null 2>&1 || true
         DEBIAN_FRONTEND=noninteractive apt-get install -y qemu-system-x86 >/dev/null
     }
 fi
