@@ -42,6 +42,9 @@ pub struct Block {
     pub(crate) hits: Cell<u32>,
     /// The block's tier-1 code; dropped when the block leaves the cache.
     pub(crate) jit: Cell<Option<crate::jit::Compiled>>,
+    /// Tier 1's direct links to compiled successors; the compiled code reads them in place
+    /// (the `Rc` keeps this address fixed).
+    pub(crate) jit_links: crate::jit::ChainLinks,
 }
 
 /// A remembered successor: valid while RIP, the translation stamp (block cache and TLB
@@ -69,6 +72,7 @@ impl Block {
             links: RefCell::new([None, None]),
             hits: Cell::new(0),
             jit: Cell::new(None),
+            jit_links: crate::jit::ChainLinks::default(),
         }
     }
 
@@ -101,6 +105,9 @@ pub(crate) struct BlockCache {
     code_pages: BitVec,
     /// Bumped whenever blocks are dropped, which makes every chain link stale.
     pub(crate) epoch: u64,
+    /// Blocks dropped from the cache, kept alive until no compiled code can be running: a
+    /// chained block may invalidate itself (SMC) and its code and ops must outlive the call.
+    pub(crate) graveyard: Vec<Rc<Block>>,
 }
 
 impl BlockCache {
@@ -111,6 +118,7 @@ impl BlockCache {
             by_page: HashMap::new(),
             code_pages: BitVec::new(),
             epoch: 0,
+            graveyard: Vec::new(),
         }
     }
 
@@ -119,10 +127,10 @@ impl BlockCache {
         if !self.map.is_empty() {
             self.fast.fill(None);
         }
-        for b in self.map.values() {
+        for (_, b) in self.map.drain() {
             b.jit.set(None);
+            self.graveyard.push(b);
         }
-        self.map.clear();
         self.by_page.clear();
         self.code_pages.fill(false);
     }
@@ -138,6 +146,7 @@ impl BlockCache {
             for k in keys {
                 if let Some(b) = self.map.remove(&k) {
                     b.jit.set(None);
+                    self.graveyard.push(b);
                 }
                 let slot = &mut self.fast[fast_slot(&k)];
                 if slot.as_ref().is_some_and(|(fk, _)| *fk == k) {
@@ -171,14 +180,19 @@ impl BlockCache {
         self.code_pages.set(page as usize, true);
         self.by_page.entry(page).or_default().push(key);
         block.cached.set(true);
-        self.map.insert(key, block);
+        if let Some(old) = self.map.insert(key, block) {
+            // Replaced (it did not fit the CS limit): links to it must go stale.
+            self.epoch = self.epoch.wrapping_add(1);
+            old.jit.set(None);
+            self.graveyard.push(old);
+        }
     }
 }
 
 impl Cpu {
     /// What a chain link must match besides RIP: block cache and TLB generations.
     #[inline]
-    fn chain_stamp(&self) -> u64 {
+    pub(crate) fn chain_stamp(&self) -> u64 {
         self.cache.epoch.wrapping_add(self.tlb.generation)
     }
 

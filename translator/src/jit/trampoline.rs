@@ -1,11 +1,13 @@
 //! Entry into compiled code and the Rust functions compiled code calls back into.
 //!
-//! A compiled block is `extern "sysv64" fn(cpu: *mut Cpu, ctx: *mut Ctx, max_ops: u64) -> u64`.
-//! It keeps the `Cpu` pointer pinned in RBX, the context pointer in R12, `max_ops` in R13 and
-//! returns
-//! `status | index << 8`: [`ST_OK`] when every op ran, otherwise the status of op `index`.
+//! A compiled block is `extern "sysv64" fn(cpu: *mut Cpu, ctx: *mut Ctx, budget: u64) -> u64`.
+//! It keeps the `Cpu` pointer pinned in RBX, the context pointer in R12, the ops left in the
+//! budget in R13 and returns `status | index << 8`: [`ST_OK`] when every op ran, otherwise the
+//! status of op `index` — of the block in [`Ctx::block`], which links between compiled blocks
+//! update when they enter a successor's body (past its prologue, on the same stack frame).
 
 use crate::Cpu;
+use crate::block::Block;
 use crate::bus::CpuBus;
 use crate::decode::op::Op;
 use crate::exception::{Exit, Fault};
@@ -36,6 +38,8 @@ pub(crate) struct Ctx<'a> {
     /// RIP mask of the block's code size.
     pub ip_mask: u64,
     pub fault: Option<Fault>,
+    /// The block running now (`Rc::as_ptr`): links set it when they enter a successor.
+    pub block: *const Block,
 }
 
 type Entry = unsafe extern "sysv64" fn(*mut Cpu, *mut Ctx<'_>, u64) -> u64;
@@ -51,8 +55,9 @@ pub(crate) unsafe fn enter(
     bus: &mut dyn CpuBus,
     entry: usize,
     ip_mask: u64,
-    max_ops: u64,
-) -> (u64, Option<Fault>) {
+    budget: u64,
+    block: *const Block,
+) -> (u64, Option<Fault>, *const Block) {
     let (fast_r, fast_w) = cpu.tlb.fast_tables();
     let mut ctx = Ctx {
         mem: cpu.mem.host_base(),
@@ -62,14 +67,15 @@ pub(crate) unsafe fn enter(
         bus: bus as *mut (dyn CpuBus + '_),
         ip_mask,
         fault: None,
+        block,
     };
     // SAFETY: the caller guarantees `entry` is a compiled block with this signature.
     let f: Entry = unsafe { std::mem::transmute::<usize, Entry>(entry) };
     // SAFETY: the pointers in `ctx` come from live exclusive borrows that are not used
     // otherwise until the call returns; the compiled code only touches `Cpu` fields at
     // offsets taken with `offset_of!` and calls the functions below.
-    let r = unsafe { f(ctx.cpu, &mut ctx, max_ops) };
-    (r, ctx.fault)
+    let r = unsafe { f(ctx.cpu, &mut ctx, budget) };
+    (r, ctx.fault, ctx.block)
 }
 
 /// Run one op exactly as the tier-0 loop does: RIP to the next instruction, the handler, and
@@ -85,6 +91,9 @@ pub(crate) extern "sysv64" fn call_op(ctx: *mut Ctx<'_>, op: *const Op) -> u64 {
     let rsp = cpu.regs[4];
     cpu.rip = start.wrapping_add(op.len as u64) & ctx.ip_mask;
     let r = (op.exec)(cpu, op, bus);
+    // Any handler may have talked to the bus or changed IF, TF, the shadow or the debug
+    // registers: the next link is followed only after `chain_poll`.
+    cpu.jit.poll = true;
     // Handlers never replace the TLB or the memory, but refreshing costs little and keeps
     // compiled code correct if one ever does.
     (ctx.fast_r, ctx.fast_w) = cpu.tlb.fast_tables();
@@ -100,6 +109,26 @@ pub(crate) extern "sysv64" fn call_op(ctx: *mut Ctx<'_>, op: *const Op) -> u64 {
         }
         Err(Exit::Halt) => ST_HALT,
     }
+}
+
+/// At a block end with a handler call behind it: may compiled code follow a link, i.e. would
+/// the dispatcher go straight on to the next block's compiled code? Not when it would deliver
+/// an event (NMI, INTR — as far as the bus can tell cheaply), stop (HLT state) or run the next
+/// instruction alone (interrupt shadow, TF, RF, armed debug registers). 1 = go on.
+pub(crate) extern "sysv64" fn chain_poll(ctx: *mut Ctx<'_>) -> u64 {
+    // SAFETY: as in `call_op`.
+    let ctx = unsafe { &mut *ctx };
+    // SAFETY: as in `call_op`.
+    let (cpu, bus) = unsafe { (&mut *ctx.cpu, &mut *ctx.bus) };
+    use crate::state::flag;
+    if cpu.irq_shadow || cpu.halted || cpu.dbg_armed || cpu.rflags & (flag::TF | flag::RF) != 0 {
+        return 0;
+    }
+    if (cpu.rflags & flag::IF != 0 || !cpu.nmi_blocked) && bus.events_pending() {
+        return 0;
+    }
+    cpu.jit.poll = false;
+    1
 }
 
 /// INC/DEC after an operation the compiler could not see: fold its CF into RFLAGS, as
