@@ -48,10 +48,19 @@ pub enum RunExit {
 impl Cpu {
     /// Run up to `budget` instructions.
     pub fn run(&mut self, bus: &mut dyn CpuBus, budget: u64) -> RunExit {
+        // Chain links (tier 0's and tier 1's) outlive a call only when the board left the
+        // registers they rest on (CS, CR0, EFER...) as the last call did.
+        let key = self.run_key();
+        if self.cache.run_key != Some(key) {
+            self.cache.epoch = self.cache.epoch.wrapping_add(1);
+        }
+        let exit = self.run_blocks(bus, budget);
+        self.cache.run_key = Some(self.run_key());
+        exit
+    }
+
+    fn run_blocks(&mut self, bus: &mut dyn CpuBus, budget: u64) -> RunExit {
         let mut left = budget;
-        // Chain links live within one call: between calls the board may have changed the
-        // registers (CS, CR0, EFER...) behind the links' backs.
-        self.cache.epoch = self.cache.epoch.wrapping_add(1);
         // The board may have written the debug registers too.
         self.update_debug_arm();
         // Blocks dropped during the last call: no compiled code is running now.

@@ -108,6 +108,22 @@ pub(crate) struct BlockCache {
     /// Blocks dropped from the cache, kept alive until no compiled code can be running: a
     /// chained block may invalidate itself (SMC) and its code and ops must outlive the call.
     pub(crate) graveyard: Vec<Rc<Block>>,
+    /// What links depend on beyond their own checks, as the last `Cpu::run` call left it.
+    pub(crate) run_key: Option<RunKey>,
+}
+
+/// The state a chain link's validity rests on besides RIP, the stamp, the CS base and the
+/// CPL (which it checks itself): the code segment's limit and size, the mode and paging
+/// registers. A board may write these between `Cpu::run` calls without telling the CPU; links
+/// survive from one call to the next only while they are unchanged.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RunKey {
+    cs: crate::state::Segment,
+    cr0: u64,
+    cr3: u64,
+    cr4: u64,
+    efer: u64,
+    rflags_vm: u64,
 }
 
 impl BlockCache {
@@ -119,6 +135,7 @@ impl BlockCache {
             code_pages: BitVec::new(),
             epoch: 0,
             graveyard: Vec::new(),
+            run_key: None,
         }
     }
 
@@ -190,6 +207,17 @@ impl BlockCache {
 }
 
 impl Cpu {
+    pub(crate) fn run_key(&self) -> RunKey {
+        RunKey {
+            cs: self.segs[sreg::CS],
+            cr0: self.cr0,
+            cr3: self.cr3,
+            cr4: self.cr4,
+            efer: self.efer,
+            rflags_vm: self.rflags & crate::state::flag::VM,
+        }
+    }
+
     /// What a chain link must match besides RIP: block cache and TLB generations.
     #[inline]
     pub(crate) fn chain_stamp(&self) -> u64 {
