@@ -34,13 +34,14 @@ pub trait CpuBus {
         false
     }
     /// Might `intr_pending` or `take_nmi` say yes now? Asked (without side effects) by compiled
-    /// code at a block end, after a handler ran, before it goes straight on to the next
+    /// code at a block end, after a handler used the bus or changed IF (or the other state
+    /// the dispatch loop checks between blocks), before it goes straight on to the next
     /// compiled block instead of returning to the dispatch loop, which polls the two lines
     /// between blocks. False lets the CPU stay in host code; when in doubt say true (the
     /// default: the dispatch loop then polls as usual).
     ///
-    /// Between two handler calls compiled code does not ask: the CPU assumes the lines change
-    /// only during calls into the bus (and between [`crate::Cpu::run`] calls). A bus whose
+    /// Otherwise compiled code does not ask: the CPU assumes the lines change only during
+    /// calls into the bus (and between [`crate::Cpu::run`] calls). A bus whose
     /// lines move on their own (another thread) is still polled at least once per `run`.
     fn events_pending(&mut self) -> bool {
         true

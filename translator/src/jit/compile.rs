@@ -268,8 +268,9 @@ fn addr(p: usize) -> i64 {
 impl Compiler {
     /// The block end (every op ran, RIP written back): go straight on to a compiled successor
     /// through one of the block's two links when the dispatcher would: budget left after
-    /// this block, no event to take (`chain_poll`, only after a handler ran — inline ops touch
-    /// neither the bus nor IF/TF/RF/the shadow/the debug registers), and a link recorded
+    /// this block, no event to take (`chain_poll`, only after a handler used the bus or
+    /// changed IF/TF/RF/the shadow/HLT/the debug registers/NMI blocking — inline ops do
+    /// none of that), and a link recorded
     /// under the same RIP, chain stamp, CS base and CPL. The ops just run are counted into
     /// `icount` (RDTSC in the successor must see them) and the budget. Falls out of the emitted
     /// code when no link is taken.

@@ -121,8 +121,9 @@ pub struct Jit {
     pub cache_bytes: usize,
     pub stats: JitStats,
     buf: Option<CodeBuffer>,
-    /// A handler ran since the dispatcher last polled the bus: compiled code must look at
-    /// the bus and the CPU's event state again before following a link.
+    /// Since the dispatcher last polled, a handler used the bus or changed the CPU's event
+    /// state (IF, TF, RF, shadow, HLT, debug registers, NMI blocking): compiled code must
+    /// look at both again before following a link.
     pub(crate) poll: bool,
 }
 

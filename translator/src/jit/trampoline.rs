@@ -90,10 +90,14 @@ pub(crate) extern "sysv64" fn call_op(ctx: *mut Ctx<'_>, op: *const Op) -> u64 {
     let start = cpu.rip;
     let rsp = cpu.regs[4];
     cpu.rip = start.wrapping_add(op.len as u64) & ctx.ip_mask;
-    let r = (op.exec)(cpu, op, bus);
-    // Any handler may have talked to the bus or changed IF, TF, the shadow or the debug
-    // registers: the next link is followed only after `chain_poll`.
-    cpu.jit.poll = true;
+    let before = event_state(cpu);
+    let mut watched = Watched { bus, used: false };
+    let r = (op.exec)(cpu, op, &mut watched);
+    // A handler that used the bus (a device may have raised a line) or changed what the
+    // dispatcher looks at between blocks: the next link is followed only after `chain_poll`.
+    if watched.used || event_state(cpu) != before {
+        cpu.jit.poll = true;
+    }
     // Handlers never replace the TLB or the memory, but refreshing costs little and keeps
     // compiled code correct if one ever does.
     (ctx.fast_r, ctx.fast_w) = cpu.tlb.fast_tables();
@@ -111,7 +115,63 @@ pub(crate) extern "sysv64" fn call_op(ctx: *mut Ctx<'_>, op: *const Op) -> u64 {
     }
 }
 
-/// At a block end with a handler call behind it: may compiled code follow a link, i.e. would
+/// What the dispatcher checks between blocks on the CPU's side: IF, TF, RF, the interrupt
+/// shadow, the HLT state, armed debug registers, NMI blocking.
+fn event_state(cpu: &Cpu) -> u64 {
+    use crate::state::flag;
+    cpu.rflags & (flag::IF | flag::TF | flag::RF)
+        | (cpu.irq_shadow as u64) << 32
+        | (cpu.halted as u64) << 33
+        | (cpu.dbg_armed as u64) << 34
+        | (cpu.nmi_blocked as u64) << 35
+}
+
+/// The bus as handlers called from compiled code see it: notes whether they used it at all.
+struct Watched<'a, 'b> {
+    bus: &'a mut (dyn CpuBus + 'b),
+    used: bool,
+}
+
+impl CpuBus for Watched<'_, '_> {
+    fn mmio_read(&mut self, addr: u64, data: &mut [u8]) {
+        self.used = true;
+        self.bus.mmio_read(addr, data)
+    }
+    fn mmio_write(&mut self, addr: u64, data: &[u8]) {
+        self.used = true;
+        self.bus.mmio_write(addr, data)
+    }
+    fn io_read(&mut self, port: u16, size: u8) -> u32 {
+        self.used = true;
+        self.bus.io_read(port, size)
+    }
+    fn io_write(&mut self, port: u16, size: u8, value: u32) {
+        self.used = true;
+        self.bus.io_write(port, size, value)
+    }
+    fn intr_pending(&mut self) -> bool {
+        self.used = true;
+        self.bus.intr_pending()
+    }
+    fn intr_ack(&mut self) -> u8 {
+        self.used = true;
+        self.bus.intr_ack()
+    }
+    fn take_nmi(&mut self) -> bool {
+        self.used = true;
+        self.bus.take_nmi()
+    }
+    fn events_pending(&mut self) -> bool {
+        self.used = true;
+        self.bus.events_pending()
+    }
+    fn shutdown(&mut self) {
+        self.used = true;
+        self.bus.shutdown()
+    }
+}
+
+/// At a block end after a handler used the bus or changed the event state: may compiled code follow a link, i.e. would
 /// the dispatcher go straight on to the next block's compiled code? Not when it would deliver
 /// an event (NMI, INTR — as far as the bus can tell cheaply), stop (HLT state) or run the next
 /// instruction alone (interrupt shadow, TF, RF, armed debug registers). 1 = go on.
