@@ -915,3 +915,71 @@ fn interrupts_reach_a_chained_loop_at_the_same_instruction() {
         }
     }
 }
+
+/// `g` (next page) called from four sites and three targets called through a register in
+/// turn: RETs and indirect CALLs with more successors than a block's two links.
+fn many_targets_program() -> Result<Vec<u8>, IcedError> {
+    let g = CODE + 0x1000;
+    let targets = [CODE + 0x2000, CODE + 0x2040, CODE + 0x2080];
+    let mut a = CodeAssembler::new(32)?;
+    let mut top = a.create_label();
+    a.mov(esi, 200)?;
+    a.set_label(&mut top)?;
+    for k in 0..4u32 {
+        a.add(edx, k + 1)?;
+        a.call(g)?;
+    }
+    // EAX = targets[esi % 3]
+    a.mov(eax, esi)?;
+    a.xor(edx, edx)?;
+    a.mov(ecx, 3)?;
+    a.div(ecx)?;
+    a.mov(eax, dword_ptr(edx * 4 + DATA as u32))?;
+    a.call(eax)?;
+    a.dec(esi)?;
+    a.jnz(top)?;
+    a.hlt()?;
+    let mut code = a.assemble(CODE)?;
+    let mut a = CodeAssembler::new(32)?;
+    a.add(ebx, edx)?;
+    a.rol(ebx, 3)?;
+    a.ret()?;
+    code.resize(0x1000, 0xCC);
+    code.extend_from_slice(&a.assemble(g)?);
+    for (i, &t) in targets.iter().enumerate() {
+        let mut a = CodeAssembler::new(32)?;
+        a.add(edi, i as u32 + 1)?;
+        a.imul_3(edi, edi, 3)?;
+        a.ret()?;
+        code.resize((t - CODE) as usize, 0xCC);
+        code.extend_from_slice(&a.assemble(t)?);
+    }
+    Ok(code)
+}
+
+#[test]
+fn returns_to_many_sites_and_indirect_calls_stay_in_host_code() {
+    let code = many_targets_program().expect("asm");
+    let data: Vec<u8> = [CODE + 0x2000, CODE + 0x2040, CODE + 0x2080]
+        .iter()
+        .flat_map(|&t| (t as u32).to_le_bytes())
+        .collect();
+    let regs = [0, 7, 0, 0, 0, 0, 0, 1];
+    for slices in [&[1_000_000u64][..], &[1, 5, 17, 60, 2, 333]] {
+        let mut t0 = machine(&code, &regs, &data, JitMode::Off, None);
+        let s0 = run_sliced(&mut t0, &mut NullBus, slices);
+        assert_eq!(s0.last().map(|s| s.exits[0]), Some(RunExit::Halted));
+        for mode in [JitMode::Always, JitMode::Auto] {
+            let mut t1 = machine(&code, &regs, &data, mode, None);
+            let s1 = run_sliced(&mut t1, &mut NullBus, slices);
+            assert_eq!(s0, s1, "slices {slices:?}: {mode:?}");
+            assert!(t0.mem.as_slice() == t1.mem.as_slice(), "{mode:?}: memory");
+            if slices.len() == 1 && mode == JitMode::Always {
+                // Without the indirect table every return to a third call site and most
+                // indirect calls go back to the dispatcher (more than one entry per loop pass).
+                let st = t1.jit.stats;
+                assert!(st.entries < 100, "{st:?}, {} instructions", t1.icount);
+            }
+        }
+    }
+}

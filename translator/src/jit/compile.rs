@@ -139,13 +139,14 @@ struct Compiler {
 }
 
 /// Compile `ops` (a block decoded for `bitness`-bit code, RIP mask `ip_mask`). `links`: the
-/// address of the block's [`super::ChainLinks`] when it may be chained (its end keeps CS, the
-/// mode and the CPL); its end then follows a matching link instead of returning.
+/// addresses of the block's [`super::ChainLinks`] and of the indirect-branch table when it may
+/// be chained (its end keeps CS, the mode and the CPL); its end then follows a matching link
+/// or table entry instead of returning.
 pub(crate) fn compile(
     ops: &[Op],
     bitness: u32,
     ip_mask: u64,
-    links: Option<usize>,
+    links: Option<(usize, usize)>,
 ) -> Result<Compiled, dynasmrt::DynasmError> {
     let mut a = VecAssembler::<X64Relocation>::new(0);
     let out = a.new_dynamic_label();
@@ -190,8 +191,8 @@ pub(crate) fn compile(
         }
     }
     c.flush_rip();
-    if let Some(links) = links {
-        c.chain(ops.len(), links);
+    if let Some((links, ib)) = links {
+        c.chain(ops.len(), links, ib);
     }
     asm!(c.a
         ; xor eax, eax
@@ -270,26 +271,29 @@ impl Compiler {
     /// through one of the block's two links when the dispatcher would: budget left after
     /// this block, no event to take (`chain_poll`, only after a handler used the bus or
     /// changed IF/TF/RF/the shadow/HLT/the debug registers/NMI blocking — inline ops do
-    /// none of that), and a link recorded
+    /// none of that), and a link — the block's own two, else the indirect table's entry for
+    /// RIP, which must also be of this block's code size — recorded
     /// under the same RIP, chain stamp, CS base and CPL. The ops just run are counted into
     /// `icount` (RDTSC in the successor must see them) and the budget. Falls out of the emitted
     /// code when no link is taken.
-    fn chain(&mut self, len: usize, links: usize) {
-        use super::ChainLink;
+    fn chain(&mut self, len: usize, links: usize, ib: usize) {
+        use super::{ChainLink, IB_SLOTS};
         let done = self.a.new_dynamic_label();
         let poll = self.a.new_dynamic_label();
         let look = self.a.new_dynamic_label();
         let n = len as i32;
         let links = links as i64;
+        let ib = ib as i64;
         let poll_fn = addr(trampoline::chain_poll as *const () as usize);
         let size = std::mem::size_of::<ChainLink>() as i32;
-        let (l_rip, l_stamp, l_cs, l_cpl, l_entry, l_block) = (
+        let (l_rip, l_stamp, l_cs, l_cpl, l_entry, l_block, l_mask) = (
             off32(offset_of!(ChainLink, rip)),
             off32(offset_of!(ChainLink, stamp)),
             off32(offset_of!(ChainLink, cs_base)),
             off32(offset_of!(ChainLink, cpl)),
             off32(offset_of!(ChainLink, entry)),
             off32(offset_of!(ChainLink, block)),
+            off32(offset_of!(ChainLink, ip_mask)),
         );
         let cs_base = seg_field(sreg::CS, SEG_BASE);
         asm!(self.a
@@ -305,9 +309,22 @@ impl Compiler {
             ; mov r8, QWORD [rbx + cs_base]
             ; movzx r9d, BYTE [rbx + CPL]
         );
-        for k in 0..2 {
+        // The block's two links, then the indirect table's slot for RIP (in RDX).
+        for k in 0..3 {
             let next = self.a.new_dynamic_label();
-            let o = k * size;
+            let o = if k < 2 { k * size } else { 0 };
+            if k == 2 {
+                let (shift, slots) = (size.trailing_zeros() as i8, (IB_SLOTS - 1) as i32);
+                asm!(self.a
+                    ; mov rdx, rcx
+                    ; shr rdx, 10
+                    ; xor rdx, rcx
+                    ; and edx, slots
+                    ; shl rdx, shift
+                    ; mov r10, QWORD ib
+                    ; add rdx, r10
+                );
+            }
             asm!(self.a
                 ; cmp rcx, QWORD [rdx + o + l_rip]
                 ; jne =>next
@@ -317,6 +334,16 @@ impl Compiler {
                 ; jne =>next
                 ; cmp r9, QWORD [rdx + o + l_cpl]
                 ; jne =>next
+            );
+            if k == 2 {
+                let mask = self.ip_mask as i64;
+                asm!(self.a
+                    ; mov r10, QWORD mask
+                    ; cmp r10, QWORD [rdx + l_mask]
+                    ; jne =>next
+                );
+            }
+            asm!(self.a
                 ; sub r13, n
                 ; add QWORD [rbx + ICOUNT], n
                 ; mov rax, QWORD [rdx + o + l_block]

@@ -66,6 +66,8 @@ pub struct JitStats {
     pub links: u64,
 }
 
+const _: () = assert!(std::mem::size_of::<ChainLink>() == 64);
+
 /// One direct link from a compiled block's end to a compiled successor. Compiled code follows
 /// it when RIP, the chain stamp (block cache and TLB generations), the CS base and the CPL are
 /// what they were when the dispatcher recorded it — the conditions of tier 0's links.
@@ -81,6 +83,41 @@ pub(crate) struct ChainLink {
     pub entry: u64,
     /// The successor (`Rc::as_ptr`), for the dispatcher when the chain ends there.
     pub block: u64,
+    /// The successor's RIP mask (checked by the indirect table only: a block's own links
+    /// are recorded between blocks of the same code size).
+    pub ip_mask: u64,
+    _pad: u64,
+}
+
+/// Slots of the indirect-branch table (a power of two).
+pub(crate) const IB_SLOTS: usize = 4096;
+
+/// The slot of `rip` in the indirect-branch table (compiled code hashes the same way).
+pub(crate) fn ib_slot(rip: u64) -> usize {
+    ((rip ^ (rip >> 10)) as usize) & (IB_SLOTS - 1)
+}
+
+/// Compiled entries by RIP, for block ends whose own two links miss (returns to many call
+/// sites, indirect jumps and calls): one direct-mapped slot per RIP hash, validated like a
+/// link plus the RIP mask. Filled by the dispatcher at every entry into compiled code; read by
+/// compiled code only. The allocation never moves or shrinks (compiled code holds its
+/// address) and lives as long as the `Jit`.
+pub(crate) struct IbTable(Box<[UnsafeCell<ChainLink>]>);
+
+impl IbTable {
+    fn new() -> Self {
+        IbTable((0..IB_SLOTS).map(|_| UnsafeCell::default()).collect())
+    }
+
+    fn addr(&self) -> usize {
+        self.0.as_ptr() as usize
+    }
+
+    fn set(&self, link: ChainLink) {
+        // SAFETY: written only by the dispatcher while no compiled code runs (the only
+        // reader); no reference into the cell outlives this statement.
+        unsafe { *self.0[ib_slot(link.rip)].get() = link };
+    }
 }
 
 /// A block's two links (fall-through and taken target, or the last two return addresses).
@@ -121,6 +158,7 @@ pub struct Jit {
     pub cache_bytes: usize,
     pub stats: JitStats,
     buf: Option<CodeBuffer>,
+    ib: Option<IbTable>,
     /// Since the dispatcher last polled, a handler used the bus or changed the CPU's event
     /// state (IF, TF, RF, shadow, HLT, debug registers, NMI blocking): compiled code must
     /// look at both again before following a link.
@@ -135,6 +173,7 @@ impl Default for Jit {
             cache_bytes: DEFAULT_CACHE_BYTES,
             stats: JitStats::default(),
             buf: None,
+            ib: None,
             poll: true,
         }
     }
@@ -154,7 +193,8 @@ impl Jit {
 
     /// Compile `block` into the code cache, flushing it when full.
     fn compile(&mut self, block: &Block) -> Option<Compiled> {
-        let links = block.chainable.then(|| block.jit_links.addr());
+        let ib = self.ib.get_or_insert_with(IbTable::new).addr();
+        let links = block.chainable.then(|| (block.jit_links.addr(), ib));
         let out = match compile::compile(&block.ops, block.bitness(), block.ip_mask, links) {
             Ok(c) => c,
             Err(e) => {
@@ -252,6 +292,16 @@ pub(crate) fn run_block(
     };
     let buf = cpu.jit.buf.as_ref()?;
     let entry = buf.addr(code.offset);
+    let link = ChainLink {
+        rip: cpu.rip,
+        stamp: cpu.chain_stamp(),
+        cs_base: cpu.segs[crate::state::sreg::CS].base,
+        cpl: cpu.cpl as u64,
+        entry: (entry + code.body) as u64,
+        block: Rc::as_ptr(block) as u64,
+        ip_mask: block.ip_mask,
+        _pad: 0,
+    };
     if let Some(a) = from
         && a.chainable
         && a.cached.get()
@@ -259,15 +309,13 @@ pub(crate) fn run_block(
         && a.ip_mask == block.ip_mask
         && a.jit.get().is_some_and(|c| cpu.jit.is_current(c))
     {
-        a.jit_links.set(ChainLink {
-            rip: cpu.rip,
-            stamp: cpu.chain_stamp(),
-            cs_base: cpu.segs[crate::state::sreg::CS].base,
-            cpl: cpu.cpl as u64,
-            entry: (entry + code.body) as u64,
-            block: Rc::as_ptr(block) as u64,
-        });
+        a.jit_links.set(link);
         cpu.jit.stats.links += 1;
+    }
+    if block.cached.get()
+        && let Some(ib) = &cpu.jit.ib
+    {
+        ib.set(link);
     }
     cpu.jit.stats.entries += 1;
     // No compiled code runs now, so blocks dropped earlier can go.
