@@ -983,3 +983,64 @@ fn returns_to_many_sites_and_indirect_calls_stay_in_host_code() {
         }
     }
 }
+
+#[test]
+fn links_are_not_followed_under_a_smaller_cs_limit() {
+    // A (0x100) jumps to B (0x200), which loops back 50 times, then a far return reloads CS
+    // with a descriptor of the same base whose limit ends inside B: A's link to B (recorded
+    // under the 4 GiB limit, same RIP, stamp, base and CPL) must not be followed — B's tail
+    // lies beyond the limit, so the fetch there raises #GP (no IDT: shutdown).
+    let (a_at, b_at) = (CODE + 0x100, CODE + 0x200);
+    let mut a = CodeAssembler::new(32).expect("asm");
+    a.xor(esi, esi).expect("asm");
+    a.jmp(a_at).expect("asm");
+    let mut code = a.assemble(CODE).expect("asm");
+    let mut a = CodeAssembler::new(32).expect("asm");
+    a.inc(esi).expect("asm");
+    a.jmp(b_at).expect("asm");
+    code.resize(0x100, 0xCC);
+    code.extend_from_slice(&a.assemble(a_at).expect("asm"));
+    let mut a = CodeAssembler::new(32).expect("asm");
+    a.add(ebx, esi).expect("asm"); // 0x200, 2 bytes
+    a.add(ecx, 1).expect("asm"); // 0x202, 3 bytes: the small limit ends here
+    a.cmp(esi, 50).expect("asm"); // 0x205
+    a.jne(a_at).expect("asm");
+    a.push(0x18).expect("asm");
+    a.push(a_at as u32).expect("asm");
+    a.db(&[0xCB]).expect("asm"); // RETF (32-bit)
+    code.resize(0x200, 0xCC);
+    code.extend_from_slice(&a.assemble(b_at).expect("asm"));
+    let limit = (b_at - CODE) as u32 + 0x1000 + 4;
+    let go = |mode| {
+        let mut cpu = machine(&code, &[0; 8], &[], mode, None);
+        let gdt = 0x30000usize;
+        let small =
+            0x0040_9A00_0000_0000u64 | (limit & 0xFFFF) as u64 | ((limit as u64 >> 16) << 48);
+        let m = cpu.mem.as_mut_slice();
+        for (i, d) in [0u64, 0x00CF_9A00_0000_FFFF, 0x00CF_9200_0000_FFFF, small]
+            .iter()
+            .enumerate()
+        {
+            m[gdt + 8 * i..gdt + 8 * i + 8].copy_from_slice(&d.to_le_bytes());
+        }
+        cpu.gdtr = TableReg {
+            base: gdt as u64,
+            limit: 31,
+        };
+        let s = run_sliced(&mut cpu, &mut NullBus, &[100_000]);
+        (s, cpu)
+    };
+    let (s0, t0) = go(JitMode::Off);
+    assert_eq!(
+        s0.last().map(|s| s.exits[0]),
+        Some(RunExit::Shutdown),
+        "{s0:?}"
+    );
+    assert_eq!(t0.last_fault.map(|f| f.vector), Some(13));
+    assert_eq!(t0.rip, CODE + 0x205);
+    for mode in [JitMode::Always, JitMode::Auto] {
+        let (s1, t1) = go(mode);
+        assert_eq!(s0, s1, "{mode:?}");
+        assert!(t0.mem.as_slice() == t1.mem.as_slice(), "{mode:?}: memory");
+    }
+}

@@ -48,11 +48,14 @@ pub struct Block {
 }
 
 /// A remembered successor: valid while RIP, the translation stamp (block cache and TLB
-/// generations), the CS base and the CPL are what they were when it was recorded.
+/// generations), the CS base, the CS limit (a far transfer may change it without a generation
+/// bump, and the cache lookup checks the block against it) and the CPL are what they were
+/// when it was recorded.
 struct Link {
     rip: u64,
     stamp: u64,
     cs_base: u64,
+    cs_limit: u32,
     cpl: u8,
     block: Weak<Block>,
 }
@@ -234,12 +237,14 @@ impl Cpu {
     ) -> Result<Rc<Block>, Exit> {
         let stamp = self.chain_stamp();
         let cs_base = self.segs[sreg::CS].base;
+        let cs_limit = self.segs[sreg::CS].limit;
         {
             let links = prev.links.borrow();
             for l in links.iter().flatten() {
                 if l.rip == self.rip
                     && l.stamp == stamp
                     && l.cs_base == cs_base
+                    && l.cs_limit == cs_limit
                     && l.cpl == self.cpl
                     && let Some(b) = l.block.upgrade()
                 {
@@ -262,6 +267,7 @@ impl Cpu {
                 rip: self.rip,
                 stamp,
                 cs_base,
+                cs_limit,
                 cpl: self.cpl,
                 block: Rc::downgrade(&b),
             });

@@ -273,7 +273,7 @@ impl Compiler {
     /// changed IF/TF/RF/the shadow/HLT/the debug registers/NMI blocking — inline ops do
     /// none of that), and a link — the block's own two, else the indirect table's entry for
     /// RIP, which must also be of this block's code size — recorded
-    /// under the same RIP, chain stamp, CS base and CPL. The ops just run are counted into
+    /// under the same RIP, chain stamp, CS base, CPL and CS limit. The ops just run are counted into
     /// `icount` (RDTSC in the successor must see them) and the budget. Falls out of the emitted
     /// code when no link is taken.
     fn chain(&mut self, len: usize, links: usize, ib: usize) {
@@ -295,6 +295,7 @@ impl Compiler {
             off32(offset_of!(ChainLink, block)),
             off32(offset_of!(ChainLink, ip_mask)),
         );
+        let l_limit = off32(offset_of!(ChainLink, cs_limit));
         let cs_base = seg_field(sreg::CS, SEG_BASE);
         asm!(self.a
             ; cmp r13, n
@@ -308,6 +309,7 @@ impl Compiler {
             ; mov rcx, QWORD [rbx + RIP]
             ; mov r8, QWORD [rbx + cs_base]
             ; movzx r9d, BYTE [rbx + CPL]
+            ; mov r11d, DWORD [rbx + CS_LIMIT]
         );
         // The block's two links, then the indirect table's slot for RIP (in RDX).
         for k in 0..3 {
@@ -333,6 +335,8 @@ impl Compiler {
                 ; cmp r8, QWORD [rdx + o + l_cs]
                 ; jne =>next
                 ; cmp r9, QWORD [rdx + o + l_cpl]
+                ; jne =>next
+                ; cmp r11, QWORD [rdx + o + l_limit]
                 ; jne =>next
             );
             if k == 2 {

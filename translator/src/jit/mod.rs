@@ -70,7 +70,8 @@ const _: () = assert!(std::mem::size_of::<ChainLink>() == 64);
 
 /// One direct link from a compiled block's end to a compiled successor. Compiled code follows
 /// it when RIP, the chain stamp (block cache and TLB generations), the CS base and the CPL are
-/// what they were when the dispatcher recorded it — the conditions of tier 0's links.
+/// what they were when the dispatcher recorded it — the conditions of tier 0's links — and
+/// the CS limit too.
 /// `repr(C)`: compiled code reads the fields at fixed offsets.
 #[repr(C)]
 #[derive(Clone, Copy, Default)]
@@ -86,7 +87,9 @@ pub(crate) struct ChainLink {
     /// The successor's RIP mask (checked by the indirect table only: a block's own links
     /// are recorded between blocks of the same code size).
     pub ip_mask: u64,
-    _pad: u64,
+    /// The CS limit (links skip `get_block`'s check that the block lies within it; CS loads
+    /// may change it without any generation bump).
+    pub cs_limit: u64,
 }
 
 /// Slots of the indirect-branch table (a power of two).
@@ -300,7 +303,7 @@ pub(crate) fn run_block(
         entry: (entry + code.body) as u64,
         block: Rc::as_ptr(block) as u64,
         ip_mask: block.ip_mask,
-        _pad: 0,
+        cs_limit: cpu.segs[crate::state::sreg::CS].limit as u64,
     };
     if let Some(a) = from
         && a.chainable
