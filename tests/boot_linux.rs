@@ -6,17 +6,7 @@
 mod support;
 
 use std::time::Duration;
-use support::{Guest, fetch};
-
-/// Generous for the tier-0 CPU on a loaded CI machine (it takes ~25 s on a quiet one).
-fn boot_limit() -> Duration {
-    Duration::from_secs(
-        std::env::var("VIREO_LINUX_BOOT_SECS")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(600),
-    )
-}
+use support::{Guest, boot_limit, fetch};
 
 #[test]
 fn debian_i386_kernel_boots_to_a_busybox_shell() {

@@ -12,21 +12,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
-use support::{Guest, fetch};
+use support::{Guest, boot_limit, fetch};
 
 /// A sector in the image's spare area (after the partition), zeros as built.
 const SPARE_SECTOR: u64 = 60000;
 const SECTORS: u64 = 65536;
-
-/// Generous for the tier-0 CPU on a loaded CI machine (~40 s on a quiet one).
-fn boot_limit() -> Duration {
-    Duration::from_secs(
-        std::env::var("VIREO_LINUX_BOOT_SECS")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(600),
-    )
-}
 
 const STEP: Duration = Duration::from_secs(180);
 

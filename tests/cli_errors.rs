@@ -86,6 +86,7 @@ fn bad_command_lines_are_refused_in_one_line_before_the_guest_starts() {
     assert_rejected(&["-m", "lots"], "-m lots");
     assert_rejected(&["-smp", "4"], "-smp 4");
     assert_rejected(&["-display", "sdl"], "sdl");
+    assert_rejected(&["-jit", "fast"], "-jit fast");
     assert_rejected(&["-append", "console=ttyS0"], "-kernel");
     assert_rejected(&["--frobnicate"], "--frobnicate");
 }

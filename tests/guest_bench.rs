@@ -7,20 +7,10 @@
 mod support;
 
 use std::process::Command;
-use std::time::Duration;
-use support::{Guest, fetch, field};
+use support::{Guest, boot_limit, fetch, field};
 
 /// Rounds of the benchmark: vbench's default, ~50 ms natively, a few seconds under tier 0.
 const ROUNDS: u32 = 200;
-
-fn boot_limit() -> Duration {
-    Duration::from_secs(
-        std::env::var("VIREO_LINUX_BOOT_SECS")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(600),
-    )
-}
 
 /// The `VBENCH …` line vbench printed when the host ran it.
 fn native_run(vbench: &std::path::Path) -> String {

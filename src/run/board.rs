@@ -287,6 +287,12 @@ impl CpuBus for Board {
         lock(&self.pc.pic).acknowledge()
     }
 
+    // Devices move the PIC's inputs only inside bus calls (ports, MMIO, `sync_time`) and
+    // between slices, and this board has no NMI source: INTR is the only event.
+    fn events_pending(&mut self) -> bool {
+        lock(&self.pc.pic).interrupt_pending()
+    }
+
     fn shutdown(&mut self) {
         self.triple_fault = true;
     }

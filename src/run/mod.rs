@@ -71,6 +71,8 @@ struct Plan {
     serial: CharDev,
     /// `-display curses`: the terminal shows the VGA text screen and types on the keyboard.
     curses: bool,
+    /// `-jit`, when given (otherwise the CPU's default, which `VIREO_JIT` may set).
+    jit: Option<translator::JitMode>,
     debugcon: CharDev,
     kernel: Option<KernelBoot>,
     no_reboot: bool,
@@ -231,6 +233,7 @@ fn plan(o: &Options) -> Result<Plan> {
         boot,
         serial,
         curses,
+        jit: o.jit.as_deref().map(options::parse_jit).transpose()?,
         debugcon,
         kernel,
         no_reboot: o.no_reboot,
@@ -532,6 +535,9 @@ pub fn run(o: &Options) -> Result<i32> {
     // The PIT, RTC and ACPI timer run on host time; so must the TSC, or the kernel finds its
     // clock sources disagreeing (and a halted guest's TSC would stand still).
     cpu.tsc_clock = TscClock::host(TSC_HZ);
+    if let Some(mode) = plan.jit {
+        cpu.jit.mode = mode;
+    }
     let direct_boot = match &plan.kernel {
         Some(KernelBoot::Direct(d)) => Some(d),
         _ => None,
@@ -753,5 +759,16 @@ pub fn run(o: &Options) -> Result<i32> {
             }
         }
     };
+    let jit = cpu.jit.stats;
+    log::info!(
+        "CPU: {} instructions; JIT ({:?}): {} blocks compiled ({} ops inline, {} called), {} runs of compiled blocks, {} code-cache flushes",
+        cpu.icount,
+        cpu.jit.mode,
+        jit.compiled,
+        jit.inline_ops,
+        jit.called_ops,
+        jit.entries,
+        jit.flushes
+    );
     Ok(status)
 }

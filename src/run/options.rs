@@ -63,6 +63,11 @@ pub struct Options {
     /// Stop after this many seconds, dump the CPU state and exit with status 124 (tests).
     #[arg(long = "max-seconds", value_name = "SECS", hide = true)]
     pub max_seconds: Option<f64>,
+    /// The CPU's tiers: `auto` (hot blocks compiled to host code, the default), `off` (the
+    /// tier-0 interpreter only) or `always` (every block compiled first; for tests).
+    /// Overrides `VIREO_JIT`.
+    #[arg(long, value_name = "MODE")]
+    pub jit: Option<String>,
     /// Instructions per CPU time slice between device work (a tuning knob).
     #[arg(long, value_name = "N", default_value_t = 50_000, hide = true)]
     pub slice: u64,
@@ -84,6 +89,7 @@ pub const QEMU_LONG_OPTIONS: &[&str] = &[
     "no-reboot",
     "smp",
     "debugcon",
+    "jit",
     "slice",
     "max-seconds",
 ];
@@ -117,6 +123,7 @@ pub enum OptionError {
     BadSerial(String),
     BadDebugcon(String),
     BadDisplay(String),
+    BadJit(String),
     BadVga(String),
     BadSmp(String),
     BadBoot(String),
@@ -145,6 +152,7 @@ impl std::fmt::Display for OptionError {
                 "-debugcon {v}: expected file:PATH, stdio, stderr or none"
             ),
             OptionError::BadDisplay(v) => write!(f, "-display {v}: expected none or curses"),
+            OptionError::BadJit(v) => write!(f, "-jit {v}: expected auto, off or always"),
             OptionError::BadVga(v) => write!(f, "-vga {v}: expected std or none"),
             OptionError::BadSmp(v) => write!(f, "-smp {v}: only one CPU is supported"),
             OptionError::BadBoot(v) => write!(
@@ -185,6 +193,16 @@ pub fn parse_memory(s: &str) -> Result<u64, OptionError> {
         return Err(OptionError::MemoryRange(s.to_string()));
     }
     Ok(bytes & !0xFFF)
+}
+
+/// Parse `-jit`.
+pub fn parse_jit(s: &str) -> Result<translator::JitMode, OptionError> {
+    match s {
+        "auto" | "on" => Ok(translator::JitMode::Auto),
+        "off" => Ok(translator::JitMode::Off),
+        "always" => Ok(translator::JitMode::Always),
+        _ => Err(OptionError::BadJit(s.to_string())),
+    }
 }
 
 /// One `-drive`.

@@ -35,7 +35,7 @@ need() { # need COMMAND PACKAGE
     fi
     echo "disk-image.sh: installing $2 with apt-get" >&2
     DEBIAN_FRONTEND=noninteractive apt-get install -y "$2" >/dev/null 2>&1 || {
-        apt-get update >/dev/null 2>&1
+        apt-get update >/dev/null 2>&1 || true
         DEBIAN_FRONTEND=noninteractive apt-get install -y "$2" >/dev/null
     }
 }

@@ -32,7 +32,7 @@ apt_install() {
     fi
     echo "fetch.sh: installing $* with apt-get" >&2
     DEBIAN_FRONTEND=noninteractive apt-get install -y "$@" >/dev/null 2>&1 || {
-        apt-get update >/dev/null 2>&1
+        apt-get update >/dev/null 2>&1 || true
         DEBIAN_FRONTEND=noninteractive apt-get install -y "$@" >/dev/null
     }
 }

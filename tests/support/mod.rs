@@ -13,6 +13,17 @@ pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// How long a Linux boot may take before a test gives up: generous for a loaded CI machine
+/// (a quiet one boots in well under a minute); `VIREO_LINUX_BOOT_SECS` overrides it.
+pub fn boot_limit() -> Duration {
+    Duration::from_secs(
+        std::env::var("VIREO_LINUX_BOOT_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(600),
+    )
+}
+
 /// A scratch directory for images and logs the tests make (target/guests/out).
 pub fn out_dir() -> PathBuf {
     let dir = root().join("target/guests/out");

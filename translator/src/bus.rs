@@ -33,6 +33,19 @@ pub trait CpuBus {
     fn take_nmi(&mut self) -> bool {
         false
     }
+    /// Might `intr_pending` or `take_nmi` say yes now? Asked (without side effects) by compiled
+    /// code at a block end, after a handler used the bus or changed IF (or the other state
+    /// the dispatch loop checks between blocks), before it goes straight on to the next
+    /// compiled block instead of returning to the dispatch loop, which polls the two lines
+    /// between blocks. False lets the CPU stay in host code; when in doubt say true (the
+    /// default: the dispatch loop then polls as usual).
+    ///
+    /// Otherwise compiled code does not ask: the CPU assumes the lines change only during
+    /// calls into the bus (and between [`crate::Cpu::run`] calls). A bus whose
+    /// lines move on their own (another thread) is still polled at least once per `run`.
+    fn events_pending(&mut self) -> bool {
+        true
+    }
     /// The CPU shut down (triple fault). A PC board resets the machine; a test board stops.
     fn shutdown(&mut self) {}
 }
@@ -191,4 +204,7 @@ impl CpuBus for NullBus {
         }
     }
     fn io_write(&mut self, _port: u16, _size: u8, _value: u32) {}
+    fn events_pending(&mut self) -> bool {
+        false
+    }
 }

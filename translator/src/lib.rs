@@ -48,12 +48,23 @@ pub enum RunExit {
 impl Cpu {
     /// Run up to `budget` instructions.
     pub fn run(&mut self, bus: &mut dyn CpuBus, budget: u64) -> RunExit {
+        // Chain links (tier 0's and tier 1's) outlive a call only when the board left the
+        // registers they rest on (CS, CR0, EFER...) as the last call did.
+        let key = self.run_key();
+        if self.cache.run_key != Some(key) {
+            self.cache.epoch = self.cache.epoch.wrapping_add(1);
+        }
+        let exit = self.run_blocks(bus, budget);
+        self.cache.run_key = Some(self.run_key());
+        exit
+    }
+
+    fn run_blocks(&mut self, bus: &mut dyn CpuBus, budget: u64) -> RunExit {
         let mut left = budget;
-        // Chain links live within one call: between calls the board may have changed the
-        // registers (CS, CR0, EFER...) behind the links' backs.
-        self.cache.epoch = self.cache.epoch.wrapping_add(1);
         // The board may have written the debug registers too.
         self.update_debug_arm();
+        // Blocks dropped during the last call: no compiled code is running now.
+        self.cache.graveyard.clear();
         // The block that just ran to its end without leaving its fetch context: the next
         // block may come from its chain links instead of a cache lookup.
         let mut prev: Option<std::rc::Rc<block::Block>> = None;
@@ -98,11 +109,12 @@ impl Cpu {
                     continue;
                 }
             }
-            let got = match prev.take() {
-                Some(p) => self.next_block(bus, &p),
+            let from = prev.take();
+            let got = match &from {
+                Some(p) => self.next_block(bus, p),
                 None => self.get_block(bus),
             };
-            let block = match got {
+            let mut block = match got {
                 Ok(b) => b,
                 Err(Exit::Fault(f)) => {
                     // A fetch fault consumes budget too, so fault loops cannot spin forever.
@@ -176,10 +188,22 @@ impl Cpu {
                 }
                 continue;
             }
-            let n = block.ops.len().min(left.min(usize::MAX as u64) as usize);
+            let mut n = block.ops.len().min(left.min(usize::MAX as u64) as usize);
             let mut done = 0u64;
             let mut clean = true;
-            let compiled = jit::run_block(self, bus, &block, n);
+            let icount = self.icount;
+            let compiled = match jit::run_block(self, bus, &block, from.as_deref(), left) {
+                Some((outcome, last)) => {
+                    // Blocks left through direct links: counted into `icount` already.
+                    left -= self.icount - icount;
+                    if let Some(last) = last {
+                        block = last;
+                        n = block.ops.len().min(left.min(usize::MAX as u64) as usize);
+                    }
+                    Some(outcome)
+                }
+                None => None,
+            };
             match compiled {
                 Some(jit::Outcome::Ran { done: d, clean: c }) => (done, clean) = (d, c),
                 Some(jit::Outcome::Fault { done: d, fault }) => {

@@ -1,6 +1,9 @@
 //! External interrupts from the board: INTR with IF, the STI shadow, HLT handing control back
 //! and waking on INTR, NMI, and triple fault reaching the bus.
 
+#[macro_use]
+mod tier;
+
 use iced_x86::code_asm::*;
 use translator::state::{Segment, TableReg};
 use translator::{Cpu, CpuBus, PhysMem, RunExit};
@@ -223,37 +226,6 @@ fn nmi_is_blocked_until_iret() {
     assert_eq!(cpu.run(&mut bus, 1000), RunExit::Halted);
     // The first handler, then the held NMI right after its IRET, then the main line.
     assert_eq!(bus.out, vec![2, 2, 9]);
-}
-
-/// The tier the harness builds its CPU for: tier 0, or every block forced through the JIT.
-/// Thread-local because each test runs on its own thread.
-mod tier {
-    use std::cell::Cell;
-    use translator::JitMode;
-    thread_local! {
-        static MODE: Cell<JitMode> = const { Cell::new(JitMode::Off) };
-    }
-    pub fn mode() -> JitMode {
-        MODE.with(Cell::get)
-    }
-    pub fn set(m: JitMode) {
-        MODE.with(|c| c.set(m));
-    }
-}
-
-/// Every test again with the JIT forced on for every block (tier 1 must give tier 0's results).
-macro_rules! jit_forced {
-    ($($name:ident),* $(,)?) => {
-        mod jit_forced {
-            $(
-                #[test]
-                fn $name() {
-                    super::tier::set(translator::JitMode::Always);
-                    super::$name();
-                }
-            )*
-        }
-    };
 }
 
 jit_forced!(

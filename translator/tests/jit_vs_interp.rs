@@ -7,8 +7,8 @@
 
 use iced_x86::BlockEncoderOptions;
 use iced_x86::code_asm::*;
-use translator::state::{Segment, attr, cr0, sreg};
-use translator::{Cpu, JitMode, NullBus, PhysMem, RunExit};
+use translator::state::{Segment, TableReg, attr, cr0, sreg};
+use translator::{Cpu, CpuBus, JitMode, NullBus, PhysMem, RunExit};
 
 const CODE: u64 = 0x1000;
 const DATA: u64 = 0x10000;
@@ -946,6 +946,441 @@ fn user_accesses_never_hit_supervisor_entries_of_the_fast_tlb() {
     for mode in [JitMode::Always, JitMode::Auto] {
         let (kern1, u1, t1) = go(mode);
         assert_eq!((&kern0, &u0), (&kern1, &u1), "{mode:?}");
+        assert!(t0.mem.as_slice() == t1.mem.as_slice(), "{mode:?}: memory");
+    }
+}
+
+// --- Direct links between compiled blocks -------------------------------------------------
+
+/// Run `cpu` in slices of the sizes in `slices` (cycled) until HLT or shutdown, recording the
+/// state after each slice: budget cuts land inside chains of linked blocks.
+fn run_sliced(cpu: &mut Cpu, bus: &mut dyn CpuBus, slices: &[u64]) -> Vec<State> {
+    let mut out = Vec::new();
+    for &n in slices.iter().cycle().take(20_000) {
+        let exit = cpu.run(bus, n);
+        out.push(State {
+            exits: vec![exit],
+            regs: cpu.regs,
+            rip: cpu.rip,
+            rflags: cpu.rflags(),
+            icount: cpu.icount,
+        });
+        if exit != RunExit::Budget {
+            break;
+        }
+    }
+    out
+}
+
+/// Main loop at CODE calling `f` (next page) which calls `g` (the page after): every CALL and
+/// RET ends a block, so the loop is a chain of small blocks including return targets.
+fn call_chain_program() -> Result<Vec<u8>, IcedError> {
+    let (f, g) = (CODE + 0x1000, CODE + 0x2000);
+    let mut a = CodeAssembler::new(32)?;
+    let mut top = a.create_label();
+    let mut skip = a.create_label();
+    a.mov(esi, 300)?;
+    a.set_label(&mut top)?;
+    a.call(f)?;
+    a.add(edi, eax)?;
+    a.test(esi, 3)?;
+    a.jnz(skip)?;
+    a.call(g)?;
+    a.set_label(&mut skip)?;
+    a.dec(esi)?;
+    a.jnz(top)?;
+    a.hlt()?;
+    let mut code = a.assemble(CODE)?;
+    let mut a = CodeAssembler::new(32)?;
+    a.mov(eax, esi)?;
+    a.shl(eax, 1)?;
+    a.call(g)?;
+    a.add(eax, ebx)?;
+    a.ret()?;
+    code.resize(0x1000, 0xCC);
+    code.extend_from_slice(&a.assemble(f)?);
+    let mut a = CodeAssembler::new(32)?;
+    a.inc(ebx)?;
+    a.xor(ebx, esi)?;
+    a.ret()?;
+    code.resize(0x2000, 0xCC);
+    code.extend_from_slice(&a.assemble(g)?);
+    Ok(code)
+}
+
+/// Nested counted loops over blocks that end in Jcc, JMP and fall-through.
+fn nested_loop_program() -> Result<Vec<u8>, IcedError> {
+    let mut a = CodeAssembler::new(32)?;
+    let mut outer = a.create_label();
+    let mut inner = a.create_label();
+    let mut odd = a.create_label();
+    let mut join = a.create_label();
+    a.mov(ecx, 40)?;
+    a.set_label(&mut outer)?;
+    a.mov(edx, 25)?;
+    a.set_label(&mut inner)?;
+    a.add(eax, edx)?;
+    a.test(eax, 1)?;
+    a.jnz(odd)?;
+    a.add(dword_ptr(DATA as u32), eax)?;
+    a.jmp(join)?;
+    a.set_label(&mut odd)?;
+    a.xor(ebx, eax)?;
+    a.set_label(&mut join)?;
+    a.dec(edx)?;
+    a.jnz(inner)?;
+    a.lea(edi, dword_ptr(edi + ecx * 2 + 1))?;
+    a.dec(ecx)?;
+    a.jnz(outer)?;
+    a.hlt()?;
+    a.assemble(CODE)
+}
+
+#[test]
+fn chained_loops_and_call_chains_agree_under_any_budget_cut() {
+    let programs = [
+        ("call chain", call_chain_program().expect("asm")),
+        ("nested loops", nested_loop_program().expect("asm")),
+    ];
+    let cuts: [&[u64]; 3] = [
+        &[1_000_000],
+        &[1, 2, 3, 5, 8, 13, 21, 34, 55, 89, 144, 233, 7],
+        &[97, 1, 40, 3],
+    ];
+    for (name, code) in &programs {
+        let regs = [1, 2, 3, 4, 0, 0, 5, 6];
+        for slices in cuts {
+            let mut t0 = machine(code, &regs, &[0; 16], JitMode::Off, None);
+            let s0 = run_sliced(&mut t0, &mut NullBus, slices);
+            assert_eq!(s0.last().map(|s| s.exits[0]), Some(RunExit::Halted));
+            for mode in [JitMode::Always, JitMode::Auto] {
+                let mut t1 = machine(code, &regs, &[0; 16], mode, None);
+                let s1 = run_sliced(&mut t1, &mut NullBus, slices);
+                assert_eq!(s0, s1, "{name}, slices {slices:?}: {mode:?}");
+                assert!(t0.mem.as_slice() == t1.mem.as_slice(), "{name}: memory");
+                if slices.len() == 1 && mode == JitMode::Always {
+                    // The loops ran in host code: hundreds of blocks per dispatcher entry.
+                    let st = t1.jit.stats;
+                    assert!(st.links > 0, "{name}: {st:?}");
+                    assert!(st.entries * 20 < t1.icount, "{name}: {st:?}, {}", t1.icount);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn stores_into_a_chained_successor_invalidate_it() {
+    // P patches the immediate of B's first instruction every 8th pass (and B is otherwise
+    // reached through P's link): once from another page, once from B's own page.
+    for p_at in [CODE + 0x1000, CODE + 0x80] {
+        let b_at = CODE + 0x100;
+        let mut a = CodeAssembler::new(32).expect("asm");
+        a.mov(esi, 64).expect("asm");
+        a.jmp(p_at).expect("asm");
+        let mut code = a.assemble(CODE).expect("asm");
+        let mut a = CodeAssembler::new(32).expect("asm");
+        a.test(esi, 7).expect("asm");
+        a.jnz(b_at).expect("asm");
+        a.inc(dword_ptr(b_at as u32 + 1)).expect("asm");
+        a.jmp(b_at).expect("asm");
+        let p = a.assemble(p_at).expect("asm");
+        let mut a = CodeAssembler::new(32).expect("asm");
+        a.mov(eax, 0x100).expect("asm");
+        a.add(ebx, eax).expect("asm");
+        a.dec(esi).expect("asm");
+        a.jnz(p_at).expect("asm");
+        a.hlt().expect("asm");
+        let b = a.assemble(b_at).expect("asm");
+        let mut parts = [(p_at, &p), (b_at, &b)];
+        parts.sort_by_key(|&(at, _)| at);
+        for (at, bytes) in parts {
+            code.resize((at - CODE) as usize, 0xCC);
+            code.extend_from_slice(bytes);
+        }
+        let t1 = compare(&format!("P at {p_at:#x}"), &code, &[0; 8], &[], None);
+        // Passes with esi = 64..1; the immediate goes up after each multiple of 8.
+        let want: u64 = (1..=64u64).rev().map(|e| 0x100 + (64 - e) / 8 + 1).sum();
+        assert_eq!(t1.regs[3], want, "P at {p_at:#x}");
+    }
+}
+
+/// INTR and NMI raised by the bus when the guest has written port 0x80 a given number of
+/// times: tier 0 and tier 1 must take them at the same instruction.
+struct EventBus {
+    outs: u64,
+    intr_at: Vec<u64>,
+    nmi_at: Vec<u64>,
+    intr: bool,
+    nmi: bool,
+    /// Answer `events_pending` exactly (else the conservative default).
+    precise: bool,
+}
+
+impl CpuBus for EventBus {
+    fn io_read(&mut self, _port: u16, _size: u8) -> u32 {
+        u32::MAX
+    }
+    fn io_write(&mut self, port: u16, _size: u8, _value: u32) {
+        if port == 0x80 {
+            self.outs += 1;
+            self.intr |= self.intr_at.contains(&self.outs);
+            self.nmi |= self.nmi_at.contains(&self.outs);
+        }
+    }
+    fn intr_pending(&mut self) -> bool {
+        self.intr
+    }
+    fn intr_ack(&mut self) -> u8 {
+        self.intr = false;
+        0x20
+    }
+    fn take_nmi(&mut self) -> bool {
+        std::mem::take(&mut self.nmi)
+    }
+    fn events_pending(&mut self) -> bool {
+        !self.precise || self.intr || self.nmi
+    }
+}
+
+/// A counted loop writing port 0x80 every 16th pass (and every 64th pass inside a CLI/STI
+/// window), with a flat GDT and an IDT whose INTR (0x20) and NMI handlers log ECX.
+fn event_machine(mode: JitMode) -> Cpu {
+    // Handler `i` at CODE + 0x2000 + 0x100 * i logs ECX | tag.
+    let handler = |i: u64, tag: u32| -> Result<Vec<u8>, IcedError> {
+        let mut a = CodeAssembler::new(32)?;
+        a.push(eax)?;
+        a.mov(eax, dword_ptr(DATA as u32))?;
+        a.mov(dword_ptr(eax * 4 + DATA as u32 + 4), ecx)?;
+        a.or(dword_ptr(eax * 4 + DATA as u32 + 4), tag)?;
+        a.inc(dword_ptr(DATA as u32))?;
+        a.pop(eax)?;
+        a.iretd()?;
+        a.assemble(CODE + 0x2000 + 0x100 * i)
+    };
+    let mut a = CodeAssembler::new(32).expect("asm");
+    let mut top = a.create_label();
+    let mut skip = a.create_label();
+    let mut skip2 = a.create_label();
+    a.xor(ecx, ecx).expect("asm");
+    a.sti().expect("asm");
+    a.set_label(&mut top).expect("asm");
+    a.inc(ecx).expect("asm");
+    a.add(ebx, ecx).expect("asm");
+    a.test(ecx, 15).expect("asm");
+    a.jnz(skip).expect("asm");
+    a.out(0x80, al).expect("asm");
+    a.set_label(&mut skip).expect("asm");
+    a.test(ecx, 63).expect("asm");
+    a.jnz(skip2).expect("asm");
+    a.cli().expect("asm");
+    a.out(0x80, al).expect("asm");
+    a.add(edx, ecx).expect("asm");
+    a.sti().expect("asm");
+    a.set_label(&mut skip2).expect("asm");
+    a.cmp(ecx, 3000).expect("asm");
+    a.jne(top).expect("asm");
+    a.hlt().expect("asm");
+    let mut code = a.assemble(CODE).expect("asm");
+    for (i, tag) in [(0u64, 0u32), (1, 0x1000_0000)] {
+        code.resize(0x2000 + 0x100 * i as usize, 0xCC);
+        code.extend_from_slice(&handler(i, tag).expect("asm"));
+    }
+    let mut cpu = machine(&code, &[0; 8], &[0; 16], mode, None);
+    let (gdt, idt) = (0x30000usize, 0x31000usize);
+    let m = cpu.mem.as_mut_slice();
+    for (i, d) in [0u64, 0x00CF_9A00_0000_FFFF, 0x00CF_9200_0000_FFFF]
+        .iter()
+        .enumerate()
+    {
+        m[gdt + 8 * i..gdt + 8 * i + 8].copy_from_slice(&d.to_le_bytes());
+    }
+    for (vector, i) in [(0x20usize, 0u64), (2, 1)] {
+        let off = CODE + 0x2000 + 0x100 * i;
+        let gate = (off & 0xFFFF) | 8 << 16 | 0x8E00 << 32 | (off >> 16) << 48;
+        m[idt + 8 * vector..idt + 8 * vector + 8].copy_from_slice(&gate.to_le_bytes());
+    }
+    cpu.gdtr = TableReg {
+        base: gdt as u64,
+        limit: 23,
+    };
+    cpu.idtr = TableReg {
+        base: idt as u64,
+        limit: 0x107,
+    };
+    cpu
+}
+
+#[test]
+fn interrupts_reach_a_chained_loop_at_the_same_instruction() {
+    let bus = |precise| EventBus {
+        outs: 0,
+        intr_at: (1..250).step_by(7).collect(),
+        nmi_at: vec![5, 40, 41, 120],
+        intr: false,
+        nmi: false,
+        precise,
+    };
+    let slices: [&[u64]; 2] = [&[1_000_000], &[50, 3, 701, 1, 64]];
+    for slices in slices {
+        let mut t0 = event_machine(JitMode::Off);
+        let mut b0 = bus(true);
+        let s0 = run_sliced(&mut t0, &mut b0, slices);
+        assert_eq!(
+            s0.last().map(|s| s.exits[0]),
+            Some(RunExit::Halted),
+            "{:?} at {:#x}",
+            t0.last_fault,
+            t0.rip
+        );
+        let logged =
+            u32::from_le_bytes(t0.mem.as_slice()[DATA as usize..][..4].try_into().unwrap());
+        assert!(logged > 30, "tier 0 took {logged} events");
+        for mode in [JitMode::Always, JitMode::Auto] {
+            for precise in [true, false] {
+                let mut t1 = event_machine(mode);
+                let mut b1 = bus(precise);
+                let s1 = run_sliced(&mut t1, &mut b1, slices);
+                let what = format!("{mode:?}, precise {precise}, slices {slices:?}");
+                assert_eq!(s0, s1, "{what}");
+                assert!(
+                    t0.mem.as_slice() == t1.mem.as_slice(),
+                    "{what}: memory (event log)"
+                );
+                if slices.len() == 1 && mode == JitMode::Always && precise {
+                    let st = t1.jit.stats;
+                    assert!(st.entries * 10 < t1.icount, "{what}: {st:?}, {}", t1.icount);
+                }
+            }
+        }
+    }
+}
+
+/// `g` (next page) called from four sites and three targets called through a register in
+/// turn: RETs and indirect CALLs with more successors than a block's two links.
+fn many_targets_program() -> Result<Vec<u8>, IcedError> {
+    let g = CODE + 0x1000;
+    let targets = [CODE + 0x2000, CODE + 0x2040, CODE + 0x2080];
+    let mut a = CodeAssembler::new(32)?;
+    let mut top = a.create_label();
+    a.mov(esi, 200)?;
+    a.set_label(&mut top)?;
+    for k in 0..4u32 {
+        a.add(edx, k + 1)?;
+        a.call(g)?;
+    }
+    // EAX = targets[esi % 3]
+    a.mov(eax, esi)?;
+    a.xor(edx, edx)?;
+    a.mov(ecx, 3)?;
+    a.div(ecx)?;
+    a.mov(eax, dword_ptr(edx * 4 + DATA as u32))?;
+    a.call(eax)?;
+    a.dec(esi)?;
+    a.jnz(top)?;
+    a.hlt()?;
+    let mut code = a.assemble(CODE)?;
+    let mut a = CodeAssembler::new(32)?;
+    a.add(ebx, edx)?;
+    a.rol(ebx, 3)?;
+    a.ret()?;
+    code.resize(0x1000, 0xCC);
+    code.extend_from_slice(&a.assemble(g)?);
+    for (i, &t) in targets.iter().enumerate() {
+        let mut a = CodeAssembler::new(32)?;
+        a.add(edi, i as u32 + 1)?;
+        a.imul_3(edi, edi, 3)?;
+        a.ret()?;
+        code.resize((t - CODE) as usize, 0xCC);
+        code.extend_from_slice(&a.assemble(t)?);
+    }
+    Ok(code)
+}
+
+#[test]
+fn returns_to_many_sites_and_indirect_calls_stay_in_host_code() {
+    let code = many_targets_program().expect("asm");
+    let data: Vec<u8> = [CODE + 0x2000, CODE + 0x2040, CODE + 0x2080]
+        .iter()
+        .flat_map(|&t| (t as u32).to_le_bytes())
+        .collect();
+    let regs = [0, 7, 0, 0, 0, 0, 0, 1];
+    for slices in [&[1_000_000u64][..], &[1, 5, 17, 60, 2, 333]] {
+        let mut t0 = machine(&code, &regs, &data, JitMode::Off, None);
+        let s0 = run_sliced(&mut t0, &mut NullBus, slices);
+        assert_eq!(s0.last().map(|s| s.exits[0]), Some(RunExit::Halted));
+        for mode in [JitMode::Always, JitMode::Auto] {
+            let mut t1 = machine(&code, &regs, &data, mode, None);
+            let s1 = run_sliced(&mut t1, &mut NullBus, slices);
+            assert_eq!(s0, s1, "slices {slices:?}: {mode:?}");
+            assert!(t0.mem.as_slice() == t1.mem.as_slice(), "{mode:?}: memory");
+            if slices.len() == 1 && mode == JitMode::Always {
+                // Without the indirect table every return to a third call site and most
+                // indirect calls go back to the dispatcher (more than one entry per loop pass).
+                let st = t1.jit.stats;
+                assert!(st.entries < 100, "{st:?}, {} instructions", t1.icount);
+            }
+        }
+    }
+}
+
+#[test]
+fn links_are_not_followed_under_a_smaller_cs_limit() {
+    // A (0x100) jumps to B (0x200), which loops back 50 times, then a far return reloads CS
+    // with a descriptor of the same base whose limit ends inside B: A's link to B (recorded
+    // under the 4 GiB limit, same RIP, stamp, base and CPL) must not be followed — B's tail
+    // lies beyond the limit, so the fetch there raises #GP (no IDT: shutdown).
+    let (a_at, b_at) = (CODE + 0x100, CODE + 0x200);
+    let mut a = CodeAssembler::new(32).expect("asm");
+    a.xor(esi, esi).expect("asm");
+    a.jmp(a_at).expect("asm");
+    let mut code = a.assemble(CODE).expect("asm");
+    let mut a = CodeAssembler::new(32).expect("asm");
+    a.inc(esi).expect("asm");
+    a.jmp(b_at).expect("asm");
+    code.resize(0x100, 0xCC);
+    code.extend_from_slice(&a.assemble(a_at).expect("asm"));
+    let mut a = CodeAssembler::new(32).expect("asm");
+    a.add(ebx, esi).expect("asm"); // 0x200, 2 bytes
+    a.add(ecx, 1).expect("asm"); // 0x202, 3 bytes: the small limit ends here
+    a.cmp(esi, 50).expect("asm"); // 0x205
+    a.jne(a_at).expect("asm");
+    a.push(0x18).expect("asm");
+    a.push(a_at as u32).expect("asm");
+    a.db(&[0xCB]).expect("asm"); // RETF (32-bit)
+    code.resize(0x200, 0xCC);
+    code.extend_from_slice(&a.assemble(b_at).expect("asm"));
+    let limit = (b_at - CODE) as u32 + 0x1000 + 4;
+    let go = |mode| {
+        let mut cpu = machine(&code, &[0; 8], &[], mode, None);
+        let gdt = 0x30000usize;
+        let small =
+            0x0040_9A00_0000_0000u64 | (limit & 0xFFFF) as u64 | ((limit as u64 >> 16) << 48);
+        let m = cpu.mem.as_mut_slice();
+        for (i, d) in [0u64, 0x00CF_9A00_0000_FFFF, 0x00CF_9200_0000_FFFF, small]
+            .iter()
+            .enumerate()
+        {
+            m[gdt + 8 * i..gdt + 8 * i + 8].copy_from_slice(&d.to_le_bytes());
+        }
+        cpu.gdtr = TableReg {
+            base: gdt as u64,
+            limit: 31,
+        };
+        let s = run_sliced(&mut cpu, &mut NullBus, &[100_000]);
+        (s, cpu)
+    };
+    let (s0, t0) = go(JitMode::Off);
+    assert_eq!(
+        s0.last().map(|s| s.exits[0]),
+        Some(RunExit::Shutdown),
+        "{s0:?}"
+    );
+    assert_eq!(t0.last_fault.map(|f| f.vector), Some(13));
+    assert_eq!(t0.rip, CODE + 0x205);
+    for mode in [JitMode::Always, JitMode::Auto] {
+        let (s1, t1) = go(mode);
+        assert_eq!(s0, s1, "{mode:?}");
         assert!(t0.mem.as_slice() == t1.mem.as_slice(), "{mode:?}: memory");
     }
 }

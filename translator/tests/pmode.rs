@@ -2,6 +2,9 @@
 //! exceptions through the IDT, enable paging and change privilege. They report through port
 //! 0xE9, which the test bus records.
 
+#[macro_use]
+mod tier;
+
 use iced_x86::code_asm::*;
 use translator::{Cpu, CpuBus, PhysMem, RunExit};
 
@@ -886,37 +889,6 @@ fn endbr32_rdssp_and_hint_nops_are_nops() {
     });
     run(&mut cpu, &mut bus);
     assert_eq!(bus.out, vec![0x1234_5678]);
-}
-
-/// The tier the harness builds its CPU for: tier 0, or every block forced through the JIT.
-/// Thread-local because each test runs on its own thread.
-mod tier {
-    use std::cell::Cell;
-    use translator::JitMode;
-    thread_local! {
-        static MODE: Cell<JitMode> = const { Cell::new(JitMode::Off) };
-    }
-    pub fn mode() -> JitMode {
-        MODE.with(Cell::get)
-    }
-    pub fn set(m: JitMode) {
-        MODE.with(|c| c.set(m));
-    }
-}
-
-/// Every test again with the JIT forced on for every block (tier 1 must give tier 0's results).
-macro_rules! jit_forced {
-    ($($name:ident),* $(,)?) => {
-        mod jit_forced {
-            $(
-                #[test]
-                fn $name() {
-                    super::tier::set(translator::JitMode::Always);
-                    super::$name();
-                }
-            )*
-        }
-    };
 }
 
 jit_forced!(

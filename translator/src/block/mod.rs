@@ -42,14 +42,20 @@ pub struct Block {
     pub(crate) hits: Cell<u32>,
     /// The block's tier-1 code; dropped when the block leaves the cache.
     pub(crate) jit: Cell<Option<crate::jit::Compiled>>,
+    /// Tier 1's direct links to compiled successors; the compiled code reads them in place
+    /// (the `Rc` keeps this address fixed).
+    pub(crate) jit_links: crate::jit::ChainLinks,
 }
 
 /// A remembered successor: valid while RIP, the translation stamp (block cache and TLB
-/// generations), the CS base and the CPL are what they were when it was recorded.
+/// generations), the CS base, the CS limit (a far transfer may change it without a generation
+/// bump, and the cache lookup checks the block against it) and the CPL are what they were
+/// when it was recorded.
 struct Link {
     rip: u64,
     stamp: u64,
     cs_base: u64,
+    cs_limit: u32,
     cpl: u8,
     block: Weak<Block>,
 }
@@ -69,6 +75,7 @@ impl Block {
             links: RefCell::new([None, None]),
             hits: Cell::new(0),
             jit: Cell::new(None),
+            jit_links: crate::jit::ChainLinks::default(),
         }
     }
 
@@ -101,6 +108,25 @@ pub(crate) struct BlockCache {
     code_pages: BitVec,
     /// Bumped whenever blocks are dropped, which makes every chain link stale.
     pub(crate) epoch: u64,
+    /// Blocks dropped from the cache, kept alive until no compiled code can be running: a
+    /// chained block may invalidate itself (SMC) and its code and ops must outlive the call.
+    pub(crate) graveyard: Vec<Rc<Block>>,
+    /// What links depend on beyond their own checks, as the last `Cpu::run` call left it.
+    pub(crate) run_key: Option<RunKey>,
+}
+
+/// The state a chain link's validity rests on besides RIP, the stamp, the CS base and the
+/// CPL (which it checks itself): the code segment's limit and size, the mode and paging
+/// registers. A board may write these between `Cpu::run` calls without telling the CPU; links
+/// survive from one call to the next only while they are unchanged.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RunKey {
+    cs: crate::state::Segment,
+    cr0: u64,
+    cr3: u64,
+    cr4: u64,
+    efer: u64,
+    rflags_vm: u64,
 }
 
 impl BlockCache {
@@ -111,6 +137,8 @@ impl BlockCache {
             by_page: HashMap::new(),
             code_pages: BitVec::new(),
             epoch: 0,
+            graveyard: Vec::new(),
+            run_key: None,
         }
     }
 
@@ -119,10 +147,10 @@ impl BlockCache {
         if !self.map.is_empty() {
             self.fast.fill(None);
         }
-        for b in self.map.values() {
+        for (_, b) in self.map.drain() {
             b.jit.set(None);
+            self.graveyard.push(b);
         }
-        self.map.clear();
         self.by_page.clear();
         self.code_pages.fill(false);
     }
@@ -138,6 +166,7 @@ impl BlockCache {
             for k in keys {
                 if let Some(b) = self.map.remove(&k) {
                     b.jit.set(None);
+                    self.graveyard.push(b);
                 }
                 let slot = &mut self.fast[fast_slot(&k)];
                 if slot.as_ref().is_some_and(|(fk, _)| *fk == k) {
@@ -171,14 +200,30 @@ impl BlockCache {
         self.code_pages.set(page as usize, true);
         self.by_page.entry(page).or_default().push(key);
         block.cached.set(true);
-        self.map.insert(key, block);
+        if let Some(old) = self.map.insert(key, block) {
+            // Replaced (it did not fit the CS limit): links to it must go stale.
+            self.epoch = self.epoch.wrapping_add(1);
+            old.jit.set(None);
+            self.graveyard.push(old);
+        }
     }
 }
 
 impl Cpu {
+    pub(crate) fn run_key(&self) -> RunKey {
+        RunKey {
+            cs: self.segs[sreg::CS],
+            cr0: self.cr0,
+            cr3: self.cr3,
+            cr4: self.cr4,
+            efer: self.efer,
+            rflags_vm: self.rflags & crate::state::flag::VM,
+        }
+    }
+
     /// What a chain link must match besides RIP: block cache and TLB generations.
     #[inline]
-    fn chain_stamp(&self) -> u64 {
+    pub(crate) fn chain_stamp(&self) -> u64 {
         self.cache.epoch.wrapping_add(self.tlb.generation)
     }
 
@@ -192,12 +237,14 @@ impl Cpu {
     ) -> Result<Rc<Block>, Exit> {
         let stamp = self.chain_stamp();
         let cs_base = self.segs[sreg::CS].base;
+        let cs_limit = self.segs[sreg::CS].limit;
         {
             let links = prev.links.borrow();
             for l in links.iter().flatten() {
                 if l.rip == self.rip
                     && l.stamp == stamp
                     && l.cs_base == cs_base
+                    && l.cs_limit == cs_limit
                     && l.cpl == self.cpl
                     && let Some(b) = l.block.upgrade()
                 {
@@ -220,6 +267,7 @@ impl Cpu {
                 rip: self.rip,
                 stamp,
                 cs_base,
+                cs_limit,
                 cpl: self.cpl,
                 block: Rc::downgrade(&b),
             });

@@ -13,6 +13,8 @@ use std::ptr::NonNull;
 pub(crate) struct Compiled {
     pub generation: u64,
     pub offset: usize,
+    /// Offset of the body (past the prologue) from `offset`: where links enter.
+    pub body: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -113,6 +115,7 @@ impl CodeBuffer {
         Ok(Compiled {
             generation: self.generation,
             offset: off,
+            body: 0,
         })
     }
 

@@ -7,7 +7,8 @@
 //! caching yet), so a handler call needs no spilling.
 //!
 //! A block is entered with the number of ops the budget allows (R13); it stops before op
-//! R13 with [`ST_STOP`] when that is less than the block's length.
+//! R13 with [`ST_STOP`] when that is less than the block's length. A chainable block's end
+//! may jump into a compiled successor's body instead of returning (see `Compiler::chain`).
 //!
 //! RIP: inline ops do not read it, so their lengths are summed at compile time (`delta`) and
 //! written back before a handler call, a branch, or the block end. Masking once is exact:
@@ -62,6 +63,11 @@ const EFER: i32 = off32(offset_of!(Cpu, efer));
 const CR0: i32 = off32(offset_of!(Cpu, cr0));
 const BLOCK_BREAK: i32 = off32(offset_of!(Cpu, block_break));
 const CPL: i32 = off32(offset_of!(Cpu, cpl));
+const ICOUNT: i32 = off32(offset_of!(Cpu, icount));
+const JIT_POLL: i32 = off32(offset_of!(Cpu, jit) + offset_of!(super::Jit, poll));
+const EPOCH: i32 = off32(offset_of!(Cpu, cache) + offset_of!(crate::block::BlockCache, epoch));
+const TLB_GEN: i32 = off32(offset_of!(Cpu, tlb) + offset_of!(crate::mmu::tlb::Tlb, generation));
+const CTX_BLOCK: i32 = off32(offset_of!(Ctx<'static>, block));
 const CTX_MEM: i32 = off32(offset_of!(Ctx<'static>, mem));
 const CTX_FAST_R: i32 = off32(offset_of!(Ctx<'static>, fast_r));
 const CTX_FAST_W: i32 = off32(offset_of!(Ctx<'static>, fast_w));
@@ -137,6 +143,8 @@ pub(crate) struct Counts {
 pub(crate) struct Compiled {
     pub code: Vec<u8>,
     pub counts: Counts,
+    /// Offset of the body, past the prologue: where links from other blocks enter.
+    pub body: usize,
 }
 
 /// An inline op's way out to its handler: at `label` RIP in memory is `delta` bytes behind op
@@ -169,11 +177,15 @@ struct Compiler {
     breaks: Vec<(DynamicLabel, usize)>,
 }
 
-/// Compile `ops` (a block decoded for `bitness`-bit code, RIP mask `ip_mask`).
+/// Compile `ops` (a block decoded for `bitness`-bit code, RIP mask `ip_mask`). `links`: the
+/// addresses of the block's [`super::ChainLinks`] and of the indirect-branch table when it may
+/// be chained (its end keeps CS, the mode and the CPL); its end then follows a matching link
+/// or table entry instead of returning.
 pub(crate) fn compile(
     ops: &[Op],
     bitness: u32,
     ip_mask: u64,
+    links: Option<(usize, usize)>,
 ) -> Result<Compiled, dynasmrt::DynasmError> {
     let mut a = VecAssembler::<X64Relocation>::new(0);
     let out = a.new_dynamic_label();
@@ -198,6 +210,7 @@ pub(crate) fn compile(
         ; mov r12, rsi
         ; mov r13, rdx
     );
+    let body = c.a.offset().0;
     for (i, op) in ops.iter().enumerate() {
         if i > 0 {
             // The dispatcher's budget may end the block early (R13 = ops to run).
@@ -217,6 +230,9 @@ pub(crate) fn compile(
         }
     }
     c.flush_rip();
+    if let Some((links, ib)) = links {
+        c.chain(ops.len(), links, ib);
+    }
     asm!(c.a
         ; xor eax, eax
         ; pop r13
@@ -280,6 +296,7 @@ pub(crate) fn compile(
     Ok(Compiled {
         code: c.a.finalize()?,
         counts,
+        body,
     })
 }
 
@@ -289,6 +306,107 @@ fn addr(p: usize) -> i64 {
 }
 
 impl Compiler {
+    /// The block end (every op ran, RIP written back): go straight on to a compiled successor
+    /// through one of the block's two links when the dispatcher would: budget left after
+    /// this block, no event to take (`chain_poll`, only after a handler used the bus or
+    /// changed IF/TF/RF/the shadow/HLT/the debug registers/NMI blocking — inline ops do
+    /// none of that), and a link — the block's own two, else the indirect table's entry for
+    /// RIP, which must also be of this block's code size — recorded
+    /// under the same RIP, chain stamp, CS base, CPL and CS limit. The ops just run are counted into
+    /// `icount` (RDTSC in the successor must see them) and the budget. Falls out of the emitted
+    /// code when no link is taken.
+    fn chain(&mut self, len: usize, links: usize, ib: usize) {
+        use super::{ChainLink, IB_SLOTS};
+        let done = self.a.new_dynamic_label();
+        let poll = self.a.new_dynamic_label();
+        let look = self.a.new_dynamic_label();
+        let n = len as i32;
+        let links = links as i64;
+        let ib = ib as i64;
+        let poll_fn = addr(trampoline::chain_poll as *const () as usize);
+        let size = std::mem::size_of::<ChainLink>() as i32;
+        let (l_rip, l_stamp, l_cs, l_cpl, l_entry, l_block, l_mask) = (
+            off32(offset_of!(ChainLink, rip)),
+            off32(offset_of!(ChainLink, stamp)),
+            off32(offset_of!(ChainLink, cs_base)),
+            off32(offset_of!(ChainLink, cpl)),
+            off32(offset_of!(ChainLink, entry)),
+            off32(offset_of!(ChainLink, block)),
+            off32(offset_of!(ChainLink, ip_mask)),
+        );
+        let l_limit = off32(offset_of!(ChainLink, cs_limit));
+        let cs_base = seg_field(sreg::CS, SEG_BASE);
+        asm!(self.a
+            ; cmp r13, n
+            ; jbe =>done
+            ; cmp BYTE [rbx + JIT_POLL], 0
+            ; jne =>poll
+            ; =>look
+            ; mov rdx, QWORD links
+            ; mov rax, QWORD [rbx + EPOCH]
+            ; add rax, QWORD [rbx + TLB_GEN]
+            ; mov rcx, QWORD [rbx + RIP]
+            ; mov r8, QWORD [rbx + cs_base]
+            ; movzx r9d, BYTE [rbx + CPL]
+            ; mov r11d, DWORD [rbx + CS_LIMIT]
+        );
+        // The block's two links, then the indirect table's slot for RIP (in RDX).
+        for k in 0..3 {
+            let next = self.a.new_dynamic_label();
+            let o = if k < 2 { k * size } else { 0 };
+            if k == 2 {
+                let (shift, slots) = (size.trailing_zeros() as i8, (IB_SLOTS - 1) as i32);
+                asm!(self.a
+                    ; mov rdx, rcx
+                    ; shr rdx, 10
+                    ; xor rdx, rcx
+                    ; and edx, slots
+                    ; shl rdx, shift
+                    ; mov r10, QWORD ib
+                    ; add rdx, r10
+                );
+            }
+            asm!(self.a
+                ; cmp rcx, QWORD [rdx + o + l_rip]
+                ; jne =>next
+                ; cmp rax, QWORD [rdx + o + l_stamp]
+                ; jne =>next
+                ; cmp r8, QWORD [rdx + o + l_cs]
+                ; jne =>next
+                ; cmp r9, QWORD [rdx + o + l_cpl]
+                ; jne =>next
+                ; cmp r11, QWORD [rdx + o + l_limit]
+                ; jne =>next
+            );
+            if k == 2 {
+                let mask = self.ip_mask as i64;
+                asm!(self.a
+                    ; mov r10, QWORD mask
+                    ; cmp r10, QWORD [rdx + l_mask]
+                    ; jne =>next
+                );
+            }
+            asm!(self.a
+                ; sub r13, n
+                ; add QWORD [rbx + ICOUNT], n
+                ; mov rax, QWORD [rdx + o + l_block]
+                ; mov QWORD [r12 + CTX_BLOCK], rax
+                ; jmp QWORD [rdx + o + l_entry]
+                ; =>next
+            );
+        }
+        asm!(self.a
+            ; jmp =>done
+            ; =>poll
+            ; mov rdi, r12
+            ; mov rax, QWORD poll_fn
+            ; call rax
+            ; test eax, eax
+            ; jnz =>look
+            ; =>done
+        );
+    }
+
     /// Write the pending RIP advance back to `Cpu::rip`.
     fn flush_rip(&mut self) {
         if self.delta == 0 {

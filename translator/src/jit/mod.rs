@@ -18,6 +18,8 @@ use crate::bus::CpuBus;
 use crate::exception::Fault;
 use buffer::CodeBuffer;
 pub(crate) use buffer::Compiled;
+use std::cell::UnsafeCell;
+use std::rc::Rc;
 use trampoline::{ST_BREAK, ST_FAULT, ST_HALT, ST_OK, ST_STOP};
 
 /// Whether tier 1 is used.
@@ -60,6 +62,91 @@ pub struct JitStats {
     pub entries: u64,
     /// Code cache flushes (it was full).
     pub flushes: u64,
+    /// Direct links set between compiled blocks (each is then followed in host code).
+    pub links: u64,
+}
+
+const _: () = assert!(std::mem::size_of::<ChainLink>() == 64);
+
+/// One direct link from a compiled block's end to a compiled successor. Compiled code follows
+/// it when RIP, the chain stamp (block cache and TLB generations), the CS base and the CPL are
+/// what they were when the dispatcher recorded it — the conditions of tier 0's links — and
+/// the CS limit too.
+/// `repr(C)`: compiled code reads the fields at fixed offsets.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+pub(crate) struct ChainLink {
+    pub rip: u64,
+    pub stamp: u64,
+    pub cs_base: u64,
+    pub cpl: u64,
+    /// Host address of the successor's body (past its prologue).
+    pub entry: u64,
+    /// The successor (`Rc::as_ptr`), for the dispatcher when the chain ends there.
+    pub block: u64,
+    /// The successor's RIP mask (checked by the indirect table only: a block's own links
+    /// are recorded between blocks of the same code size).
+    pub ip_mask: u64,
+    /// The CS limit (links skip `get_block`'s check that the block lies within it; CS loads
+    /// may change it without any generation bump).
+    pub cs_limit: u64,
+}
+
+/// Slots of the indirect-branch table (a power of two).
+pub(crate) const IB_SLOTS: usize = 4096;
+
+/// The slot of `rip` in the indirect-branch table (compiled code hashes the same way).
+pub(crate) fn ib_slot(rip: u64) -> usize {
+    ((rip ^ (rip >> 10)) as usize) & (IB_SLOTS - 1)
+}
+
+/// Compiled entries by RIP, for block ends whose own two links miss (returns to many call
+/// sites, indirect jumps and calls): one direct-mapped slot per RIP hash, validated like a
+/// link plus the RIP mask. Filled by the dispatcher at every entry into compiled code; read by
+/// compiled code only. The allocation never moves or shrinks (compiled code holds its
+/// address) and lives as long as the `Jit`.
+pub(crate) struct IbTable(Box<[UnsafeCell<ChainLink>]>);
+
+impl IbTable {
+    fn new() -> Self {
+        IbTable((0..IB_SLOTS).map(|_| UnsafeCell::default()).collect())
+    }
+
+    fn addr(&self) -> usize {
+        self.0.as_ptr() as usize
+    }
+
+    fn set(&self, link: ChainLink) {
+        // SAFETY: written only by the dispatcher while no compiled code runs (the only
+        // reader); no reference into the cell outlives this statement.
+        unsafe { *self.0[ib_slot(link.rip)].get() = link };
+    }
+}
+
+/// A block's two links (fall-through and taken target, or the last two return addresses).
+/// Written only by the dispatcher, while no compiled code runs; read by compiled code.
+#[derive(Default)]
+pub(crate) struct ChainLinks(UnsafeCell<[ChainLink; 2]>);
+
+impl ChainLinks {
+    fn addr(&self) -> usize {
+        self.0.get() as usize
+    }
+
+    /// Record `link`: a slot that is still valid (same stamp) stays, the other is replaced.
+    fn set(&self, link: ChainLink) {
+        // SAFETY: compiled code only reads the links while it runs, and the dispatcher (the
+        // only writer) does not run then; no reference into the cell outlives this call.
+        let links = unsafe { &mut *self.0.get() };
+        if links[1].entry != 0 && links[1].rip == link.rip {
+            links[1] = link;
+            return;
+        }
+        if links[0].entry != 0 && links[0].stamp == link.stamp && links[0].rip != link.rip {
+            links[1] = links[0];
+        }
+        links[0] = link;
+    }
 }
 
 /// Executions after which [`JitMode::Auto`] compiles a block.
@@ -74,6 +161,11 @@ pub struct Jit {
     pub cache_bytes: usize,
     pub stats: JitStats,
     buf: Option<CodeBuffer>,
+    ib: Option<IbTable>,
+    /// Since the dispatcher last polled, a handler used the bus or changed the CPU's event
+    /// state (IF, TF, RF, shadow, HLT, debug registers, NMI blocking): compiled code must
+    /// look at both again before following a link.
+    pub(crate) poll: bool,
 }
 
 impl Default for Jit {
@@ -84,6 +176,8 @@ impl Default for Jit {
             cache_bytes: DEFAULT_CACHE_BYTES,
             stats: JitStats::default(),
             buf: None,
+            ib: None,
+            poll: true,
         }
     }
 }
@@ -102,7 +196,9 @@ impl Jit {
 
     /// Compile `block` into the code cache, flushing it when full.
     fn compile(&mut self, block: &Block) -> Option<Compiled> {
-        let out = match compile::compile(&block.ops, block.bitness(), block.ip_mask) {
+        let ib = self.ib.get_or_insert_with(IbTable::new).addr();
+        let links = block.chainable.then(|| (block.jit_links.addr(), ib));
+        let out = match compile::compile(&block.ops, block.bitness(), block.ip_mask, links) {
             Ok(c) => c,
             Err(e) => {
                 log::warn!("jit: block not compiled: {e}");
@@ -137,7 +233,10 @@ impl Jit {
                 self.stats.compiled += 1;
                 self.stats.inline_ops += out.counts.inline;
                 self.stats.called_ops += out.counts.called;
-                Some(c)
+                Some(Compiled {
+                    body: out.body,
+                    ..c
+                })
             }
             Err(e) => {
                 log::warn!("jit: {e}; running tier 0 only");
@@ -158,14 +257,20 @@ pub(crate) enum Outcome {
     Halt { done: u64 },
 }
 
-/// Run the first `max_ops` ops of `block` (all when it has no more) as compiled code,
-/// compiling it first if it is due; `None` when tier 0 should run it.
+/// Run `block` as compiled code (compiling it first if it is due) with `budget` ops left,
+/// following links into compiled successors while the budget, the bus and the CPU's event
+/// state allow; `None` when tier 0 should run it. `from`: the block that ran just before
+/// and led here through the dispatcher's chaining (it gets a direct link to `block`).
+///
+/// Ops of blocks left through a link are already in `cpu.icount`; the [`Outcome`] is the
+/// last block's, which is returned when it is not `block`.
 pub(crate) fn run_block(
     cpu: &mut Cpu,
     bus: &mut dyn CpuBus,
-    block: &Block,
-    max_ops: usize,
-) -> Option<Outcome> {
+    block: &Rc<Block>,
+    from: Option<&Block>,
+    budget: u64,
+) -> Option<(Outcome, Option<Rc<Block>>)> {
     if cpu.jit.mode == JitMode::Off {
         return None;
     }
@@ -177,20 +282,69 @@ pub(crate) fn run_block(
             if cpu.jit.mode == JitMode::Auto && hits < cpu.jit.threshold {
                 return None;
             }
-            let c = cpu.jit.compile(block)?;
+            let flushes = cpu.jit.stats.flushes;
+            let c = cpu.jit.compile(block);
+            if cpu.jit.stats.flushes != flushes {
+                // Every link pointed into the flushed cache.
+                cpu.cache.epoch = cpu.cache.epoch.wrapping_add(1);
+            }
+            let c = c?;
             block.jit.set(Some(c));
             c
         }
     };
-    let entry = cpu.jit.buf.as_ref()?.addr(code.offset);
+    let buf = cpu.jit.buf.as_ref()?;
+    let entry = buf.addr(code.offset);
+    let link = ChainLink {
+        rip: cpu.rip,
+        stamp: cpu.chain_stamp(),
+        cs_base: cpu.segs[crate::state::sreg::CS].base,
+        cpl: cpu.cpl as u64,
+        entry: (entry + code.body) as u64,
+        block: Rc::as_ptr(block) as u64,
+        ip_mask: block.ip_mask,
+        cs_limit: cpu.segs[crate::state::sreg::CS].limit as u64,
+    };
+    if let Some(a) = from
+        && a.chainable
+        && a.cached.get()
+        && block.cached.get()
+        && a.ip_mask == block.ip_mask
+        && a.jit.get().is_some_and(|c| cpu.jit.is_current(c))
+    {
+        a.jit_links.set(link);
+        cpu.jit.stats.links += 1;
+    }
+    if block.cached.get()
+        && let Some(ib) = &cpu.jit.ib
+    {
+        ib.set(link);
+    }
     cpu.jit.stats.entries += 1;
+    // No compiled code runs now, so blocks dropped earlier can go.
+    cpu.cache.graveyard.clear();
+    // The dispatcher has just polled the bus.
+    cpu.jit.poll = false;
+    let first = Rc::as_ptr(block);
     // SAFETY: `code` is current (checked above or just compiled), so `entry` is mapped
-    // executable and was compiled from `block`, which the caller holds alive for the call.
-    let (r, fault) = unsafe { trampoline::enter(cpu, bus, entry, block.ip_mask, max_ops as u64) };
+    // executable and was compiled from `block`, which the caller holds alive for the call;
+    // blocks reached through links are in the cache or its graveyard until the next call.
+    let (r, fault, last) =
+        unsafe { trampoline::enter(cpu, bus, entry, block.ip_mask, budget, first) };
+    let last = (last != first).then(|| {
+        // SAFETY: `last` is `Rc::as_ptr` of a block a link led to; links are only followed
+        // to blocks in the cache, and blocks leaving it wait in the graveyard, which is not
+        // emptied while compiled code runs, so the allocation is alive.
+        unsafe {
+            Rc::increment_strong_count(last);
+            Rc::from_raw(last)
+        }
+    });
+    let len = last.as_ref().map_or(block.ops.len(), |b| b.ops.len());
     let (status, idx) = (r & 0xFF, r >> 8);
-    Some(match (status, fault) {
+    let outcome = match (status, fault) {
         (ST_OK, _) => Outcome::Ran {
-            done: block.ops.len() as u64,
+            done: len as u64,
             clean: true,
         },
         (ST_BREAK, _) => Outcome::Ran {
@@ -204,5 +358,6 @@ pub(crate) fn run_block(
             clean: false,
         },
         _ => unreachable!("compiled code returned {r:#x}"),
-    })
+    };
+    Some((outcome, last))
 }

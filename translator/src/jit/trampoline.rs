@@ -1,11 +1,13 @@
 //! Entry into compiled code and the Rust functions compiled code calls back into.
 //!
-//! A compiled block is `extern "sysv64" fn(cpu: *mut Cpu, ctx: *mut Ctx, max_ops: u64) -> u64`.
-//! It keeps the `Cpu` pointer pinned in RBX, the context pointer in R12, `max_ops` in R13 and
-//! returns
-//! `status | index << 8`: [`ST_OK`] when every op ran, otherwise the status of op `index`.
+//! A compiled block is `extern "sysv64" fn(cpu: *mut Cpu, ctx: *mut Ctx, budget: u64) -> u64`.
+//! It keeps the `Cpu` pointer pinned in RBX, the context pointer in R12, the ops left in the
+//! budget in R13 and returns `status | index << 8`: [`ST_OK`] when every op ran, otherwise the
+//! status of op `index` — of the block in [`Ctx::block`], which links between compiled blocks
+//! update when they enter a successor's body (past its prologue, on the same stack frame).
 
 use crate::Cpu;
+use crate::block::Block;
 use crate::bus::CpuBus;
 use crate::decode::op::Op;
 use crate::exception::{Exit, Fault};
@@ -36,6 +38,8 @@ pub(crate) struct Ctx<'a> {
     /// RIP mask of the block's code size.
     pub ip_mask: u64,
     pub fault: Option<Fault>,
+    /// The block running now (`Rc::as_ptr`): links set it when they enter a successor.
+    pub block: *const Block,
 }
 
 type Entry = unsafe extern "sysv64" fn(*mut Cpu, *mut Ctx<'_>, u64) -> u64;
@@ -51,8 +55,9 @@ pub(crate) unsafe fn enter(
     bus: &mut dyn CpuBus,
     entry: usize,
     ip_mask: u64,
-    max_ops: u64,
-) -> (u64, Option<Fault>) {
+    budget: u64,
+    block: *const Block,
+) -> (u64, Option<Fault>, *const Block) {
     let (fast_r, fast_w) = cpu.tlb.fast_tables();
     let mut ctx = Ctx {
         mem: cpu.mem.host_base(),
@@ -62,14 +67,15 @@ pub(crate) unsafe fn enter(
         bus: bus as *mut (dyn CpuBus + '_),
         ip_mask,
         fault: None,
+        block,
     };
     // SAFETY: the caller guarantees `entry` is a compiled block with this signature.
     let f: Entry = unsafe { std::mem::transmute::<usize, Entry>(entry) };
     // SAFETY: the pointers in `ctx` come from live exclusive borrows that are not used
     // otherwise until the call returns; the compiled code only touches `Cpu` fields at
     // offsets taken with `offset_of!` and calls the functions below.
-    let r = unsafe { f(ctx.cpu, &mut ctx, max_ops) };
-    (r, ctx.fault)
+    let r = unsafe { f(ctx.cpu, &mut ctx, budget) };
+    (r, ctx.fault, ctx.block)
 }
 
 /// Run one op exactly as the tier-0 loop does: RIP to the next instruction, the handler, and
@@ -84,7 +90,14 @@ pub(crate) extern "sysv64" fn call_op(ctx: *mut Ctx<'_>, op: *const Op) -> u64 {
     let start = cpu.rip;
     let rsp = cpu.regs[4];
     cpu.rip = start.wrapping_add(op.len as u64) & ctx.ip_mask;
-    let r = (op.exec)(cpu, op, bus);
+    let before = event_state(cpu);
+    let mut watched = Watched { bus, used: false };
+    let r = (op.exec)(cpu, op, &mut watched);
+    // A handler that used the bus (a device may have raised a line) or changed what the
+    // dispatcher looks at between blocks: the next link is followed only after `chain_poll`.
+    if watched.used || event_state(cpu) != before {
+        cpu.jit.poll = true;
+    }
     // Handlers never replace the TLB or the memory, but refreshing costs little and keeps
     // compiled code correct if one ever does.
     (ctx.fast_r, ctx.fast_w) = cpu.tlb.fast_tables();
@@ -100,6 +113,82 @@ pub(crate) extern "sysv64" fn call_op(ctx: *mut Ctx<'_>, op: *const Op) -> u64 {
         }
         Err(Exit::Halt) => ST_HALT,
     }
+}
+
+/// What the dispatcher checks between blocks on the CPU's side: IF, TF, RF, the interrupt
+/// shadow, the HLT state, armed debug registers, NMI blocking.
+fn event_state(cpu: &Cpu) -> u64 {
+    use crate::state::flag;
+    cpu.rflags & (flag::IF | flag::TF | flag::RF)
+        | (cpu.irq_shadow as u64) << 32
+        | (cpu.halted as u64) << 33
+        | (cpu.dbg_armed as u64) << 34
+        | (cpu.nmi_blocked as u64) << 35
+}
+
+/// The bus as handlers called from compiled code see it: notes whether they used it at all.
+struct Watched<'a, 'b> {
+    bus: &'a mut (dyn CpuBus + 'b),
+    used: bool,
+}
+
+impl CpuBus for Watched<'_, '_> {
+    fn mmio_read(&mut self, addr: u64, data: &mut [u8]) {
+        self.used = true;
+        self.bus.mmio_read(addr, data)
+    }
+    fn mmio_write(&mut self, addr: u64, data: &[u8]) {
+        self.used = true;
+        self.bus.mmio_write(addr, data)
+    }
+    fn io_read(&mut self, port: u16, size: u8) -> u32 {
+        self.used = true;
+        self.bus.io_read(port, size)
+    }
+    fn io_write(&mut self, port: u16, size: u8, value: u32) {
+        self.used = true;
+        self.bus.io_write(port, size, value)
+    }
+    fn intr_pending(&mut self) -> bool {
+        self.used = true;
+        self.bus.intr_pending()
+    }
+    fn intr_ack(&mut self) -> u8 {
+        self.used = true;
+        self.bus.intr_ack()
+    }
+    fn take_nmi(&mut self) -> bool {
+        self.used = true;
+        self.bus.take_nmi()
+    }
+    fn events_pending(&mut self) -> bool {
+        self.used = true;
+        self.bus.events_pending()
+    }
+    fn shutdown(&mut self) {
+        self.used = true;
+        self.bus.shutdown()
+    }
+}
+
+/// At a block end after a handler used the bus or changed the event state: may compiled code follow a link, i.e. would
+/// the dispatcher go straight on to the next block's compiled code? Not when it would deliver
+/// an event (NMI, INTR — as far as the bus can tell cheaply), stop (HLT state) or run the next
+/// instruction alone (interrupt shadow, TF, RF, armed debug registers). 1 = go on.
+pub(crate) extern "sysv64" fn chain_poll(ctx: *mut Ctx<'_>) -> u64 {
+    // SAFETY: as in `call_op`.
+    let ctx = unsafe { &mut *ctx };
+    // SAFETY: as in `call_op`.
+    let (cpu, bus) = unsafe { (&mut *ctx.cpu, &mut *ctx.bus) };
+    use crate::state::flag;
+    if cpu.irq_shadow || cpu.halted || cpu.dbg_armed || cpu.rflags & (flag::TF | flag::RF) != 0 {
+        return 0;
+    }
+    if (cpu.rflags & flag::IF != 0 || !cpu.nmi_blocked) && bus.events_pending() {
+        return 0;
+    }
+    cpu.jit.poll = false;
+    1
 }
 
 /// INC/DEC after an operation the compiler could not see: fold its CF into RFLAGS, as
