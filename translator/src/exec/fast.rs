@@ -245,6 +245,18 @@ fn nop_op(_cpu: &mut Cpu, _op: &Op, _bus: &mut dyn CpuBus) -> ExecResult {
     Ok(())
 }
 
+/// CLD and STD (`flags_ops::cld`/`std`, small enough to be copied into each codegen unit:
+/// these are the copies tier 1 recognises).
+#[inline(never)]
+fn cld_op(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecResult {
+    crate::exec::flags_ops::cld(cpu, op, bus)
+}
+
+#[inline(never)]
+fn std_op(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecResult {
+    crate::exec::flags_ops::std(cpu, op, bus)
+}
+
 /// CALL rel32 inside a block that goes on with the callee's code (the block builder followed
 /// the call into the same page). `imm2` holds the page offset the callee was decoded at (bits
 /// 0-11) and the length of the callee run (bits 12+). If at run time the target is not that
@@ -506,6 +518,8 @@ pub(crate) fn specialise(ins: &Instruction, op: &mut Op) {
         ) if ins.op_kind(0) == OpKind::NearBranch32 => JCC32.get(op.aux as usize).copied(),
         (M::Call, _) if ins.op_kind(0) == OpKind::NearBranch32 => Some(call_rel32_op as Handler),
         (M::Nop | M::Pause | M::Endbr32 | M::Endbr64, _) => Some(nop_op as Handler),
+        (M::Cld, _) => Some(cld_op as Handler),
+        (M::Std, _) => Some(std_op as Handler),
         (M::Ret, _) if size == 4 => Some(ret32 as Handler),
         _ => None,
     };
@@ -562,6 +576,9 @@ pub(crate) enum FastForm {
     Ret32,
     /// NOP, PAUSE, ENDBR32/64 (`nop_op`).
     Nop,
+    /// CLD / STD (`cld_op` / `std_op`).
+    Cld,
+    Std,
     /// CALL rel32 (`call_rel32`), and the form the block goes on after (`call_rel32_sb`).
     Call32,
     Call32Sb,
@@ -643,6 +660,8 @@ pub(crate) fn fast_form(h: Handler) -> Option<FastForm> {
         t.push((ret32 as Handler as usize, FastForm::Ret32));
         t.push((call_rel32_op as Handler as usize, FastForm::Call32));
         t.push((nop_op as Handler as usize, FastForm::Nop));
+        t.push((cld_op as Handler as usize, FastForm::Cld));
+        t.push((std_op as Handler as usize, FastForm::Std));
         t.push((call_rel32_sb as Handler as usize, FastForm::Call32Sb));
         for h in JCC32 {
             t.push((h as usize, FastForm::Jcc32));

@@ -628,6 +628,18 @@ impl Compiler {
             {
                 self.pop32(i, op)
             }
+            // DF is not part of the lazy record: the handlers only flip the bit.
+            Some(FastForm::Cld) => {
+                let keep = !(flag::DF as i32);
+                asm!(self.a ; and QWORD [rbx + RFLAGS], keep)
+            }
+            Some(FastForm::Std) => {
+                let df = flag::DF as i32;
+                asm!(self.a ; or QWORD [rbx + RFLAGS], df)
+            }
+            None if !self.long && op.osize == 4 && is_handler(op, crate::exec::stack::leave) => {
+                self.leave32(i, op)
+            }
             None if (is_handler(op, crate::exec::moves::movzx)
                 || is_handler(op, crate::exec::moves::movsx))
                 && op.dst < 16
@@ -1218,6 +1230,33 @@ impl Compiler {
             ; add eax, 4
             ; mov QWORD [rbx + esp_off], rax
             ; mov QWORD [rbx + dst], rcx
+            ; =>cont
+        );
+    }
+
+    /// LEAVE with a 32-bit stack and operand (`stack::leave`): the load from SS:[EBP] comes
+    /// first, so a fault leaves ESP and EBP untouched; then ESP = EBP + 4 and EBP = the value.
+    fn leave32(&mut self, i: usize, op: &Op) {
+        let fb = self.a.new_dynamic_label();
+        let cont = self.a.new_dynamic_label();
+        self.fallbacks.push(Fallback {
+            label: fb,
+            index: i,
+            cont,
+            delta: self.delta,
+            rewind: self.delta + op.len as u64,
+        });
+        self.check_stack32(fb);
+        let mut slot = Self::stack_slot(op, 0);
+        slot.base = 5;
+        self.probe_to(&slot, 4, false, fb);
+        let (esp_off, ebp_off) = (reg(4), reg(5));
+        asm!(self.a
+            ; mov ecx, DWORD [rcx]
+            ; mov eax, DWORD [rbx + ebp_off]
+            ; add eax, 4
+            ; mov QWORD [rbx + esp_off], rax
+            ; mov QWORD [rbx + ebp_off], rcx
             ; =>cont
         );
     }
