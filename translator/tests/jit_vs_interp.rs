@@ -64,6 +64,9 @@ fn machine(code: &[u8], regs: &[u64; 8], data: &[u8], mode: JitMode, limit: Opti
                 | if s == sreg::CS { attr::CODE } else { 0 },
         };
     }
+    // FS (only used by segment-override forms) is offset, so reading through the wrong
+    // segment shows.
+    cpu.segs[sreg::FS].base = 0x100;
     match limit {
         // A 16-bit stack segment: SS.B clear.
         Some(0xFFFF_FFFF) => cpu.segs[sreg::SS].attr &= !attr::DB,
@@ -635,7 +638,12 @@ fn frame_and_string_insn(
                 a.lea(esi, dword_ptr(ebp + (rng.below(0x400) as i32)))?;
             }
             for _ in 0..1 + rng.below(3) {
-                match (rng.below(3), rng.below(3), uses_esi) {
+                match (rng.below(4), rng.below(3), uses_esi) {
+                    // FS is never limited here, DS/ES may be; 0x67: 16-bit addressing
+                    // (called).
+                    (3, 0, true) => a.db(&[0x64, 0xAC])?,
+                    (3, 1, true) => a.db(&[0x66, 0x64, 0xA5])?,
+                    (3, _, _) => a.db(&[0x67, 0xAA])?,
                     (0, 0, true) => a.lodsb()?,
                     (0, 1, true) => a.lodsw()?,
                     (0, _, true) => a.lodsd()?,
@@ -695,6 +703,14 @@ fn carry_and_condition_forms_compile_inline() {
         a.push(ebp)?;
         a.mov(ebp, esp)?;
         a.leave()?;
+        a.lea(esi, dword_ptr(ebp + 40))?;
+        a.lea(edi, dword_ptr(ebp + 48))?;
+        a.lodsd()?;
+        a.movsw()?;
+        a.cld()?;
+        a.stosb()?;
+        a.movsd()?;
+        a.lodsb()?;
         // CALL rel32 to another page: a HLT (then zero bytes: more inline ADDs).
         let mut far = a.create_label();
         a.call(far)?;
