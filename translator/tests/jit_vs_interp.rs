@@ -64,6 +64,9 @@ fn machine(code: &[u8], regs: &[u64; 8], data: &[u8], mode: JitMode, limit: Opti
                 | if s == sreg::CS { attr::CODE } else { 0 },
         };
     }
+    // FS (only used by segment-override forms) is offset, so reading through the wrong
+    // segment shows.
+    cpu.segs[sreg::FS].base = 0x100;
     match limit {
         // A 16-bit stack segment: SS.B clear.
         Some(0xFFFF_FFFF) => cpu.segs[sreg::SS].attr &= !attr::DB,
@@ -200,8 +203,9 @@ fn random_insn(
     };
     let disp = (rng.below(0x100) * 4) as i32;
     let mem32 = dword_ptr(ebp + disp);
-    match rng.below(34) {
+    match rng.below(38) {
         25..=33 => flag_consumer_insn(a, rng, avoid),
+        34..=37 => frame_and_string_insn(a, rng, avoid),
         0 => a.mov(dst32, src32),
         1 => a.mov(dst32, imm),
         2 => match rng.below(9) {
@@ -576,6 +580,87 @@ fn flag_consumer_insn(
     }
 }
 
+/// CLD/STD, LEAVE and single (non-REP) LODS/STOS/MOVS of each size, with DF set either way,
+/// pointers into the data area (past a data segment limit in the limited cases) and frames
+/// whose LEAVE loads from anywhere in the data area.
+fn frame_and_string_insn(
+    a: &mut CodeAssembler,
+    rng: &mut Rng,
+    avoid: Option<AsmRegister32>,
+) -> Result<(), IcedError> {
+    let disp = (rng.below(0x100) * 4) as i32 + rng.below(4) as i32;
+    let scratch = loop {
+        let r = rng.pick(&[eax, ebx, ecx, edx, edi]);
+        if Some(r) != avoid {
+            break r;
+        }
+    };
+    match rng.below(4) {
+        0 => {
+            // A frame as compilers emit it.
+            a.push(ebp)?;
+            a.mov(ebp, esp)?;
+            a.sub(esp, (rng.below(4) * 4) as i32)?;
+            a.mov(dword_ptr(ebp - 4), scratch)?;
+            a.leave()
+        }
+        1 => {
+            // LEAVE from a frame pointer into the data area (it may cross the data limit:
+            // #SS); ESP and EBP are restored after it.
+            a.mov(scratch, esp)?;
+            a.push(ebp)?;
+            a.lea(ebp, dword_ptr(ebp + disp))?;
+            a.leave()?;
+            a.mov(esp, scratch)?;
+            a.mov(ebp, dword_ptr(esp - 4))
+        }
+        2 => {
+            if rng.below(2) == 0 {
+                a.std()?;
+            } else {
+                a.cld()?;
+            }
+            if rng.below(3) == 0 {
+                a.pushfd()?;
+                a.pop(scratch)?;
+            }
+            Ok(())
+        }
+        _ => {
+            if rng.below(2) == 0 {
+                a.std()?;
+            } else {
+                a.cld()?;
+            }
+            a.lea(edi, dword_ptr(ebp + disp))?;
+            let uses_esi = avoid != Some(esi);
+            if uses_esi {
+                a.lea(esi, dword_ptr(ebp + (rng.below(0x400) as i32)))?;
+            }
+            for _ in 0..1 + rng.below(3) {
+                match (rng.below(4), rng.below(3), uses_esi) {
+                    // FS is never limited here, DS/ES may be; 0x67: 16-bit addressing
+                    // (called).
+                    (3, 0, true) => a.db(&[0x64, 0xAC])?,
+                    (3, 1, true) => a.db(&[0x66, 0x64, 0xA5])?,
+                    (3, _, _) => a.db(&[0x67, 0xAA])?,
+                    (0, 0, true) => a.lodsb()?,
+                    (0, 1, true) => a.lodsw()?,
+                    (0, _, true) => a.lodsd()?,
+                    (1, 0, true) => a.movsb()?,
+                    (1, 1, true) => a.movsw()?,
+                    (1, _, true) => a.movsd()?,
+                    (_, 0, _) => a.stosb()?,
+                    (_, 1, _) => a.stosw()?,
+                    _ => a.stosd()?,
+                }
+            }
+            // Sometimes read DI/SI back through a flag consumer path.
+            a.add(scratch, edi)
+        }
+    }
+}
+
 #[test]
 fn carry_and_condition_forms_compile_inline() {
     // Each of these is compiled inline (only the HLT the CALL reaches is called, and the zero
@@ -612,6 +697,20 @@ fn carry_and_condition_forms_compile_inline() {
         a.shrd(edx, esi, cl)?;
         a.bsf(edi, dword_ptr(ebp + 28))?;
         a.push(dword_ptr(ebp + 32))?;
+        a.std()?;
+        a.cld()?;
+        a.std()?;
+        a.push(ebp)?;
+        a.mov(ebp, esp)?;
+        a.leave()?;
+        a.lea(esi, dword_ptr(ebp + 40))?;
+        a.lea(edi, dword_ptr(ebp + 48))?;
+        a.lodsd()?;
+        a.movsw()?;
+        a.cld()?;
+        a.stosb()?;
+        a.movsd()?;
+        a.lodsb()?;
         // CALL rel32 to another page: a HLT (then zero bytes: more inline ADDs).
         let mut far = a.create_label();
         a.call(far)?;

@@ -12,7 +12,7 @@ use crate::bus::CpuBus;
 use crate::decode::op::{Handler, Op, loc};
 use crate::exception::ExecResult;
 use crate::exception::Fault;
-use crate::exec::{arith, control, shift_rotate};
+use crate::exec::{arith, control, shift_rotate, string};
 use crate::flags::{FlagOp, LazyFlags, sign_bit, size_mask, szp};
 use crate::state::{cr0, efer, flag, sreg};
 use arith::kind;
@@ -243,6 +243,44 @@ fn call_rel32_op(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecResult {
 #[inline(never)]
 fn nop_op(_cpu: &mut Cpu, _op: &Op, _bus: &mut dyn CpuBus) -> ExecResult {
     Ok(())
+}
+
+/// CLD and STD (`flags_ops::cld`/`std`, small enough to be copied into each codegen unit:
+/// these are the copies tier 1 recognises).
+#[inline(never)]
+fn cld_op(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecResult {
+    crate::exec::flags_ops::cld(cpu, op, bus)
+}
+
+#[inline(never)]
+fn std_op(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecResult {
+    crate::exec::flags_ops::std(cpu, op, bus)
+}
+
+fn string1_for(m: iced_x86::Mnemonic) -> Option<Handler> {
+    use iced_x86::Mnemonic as M;
+    match m {
+        M::Lodsb | M::Lodsw | M::Lodsd => Some(lods_op as Handler),
+        M::Stosb | M::Stosw | M::Stosd => Some(stos_op as Handler),
+        _ => Some(movs_op as Handler),
+    }
+}
+
+/// LODS/STOS/MOVS without REP and with 32-bit addressing (`string::string`, a generic
+/// instantiated wherever it is named: these single copies are what tier 1 recognises).
+#[inline(never)]
+fn lods_op(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecResult {
+    string::string::<{ string::kind::LODS }>(cpu, op, bus)
+}
+
+#[inline(never)]
+fn stos_op(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecResult {
+    string::string::<{ string::kind::STOS }>(cpu, op, bus)
+}
+
+#[inline(never)]
+fn movs_op(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecResult {
+    string::string::<{ string::kind::MOVS }>(cpu, op, bus)
 }
 
 /// CALL rel32 inside a block that goes on with the callee's code (the block builder followed
@@ -506,6 +544,22 @@ pub(crate) fn specialise(ins: &Instruction, op: &mut Op) {
         ) if ins.op_kind(0) == OpKind::NearBranch32 => JCC32.get(op.aux as usize).copied(),
         (M::Call, _) if ins.op_kind(0) == OpKind::NearBranch32 => Some(call_rel32_op as Handler),
         (M::Nop | M::Pause | M::Endbr32 | M::Endbr64, _) => Some(nop_op as Handler),
+        (M::Cld, _) => Some(cld_op as Handler),
+        // Single string moves with 32-bit addressing (the REP forms keep their loop).
+        (M::Lodsb | M::Lodsw | M::Lodsd | M::Stosb | M::Stosw | M::Stosd, _)
+        | (M::Movsb | M::Movsw, _)
+            if op.prefix & (pfx::REP | pfx::REPNE) == 0 && op.asize == 4 =>
+        {
+            string1_for(ins.mnemonic())
+        }
+        (M::Movsd, _)
+            if ins.code() == iced_x86::Code::Movsd_m32_m32
+                && op.prefix & (pfx::REP | pfx::REPNE) == 0
+                && op.asize == 4 =>
+        {
+            Some(movs_op as Handler)
+        }
+        (M::Std, _) => Some(std_op as Handler),
         (M::Ret, _) if size == 4 => Some(ret32 as Handler),
         _ => None,
     };
@@ -562,6 +616,13 @@ pub(crate) enum FastForm {
     Ret32,
     /// NOP, PAUSE, ENDBR32/64 (`nop_op`).
     Nop,
+    /// CLD / STD (`cld_op` / `std_op`).
+    Cld,
+    Std,
+    /// LODS / STOS / MOVS without REP, 32-bit addressing (`lods_op`, `stos_op`, `movs_op`).
+    Lods,
+    Stos,
+    Movs,
     /// CALL rel32 (`call_rel32`), and the form the block goes on after (`call_rel32_sb`).
     Call32,
     Call32Sb,
@@ -643,6 +704,11 @@ pub(crate) fn fast_form(h: Handler) -> Option<FastForm> {
         t.push((ret32 as Handler as usize, FastForm::Ret32));
         t.push((call_rel32_op as Handler as usize, FastForm::Call32));
         t.push((nop_op as Handler as usize, FastForm::Nop));
+        t.push((cld_op as Handler as usize, FastForm::Cld));
+        t.push((std_op as Handler as usize, FastForm::Std));
+        t.push((lods_op as Handler as usize, FastForm::Lods));
+        t.push((stos_op as Handler as usize, FastForm::Stos));
+        t.push((movs_op as Handler as usize, FastForm::Movs));
         t.push((call_rel32_sb as Handler as usize, FastForm::Call32Sb));
         for h in JCC32 {
             t.push((h as usize, FastForm::Jcc32));

@@ -628,6 +628,23 @@ impl Compiler {
             {
                 self.pop32(i, op)
             }
+            // DF is not part of the lazy record: the handlers only flip the bit.
+            Some(FastForm::Cld) => {
+                let keep = !(flag::DF as i32);
+                asm!(self.a ; and QWORD [rbx + RFLAGS], keep)
+            }
+            Some(FastForm::Std) => {
+                let df = flag::DF as i32;
+                asm!(self.a ; or QWORD [rbx + RFLAGS], df)
+            }
+            Some(f @ (FastForm::Lods | FastForm::Stos | FastForm::Movs))
+                if !self.long && matches!(op.osize, 1 | 2 | 4) =>
+            {
+                self.string1(i, op, f)
+            }
+            None if !self.long && op.osize == 4 && is_handler(op, crate::exec::stack::leave) => {
+                self.leave32(i, op)
+            }
             None if (is_handler(op, crate::exec::moves::movzx)
                 || is_handler(op, crate::exec::moves::movsx))
                 && op.dst < 16
@@ -1220,6 +1237,102 @@ impl Compiler {
             ; mov QWORD [rbx + dst], rcx
             ; =>cont
         );
+    }
+
+    /// LEAVE with a 32-bit stack and operand (`stack::leave`): the load from SS:[EBP] comes
+    /// first, so a fault leaves ESP and EBP untouched; then ESP = EBP + 4 and EBP = the value.
+    fn leave32(&mut self, i: usize, op: &Op) {
+        let fb = self.a.new_dynamic_label();
+        let cont = self.a.new_dynamic_label();
+        self.fallbacks.push(Fallback {
+            label: fb,
+            index: i,
+            cont,
+            delta: self.delta,
+            rewind: self.delta + op.len as u64,
+        });
+        self.check_stack32(fb);
+        let mut slot = Self::stack_slot(op, 0);
+        slot.base = 5;
+        self.probe_to(&slot, 4, false, fb);
+        let (esp_off, ebp_off) = (reg(4), reg(5));
+        asm!(self.a
+            ; mov ecx, DWORD [rcx]
+            ; mov eax, DWORD [rbx + ebp_off]
+            ; add eax, 4
+            ; mov QWORD [rbx + esp_off], rax
+            ; mov QWORD [rbx + ebp_off], rcx
+            ; =>cont
+        );
+    }
+
+    /// One LODS/STOS/MOVS with 32-bit addressing (`string::string` without REP): both
+    /// accesses are probed before either is made (so a miss or fault on the destination
+    /// leaves nothing done), then ESI/EDI move by the size, down when DF is set.
+    fn string1(&mut self, i: usize, op: &Op, f: FastForm) {
+        let s = op.osize;
+        let fb = self.a.new_dynamic_label();
+        let cont = self.a.new_dynamic_label();
+        self.fallbacks.push(Fallback {
+            label: fb,
+            index: i,
+            cont,
+            delta: self.delta,
+            rewind: self.delta + op.len as u64,
+        });
+        let at = |seg: usize, r: u8| {
+            let mut m = Op::new(op.exec, op.len);
+            m.seg = seg as u8;
+            m.base = r;
+            m.asize = 4;
+            m
+        };
+        let (si_off, di_off) = (reg(6), reg(7));
+        if f != FastForm::Stos {
+            self.probe_to(&at(op.seg as usize, 6), s, false, fb);
+            match s {
+                1 => asm!(self.a ; movzx r9d, BYTE [rcx]),
+                2 => asm!(self.a ; movzx r9d, WORD [rcx]),
+                _ => asm!(self.a ; mov r9d, DWORD [rcx]),
+            }
+        }
+        if f != FastForm::Lods {
+            self.probe_to(&at(sreg::ES, 7), s, true, fb);
+            if f == FastForm::Stos {
+                let eax_off = reg(0);
+                asm!(self.a ; mov r9, QWORD [rbx + eax_off]);
+            }
+            match s {
+                1 => asm!(self.a ; mov BYTE [rcx], r9b),
+                2 => asm!(self.a ; mov WORD [rcx], r9w),
+                _ => asm!(self.a ; mov DWORD [rcx], r9d),
+            }
+        } else {
+            asm!(self.a ; mov rax, r9);
+            self.store_rax(s, 0);
+        }
+        let (size, df) = (s as i32, flag::DF as i32);
+        asm!(self.a
+            ; mov eax, size
+            ; mov edx, -size
+            ; test DWORD [rbx + RFLAGS], df
+            ; cmovnz eax, edx
+        );
+        if f != FastForm::Stos {
+            asm!(self.a
+                ; mov ecx, DWORD [rbx + si_off]
+                ; add ecx, eax
+                ; mov QWORD [rbx + si_off], rcx
+            );
+        }
+        if f != FastForm::Lods {
+            asm!(self.a
+                ; mov ecx, DWORD [rbx + di_off]
+                ; add ecx, eax
+                ; mov QWORD [rbx + di_off], rcx
+            );
+        }
+        asm!(self.a ; =>cont);
     }
 
     /// RAX = the low `s` bytes of register `r`.
