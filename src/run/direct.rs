@@ -10,7 +10,7 @@ use super::board::RamLayout;
 use devices::firmware::fw_cfg::{E820Entry, E820Kind};
 use translator::Cpu;
 use translator::state::Segment;
-use translator::state::{TableReg, attr, cr0, flag, reg, sreg};
+use translator::state::{TableReg, cr0, flag, reg, sreg};
 
 /// The GDT the kernel is entered with: null, null, then flat code at 0x10 and flat data at
 /// 0x18 (Linux's __BOOT_CS/__BOOT_DS; multiboot accepts any flat selectors).
@@ -119,12 +119,6 @@ impl DirectBoot {
             }
         }
 
-        let flat = |selector: u16, kind: u16| Segment {
-            selector,
-            base: 0,
-            limit: 0xFFFF_FFFF,
-            attr: attr::P | attr::S | attr::RW | attr::ACCESSED | attr::DB | attr::G | kind,
-        };
         cpu.regs = [0; 16];
         cpu.regs[reg::RAX] = u64::from(self.eax);
         cpu.regs[reg::RBX] = u64::from(self.ebx);
@@ -132,9 +126,9 @@ impl DirectBoot {
         cpu.regs[reg::RSP] = u64::from(self.esp);
         for (i, s) in cpu.segs.iter_mut().enumerate() {
             *s = if i == sreg::CS {
-                flat(BOOT_CS, attr::CODE)
+                Segment::flat32(BOOT_CS, true)
             } else {
-                flat(BOOT_DS, 0)
+                Segment::flat32(BOOT_DS, false)
             };
         }
         cpu.gdtr = TableReg {

@@ -5,7 +5,7 @@
 
 use iced_x86::code_asm::*;
 use std::time::Instant;
-use translator::state::{Segment, attr, cr0};
+use translator::state::{Segment, cr0};
 use translator::{Cpu, NullBus, PhysMem, RunExit};
 
 fn flat32(code: &[u8]) -> Cpu {
@@ -14,17 +14,7 @@ fn flat32(code: &[u8]) -> Cpu {
     let mut cpu = Cpu::new(mem);
     cpu.cr0 |= cr0::PE;
     for s in 0..6 {
-        cpu.segs[s] = Segment {
-            selector: if s == 1 { 8 } else { 0x10 },
-            base: 0,
-            limit: 0xFFFF_FFFF,
-            attr: attr::P
-                | attr::S
-                | attr::RW
-                | attr::DB
-                | attr::G
-                | if s == 1 { attr::CODE } else { 0 },
-        };
+        cpu.segs[s] = Segment::flat32(if s == 1 { 8 } else { 0x10 }, s == 1);
     }
     cpu.rip = 0x1000;
     cpu.regs[4] = 0x80000;

@@ -116,6 +116,24 @@ pub struct Segment {
 }
 
 impl Segment {
+    /// A flat 4 GiB 32-bit segment as a loaded descriptor leaves it in the cache (present,
+    /// accessed, read/write data or execute/read code): what boot loaders and test harnesses
+    /// set up to enter protected mode directly.
+    pub fn flat32(selector: u16, code: bool) -> Self {
+        Segment {
+            selector,
+            base: 0,
+            limit: 0xFFFF_FFFF,
+            attr: attr::P
+                | attr::S
+                | attr::RW
+                | attr::ACCESSED
+                | attr::DB
+                | attr::G
+                | if code { attr::CODE } else { 0 },
+        }
+    }
+
     /// A real-mode style segment: base = selector × 16, 64 KiB limit.
     pub fn real(selector: u16, code: bool) -> Self {
         Segment {

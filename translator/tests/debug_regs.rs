@@ -64,7 +64,7 @@ fn machine_with(
     main: impl FnOnce(&mut CodeAssembler) -> Result<Vec<CodeLabel>, IcedError>,
     sub: Option<&Emit>,
 ) -> (Cpu, TestBus, Vec<u32>) {
-    use translator::state::{Segment, TableReg, attr, cr0, sreg};
+    use translator::state::{Segment, TableReg, cr0, sreg};
     let mut mem = PhysMem::new(4 << 20);
     let gdt: [u64; 3] = [0, 0x00CF_9A00_0000_FFFF, 0x00CF_9200_0000_FFFF];
     for (i, d) in gdt.iter().enumerate() {
@@ -112,18 +112,7 @@ fn machine_with(
     put(&mut mem, DB_HANDLER, &h.assemble(DB_HANDLER).unwrap());
 
     let mut cpu = Cpu::new(mem);
-    let flat = |sel: u16, code: bool| Segment {
-        selector: sel,
-        base: 0,
-        limit: 0xFFFF_FFFF,
-        attr: attr::P
-            | attr::S
-            | attr::RW
-            | attr::ACCESSED
-            | attr::DB
-            | attr::G
-            | if code { attr::CODE } else { 0 },
-    };
+    let flat = Segment::flat32;
     cpu.segs[sreg::CS] = flat(0x08, true);
     for s in [sreg::SS, sreg::DS, sreg::ES, sreg::FS, sreg::GS] {
         cpu.segs[s] = flat(0x10, false);

@@ -52,17 +52,7 @@ fn machine(code: &[u8], regs: &[u64; 8], data: &[u8], mode: JitMode, limit: Opti
     cpu.jit.threshold = 3;
     cpu.cr0 |= cr0::PE;
     for s in 0..6 {
-        cpu.segs[s] = Segment {
-            selector: if s == sreg::CS { 8 } else { 0x10 },
-            base: 0,
-            limit: 0xFFFF_FFFF,
-            attr: attr::P
-                | attr::S
-                | attr::RW
-                | attr::DB
-                | attr::G
-                | if s == sreg::CS { attr::CODE } else { 0 },
-        };
+        cpu.segs[s] = Segment::flat32(if s == sreg::CS { 8 } else { 0x10 }, s == sreg::CS);
     }
     // FS (only used by segment-override forms) is offset, so reading through the wrong
     // segment shows.

@@ -498,17 +498,7 @@ mod tests {
         let mut cpu = Cpu::new(mem);
         cpu.cr0 |= cr0::PE;
         for s in 0..6 {
-            cpu.segs[s] = Segment {
-                selector: if s == sreg::CS { 8 } else { 0x10 },
-                base: 0,
-                limit: 0xFFFF_FFFF,
-                attr: attr::P
-                    | attr::S
-                    | attr::RW
-                    | attr::DB
-                    | attr::G
-                    | if s == sreg::CS { attr::CODE } else { 0 },
-            };
+            cpu.segs[s] = Segment::flat32(if s == sreg::CS { 8 } else { 0x10 }, s == sreg::CS);
         }
         cpu.idtr.limit = 0;
         cpu.rip = 0x1000;

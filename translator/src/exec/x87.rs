@@ -1416,7 +1416,7 @@ mod tests {
     use crate::Cpu;
     use crate::bus::{NullBus, PhysMem};
     use crate::exception::vector;
-    use crate::state::{Segment, attr, cr0, sreg};
+    use crate::state::{Segment, cr0, sreg};
     use iced_x86::code_asm::*;
 
     /// 32-bit flat protected mode with no IDT (an exception ends in shutdown; `last_fault`
@@ -1431,17 +1431,7 @@ mod tests {
         let mut cpu = Cpu::new(mem);
         cpu.cr0 |= cr0::PE | cr0_extra;
         for s in 0..6 {
-            cpu.segs[s] = Segment {
-                selector: if s == sreg::CS { 8 } else { 0x10 },
-                base: 0,
-                limit: 0xFFFF_FFFF,
-                attr: attr::P
-                    | attr::S
-                    | attr::RW
-                    | attr::DB
-                    | attr::G
-                    | if s == sreg::CS { attr::CODE } else { 0 },
-            };
+            cpu.segs[s] = Segment::flat32(if s == sreg::CS { 8 } else { 0x10 }, s == sreg::CS);
         }
         cpu.idtr.limit = 0;
         cpu.rip = 0x1000;
