@@ -6,23 +6,10 @@
 mod tier;
 
 use iced_x86::code_asm::*;
-use translator::{Cpu, CpuBus, PhysMem, RunExit};
+use translator::{Cpu, PhysMem, RunExit};
 
-#[derive(Default)]
-struct TestBus {
-    out: Vec<u32>,
-}
-
-impl CpuBus for TestBus {
-    fn io_read(&mut self, _port: u16, _size: u8) -> u32 {
-        u32::MAX
-    }
-    fn io_write(&mut self, port: u16, _size: u8, value: u32) {
-        if port == 0xE9 {
-            self.out.push(value);
-        }
-    }
-}
+mod e9_bus;
+use e9_bus::TestBus;
 
 const GDT: u64 = 0x500;
 const GDTR: u64 = 0x4F0;
