@@ -742,9 +742,14 @@ pub fn run(o: &Options) -> Result<i32> {
             }
             if let Some(d) = display.as_mut() {
                 // A lone Escape: no sequence followed it within a poll.
-                if events.is_empty() {
+                let strokes = if events.is_empty() {
+                    keys.flush()
+                } else {
+                    Vec::new()
+                };
+                if !strokes.is_empty() {
                     let mut kbc = board.pc.i8042.lock().unwrap_or_else(|e| e.into_inner());
-                    for stroke in keys.flush() {
+                    for stroke in strokes {
                         for (key, pressed) in stroke.events() {
                             kbc.key_event(key, pressed);
                         }
