@@ -764,6 +764,16 @@ pub fn run(o: &Options) -> Result<i32> {
             }
         }
     };
+    if let Ok(path) = std::env::var("VIREO_JIT_DUMP")
+        && let Some((base, code)) = cpu.jit.code_snapshot()
+    {
+        // For docs/performance.md's profile of emitted code: `perf script` addresses minus
+        // `base` index into this file.
+        match std::fs::write(&path, code) {
+            Ok(()) => log::warn!("jit: code cache ({} bytes at {base:#x}) written to {path}", code.len()),
+            Err(e) => log::warn!("jit: VIREO_JIT_DUMP {path}: {e}"),
+        }
+    }
     let jit = cpu.jit.stats;
     log::info!(
         "CPU: {} instructions; JIT ({:?}): {} blocks compiled ({} ops inline, {} called), {} runs of compiled blocks, {} code-cache flushes",

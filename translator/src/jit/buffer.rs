@@ -73,6 +73,13 @@ impl CodeBuffer {
         self.used
     }
 
+    /// The bytes compiled so far in this generation (for profiling tools).
+    pub fn contents(&self) -> &[u8] {
+        // SAFETY: [0, used) lies inside our mapping, which is always readable; it is only
+        // written through `&mut self`, so not while this borrow lives.
+        unsafe { std::slice::from_raw_parts(self.base.as_ptr(), self.used) }
+    }
+
     /// Host address of offset `off` (for the entry call and for position-dependent code).
     pub fn addr(&self, off: usize) -> usize {
         self.base.as_ptr() as usize + off

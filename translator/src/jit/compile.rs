@@ -6,8 +6,8 @@
 //! `*mut Ctx`; RAX, RCX, RDX are scratch. Guest state stays in the `Cpu` (no register
 //! caching yet), so a handler call needs no spilling.
 //!
-//! A block is entered with the number of ops the budget allows (R13); it stops before op
-//! R13 with [`ST_STOP`] when that is less than the block's length. A chainable block's end
+//! A block is entered with the number of ops the budget allows (R13); it stops before its
+//! first op with [`ST_STOP`] when that is less than the block's length. A chainable block's end
 //! may jump into a compiled successor's body instead of returning (see `Compiler::chain`).
 //!
 //! RIP: inline ops do not read it, so their lengths are summed at compile time (`delta`) and
@@ -170,11 +170,44 @@ struct Compiler {
     /// Out-of-line handler calls for inline ops that left their fast path: (label, op index,
     /// label to continue at).
     fallbacks: Vec<Fallback>,
-    /// Budget stops before op `i` with `delta` RIP bytes pending: (label, i, delta).
-    stops: Vec<(DynamicLabel, usize, u64)>,
     counts: Counts,
     /// Inline ops that end the block like a handler setting `block_break`: (label, op index).
     breaks: Vec<(DynamicLabel, usize)>,
+    /// The op being emitted writes flags nothing will read: skip its record (`dead_flags`).
+    dead: bool,
+    /// What the op just emitted does to the pending flags, for the liveness pass.
+    effect: Effect,
+}
+
+/// An inline op's effect on the flags, as far as it can be seen without leaving compiled
+/// code (an op that may leave it — a handler call, a fallback, a fault — reads them all).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Effect {
+    /// May read them (the default: anything not known to do less).
+    Read,
+    /// Replaces all six arithmetic flags without reading them.
+    Kill,
+    /// Leaves some or all as they were (MOV, LEA, INC/DEC, rotates, shifts by CL...).
+    Pass,
+}
+
+/// Which ops' flag results are dead: overwritten by a later op of the block before anything
+/// could read them. Nothing leaves compiled code between ops but handler calls, fallbacks and
+/// faults (`exits`), where the flags must be exact, and the block end, where the successor
+/// may read them; in between, an op that replaces all six flags kills the earlier ones.
+fn dead_flags(effects: &[(Effect, bool)]) -> Vec<bool> {
+    let mut dead = vec![false; effects.len()];
+    let mut live = true;
+    for (i, &(effect, exits)) in effects.iter().enumerate().rev() {
+        dead[i] = !live;
+        live = exits
+            || match effect {
+                Effect::Read => true,
+                Effect::Kill => false,
+                Effect::Pass => live,
+            };
+    }
+    dead
 }
 
 /// Compile `ops` (a block decoded for `bitness`-bit code, RIP mask `ip_mask`). `links`: the
@@ -187,6 +220,21 @@ pub(crate) fn compile(
     ip_mask: u64,
     links: Option<(usize, usize)>,
 ) -> Result<Compiled, dynasmrt::DynasmError> {
+    // The first pass finds out what each op does to the flags and where code may leave;
+    // the second skips the flag records nothing reads.
+    let (_, effects) = emit(ops, bitness, ip_mask, links, &[])?;
+    let dead = dead_flags(&effects);
+    Ok(emit(ops, bitness, ip_mask, links, &dead)?.0)
+}
+
+fn emit(
+    ops: &[Op],
+    bitness: u32,
+    ip_mask: u64,
+    links: Option<(usize, usize)>,
+    dead: &[bool],
+) -> Result<(Compiled, Vec<(Effect, bool)>), dynasmrt::DynasmError> {
+    let mut effects = Vec::with_capacity(ops.len());
     let mut a = VecAssembler::<X64Relocation>::new(0);
     let out = a.new_dynamic_label();
     let mut c = Compiler {
@@ -197,9 +245,10 @@ pub(crate) fn compile(
         flags: Producer::Unknown,
         exits: Vec::new(),
         fallbacks: Vec::new(),
-        stops: Vec::new(),
         counts: Counts::default(),
         breaks: Vec::new(),
+        dead: false,
+        effect: Effect::Read,
     };
     // Three pushes after the return address keep RSP 16-byte aligned at our calls.
     asm!(c.a
@@ -211,23 +260,27 @@ pub(crate) fn compile(
         ; mov r13, rdx
     );
     let body = c.a.offset().0;
+    // The budget is checked once, here, where links enter too: a block runs whole or not at
+    // all (the dispatcher runs a block the budget cuts short in tier 0), so no op needs a
+    // stop of its own and nothing but a fault or a handler leaves the block between ops.
+    let stop = c.a.new_dynamic_label();
+    let n = ops.len() as i32;
+    asm!(c.a
+        ; cmp r13, n
+        ; jb =>stop
+    );
     for (i, op) in ops.iter().enumerate() {
-        if i > 0 {
-            // The dispatcher's budget may end the block early (R13 = ops to run).
-            let stop = c.a.new_dynamic_label();
-            c.stops.push((stop, i, c.delta));
-            let n = i as i32;
-            asm!(c.a
-                ; cmp r13, n
-                ; jbe =>stop
-            );
-        }
+        c.dead = dead.get(i).copied().unwrap_or(false);
+        c.effect = Effect::Read;
+        let exits = c.exits.len() + c.fallbacks.len() + c.breaks.len();
         if !c.inline(i, op) {
             c.call(i, op);
             c.counts.called += 1;
         } else {
             c.counts.inline += 1;
         }
+        let left = c.exits.len() + c.fallbacks.len() + c.breaks.len() != exits;
+        effects.push((c.effect, left));
     }
     c.flush_rip();
     if let Some((links, ib)) = links {
@@ -252,17 +305,13 @@ pub(crate) fn compile(
         let cont = f.cont;
         asm!(c.a ; jmp =>cont);
     }
-    for (l, i, delta) in std::mem::take(&mut c.stops) {
-        asm!(c.a ; =>l);
-        c.delta = delta;
-        c.flush_rip();
-        let (n, st) = (i as i32, ST_STOP as i32);
-        asm!(c.a
-            ; mov edx, n
-            ; mov eax, st
-            ; jmp =>out
-        );
-    }
+    let st = ST_STOP as i32;
+    asm!(c.a
+        ; =>stop
+        ; xor edx, edx
+        ; mov eax, st
+        ; jmp =>out
+    );
     for (l, i) in std::mem::take(&mut c.breaks) {
         let (n, st) = (i as i32, ST_BREAK as i32);
         asm!(c.a
@@ -293,11 +342,12 @@ pub(crate) fn compile(
     );
     debug_assert_eq!(ST_OK, 0);
     let counts = c.counts;
-    Ok(Compiled {
+    let code = Compiled {
         code: c.a.finalize()?,
         counts,
         body,
-    })
+    };
+    Ok((code, effects))
 }
 
 /// Host address of an `extern "sysv64"` helper, as an immediate.
@@ -456,19 +506,21 @@ impl Compiler {
     /// Emit op `i` inline if it is a form we compile; false to have it called.
     fn inline(&mut self, i: usize, op: &Op) -> bool {
         let form = fast_form(op.exec);
-        let len = op.len as u64;
         match form {
             Some(FastForm::MovRR(s)) => {
+                self.effect = Effect::Pass;
                 self.load(s, op.src);
                 self.store_rax(s, op.dst);
             }
             Some(FastForm::MovRI(s)) => {
+                self.effect = Effect::Pass;
                 let m = crate::flags::size_mask(s);
                 let v = (op.imm & m) as i64;
                 asm!(self.a ; mov rax, QWORD v);
                 self.store_rax(s, op.dst);
             }
             Some(FastForm::AluRR { k, s }) => {
+                self.effect = Effect::Kill;
                 self.load(s, op.dst);
                 let src = reg(op.src);
                 asm!(self.a ; mov rcx, QWORD [rbx + src]);
@@ -476,6 +528,7 @@ impl Compiler {
                 self.alu(k, s, Some(op.dst));
             }
             Some(FastForm::AluRI { k, s }) => {
+                self.effect = Effect::Kill;
                 self.load(s, op.dst);
                 let m = crate::flags::size_mask(s);
                 let v = (op.imm & m) as i64;
@@ -484,7 +537,10 @@ impl Compiler {
             }
             Some(FastForm::Inc(s)) | Some(FastForm::Dec(s)) => {
                 let inc = matches!(form, Some(FastForm::Inc(_)));
-                self.fold_cf();
+                self.effect = Effect::Pass;
+                if !self.dead {
+                    self.fold_cf();
+                }
                 self.load(s, op.dst);
                 if inc {
                     asm!(self.a ; lea rdx, [rax + 1]);
@@ -493,6 +549,10 @@ impl Compiler {
                 }
                 mask(&mut self.a, s, Reg::Rdx);
                 self.store_rdx(s, op.dst);
+                if self.dead {
+                    self.flags = Producer::Unknown;
+                    return self.advance(op, form);
+                }
                 let fop = if inc { FlagOp::Inc } else { FlagOp::Dec };
                 let (fb, sb) = (fop as u8 as i8, s as i8);
                 asm!(self.a
@@ -505,6 +565,7 @@ impl Compiler {
                 self.flags = Producer::Known(fop, s);
             }
             Some(FastForm::Lea(s)) if op.base != loc::RIP => {
+                self.effect = Effect::Pass;
                 let disp = op.disp as i64;
                 asm!(self.a ; mov rax, QWORD disp);
                 if op.base != loc::NO_REG {
@@ -630,10 +691,12 @@ impl Compiler {
             }
             // DF is not part of the lazy record: the handlers only flip the bit.
             Some(FastForm::Cld) => {
+                self.effect = Effect::Pass;
                 let keep = !(flag::DF as i32);
                 asm!(self.a ; and QWORD [rbx + RFLAGS], keep)
             }
             Some(FastForm::Std) => {
+                self.effect = Effect::Pass;
                 let df = flag::DF as i32;
                 asm!(self.a ; or QWORD [rbx + RFLAGS], df)
             }
@@ -652,6 +715,7 @@ impl Compiler {
                 && (op.src < 20 || (op.src == loc::MEM && mem_inlinable(op))) =>
             {
                 let signed = is_handler(op, crate::exec::moves::movsx);
+                self.effect = Effect::Pass;
                 self.movx(i, op, signed)
             }
             None if is_handler(op, crate::exec::arith::imul_n)
@@ -659,6 +723,7 @@ impl Compiler {
                 && matches!(op.osize, 2 | 4 | 8)
                 && (op.src < 16 || (op.src == loc::MEM && mem_inlinable(op))) =>
             {
+                self.effect = Effect::Kill;
                 self.imul(i, op)
             }
             None if is_handler(op, crate::exec::moves::setcc) && op.dst < 20 => self.setcc(op),
@@ -681,21 +746,27 @@ impl Compiler {
                 && op.dst < 16
                 && (op.src == loc::IMM || op.src == 1) =>
             {
+                self.effect = Effect::Pass;
                 self.rotate(op, is_handler(op, shift::<{ sk::ROR }>))
             }
             None if op.dst < 16 && op.src == 1 && shift_kind(op).is_some() => {
+                self.effect = Effect::Pass;
                 self.shift_cl(i, shift_kind(op).unwrap_or(sk::SHL), op)
             }
             None if is_handler(op, crate::exec::logic::not) && unary_inlinable(op) => {
+                self.effect = Effect::Pass;
                 self.not(i, op)
             }
             None if is_handler(op, crate::exec::arith::neg) && unary_inlinable(op) => {
+                self.effect = Effect::Kill;
                 self.unary_arith(i, op, FlagOp::Sub)
             }
             None if is_handler(op, crate::exec::arith::inc) && unary_inlinable(op) => {
+                self.effect = Effect::Pass;
                 self.unary_arith(i, op, FlagOp::Inc)
             }
             None if is_handler(op, crate::exec::arith::dec) && unary_inlinable(op) => {
+                self.effect = Effect::Pass;
                 self.unary_arith(i, op, FlagOp::Dec)
             }
             None if (is_handler(op, crate::exec::arith::mul1)
@@ -703,14 +774,17 @@ impl Compiler {
                 && op.osize != 1
                 && unary_inlinable(op) =>
             {
+                self.effect = Effect::Kill;
                 self.mul1(i, op, is_handler(op, crate::exec::arith::imul1))
             }
             // Nothing at all in tier 0 either.
-            Some(FastForm::Nop) => {}
+            Some(FastForm::Nop) => self.effect = Effect::Pass,
             None if is_handler(op, crate::exec::arith::cbw) && matches!(op.osize, 2 | 4 | 8) => {
+                self.effect = Effect::Pass;
                 self.cbw_cwd(op, false)
             }
             None if is_handler(op, crate::exec::arith::cwd) && matches!(op.osize, 2 | 4 | 8) => {
+                self.effect = Effect::Pass;
                 self.cbw_cwd(op, true)
             }
             None if (is_handler(op, crate::exec::arith::div1)
@@ -751,12 +825,17 @@ impl Compiler {
             }
             _ => return false,
         }
+        self.advance(op, form)
+    }
+
+    /// Count an inline op's length into the pending RIP advance (branches write RIP).
+    fn advance(&mut self, op: &Op, form: Option<FastForm>) -> bool {
         if !matches!(
             form,
             Some(FastForm::Jcc32 | FastForm::Ret32 | FastForm::Call32 | FastForm::Call32Sb)
         ) && !is_branch(op)
         {
-            self.delta += len;
+            self.delta += op.len as u64;
         }
         true
     }
@@ -867,8 +946,10 @@ impl Compiler {
         let cnt = (op.imm as u32) & if s == 8 { 0x3F } else { 0x1F };
         if cnt == 0 {
             // No operation at all (not even the flags).
+            self.effect = Effect::Pass;
             return;
         }
+        self.effect = Effect::Kill;
         let o = reg(op.dst);
         let c = cnt as i8;
         asm!(self.a ; mov rcx, QWORD [rbx + o]);
@@ -885,6 +966,16 @@ impl Compiler {
             (_, 2) => asm!(self.a ; shl cx, c),
             (_, 4) => asm!(self.a ; shl ecx, c),
             (_, _) => asm!(self.a ; shl rcx, c),
+        }
+        if self.dead {
+            mask(&mut self.a, s, Reg::Rcx);
+            match s {
+                1 => asm!(self.a ; mov BYTE [rbx + o], cl),
+                2 => asm!(self.a ; mov WORD [rbx + o], cx),
+                _ => asm!(self.a ; mov QWORD [rbx + o], rcx),
+            }
+            self.flags = Producer::Unknown;
+            return;
         }
         let szpc = (flag::SF | flag::ZF | flag::PF | flag::CF) as i32;
         asm!(self.a
@@ -1118,11 +1209,36 @@ impl Compiler {
             let o = reg(op.dst);
             asm!(self.a ; mov rax, QWORD [rbx + o]);
         }
-        match s {
-            2 => asm!(self.a ; imul cx, ax ; seto r8b ; test cx, cx),
-            4 => asm!(self.a ; imul ecx, eax ; seto r8b ; test ecx, ecx),
-            _ => asm!(self.a ; imul rcx, rax ; seto r8b ; test rcx, rcx),
+        match (s, self.dead) {
+            (2, true) => asm!(self.a ; imul cx, ax),
+            (4, true) => asm!(self.a ; imul ecx, eax),
+            (_, true) => asm!(self.a ; imul rcx, rax),
+            (2, false) => asm!(self.a ; imul cx, ax ; seto r8b ; test cx, cx),
+            (4, false) => asm!(self.a ; imul ecx, eax ; seto r8b ; test ecx, ecx),
+            (_, false) => asm!(self.a ; imul rcx, rax ; seto r8b ; test rcx, rcx),
         }
+        if !self.dead {
+            self.imul_flags();
+        }
+        mask(&mut self.a, s, Reg::Rcx);
+        let d = reg(op.dst);
+        match s {
+            2 => asm!(self.a ; mov WORD [rbx + d], cx),
+            _ => asm!(self.a ; mov QWORD [rbx + d], rcx),
+        }
+        if let Some(cont) = cont {
+            asm!(self.a ; =>cont);
+        }
+        self.flags = if self.dead {
+            Producer::Unknown
+        } else {
+            Producer::Known(FlagOp::None, s)
+        };
+    }
+
+    /// The eager flags of a multiply, from the host's: R8B = its OF (= CF), the host SF, ZF,
+    /// PF from a TEST of the low half; AF 0.
+    fn imul_flags(&mut self) {
         let szp = (flag::SF | flag::ZF | flag::PF) as i32;
         let cfof = (flag::CF | flag::OF) as i32;
         let keep = !flag::ARITH as i32;
@@ -1141,16 +1257,6 @@ impl Compiler {
             ; mov QWORD [rbx + RFLAGS], rax
             ; mov BYTE [rbx + L_OP], none
         );
-        mask(&mut self.a, s, Reg::Rcx);
-        let d = reg(op.dst);
-        match s {
-            2 => asm!(self.a ; mov WORD [rbx + d], cx),
-            _ => asm!(self.a ; mov QWORD [rbx + d], rcx),
-        }
-        if let Some(cont) = cont {
-            asm!(self.a ; =>cont);
-        }
-        self.flags = Producer::Known(FlagOp::None, s);
     }
 
     /// Jump to `fb` unless the stack is 32-bit outside long mode (CR0.PE and SS.B; long mode
@@ -1390,21 +1496,27 @@ impl Compiler {
             }
         };
         mask(&mut self.a, s, Reg::Rdx);
-        let (fb, sb) = (fop as u8 as i8, s as i8);
-        asm!(self.a
-            ; mov QWORD [rbx + L_A], rax
-            ; mov QWORD [rbx + L_B], rcx
-            ; mov QWORD [rbx + L_RES], rdx
-            ; mov BYTE [rbx + L_OP], fb
-            ; mov BYTE [rbx + L_SIZE], sb
-        );
+        if !self.dead {
+            let (fb, sb) = (fop as u8 as i8, s as i8);
+            asm!(self.a
+                ; mov QWORD [rbx + L_A], rax
+                ; mov QWORD [rbx + L_B], rcx
+                ; mov QWORD [rbx + L_RES], rdx
+                ; mov BYTE [rbx + L_OP], fb
+                ; mov BYTE [rbx + L_SIZE], sb
+            );
+        }
         if let Some(dst) = dst
             && k != kind::CMP
             && k != kind::TEST
         {
             self.store_rdx(s, dst);
         }
-        self.flags = Producer::Known(fop, s);
+        self.flags = if self.dead {
+            Producer::Unknown
+        } else {
+            Producer::Known(fop, s)
+        };
     }
 
     /// INC/DEC keep CF: fold the pending producer's CF into RFLAGS first (`Cpu::set_lazy`).
@@ -1849,7 +1961,9 @@ impl Compiler {
             return;
         }
         // Materialising first is invisible and leaves the flags eager on both paths.
-        self.materialise();
+        if !self.dead {
+            self.materialise();
+        }
         let skip = self.a.new_dynamic_label();
         if op.src == loc::IMM {
             let c = ((op.imm as u32) & cmask) as i8;
@@ -1878,6 +1992,11 @@ impl Compiler {
             1 => asm!(self.a ; mov BYTE [rbx + o], al),
             2 => asm!(self.a ; mov WORD [rbx + o], ax),
             _ => asm!(self.a ; mov QWORD [rbx + o], rax),
+        }
+        if self.dead {
+            asm!(self.a ; =>skip);
+            self.flags = Producer::Unknown;
+            return;
         }
         // RDX = CF | OF << 11.
         let msb = (s as u32 * 8 - 1) as i8;
@@ -1923,13 +2042,16 @@ impl Compiler {
         let cmask = if s == 8 { 0x3F } else { 0x1F };
         let fb = self.a.new_dynamic_label();
         let cont = self.a.new_dynamic_label();
-        self.fallbacks.push(Fallback {
-            label: fb,
-            index: i,
-            cont,
-            delta: self.delta,
-            rewind: self.delta + op.len as u64,
-        });
+        if s < 4 {
+            // Only 8/16-bit counts of the width or more leave the inline path.
+            self.fallbacks.push(Fallback {
+                label: fb,
+                index: i,
+                cont,
+                delta: self.delta,
+                rewind: self.delta + op.len as u64,
+            });
+        }
         let (cl_off, o) = (reg(1), reg(op.dst));
         asm!(self.a
             ; movzx ecx, BYTE [rbx + cl_off]
@@ -1953,6 +2075,17 @@ impl Compiler {
             (_, 2) => asm!(self.a ; shl ax, cl),
             (_, 4) => asm!(self.a ; shl eax, cl),
             (_, _) => asm!(self.a ; shl rax, cl),
+        }
+        if self.dead {
+            match s {
+                1 => asm!(self.a ; mov BYTE [rbx + o], al),
+                2 => asm!(self.a ; mov WORD [rbx + o], ax),
+                4 => asm!(self.a ; mov eax, eax ; mov QWORD [rbx + o], rax),
+                _ => asm!(self.a ; mov QWORD [rbx + o], rax),
+            }
+            asm!(self.a ; =>cont);
+            self.flags = Producer::Unknown;
+            return;
         }
         // The host count is below the width: CF, PF, ZF, SF are the x86 ones.
         let szpc = (flag::SF | flag::ZF | flag::PF | flag::CF) as i32;
@@ -2046,7 +2179,7 @@ impl Compiler {
     /// fold the pending CF into RFLAGS first (`Cpu::set_lazy`) and record `Inc`/`Dec`.
     fn unary_arith(&mut self, i: usize, op: &Op, fop: FlagOp) {
         let s = op.osize;
-        if fop != FlagOp::Sub {
+        if fop != FlagOp::Sub && !self.dead {
             self.fold_cf();
         }
         let cont = self.rm_load(i, op, s);
@@ -2062,18 +2195,24 @@ impl Compiler {
         }
         mask(&mut self.a, s, Reg::Rdx);
         self.rm_store_rdx(op, s);
-        let (fb, sb) = (fop as u8 as i8, s as i8);
-        asm!(self.a
-            ; mov QWORD [rbx + L_A], rax
-            ; mov QWORD [rbx + L_B], rcx
-            ; mov QWORD [rbx + L_RES], rdx
-            ; mov BYTE [rbx + L_OP], fb
-            ; mov BYTE [rbx + L_SIZE], sb
-        );
+        if !self.dead {
+            let (fb, sb) = (fop as u8 as i8, s as i8);
+            asm!(self.a
+                ; mov QWORD [rbx + L_A], rax
+                ; mov QWORD [rbx + L_B], rcx
+                ; mov QWORD [rbx + L_RES], rdx
+                ; mov BYTE [rbx + L_OP], fb
+                ; mov BYTE [rbx + L_SIZE], sb
+            );
+        }
         if let Some(c) = cont {
             asm!(self.a ; =>c);
         }
-        self.flags = Producer::Known(fop, s);
+        self.flags = if self.dead {
+            Producer::Unknown
+        } else {
+            Producer::Known(fop, s)
+        };
     }
 
     /// One-operand MUL/IMUL of 16/32/64 bits (`arith::mul1`/`imul1`): rDX:rAX = rAX * src
@@ -2121,28 +2260,17 @@ impl Compiler {
                 ; test rax, rax
             ),
         }
-        let szp = (flag::SF | flag::ZF | flag::PF) as i32;
-        let cfof = (flag::CF | flag::OF) as i32;
-        let keep = !flag::ARITH as i32;
-        let none = FlagOp::None as u8 as i8;
-        asm!(self.a
-            ; lahf
-            ; movzx edx, ah
-            ; and edx, szp
-            ; movzx r8d, r8b
-            ; neg r8d
-            ; and r8d, cfof
-            ; or edx, r8d
-            ; mov rax, QWORD [rbx + RFLAGS]
-            ; and rax, keep
-            ; or rax, rdx
-            ; mov QWORD [rbx + RFLAGS], rax
-            ; mov BYTE [rbx + L_OP], none
-        );
+        if !self.dead {
+            self.imul_flags();
+        }
         if let Some(c) = cont {
             asm!(self.a ; =>c);
         }
-        self.flags = Producer::Known(FlagOp::None, s);
+        self.flags = if self.dead {
+            Producer::Unknown
+        } else {
+            Producer::Known(FlagOp::None, s)
+        };
     }
 }
 

@@ -194,6 +194,12 @@ impl Jit {
         self.buf.as_ref().map_or(0, |b| b.used())
     }
 
+    /// The code cache's host address and the bytes compiled since its last flush, for
+    /// matching a profiler's samples to emitted instructions (`VIREO_JIT_DUMP` in `vireo run`).
+    pub fn code_snapshot(&self) -> Option<(usize, &[u8])> {
+        self.buf.as_ref().map(|b| (b.addr(0), b.contents()))
+    }
+
     /// Compile `block` into the code cache, flushing it when full.
     fn compile(&mut self, block: &Block) -> Option<Compiled> {
         let ib = self.ib.get_or_insert_with(IbTable::new).addr();
@@ -271,7 +277,8 @@ pub(crate) fn run_block(
     from: Option<&Block>,
     budget: u64,
 ) -> Option<(Outcome, Option<Rc<Block>>)> {
-    if cpu.jit.mode == JitMode::Off {
+    // Compiled code runs whole blocks: tier 0 runs the one the budget cuts short.
+    if cpu.jit.mode == JitMode::Off || budget < block.ops.len() as u64 {
         return None;
     }
     let code = match block.jit.get() {
