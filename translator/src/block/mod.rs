@@ -42,6 +42,9 @@ pub struct Block {
     pub(crate) hits: Cell<u32>,
     /// The block's tier-1 code; dropped when the block leaves the cache.
     pub(crate) jit: Cell<Option<crate::jit::Compiled>>,
+    /// Tier 1 found a data segment it could not assume flat here: compile this block with
+    /// the segment checks at every access.
+    pub(crate) jit_checked: Cell<bool>,
     /// Tier 1's direct links to compiled successors; the compiled code reads them in place
     /// (the `Rc` keeps this address fixed).
     pub(crate) jit_links: crate::jit::ChainLinks,
@@ -75,6 +78,7 @@ impl Block {
             links: RefCell::new([None, None]),
             hits: Cell::new(0),
             jit: Cell::new(None),
+            jit_checked: Cell::new(false),
             jit_links: crate::jit::ChainLinks::default(),
         }
     }

@@ -20,7 +20,7 @@
 //! logic ops, ADD, INC/DEC with CF loaded from RFLAGS) and branches with the host's own
 //! condition code; otherwise it calls `Cpu::cond`.
 
-use super::trampoline::{self, Ctx, ST_BREAK, ST_OK, ST_STOP};
+use super::trampoline::{self, Ctx, ST_BREAK, ST_DEOPT, ST_OK, ST_STOP};
 use crate::Cpu;
 use crate::decode::op::{Op, loc};
 use crate::exec::arith::kind;
@@ -71,6 +71,16 @@ const CTX_BLOCK: i32 = off32(offset_of!(Ctx<'static>, block));
 const CTX_MEM: i32 = off32(offset_of!(Ctx<'static>, mem));
 const CTX_FAST_R: i32 = off32(offset_of!(Ctx<'static>, fast_r));
 const CTX_FAST_W: i32 = off32(offset_of!(Ctx<'static>, fast_w));
+
+/// (offset of the segment's attributes, the attribute bits a fast data access needs, the
+/// mask they are compared under).
+fn seg_kind(seg: usize) -> (i32, i32, i32) {
+    (
+        seg_field(seg, SEG_ATTR),
+        (attr::P | attr::RW) as i32,
+        (attr::P | attr::CODE | attr::DC | attr::RW) as i32,
+    )
+}
 
 fn seg_field(seg: usize, field: usize) -> i32 {
     off32(offset_of!(Cpu, segs) + seg * std::mem::size_of::<Segment>() + field)
@@ -177,6 +187,16 @@ struct Compiler {
     dead: bool,
     /// What the op just emitted does to the pending flags, for the liveness pass.
     effect: Effect,
+    /// Compile every data access with the full segment checks (`Block::jit_checked`).
+    checked: bool,
+    /// Data segments (bits by `sreg`) `guard` has found flat since the last handler call.
+    seg_ok: u8,
+    /// The op being emitted.
+    cur: usize,
+    /// Data segments the op being emitted accesses inline.
+    op_segs: u8,
+    /// Exits for a segment `guard` that fails: (label, op index, RIP bytes pending).
+    deopts: Vec<(DynamicLabel, usize, u64)>,
 }
 
 /// An inline op's effect on the flags, as far as it can be seen without leaving compiled
@@ -195,13 +215,13 @@ enum Effect {
 /// could read them. Nothing leaves compiled code between ops but handler calls, fallbacks and
 /// faults (`exits`), where the flags must be exact, and the block end, where the successor
 /// may read them; in between, an op that replaces all six flags kills the earlier ones.
-fn dead_flags(effects: &[(Effect, bool)]) -> Vec<bool> {
-    let mut dead = vec![false; effects.len()];
+fn dead_flags(seen: &[Seen]) -> Vec<bool> {
+    let mut dead = vec![false; seen.len()];
     let mut live = true;
-    for (i, &(effect, exits)) in effects.iter().enumerate().rev() {
+    for (i, op) in seen.iter().enumerate().rev() {
         dead[i] = !live;
-        live = exits
-            || match effect {
+        live = op.exits
+            || match op.effect {
                 Effect::Read => true,
                 Effect::Kill => false,
                 Effect::Pass => live,
@@ -219,12 +239,23 @@ pub(crate) fn compile(
     bitness: u32,
     ip_mask: u64,
     links: Option<(usize, usize)>,
+    checked: bool,
 ) -> Result<Compiled, dynasmrt::DynasmError> {
     // The first pass finds out what each op does to the flags and where code may leave;
     // the second skips the flag records nothing reads.
-    let (_, effects) = emit(ops, bitness, ip_mask, links, &[])?;
-    let dead = dead_flags(&effects);
-    Ok(emit(ops, bitness, ip_mask, links, &dead)?.0)
+    let (_, first) = emit(ops, bitness, ip_mask, links, checked, &[])?;
+    let dead = dead_flags(&first);
+    let plan: Vec<_> = first.iter().zip(dead).map(|(f, dead)| (dead, f.segs)).collect();
+    Ok(emit(ops, bitness, ip_mask, links, checked, &plan)?.0)
+}
+
+/// What the first pass learnt of an op.
+struct Seen {
+    effect: Effect,
+    /// It may leave compiled code (a handler call, a fallback).
+    exits: bool,
+    /// Data segments its inline accesses use (bits by `sreg`).
+    segs: u8,
 }
 
 fn emit(
@@ -232,8 +263,9 @@ fn emit(
     bitness: u32,
     ip_mask: u64,
     links: Option<(usize, usize)>,
-    dead: &[bool],
-) -> Result<(Compiled, Vec<(Effect, bool)>), dynasmrt::DynasmError> {
+    checked: bool,
+    plan: &[(bool, u8)],
+) -> Result<(Compiled, Vec<Seen>), dynasmrt::DynasmError> {
     let mut effects = Vec::with_capacity(ops.len());
     let mut a = VecAssembler::<X64Relocation>::new(0);
     let out = a.new_dynamic_label();
@@ -249,16 +281,24 @@ fn emit(
         breaks: Vec::new(),
         dead: false,
         effect: Effect::Read,
+        checked,
+        seg_ok: 0,
+        cur: 0,
+        op_segs: 0,
+        deopts: Vec::new(),
     };
-    // Three pushes after the return address keep RSP 16-byte aligned at our calls.
+    // Five pushes after the return address keep RSP 16-byte aligned at our calls.
     asm!(c.a
         ; push rbx
         ; push r12
         ; push r13
+        ; push r14
+        ; push r15
         ; mov rbx, rdi
         ; mov r12, rsi
         ; mov r13, rdx
     );
+    c.load_pinned();
     let body = c.a.offset().0;
     // The budget is checked once, here, where links enter too: a block runs whole or not at
     // all (the dispatcher runs a block the budget cuts short in tier 0), so no op needs a
@@ -270,8 +310,19 @@ fn emit(
         ; jb =>stop
     );
     for (i, op) in ops.iter().enumerate() {
-        c.dead = dead.get(i).copied().unwrap_or(false);
+        let (dead, segs) = plan.get(i).copied().unwrap_or_default();
+        c.dead = dead;
+        c.cur = i;
         c.effect = Effect::Read;
+        c.op_segs = 0;
+        // Guards go before any of the op's code: its paths may skip its accesses.
+        if !c.checked {
+            for seg in 0..6 {
+                if segs & (1 << seg) != 0 {
+                    c.guard(seg);
+                }
+            }
+        }
         let exits = c.exits.len() + c.fallbacks.len() + c.breaks.len();
         if !c.inline(i, op) {
             c.call(i, op);
@@ -280,7 +331,11 @@ fn emit(
             c.counts.inline += 1;
         }
         let left = c.exits.len() + c.fallbacks.len() + c.breaks.len() != exits;
-        effects.push((c.effect, left));
+        effects.push(Seen {
+            effect: c.effect,
+            exits: left,
+            segs: c.op_segs,
+        });
     }
     c.flush_rip();
     if let Some((links, ib)) = links {
@@ -288,6 +343,8 @@ fn emit(
     }
     asm!(c.a
         ; xor eax, eax
+        ; pop r15
+        ; pop r14
         ; pop r13
         ; pop r12
         ; pop rbx
@@ -312,6 +369,17 @@ fn emit(
         ; mov eax, st
         ; jmp =>out
     );
+    for (l, i, delta) in std::mem::take(&mut c.deopts) {
+        asm!(c.a ; =>l);
+        c.delta = delta;
+        c.flush_rip();
+        let (n, st) = (i as i32, ST_DEOPT as i32);
+        asm!(c.a
+            ; mov edx, n
+            ; mov eax, st
+            ; jmp =>out
+        );
+    }
     for (l, i) in std::mem::take(&mut c.breaks) {
         let (n, st) = (i as i32, ST_BREAK as i32);
         asm!(c.a
@@ -335,6 +403,8 @@ fn emit(
         ; =>out
         ; shl rdx, 8
         ; or rax, rdx
+        ; pop r15
+        ; pop r14
         ; pop r13
         ; pop r12
         ; pop rbx
@@ -486,6 +556,21 @@ impl Compiler {
         self.flush_rip();
         self.emit_call(i, op);
         self.flags = Producer::Unknown;
+        // A handler may load segment registers, EFLAGS.AC or EFER.
+        self.seg_ok = 0;
+    }
+
+    /// R14 = the fast TLB's tag bias (1, or 2 at CPL 3), R15 = host address of guest RAM:
+    /// at the block's entry and after each handler call (which may change the CPL); links
+    /// keep them, as they keep the CPL.
+    fn load_pinned(&mut self) {
+        asm!(self.a
+            ; xor r14d, r14d
+            ; cmp BYTE [rbx + CPL], 3
+            ; sete r14b
+            ; inc r14
+            ; mov r15, QWORD [r12 + CTX_MEM]
+        );
     }
 
     fn emit_call(&mut self, i: usize, op: &Op) {
@@ -501,6 +586,7 @@ impl Compiler {
             ; test rax, rax
             ; jnz =>exit
         );
+        self.load_pinned();
     }
 
     /// Emit op `i` inline if it is a form we compile; false to have it called.
@@ -861,14 +947,108 @@ impl Compiler {
 
     /// [`Compiler::mem_probe`] with the miss path going to `fb`.
     fn probe_to(&mut self, op: &Op, s: u8, write: bool, fb: DynamicLabel) {
-        // RAX = effective address.
+        self.effective_address(op);
+        let seg = op.seg as usize;
+        let (slimit, sbase) = (seg_field(seg, SEG_LIMIT), seg_field(seg, SEG_BASE));
+        if self.checked {
+            // `Cpu::fast_lin`'s checks, at every access.
+            let (sattr, want, kind) = seg_kind(seg);
+            let (lma, ac) = (efer::LMA as i32, flag::AC as i32);
+            let last = s as i32 - 1;
+            asm!(self.a
+                ; movzx ecx, WORD [rbx + sattr]
+                ; and ecx, kind
+                ; cmp ecx, want
+                ; jne =>fb
+                ; test DWORD [rbx + EFER], lma
+                ; jnz =>fb
+                ; test DWORD [rbx + RFLAGS], ac
+                ; jnz =>fb
+                ; mov ecx, DWORD [rbx + slimit]
+                ; cmp rax, rcx
+                ; ja =>fb
+                ; lea rdx, [rax + last]
+                ; cmp rdx, rcx
+                ; ja =>fb
+            );
+        } else {
+            // Guarded at the op's start (in the second pass; the first one finds `op_segs`).
+            self.op_segs |= 1 << seg;
+            // The limit is 4 GiB - 1: only an access past 4 GiB - 1 is outside it.
+            if s > 1 && op.asize == 4 {
+                let top = (0xFFFF_FFFFu32 - (s as u32 - 1)) as i32;
+                asm!(self.a
+                    ; cmp eax, top
+                    ; ja =>fb
+                );
+            }
+        }
+        asm!(self.a
+            ; add rax, QWORD [rbx + sbase]
+            ; mov eax, eax
+        );
+        // Fast TLB: slot (page & (FAST-1)), tag ((page << 1) | user) + 1, taken for the page
+        // of the access's last byte: an access that crosses into the next page finds no
+        // entry for it in the first page's slot and takes the slow path.
+        let table = if write { CTX_FAST_W } else { CTX_FAST_R };
+        let (slots, shift) = ((FAST - 1) as i32, FAST_ENTRY_BYTES.trailing_zeros() as i8);
+        let last = s as i32 - 1;
+        asm!(self.a
+            ; lea rdx, [rax + last]
+            ; shr rdx, 12
+            ; mov ecx, eax
+            ; shr ecx, 12
+            ; and ecx, slots
+            ; shl ecx, shift
+            ; add rcx, QWORD [r12 + table]
+            ; lea rdx, [r14 + rdx * 2]
+            ; cmp QWORD [rcx], rdx
+            ; jne =>fb
+            ; mov rcx, QWORD [rcx + 8]
+            ; and eax, 0xFFF
+            ; add rcx, rax
+            ; add rcx, r15
+        );
+    }
+
+    /// RAX = the effective address of `op`'s memory operand (`asize` bits, zero-extended).
+    fn effective_address(&mut self, op: &Op) {
+        let disp = op.disp as i32;
+        let (has_base, has_index) = (op.base != loc::NO_REG, op.index != loc::NO_REG);
+        if op.asize == 4 {
+            // 32-bit arithmetic wraps the sum and zero-extends it, as the address size asks.
+            match (has_base, has_index) {
+                (false, false) => asm!(self.a ; mov eax, disp),
+                (true, false) => {
+                    let b = reg(op.base);
+                    asm!(self.a ; mov eax, DWORD [rbx + b] ; add eax, disp);
+                }
+                (_, true) => {
+                    let ix = reg(op.index);
+                    if has_base {
+                        let b = reg(op.base);
+                        asm!(self.a ; mov eax, DWORD [rbx + b]);
+                    } else {
+                        asm!(self.a ; xor eax, eax);
+                    }
+                    asm!(self.a ; mov ecx, DWORD [rbx + ix]);
+                    match op.scale {
+                        0 => asm!(self.a ; lea eax, [rax + rcx + disp]),
+                        1 => asm!(self.a ; lea eax, [rax + rcx * 2 + disp]),
+                        2 => asm!(self.a ; lea eax, [rax + rcx * 4 + disp]),
+                        _ => asm!(self.a ; lea eax, [rax + rcx * 8 + disp]),
+                    }
+                }
+            }
+            return;
+        }
         let disp = op.disp as i64;
         asm!(self.a ; mov rax, QWORD disp);
-        if op.base != loc::NO_REG {
+        if has_base {
             let b = reg(op.base);
             asm!(self.a ; add rax, QWORD [rbx + b]);
         }
-        if op.index != loc::NO_REG {
+        if has_index {
             let (ix, sc) = (reg(op.index), op.scale as i8);
             asm!(self.a
                 ; mov rcx, QWORD [rbx + ix]
@@ -877,63 +1057,40 @@ impl Compiler {
             );
         }
         mask(&mut self.a, op.asize, Reg::Rax);
-        // Segment checks (`Cpu::fast_lin`).
-        let seg = op.seg as usize;
-        let (sattr, slimit, sbase) = (
-            seg_field(seg, SEG_ATTR),
-            seg_field(seg, SEG_LIMIT),
-            seg_field(seg, SEG_BASE),
-        );
-        let want = (attr::P | attr::RW) as i32;
-        let kind = (attr::P | attr::CODE | attr::DC | attr::RW) as i32;
-        let (lma, ac) = (efer::LMA as i32, flag::AC as i32);
-        let last = s as i32 - 1;
-        let page_max = 0x1000 - s as i32;
+    }
+
+    /// Once per data segment between handler calls, before the first op that accesses it:
+    /// leave the block (to be compiled again with `checked`) unless `seg` is a present,
+    /// writable, expand-up data segment with a 4 GiB limit, outside long mode and with
+    /// EFLAGS.AC clear. The accesses after it then need no segment checks but the 4 GiB end:
+    /// inline ops change none of these, and a handler call forgets what was found.
+    /// Clobbers ECX.
+    fn guard(&mut self, seg: usize) {
+        if self.seg_ok & (1 << seg) != 0 {
+            return;
+        }
+        let deopt = self.a.new_dynamic_label();
+        self.deopts.push((deopt, self.cur, self.delta));
+        let (sattr, want, kind) = seg_kind(seg);
+        let slimit = seg_field(seg, SEG_LIMIT);
+        if self.seg_ok == 0 {
+            let (lma, ac) = (efer::LMA as i32, flag::AC as i32);
+            asm!(self.a
+                ; test DWORD [rbx + EFER], lma
+                ; jnz =>deopt
+                ; test DWORD [rbx + RFLAGS], ac
+                ; jnz =>deopt
+            );
+        }
         asm!(self.a
             ; movzx ecx, WORD [rbx + sattr]
             ; and ecx, kind
             ; cmp ecx, want
-            ; jne =>fb
-            ; test DWORD [rbx + EFER], lma
-            ; jnz =>fb
-            ; test DWORD [rbx + RFLAGS], ac
-            ; jnz =>fb
-            ; mov ecx, DWORD [rbx + slimit]
-            ; cmp rax, rcx
-            ; ja =>fb
-            ; lea rdx, [rax + last]
-            ; cmp rdx, rcx
-            ; ja =>fb
-            ; add rax, QWORD [rbx + sbase]
-            ; mov eax, eax
-            ; mov ecx, eax
-            ; and ecx, 0xFFF
-            ; cmp ecx, page_max
-            ; ja =>fb
+            ; jne =>deopt
+            ; cmp DWORD [rbx + slimit], -1
+            ; jne =>deopt
         );
-        // Fast TLB: slot (page & (FAST-1)), tag ((page << 1) | user) + 1.
-        let table = if write { CTX_FAST_W } else { CTX_FAST_R };
-        let (slots, shift) = ((FAST - 1) as i32, FAST_ENTRY_BYTES.trailing_zeros() as i8);
-        asm!(self.a
-            ; mov rdx, rax
-            ; shr rdx, 12
-            ; mov ecx, edx
-            ; and ecx, slots
-            ; shl ecx, shift
-            ; add rcx, QWORD [r12 + table]
-            ; add rdx, rdx
-            ; cmp BYTE [rbx + CPL], 3
-            ; sete r8b
-            ; movzx r8d, r8b
-            ; or rdx, r8
-            ; inc rdx
-            ; cmp QWORD [rcx], rdx
-            ; jne =>fb
-            ; mov rcx, QWORD [rcx + 8]
-            ; and eax, 0xFFF
-            ; add rcx, rax
-            ; add rcx, QWORD [r12 + CTX_MEM]
-        );
+        self.seg_ok |= 1 << seg;
     }
 
     /// SHL/SAL/SHR/SAR reg, imm (`fast::shift_ri`): the flags are eager there (lazy op None).

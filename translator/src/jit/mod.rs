@@ -20,7 +20,7 @@ use buffer::CodeBuffer;
 pub(crate) use buffer::Compiled;
 use std::cell::UnsafeCell;
 use std::rc::Rc;
-use trampoline::{ST_BREAK, ST_FAULT, ST_HALT, ST_OK, ST_STOP};
+use trampoline::{ST_BREAK, ST_DEOPT, ST_FAULT, ST_HALT, ST_OK, ST_STOP};
 
 /// Whether tier 1 is used.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -204,7 +204,9 @@ impl Jit {
     fn compile(&mut self, block: &Block) -> Option<Compiled> {
         let ib = self.ib.get_or_insert_with(IbTable::new).addr();
         let links = block.chainable.then(|| (block.jit_links.addr(), ib));
-        let out = match compile::compile(&block.ops, block.bitness(), block.ip_mask, links) {
+        let checked = block.jit_checked.get();
+        let out = match compile::compile(&block.ops, block.bitness(), block.ip_mask, links, checked)
+        {
             Ok(c) => c,
             Err(e) => {
                 log::warn!("jit: block not compiled: {e}");
@@ -349,6 +351,14 @@ pub(crate) fn run_block(
     });
     let len = last.as_ref().map_or(block.ops.len(), |b| b.ops.len());
     let (status, idx) = (r & 0xFF, r >> 8);
+    if status == ST_DEOPT && idx == 0 && last.is_none() {
+        // Nothing ran: tier 0 runs the block now (one outside the cache would come back
+        // unchecked from the next lookup and leave again here).
+        block.jit_checked.set(true);
+        block.jit.set(None);
+        cpu.cache.epoch = cpu.cache.epoch.wrapping_add(1);
+        return None;
+    }
     let outcome = match (status, fault) {
         (ST_OK, _) => Outcome::Ran {
             done: len as u64,
@@ -364,6 +374,18 @@ pub(crate) fn run_block(
             done: idx,
             clean: false,
         },
+        (ST_DEOPT, _) => {
+            let b = last.as_deref().unwrap_or(block);
+            log::debug!("jit: block at op {idx} needs segment checks; compiling it again");
+            b.jit_checked.set(true);
+            b.jit.set(None);
+            // Links into its old code must not be followed any more.
+            cpu.cache.epoch = cpu.cache.epoch.wrapping_add(1);
+            Outcome::Ran {
+                done: idx,
+                clean: false,
+            }
+        }
         _ => unreachable!("compiled code returned {r:#x}"),
     };
     Some((outcome, last))

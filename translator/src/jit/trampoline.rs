@@ -22,6 +22,9 @@ pub(crate) const ST_FAULT: u64 = 2;
 pub(crate) const ST_HALT: u64 = 3;
 /// The budget ran out: ops before `index` ran.
 pub(crate) const ST_STOP: u64 = 4;
+/// Ops before `index` ran; op `index` found a data segment that is not flat (see
+/// `Compiler::guard`): the block is to be compiled again with checks at every access.
+pub(crate) const ST_DEOPT: u64 = 5;
 
 /// What compiled code needs besides the `Cpu`: the bus for handler calls and a place for the
 /// fault that ends the block.
