@@ -28,6 +28,8 @@ pub enum FlagOp {
 }
 
 #[derive(Clone, Copy, Debug)]
+// C layout: tier 1 stores `op` and `size` together as one 16-bit word.
+#[repr(C)]
 pub struct LazyFlags {
     pub op: FlagOp,
     /// Operand size in bytes.

@@ -13,6 +13,8 @@ use translator::{Cpu, CpuBus, JitMode, NullBus, PhysMem, RunExit};
 const CODE: u64 = 0x1000;
 const DATA: u64 = 0x10000;
 const MEM: usize = 1 << 20;
+/// `machine`'s `limit` for data segments with 4 GiB limits but base 0x40.
+const OFFSET_BASES: u32 = 0xFFFF_FFFE;
 
 struct Rng(u64);
 
@@ -41,7 +43,8 @@ fn env_num(name: &str, default: u64) -> u64 {
 
 /// 32-bit flat protected mode, no IDT (an exception ends in shutdown, the same in both tiers).
 /// `limit`: the byte-granular limit of the data segments (4 GiB when `None`; all ones: a
-/// 16-bit stack segment instead; below `DATA`: the limit of CS instead).
+/// 16-bit stack segment instead; [`OFFSET_BASES`]: DS, ES and SS at base 0x40 with 4 GiB
+/// limits instead; below `DATA`: the limit of CS instead).
 fn machine(code: &[u8], regs: &[u64; 8], data: &[u8], mode: JitMode, limit: Option<u32>) -> Cpu {
     let mut mem = PhysMem::new(MEM);
     mem.as_mut_slice()[CODE as usize..CODE as usize + code.len()].copy_from_slice(code);
@@ -60,6 +63,12 @@ fn machine(code: &[u8], regs: &[u64; 8], data: &[u8], mode: JitMode, limit: Opti
     match limit {
         // A 16-bit stack segment: SS.B clear.
         Some(0xFFFF_FFFF) => cpu.segs[sreg::SS].attr &= !attr::DB,
+        // Flat-limit segments the JIT may not take for base 0 (it must check them).
+        Some(OFFSET_BASES) => {
+            for s in [sreg::ES, sreg::SS, sreg::DS] {
+                cpu.segs[s].base = 0x40;
+            }
+        }
         // A code segment that ends inside the code: branches, calls and fetches beyond it
         // fault (#GP).
         Some(l) if l < DATA as u32 => {
@@ -834,6 +843,17 @@ fn generated_sequences_agree() {
         }
         let cs_limit = CODE as u32 + rng.below(code.len() as u64) as u32;
         compare_shrinking_cs(case, &code, &regs, &data, cs_limit);
+        if case % 5 == 1 {
+            // DS, ES and SS with a base: compiled code that took them for zero-based must
+            // notice and be compiled again with the full checks.
+            compare(
+                &format!("case {case}, based data segments"),
+                &code,
+                &regs,
+                &data,
+                Some(OFFSET_BASES),
+            );
+        }
         if case % 5 == 4 {
             // The same program on a 16-bit stack (the 32-bit stack paths must step aside).
             t1 = compare(

@@ -52,6 +52,12 @@ const L_SIZE: i32 = off32(LAZY + offset_of!(LazyFlags, size));
 const L_A: i32 = off32(LAZY + offset_of!(LazyFlags, a));
 const L_B: i32 = off32(LAZY + offset_of!(LazyFlags, b));
 const L_RES: i32 = off32(LAZY + offset_of!(LazyFlags, res));
+const _: () = assert!(L_SIZE == L_OP + 1);
+
+/// `LazyFlags::op` and `size` as the 16-bit word compiled code stores at `L_OP`.
+fn op_size(fop: FlagOp, s: u8) -> i16 {
+    (fop as u8 as i16) | ((s as i16) << 8)
+}
 const CS_LIMIT: i32 = off32(
     offset_of!(Cpu, segs) + sreg::CS * std::mem::size_of::<Segment>() + offset_of!(Segment, limit),
 );
@@ -68,9 +74,14 @@ const JIT_POLL: i32 = off32(offset_of!(Cpu, jit) + offset_of!(super::Jit, poll))
 const EPOCH: i32 = off32(offset_of!(Cpu, cache) + offset_of!(crate::block::BlockCache, epoch));
 const TLB_GEN: i32 = off32(offset_of!(Cpu, tlb) + offset_of!(crate::mmu::tlb::Tlb, generation));
 const CTX_BLOCK: i32 = off32(offset_of!(Ctx<'static>, block));
-const CTX_MEM: i32 = off32(offset_of!(Ctx<'static>, mem));
 const CTX_FAST_R: i32 = off32(offset_of!(Ctx<'static>, fast_r));
 const CTX_FAST_W: i32 = off32(offset_of!(Ctx<'static>, fast_w));
+
+/// DS, ES and SS are taken to have base 0 (`Compiler::guard` checks it): every flat system
+/// keeps them so, while FS and GS point at per-CPU or per-thread data.
+fn zero_base(seg: usize) -> bool {
+    matches!(seg, sreg::DS | sreg::ES | sreg::SS)
+}
 
 /// (offset of the segment's attributes, the attribute bits a fast data access needs, the
 /// mask they are compared under).
@@ -560,16 +571,14 @@ impl Compiler {
         self.seg_ok = 0;
     }
 
-    /// R14 = the fast TLB's tag bias (1, or 2 at CPL 3), R15 = host address of guest RAM:
-    /// at the block's entry and after each handler call (which may change the CPL); links
-    /// keep them, as they keep the CPL.
+    /// R14 = the fast TLB's tag bias (1, or 2 at CPL 3): at the block's entry and after
+    /// each handler call (which may change the CPL); links keep it, as they keep the CPL.
     fn load_pinned(&mut self) {
         asm!(self.a
             ; xor r14d, r14d
             ; cmp BYTE [rbx + CPL], 3
             ; sete r14b
             ; inc r14
-            ; mov r15, QWORD [r12 + CTX_MEM]
         );
     }
 
@@ -640,13 +649,12 @@ impl Compiler {
                     return self.advance(op, form);
                 }
                 let fop = if inc { FlagOp::Inc } else { FlagOp::Dec };
-                let (fb, sb) = (fop as u8 as i8, s as i8);
+                let w = op_size(fop, s);
                 asm!(self.a
                     ; mov QWORD [rbx + L_A], rax
                     ; mov QWORD [rbx + L_B], 1
                     ; mov QWORD [rbx + L_RES], rdx
-                    ; mov BYTE [rbx + L_OP], fb
-                    ; mov BYTE [rbx + L_SIZE], sb
+                    ; mov WORD [rbx + L_OP], w
                 );
                 self.flags = Producer::Known(fop, s);
             }
@@ -672,13 +680,14 @@ impl Compiler {
             }
             Some(FastForm::MovRM(s)) if mem_inlinable(op) => {
                 let cont = self.mem_probe(i, op, s, false);
+                let o = reg(op.dst);
                 match s {
-                    1 => asm!(self.a ; movzx eax, BYTE [rcx]),
-                    2 => asm!(self.a ; movzx eax, WORD [rcx]),
-                    4 => asm!(self.a ; mov eax, DWORD [rcx]),
-                    _ => asm!(self.a ; mov rax, QWORD [rcx]),
+                    1 => asm!(self.a ; movzx eax, BYTE [rcx] ; mov BYTE [rbx + o], al),
+                    2 => asm!(self.a ; movzx eax, WORD [rcx] ; mov WORD [rbx + o], ax),
+                    // The 32-bit load zero-extends, as a 32-bit register write must.
+                    4 => asm!(self.a ; mov eax, DWORD [rcx] ; mov QWORD [rbx + o], rax),
+                    _ => asm!(self.a ; mov rax, QWORD [rcx] ; mov QWORD [rbx + o], rax),
                 }
-                self.store_rax(s, op.dst);
                 asm!(self.a ; =>cont);
             }
             Some(FastForm::AluRM { k, s }) if mem_inlinable(op) => {
@@ -983,31 +992,32 @@ impl Compiler {
                 );
             }
         }
-        asm!(self.a
-            ; add rax, QWORD [rbx + sbase]
-            ; mov eax, eax
-        );
+        if self.checked || !zero_base(seg) {
+            asm!(self.a
+                ; add rax, QWORD [rbx + sbase]
+                ; mov eax, eax
+            );
+        }
         // Fast TLB: slot (page & (FAST-1)), tag ((page << 1) | user) + 1, taken for the page
         // of the access's last byte: an access that crosses into the next page finds no
         // entry for it in the first page's slot and takes the slow path.
         let table = if write { CTX_FAST_W } else { CTX_FAST_R };
-        let (slots, shift) = ((FAST - 1) as i32, FAST_ENTRY_BYTES.trailing_zeros() as i8);
+        let shift = FAST_ENTRY_BYTES.trailing_zeros() as i8;
+        let slots = ((FAST - 1) << shift) as i32;
         let last = s as i32 - 1;
+        let host = off32(offset_of!(crate::mmu::tlb::FastEntry, host));
         asm!(self.a
             ; lea rdx, [rax + last]
             ; shr rdx, 12
             ; mov ecx, eax
-            ; shr ecx, 12
+            ; shr ecx, 12 - shift
             ; and ecx, slots
-            ; shl ecx, shift
             ; add rcx, QWORD [r12 + table]
             ; lea rdx, [r14 + rdx * 2]
             ; cmp QWORD [rcx], rdx
             ; jne =>fb
-            ; mov rcx, QWORD [rcx + 8]
-            ; and eax, 0xFFF
+            ; mov rcx, QWORD [rcx + host]
             ; add rcx, rax
-            ; add rcx, r15
         );
     }
 
@@ -1062,7 +1072,8 @@ impl Compiler {
     /// Once per data segment between handler calls, before the first op that accesses it:
     /// leave the block (to be compiled again with `checked`) unless `seg` is a present,
     /// writable, expand-up data segment with a 4 GiB limit, outside long mode and with
-    /// EFLAGS.AC clear. The accesses after it then need no segment checks but the 4 GiB end:
+    /// EFLAGS.AC clear (DS, ES and SS also with base 0: `zero_base`). The accesses after it
+    /// then need no segment checks but the 4 GiB end:
     /// inline ops change none of these, and a handler call forgets what was found.
     /// Clobbers ECX.
     fn guard(&mut self, seg: usize) {
@@ -1090,6 +1101,13 @@ impl Compiler {
             ; cmp DWORD [rbx + slimit], -1
             ; jne =>deopt
         );
+        if zero_base(seg) {
+            let sbase = seg_field(seg, SEG_BASE);
+            asm!(self.a
+                ; cmp QWORD [rbx + sbase], 0
+                ; jne =>deopt
+            );
+        }
         self.seg_ok |= 1 << seg;
     }
 
@@ -1654,13 +1672,17 @@ impl Compiler {
         };
         mask(&mut self.a, s, Reg::Rdx);
         if !self.dead {
-            let (fb, sb) = (fop as u8 as i8, s as i8);
+            // The logic ops' flags come from the result alone (`LazyFlags::compute`).
+            if fop != FlagOp::Logic {
+                asm!(self.a
+                    ; mov QWORD [rbx + L_A], rax
+                    ; mov QWORD [rbx + L_B], rcx
+                );
+            }
+            let w = op_size(fop, s);
             asm!(self.a
-                ; mov QWORD [rbx + L_A], rax
-                ; mov QWORD [rbx + L_B], rcx
                 ; mov QWORD [rbx + L_RES], rdx
-                ; mov BYTE [rbx + L_OP], fb
-                ; mov BYTE [rbx + L_SIZE], sb
+                ; mov WORD [rbx + L_OP], w
             );
         }
         if let Some(dst) = dst
@@ -2353,13 +2375,12 @@ impl Compiler {
         mask(&mut self.a, s, Reg::Rdx);
         self.rm_store_rdx(op, s);
         if !self.dead {
-            let (fb, sb) = (fop as u8 as i8, s as i8);
+            let w = op_size(fop, s);
             asm!(self.a
                 ; mov QWORD [rbx + L_A], rax
                 ; mov QWORD [rbx + L_B], rcx
                 ; mov QWORD [rbx + L_RES], rdx
-                ; mov BYTE [rbx + L_OP], fb
-                ; mov BYTE [rbx + L_SIZE], sb
+                ; mov WORD [rbx + L_OP], w
             );
         }
         if let Some(c) = cont {

@@ -150,7 +150,8 @@ impl Cpu {
             }
             let pa = self.translate(bus, lin, Access::Read, user)?;
             if self.mem.is_ram(pa) {
-                self.tlb.fill_read(lin, user, pa);
+                let ram = self.mem.host_base();
+                self.tlb.fill_read(lin, user, pa, ram);
                 return Ok(self.mem.load(pa, size));
             }
             return Ok(self.phys_read(bus, pa, size));
@@ -244,7 +245,8 @@ impl Cpu {
             }
             let pa = self.translate(bus, lin, Access::Write, user)?;
             if self.mem.is_ram(pa) && !self.cache.is_code_page(pa >> 12) {
-                self.tlb.fill_write(lin, user, pa);
+                let ram = self.mem.host_base();
+                self.tlb.fill_write(lin, user, pa, ram);
                 self.mem.store(pa, size, v);
                 return Ok(());
             }

@@ -27,18 +27,36 @@ struct Entry {
 
 /// Slots of the fast data-access caches.
 pub(crate) const FAST: usize = 256;
-/// Bytes per fast slot: the tag, then the physical page address (both u64).
+/// Bytes per fast slot (a power of two: tier 1 indexes slots with a shift).
 pub(crate) const FAST_ENTRY_BYTES: usize = std::mem::size_of::<FastEntry>();
 
 /// A fast-path slot: linear page (with the privilege bit) → physical page of plain RAM.
 /// `repr(C)`: tier 1 probes these slots from generated code (`jit::compile`).
 #[derive(Clone, Copy, Default)]
-#[repr(C)]
-struct FastEntry {
+#[repr(C, align(32))]
+pub(crate) struct FastEntry {
     /// ((linear page << 1) | user) + 1; 0 = empty.
     tag: u64,
     /// Physical address of the page.
     base: u64,
+    /// Host address of the page's byte 0 minus its linear address (wrapping): compiled
+    /// code adds the linear address of an access to get the host address in one step.
+    pub(crate) host: u64,
+}
+
+const _: () = assert!(FAST_ENTRY_BYTES.is_power_of_two());
+
+impl FastEntry {
+    fn new(tag: u64, lin: u64, phys: u64, ram: usize) -> Self {
+        let base = phys & !0xFFF;
+        FastEntry {
+            tag,
+            base,
+            host: (ram as u64)
+                .wrapping_add(base)
+                .wrapping_sub(lin & !0xFFF),
+        }
+    }
 }
 
 pub struct Tlb {
@@ -147,26 +165,21 @@ impl Tlb {
         }
     }
 
-    pub fn fill_read(&mut self, lin: u64, user: bool, phys: u64) {
+    /// `ram`: host address of guest physical 0 (`PhysMem::host_base`).
+    pub fn fill_read(&mut self, lin: u64, user: bool, phys: u64, ram: usize) {
         if self.no_fast {
             return;
         }
         let (i, tag) = Self::fast_tag(lin, user);
-        self.fast_r[i] = FastEntry {
-            tag,
-            base: phys & !0xFFF,
-        };
+        self.fast_r[i] = FastEntry::new(tag, lin, phys, ram);
     }
 
-    pub fn fill_write(&mut self, lin: u64, user: bool, phys: u64) {
+    pub fn fill_write(&mut self, lin: u64, user: bool, phys: u64, ram: usize) {
         if self.no_fast {
             return;
         }
         let (i, tag) = Self::fast_tag(lin, user);
-        self.fast_w[i] = FastEntry {
-            tag,
-            base: phys & !0xFFF,
-        };
+        self.fast_w[i] = FastEntry::new(tag, lin, phys, ram);
     }
 
     /// Host addresses of the fast read and write tables, for compiled code.
