@@ -206,6 +206,11 @@ struct Compiler {
     cur: usize,
     /// Data segments the op being emitted accesses inline.
     op_segs: u8,
+    /// The op just emitted left the guest's flags of its known producer in the host flags
+    /// (register ALU forms, which have no other path), and `prev_host_flags` carries that to
+    /// the next op, where a Jcc uses them instead of redoing the operation.
+    host_flags: bool,
+    prev_host_flags: bool,
     /// Exits for a segment `guard` that fails: (label, op index, RIP bytes pending).
     deopts: Vec<(DynamicLabel, usize, u64)>,
 }
@@ -296,6 +301,8 @@ fn emit(
         seg_ok: 0,
         cur: 0,
         op_segs: 0,
+        host_flags: false,
+        prev_host_flags: false,
         deopts: Vec::new(),
     };
     // Five pushes after the return address keep RSP 16-byte aligned at our calls.
@@ -326,8 +333,10 @@ fn emit(
         c.cur = i;
         c.effect = Effect::Read;
         c.op_segs = 0;
+        c.prev_host_flags = std::mem::take(&mut c.host_flags);
         // Guards go before any of the op's code: its paths may skip its accesses.
-        if !c.checked {
+        if !c.checked && segs & !c.seg_ok != 0 {
+            c.prev_host_flags = false;
             for seg in 0..6 {
                 if segs & (1 << seg) != 0 {
                     c.guard(seg);
@@ -549,11 +558,11 @@ impl Compiler {
         asm!(self.a ; mov QWORD [rbx + RIP], rax);
     }
 
-    /// RAX = (RIP + d) & ip_mask.
+    /// RAX = (RIP + d) & ip_mask (leaving the host flags alone).
     fn advance_rip_rax(&mut self, d: i32) {
         asm!(self.a
             ; mov rax, QWORD [rbx + RIP]
-            ; add rax, d
+            ; lea rax, [rax + d]
         );
         match self.ip_mask {
             0xFFFF => asm!(self.a ; movzx eax, ax),
@@ -621,6 +630,7 @@ impl Compiler {
                 asm!(self.a ; mov rcx, QWORD [rbx + src]);
                 mask(&mut self.a, s, Reg::Rcx);
                 self.alu(k, s, Some(op.dst));
+                self.host_flags = true;
             }
             Some(FastForm::AluRI { k, s }) => {
                 self.effect = Effect::Kill;
@@ -629,6 +639,7 @@ impl Compiler {
                 let v = (op.imm & m) as i64;
                 asm!(self.a ; mov rcx, QWORD v);
                 self.alu(k, s, Some(op.dst));
+                self.host_flags = true;
             }
             Some(FastForm::Inc(s)) | Some(FastForm::Dec(s)) => {
                 let inc = matches!(form, Some(FastForm::Inc(_)));
@@ -1647,29 +1658,42 @@ impl Compiler {
     /// `dst`: the register written back (`None` for memory destinations, which the caller
     /// stores from RDX).
     fn alu(&mut self, k: u8, s: u8, dst: Option<u8>) {
+        // At the operand size, so the host flags are the guest's (a Jcc right after may use
+        // them); the inputs are masked, so RDX's upper bits stay clear for 8/16 bits.
+        macro_rules! sized {
+            ($op:tt) => {
+                match s {
+                    1 => asm!(self.a ; $op dl, cl),
+                    2 => asm!(self.a ; $op dx, cx),
+                    4 => asm!(self.a ; $op edx, ecx),
+                    _ => asm!(self.a ; $op rdx, rcx),
+                }
+            };
+        }
         asm!(self.a ; mov rdx, rax);
         let fop = match k {
             kind::ADD => {
-                asm!(self.a ; add rdx, rcx);
+                sized!(add);
                 FlagOp::Add
             }
             kind::SUB | kind::CMP => {
-                asm!(self.a ; sub rdx, rcx);
+                sized!(sub);
                 FlagOp::Sub
             }
             kind::AND | kind::TEST => {
-                asm!(self.a ; and rdx, rcx);
+                sized!(and);
                 FlagOp::Logic
             }
             kind::OR => {
-                asm!(self.a ; or rdx, rcx);
+                sized!(or);
                 FlagOp::Logic
             }
             _ => {
-                asm!(self.a ; xor rdx, rcx);
+                sized!(xor);
                 FlagOp::Logic
             }
         };
+        // MOV and MOVZX leave the host flags as the operation set them.
         mask(&mut self.a, s, Reg::Rdx);
         if !self.dead {
             // The logic ops' flags come from the result alone (`LazyFlags::compute`).
@@ -1744,9 +1768,15 @@ impl Compiler {
     /// Jcc (outside 64-bit code): RIP is written back to the Jcc's start first, so the
     /// fallback (a CS-limit fault on the taken path) calls the handler with tier-0 state.
     fn jcc(&mut self, i: usize, op: &Op, cc: u8) {
+        // (LEA and MOV only: the host flags survive.)
         self.flush_rip();
         let taken = self.a.new_dynamic_label();
-        let hc = self.host_cond(cc);
+        let hc = if self.prev_host_flags && matches!(self.flags, Producer::Known(f, _) if f != FlagOp::None)
+        {
+            cc & 15
+        } else {
+            self.host_cond(cc)
+        };
         jcc_host(&mut self.a, hc, taken);
         let cont = self.a.new_dynamic_label();
         // Not taken: RIP to the next instruction.
