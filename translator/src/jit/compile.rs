@@ -614,7 +614,13 @@ impl Compiler {
             Some(FastForm::MovRR(s)) => {
                 self.effect = Effect::Pass;
                 self.load(s, op.src);
-                self.store_rax(s, op.dst);
+                let o = reg(op.dst);
+                match s {
+                    1 => asm!(self.a ; mov BYTE [rbx + o], al),
+                    2 => asm!(self.a ; mov WORD [rbx + o], ax),
+                    // Loaded zero-extended already.
+                    _ => asm!(self.a ; mov QWORD [rbx + o], rax),
+                }
             }
             Some(FastForm::MovRI(s)) => {
                 self.effect = Effect::Pass;
@@ -626,9 +632,7 @@ impl Compiler {
             Some(FastForm::AluRR { k, s }) => {
                 self.effect = Effect::Kill;
                 self.load(s, op.dst);
-                let src = reg(op.src);
-                asm!(self.a ; mov rcx, QWORD [rbx + src]);
-                mask(&mut self.a, s, Reg::Rcx);
+                self.load_to(s, op.src, Reg::Rcx);
                 self.alu(k, s, Some(op.dst));
                 self.host_flags = true;
             }
@@ -726,9 +730,7 @@ impl Compiler {
                     _ => asm!(self.a ; mov rax, QWORD [r11]),
                 }
                 if matches!(form, Some(FastForm::AluMR { .. })) {
-                    let src = reg(op.src);
-                    asm!(self.a ; mov rcx, QWORD [rbx + src]);
-                    mask(&mut self.a, s, Reg::Rcx);
+                    self.load_to(s, op.src, Reg::Rcx);
                 } else {
                     let v = (op.imm & crate::flags::size_mask(s)) as i64;
                     asm!(self.a ; mov rcx, QWORD v);
@@ -1629,9 +1631,12 @@ impl Compiler {
 
     /// RAX = the low `s` bytes of register `r`.
     fn load(&mut self, s: u8, r: u8) {
-        let o = reg(r);
-        asm!(self.a ; mov rax, QWORD [rbx + o]);
-        mask(&mut self.a, s, Reg::Rax);
+        self.load_to(s, r, Reg::Rax);
+    }
+
+    /// Host register `to` = guest register `r`'s low `s` bytes, zero-extended.
+    fn load_to(&mut self, s: u8, r: u8, to: Reg) {
+        load_sized(&mut self.a, s, to, 3, reg(r));
     }
 
     /// Register `r`'s low `s` bytes = RAX (already masked; a 32-bit write zero-extends).
@@ -1693,8 +1698,7 @@ impl Compiler {
                 FlagOp::Logic
             }
         };
-        // MOV and MOVZX leave the host flags as the operation set them.
-        mask(&mut self.a, s, Reg::Rdx);
+        // The 32-bit form zero-extends; 8/16-bit forms keep RDX's clear upper bits.
         if !self.dead {
             // The logic ops' flags come from the result alone (`LazyFlags::compute`).
             if fop != FlagOp::Logic {
@@ -2078,19 +2082,17 @@ impl Compiler {
 
 /// `r` = the `s` bytes at [R11], zero-extended.
 fn load_r11(a: &mut VecAssembler<X64Relocation>, s: u8, r: Reg) {
-    match (s, r) {
-        (1, Reg::Rax) => asm!(a ; movzx eax, BYTE [r11]),
-        (2, Reg::Rax) => asm!(a ; movzx eax, WORD [r11]),
-        (4, Reg::Rax) => asm!(a ; mov eax, DWORD [r11]),
-        (_, Reg::Rax) => asm!(a ; mov rax, QWORD [r11]),
-        (1, Reg::Rcx) => asm!(a ; movzx ecx, BYTE [r11]),
-        (2, Reg::Rcx) => asm!(a ; movzx ecx, WORD [r11]),
-        (4, Reg::Rcx) => asm!(a ; mov ecx, DWORD [r11]),
-        (_, Reg::Rcx) => asm!(a ; mov rcx, QWORD [r11]),
-        (1, Reg::Rdx) => asm!(a ; movzx edx, BYTE [r11]),
-        (2, Reg::Rdx) => asm!(a ; movzx edx, WORD [r11]),
-        (4, Reg::Rdx) => asm!(a ; mov edx, DWORD [r11]),
-        (_, Reg::Rdx) => asm!(a ; mov rdx, QWORD [r11]),
+    load_sized(a, s, r, 11, 0);
+}
+
+/// `r` = the low `s` bytes at [host register `base` + `off`], zero-extended (one load).
+fn load_sized(a: &mut VecAssembler<X64Relocation>, s: u8, r: Reg, base: u8, off: i32) {
+    let d = r as u8;
+    match s {
+        1 => asm!(a ; movzx Rd(d), BYTE [Rq(base) + off]),
+        2 => asm!(a ; movzx Rd(d), WORD [Rq(base) + off]),
+        4 => asm!(a ; mov Rd(d), DWORD [Rq(base) + off]),
+        _ => asm!(a ; mov Rq(d), QWORD [Rq(base) + off]),
     }
 }
 
@@ -2746,10 +2748,12 @@ impl Compiler {
 }
 
 #[derive(Clone, Copy)]
+#[repr(u8)]
 enum Reg {
-    Rax,
-    Rcx,
-    Rdx,
+    // x86-64 register numbers.
+    Rax = 0,
+    Rcx = 1,
+    Rdx = 2,
 }
 
 /// Zero-extend the low `s` bytes of `r` in place.
