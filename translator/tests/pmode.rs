@@ -773,6 +773,54 @@ fn invlpg_drops_a_cached_translation() {
     assert_eq!(bus.out, vec![0xAAAA, 0xBBBB, 0xCCCC]);
 }
 
+/// A block that rewrites the PTE of a code page, INVLPGs it and calls into it runs many
+/// times; when the PTE points elsewhere, the call must reach the new page's code, not the
+/// compiled code a link from an earlier pass leads to (the link context changes with the
+/// TLB generation, which the handler bumps in the middle of the block).
+#[test]
+fn remapped_code_after_invlpg_is_not_reached_through_an_old_link() {
+    const TABLE: u32 = 0x8000;
+    let (mut cpu, mut bus) = machine(|a| {
+        enable_paging(a)?;
+        a.xor(esi, esi)?;
+        a.mov(edi, 40)?;
+        let mut top = a.create_label();
+        a.set_label(&mut top)?;
+        a.mov(eax, dword_ptr(edi * 4 + TABLE))?;
+        a.mov(dword_ptr(PD as u32 + 0x2000), eax)?;
+        a.invlpg(ptr(0x40_0000))?;
+        a.call(0x40_0000u64)?;
+        a.dec(edi)?;
+        a.jne(top)?;
+        a.mov(eax, esi)?;
+        report(a)
+    });
+    setup_paging(&mut cpu);
+    put(
+        &mut cpu.mem,
+        0x6000,
+        &asm32(0x40_0000, |a| {
+            a.add(esi, 1)?;
+            a.ret()
+        }),
+    );
+    put(
+        &mut cpu.mem,
+        0x7000,
+        &asm32(0x40_0000, |a| {
+            a.add(esi, 0x100)?;
+            a.ret()
+        }),
+    );
+    // Passes 40..=11 run the page at 0x6000, passes 10..=1 the one at 0x7000.
+    for i in 1..=40u32 {
+        let frame = if i > 10 { 0x6000 } else { 0x7000 };
+        put32(&mut cpu.mem, (TABLE + i * 4) as u64, frame | 3);
+    }
+    run(&mut cpu, &mut bus);
+    assert_eq!(bus.out, vec![30 + 10 * 0x100]);
+}
+
 #[test]
 fn call_gate_from_ring3_copies_parameters_and_retf_returns() {
     const GATE_TARGET: u64 = 0x3400;
@@ -902,6 +950,7 @@ jit_forced!(
     x87_with_cr0_em_raises_nm,
     f80_conversions_are_exact_for_f64_values,
     invlpg_drops_a_cached_translation,
+    remapped_code_after_invlpg_is_not_reached_through_an_old_link,
     call_gate_from_ring3_copies_parameters_and_retf_returns,
     rep_bsf_and_rep_bsr_run_as_bsf_and_bsr,
     endbr32_rdssp_and_hint_nops_are_nops,

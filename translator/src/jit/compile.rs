@@ -71,8 +71,7 @@ const BLOCK_BREAK: i32 = off32(offset_of!(Cpu, block_break));
 const CPL: i32 = off32(offset_of!(Cpu, cpl));
 const ICOUNT: i32 = off32(offset_of!(Cpu, icount));
 const JIT_POLL: i32 = off32(offset_of!(Cpu, jit) + offset_of!(super::Jit, poll));
-const EPOCH: i32 = off32(offset_of!(Cpu, cache) + offset_of!(crate::block::BlockCache, epoch));
-const TLB_GEN: i32 = off32(offset_of!(Cpu, tlb) + offset_of!(crate::mmu::tlb::Tlb, generation));
+const LINK_CONTEXT: i32 = off32(offset_of!(Cpu, jit) + offset_of!(super::Jit, context));
 const CTX_BLOCK: i32 = off32(offset_of!(Ctx<'static>, block));
 const CTX_FAST_R: i32 = off32(offset_of!(Ctx<'static>, fast_r));
 const CTX_FAST_W: i32 = off32(offset_of!(Ctx<'static>, fast_w));
@@ -261,7 +260,11 @@ pub(crate) fn compile(
     // the second skips the flag records nothing reads.
     let (_, first) = emit(ops, bitness, ip_mask, links, checked, &[])?;
     let dead = dead_flags(&first);
-    let plan: Vec<_> = first.iter().zip(dead).map(|(f, dead)| (dead, f.segs)).collect();
+    let plan: Vec<_> = first
+        .iter()
+        .zip(dead)
+        .map(|(f, dead)| (dead, f.segs))
+        .collect();
     Ok(emit(ops, bitness, ip_mask, links, checked, &plan)?.0)
 }
 
@@ -451,10 +454,10 @@ impl Compiler {
     /// this block, no event to take (`chain_poll`, only after a handler used the bus or
     /// changed IF/TF/RF/the shadow/HLT/the debug registers/NMI blocking — inline ops do
     /// none of that), and a link — the block's own two, else the indirect table's entry for
-    /// RIP, which must also be of this block's code size — recorded
-    /// under the same RIP, chain stamp, CS base, CPL and CS limit. The ops just run are counted into
-    /// `icount` (RDTSC in the successor must see them) and the budget. Falls out of the emitted
-    /// code when no link is taken.
+    /// RIP — recorded under the same RIP and link context (`Jit::context`: chain stamp, CS
+    /// base, CPL, CS limit and code size, one word). The ops just run are counted into
+    /// `icount` (RDTSC in the successor must see them) and the budget. Falls out of the
+    /// emitted code when no link is taken.
     fn chain(&mut self, len: usize, links: usize, ib: usize) {
         use super::{ChainLink, IB_SLOTS};
         let done = self.a.new_dynamic_label();
@@ -465,17 +468,12 @@ impl Compiler {
         let ib = ib as i64;
         let poll_fn = addr(trampoline::chain_poll as *const () as usize);
         let size = std::mem::size_of::<ChainLink>() as i32;
-        let (l_rip, l_stamp, l_cs, l_cpl, l_entry, l_block, l_mask) = (
+        let (l_rip, l_stamp, l_entry, l_block) = (
             off32(offset_of!(ChainLink, rip)),
             off32(offset_of!(ChainLink, stamp)),
-            off32(offset_of!(ChainLink, cs_base)),
-            off32(offset_of!(ChainLink, cpl)),
             off32(offset_of!(ChainLink, entry)),
             off32(offset_of!(ChainLink, block)),
-            off32(offset_of!(ChainLink, ip_mask)),
         );
-        let l_limit = off32(offset_of!(ChainLink, cs_limit));
-        let cs_base = seg_field(sreg::CS, SEG_BASE);
         asm!(self.a
             ; cmp r13, n
             ; jbe =>done
@@ -483,12 +481,8 @@ impl Compiler {
             ; jne =>poll
             ; =>look
             ; mov rdx, QWORD links
-            ; mov rax, QWORD [rbx + EPOCH]
-            ; add rax, QWORD [rbx + TLB_GEN]
+            ; mov rax, QWORD [rbx + LINK_CONTEXT]
             ; mov rcx, QWORD [rbx + RIP]
-            ; mov r8, QWORD [rbx + cs_base]
-            ; movzx r9d, BYTE [rbx + CPL]
-            ; mov r11d, DWORD [rbx + CS_LIMIT]
         );
         // The block's two links, then the indirect table's slot for RIP (in RDX).
         for k in 0..3 {
@@ -511,22 +505,6 @@ impl Compiler {
                 ; jne =>next
                 ; cmp rax, QWORD [rdx + o + l_stamp]
                 ; jne =>next
-                ; cmp r8, QWORD [rdx + o + l_cs]
-                ; jne =>next
-                ; cmp r9, QWORD [rdx + o + l_cpl]
-                ; jne =>next
-                ; cmp r11, QWORD [rdx + o + l_limit]
-                ; jne =>next
-            );
-            if k == 2 {
-                let mask = self.ip_mask as i64;
-                asm!(self.a
-                    ; mov r10, QWORD mask
-                    ; cmp r10, QWORD [rdx + l_mask]
-                    ; jne =>next
-                );
-            }
-            asm!(self.a
                 ; sub r13, n
                 ; add QWORD [rbx + ICOUNT], n
                 ; mov rax, QWORD [rdx + o + l_block]
@@ -1775,7 +1753,8 @@ impl Compiler {
         // (LEA and MOV only: the host flags survive.)
         self.flush_rip();
         let taken = self.a.new_dynamic_label();
-        let hc = if self.prev_host_flags && matches!(self.flags, Producer::Known(f, _) if f != FlagOp::None)
+        let hc = if self.prev_host_flags
+            && matches!(self.flags, Producer::Known(f, _) if f != FlagOp::None)
         {
             cc & 15
         } else {

@@ -66,30 +66,33 @@ pub struct JitStats {
     pub links: u64,
 }
 
-const _: () = assert!(std::mem::size_of::<ChainLink>() == 64);
+const _: () = assert!(std::mem::size_of::<ChainLink>() == 32);
 
 /// One direct link from a compiled block's end to a compiled successor. Compiled code follows
-/// it when RIP, the chain stamp (block cache and TLB generations), the CS base and the CPL are
-/// what they were when the dispatcher recorded it — the conditions of tier 0's links — and
-/// the CS limit too.
+/// it when RIP and the context generation ([`Jit::context`]) are what they were when the
+/// dispatcher recorded it: the same block cache and TLB generations, CS base, CPL and code
+/// size — the conditions of tier 0's links — and the CS limit too (links skip `get_block`'s
+/// check that the block lies within it).
 /// `repr(C)`: compiled code reads the fields at fixed offsets.
 #[repr(C)]
 #[derive(Clone, Copy, Default)]
 pub(crate) struct ChainLink {
     pub rip: u64,
     pub stamp: u64,
-    pub cs_base: u64,
-    pub cpl: u64,
     /// Host address of the successor's body (past its prologue).
     pub entry: u64,
     /// The successor (`Rc::as_ptr`), for the dispatcher when the chain ends there.
     pub block: u64,
-    /// The successor's RIP mask (checked by the indirect table only: a block's own links
-    /// are recorded between blocks of the same code size).
-    pub ip_mask: u64,
-    /// The CS limit (links skip `get_block`'s check that the block lies within it; CS loads
-    /// may change it without any generation bump).
-    pub cs_limit: u64,
+}
+
+/// What a link rests on besides RIP; [`Jit::context`] numbers each new one.
+#[derive(Clone, Copy, PartialEq, Eq, Default)]
+struct LinkContext {
+    chain_stamp: u64,
+    cs_base: u64,
+    cs_limit: u32,
+    cpl: u8,
+    bitness: u32,
 }
 
 /// Slots of the indirect-branch table (a power of two).
@@ -166,6 +169,12 @@ pub struct Jit {
     /// state (IF, TF, RF, shadow, HLT, debug registers, NMI blocking): compiled code must
     /// look at both again before following a link.
     pub(crate) poll: bool,
+    /// The generation of the link context (`LinkContext`), which links are stamped with:
+    /// it only changes in the dispatcher and in handlers, and both call `refresh_context`
+    /// before compiled code runs again, so compiled code compares this one word instead of
+    /// five.
+    pub(crate) context: u64,
+    seen: LinkContext,
 }
 
 impl Default for Jit {
@@ -178,6 +187,27 @@ impl Default for Jit {
             buf: None,
             ib: None,
             poll: true,
+            context: 1,
+            seen: LinkContext::default(),
+        }
+    }
+}
+
+impl Cpu {
+    /// Number a new link context when the one links rest on changed (after a handler, and at
+    /// every entry into compiled code).
+    pub(crate) fn refresh_link_context(&mut self) {
+        let cs = self.segs[crate::state::sreg::CS];
+        let now = LinkContext {
+            chain_stamp: self.chain_stamp(),
+            cs_base: cs.base,
+            cs_limit: cs.limit,
+            cpl: self.cpl,
+            bitness: self.code_bitness(),
+        };
+        if now != self.jit.seen {
+            self.jit.seen = now;
+            self.jit.context = self.jit.context.wrapping_add(1);
         }
     }
 }
@@ -302,17 +332,14 @@ pub(crate) fn run_block(
             c
         }
     };
+    cpu.refresh_link_context();
     let buf = cpu.jit.buf.as_ref()?;
     let entry = buf.addr(code.offset);
     let link = ChainLink {
         rip: cpu.rip,
-        stamp: cpu.chain_stamp(),
-        cs_base: cpu.segs[crate::state::sreg::CS].base,
-        cpl: cpu.cpl as u64,
+        stamp: cpu.jit.context,
         entry: (entry + code.body) as u64,
         block: Rc::as_ptr(block) as u64,
-        ip_mask: block.ip_mask,
-        cs_limit: cpu.segs[crate::state::sreg::CS].limit as u64,
     };
     if let Some(a) = from
         && a.chainable

@@ -101,6 +101,8 @@ pub(crate) extern "sysv64" fn call_op(ctx: *mut Ctx<'_>, op: *const Op) -> u64 {
     if watched.used || event_state(cpu) != before {
         cpu.jit.poll = true;
     }
+    // A far transfer, a CPL change, an invalidation...: links made before must not be taken.
+    cpu.refresh_link_context();
     // Handlers never replace the TLB or the memory, but refreshing costs little and keeps
     // compiled code correct if one ever does.
     (ctx.fast_r, ctx.fast_w) = cpu.tlb.fast_tables();

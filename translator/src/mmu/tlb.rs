@@ -52,9 +52,7 @@ impl FastEntry {
         FastEntry {
             tag,
             base,
-            host: (ram as u64)
-                .wrapping_add(base)
-                .wrapping_sub(lin & !0xFFF),
+            host: (ram as u64).wrapping_add(base).wrapping_sub(lin & !0xFFF),
         }
     }
 }
