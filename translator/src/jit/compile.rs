@@ -974,8 +974,9 @@ impl Compiler {
         } else {
             // Guarded at the op's start (in the second pass; the first one finds `op_segs`).
             self.op_segs |= 1 << seg;
-            // The limit is 4 GiB - 1: only an access past 4 GiB - 1 is outside it.
-            if s > 1 && op.asize == 4 {
+            // The limit is 4 GiB - 1: only an access past 4 GiB - 1 is outside it. Without a
+            // base the TLB probe sees that already (its last byte's page is past 4 GiB).
+            if s > 1 && op.asize == 4 && !zero_base(seg) {
                 let top = (0xFFFF_FFFFu32 - (s as u32 - 1)) as i32;
                 asm!(self.a
                     ; cmp eax, top
