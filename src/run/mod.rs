@@ -770,7 +770,10 @@ pub fn run(o: &Options) -> Result<i32> {
         // For docs/performance.md's profile of emitted code: `perf script` addresses minus
         // `base` index into this file.
         match std::fs::write(&path, code) {
-            Ok(()) => log::warn!("jit: code cache ({} bytes at {base:#x}) written to {path}", code.len()),
+            Ok(()) => log::warn!(
+                "jit: code cache ({} bytes at {base:#x}) written to {path}",
+                code.len()
+            ),
             Err(e) => log::warn!("jit: VIREO_JIT_DUMP {path}: {e}"),
         }
     }
