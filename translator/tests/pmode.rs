@@ -796,22 +796,14 @@ fn remapped_code_after_invlpg_is_not_reached_through_an_old_link() {
         report(a)
     });
     setup_paging(&mut cpu);
-    put(
-        &mut cpu.mem,
-        0x6000,
-        &asm32(0x40_0000, |a| {
-            a.add(esi, 1)?;
+    // The page at 0x6000 counts passes in ESI by 1, the one at 0x7000 by 0x100.
+    for (frame, step) in [(0x6000, 1), (0x7000, 0x100)] {
+        let code = asm32(0x40_0000, |a| {
+            a.add(esi, step)?;
             a.ret()
-        }),
-    );
-    put(
-        &mut cpu.mem,
-        0x7000,
-        &asm32(0x40_0000, |a| {
-            a.add(esi, 0x100)?;
-            a.ret()
-        }),
-    );
+        });
+        put(&mut cpu.mem, frame, &code);
+    }
     // Passes 40..=11 run the page at 0x6000, passes 10..=1 the one at 0x7000.
     for i in 1..=40u32 {
         let frame = if i > 10 { 0x6000 } else { 0x7000 };

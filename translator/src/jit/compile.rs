@@ -558,6 +558,12 @@ impl Compiler {
         self.seg_ok = 0;
     }
 
+    /// The op just emitted set the pending flags to `p` — unless they were dead, when it
+    /// recorded nothing.
+    fn produced(&mut self, p: Producer) {
+        self.flags = if self.dead { Producer::Unknown } else { p };
+    }
+
     /// R14 = the fast TLB's tag bias (1, or 2 at CPL 3): at the block's entry and after
     /// each handler call (which may change the CPL); links keep it, as they keep the CPL.
     fn load_pinned(&mut self) {
@@ -932,15 +938,7 @@ impl Compiler {
     /// hit in the fast TLB. Leaves RCX = the host address; anything else goes to the op's
     /// handler. Returns the label to place after the access (where both paths join).
     fn mem_probe(&mut self, i: usize, op: &Op, s: u8, write: bool) -> DynamicLabel {
-        let fb = self.a.new_dynamic_label();
-        let cont = self.a.new_dynamic_label();
-        self.fallbacks.push(Fallback {
-            label: fb,
-            index: i,
-            cont,
-            delta: self.delta,
-            rewind: self.delta + op.len as u64,
-        });
+        let (fb, cont) = self.fallback_label(i, op);
         self.probe_to(op, s, write, fb);
         cont
     }
@@ -1396,11 +1394,7 @@ impl Compiler {
         if let Some(cont) = cont {
             asm!(self.a ; =>cont);
         }
-        self.flags = if self.dead {
-            Producer::Unknown
-        } else {
-            Producer::Known(FlagOp::None, s)
-        };
+        self.produced(Producer::Known(FlagOp::None, s));
     }
 
     /// The eager flags of a multiply, from the host's: R8B = its OF (= CF), the host SF, ZF,
@@ -1698,11 +1692,7 @@ impl Compiler {
         {
             self.store_rdx(s, dst);
         }
-        self.flags = if self.dead {
-            Producer::Unknown
-        } else {
-            Producer::Known(fop, s)
-        };
+        self.produced(Producer::Known(fop, s));
     }
 
     /// INC/DEC keep CF: fold the pending producer's CF into RFLAGS first (`Cpu::set_lazy`).
@@ -2231,18 +2221,12 @@ impl Compiler {
         let s = op.osize;
         let bits = s as i32 * 8;
         let cmask = if s == 8 { 0x3F } else { 0x1F };
-        let fb = self.a.new_dynamic_label();
-        let cont = self.a.new_dynamic_label();
-        if s < 4 {
-            // Only 8/16-bit counts of the width or more leave the inline path.
-            self.fallbacks.push(Fallback {
-                label: fb,
-                index: i,
-                cont,
-                delta: self.delta,
-                rewind: self.delta + op.len as u64,
-            });
-        }
+        // Only 8/16-bit counts of the width or more leave the inline path.
+        let (fb, cont) = if s < 4 {
+            self.fallback_label(i, op)
+        } else {
+            (self.a.new_dynamic_label(), self.a.new_dynamic_label())
+        };
         let (cl_off, o) = (reg(1), reg(op.dst));
         asm!(self.a
             ; movzx ecx, BYTE [rbx + cl_off]
@@ -2398,11 +2382,7 @@ impl Compiler {
         if let Some(c) = cont {
             asm!(self.a ; =>c);
         }
-        self.flags = if self.dead {
-            Producer::Unknown
-        } else {
-            Producer::Known(fop, s)
-        };
+        self.produced(Producer::Known(fop, s));
     }
 
     /// One-operand MUL/IMUL of 16/32/64 bits (`arith::mul1`/`imul1`): rDX:rAX = rAX * src
@@ -2456,11 +2436,7 @@ impl Compiler {
         if let Some(c) = cont {
             asm!(self.a ; =>c);
         }
-        self.flags = if self.dead {
-            Producer::Unknown
-        } else {
-            Producer::Known(FlagOp::None, s)
-        };
+        self.produced(Producer::Known(FlagOp::None, s));
     }
 }
 
