@@ -3,8 +3,15 @@
 //! Every op either becomes inline host code (the forms `FastForm` names, plus near JMP rel)
 //! or a call of [`trampoline::call_op`] with that op, which runs its tier-0 handler exactly as
 //! the dispatch loop would. Register conventions inside a block: RBX = `*mut Cpu`, R12 =
-//! `*mut Ctx`; RAX, RCX, RDX are scratch. Guest state stays in the `Cpu` (no register
-//! caching yet), so a handler call needs no spilling.
+//! `*mut Ctx`, R13 = ops left in the budget, R14 = the fast TLB's tag bias (CPL); RAX, RCX,
+//! RDX, R8-R11 are scratch. Guest state stays in the `Cpu` (no register caching), so a
+//! handler call needs no spilling.
+//!
+//! Each block is compiled twice: the first pass learns what every op does to the flags, where
+//! code may leave, and which data segments each op touches; the second drops flag records
+//! nothing reads (`dead_flags`) and puts a segment `guard` before the first op that uses a
+//! segment (a failing guard sends the block back to be compiled with checks at every
+//! access: [`ST_DEOPT`]).
 //!
 //! A block is entered with the number of ops the budget allows (R13); it stops before its
 //! first op with [`ST_STOP`] when that is less than the block's length. A chainable block's end
@@ -14,11 +21,12 @@
 //! written back before a handler call, a branch, or the block end. Masking once is exact:
 //! `((a + x) & m + y) & m == (a + x + y) & m` for the 16/32-bit masks.
 //!
-//! Flags: inline ALU ops record the lazy-flags state exactly as their tier-0 handlers do.
-//! When the producer of the pending flags is an inline op of this block (`Producer::Known`),
-//! a Jcc regenerates the host flags by redoing that operation (CMP for SUB, TEST for the
-//! logic ops, ADD, INC/DEC with CF loaded from RFLAGS) and branches with the host's own
-//! condition code; otherwise it calls `Cpu::cond`.
+//! Flags: inline ALU ops record the lazy-flags state exactly as their tier-0 handlers do
+//! (when anything reads it). A Jcc right after a register ALU op uses the host flags it left;
+//! when the producer of the pending flags is another inline op of this block
+//! (`Producer::Known`), a Jcc regenerates the host flags by redoing that operation (CMP for
+//! SUB, TEST for the logic ops, ADD, INC/DEC with CF loaded from RFLAGS) and branches with the
+//! host's own condition code; otherwise it calls `Cpu::cond`.
 
 use super::trampoline::{self, Ctx, ST_BREAK, ST_DEOPT, ST_OK, ST_STOP};
 use crate::Cpu;
@@ -308,7 +316,8 @@ fn emit(
         prev_host_flags: false,
         deopts: Vec::new(),
     };
-    // Five pushes after the return address keep RSP 16-byte aligned at our calls.
+    // Five pushes after the return address keep RSP 16-byte aligned at our calls (R15 is
+    // not used; it is pushed for the alignment).
     asm!(c.a
         ; push rbx
         ; push r12

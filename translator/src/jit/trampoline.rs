@@ -31,8 +31,6 @@ pub(crate) const ST_DEOPT: u64 = 5;
 /// `repr(C)`: compiled code reads the host addresses at fixed offsets.
 #[repr(C)]
 pub(crate) struct Ctx<'a> {
-    /// Host address of guest physical 0 (`PhysMem`'s RAM).
-    pub mem: usize,
     /// Host addresses of the fast read and write TLB tables.
     pub fast_r: usize,
     pub fast_w: usize,
@@ -63,7 +61,6 @@ pub(crate) unsafe fn enter(
 ) -> (u64, Option<Fault>, *const Block) {
     let (fast_r, fast_w) = cpu.tlb.fast_tables();
     let mut ctx = Ctx {
-        mem: cpu.mem.host_base(),
         fast_r,
         fast_w,
         cpu: cpu as *mut Cpu,
@@ -103,10 +100,9 @@ pub(crate) extern "sysv64" fn call_op(ctx: *mut Ctx<'_>, op: *const Op) -> u64 {
     }
     // A far transfer, a CPL change, an invalidation...: links made before must not be taken.
     cpu.refresh_link_context();
-    // Handlers never replace the TLB or the memory, but refreshing costs little and keeps
-    // compiled code correct if one ever does.
+    // Handlers never replace the TLB, but refreshing costs little and keeps compiled code
+    // correct if one ever does.
     (ctx.fast_r, ctx.fast_w) = cpu.tlb.fast_tables();
-    ctx.mem = cpu.mem.host_base();
     match r {
         Ok(()) if cpu.block_break => ST_BREAK,
         Ok(()) => ST_OK,
