@@ -293,7 +293,7 @@ fn emit(
     checked: bool,
     plan: &[(bool, u8)],
 ) -> Result<(Compiled, Vec<Seen>), dynasmrt::DynasmError> {
-    let mut effects = Vec::with_capacity(ops.len());
+    let mut seen = Vec::with_capacity(ops.len());
     let mut a = VecAssembler::<X64Relocation>::new(0);
     let out = a.new_dynamic_label();
     let mut c = Compiler {
@@ -363,7 +363,7 @@ fn emit(
             c.counts.inline += 1;
         }
         let left = c.exits.len() + c.fallbacks.len() + c.breaks.len() != exits;
-        effects.push(Seen {
+        seen.push(Seen {
             effect: c.effect,
             exits: left,
             segs: c.op_segs,
@@ -449,7 +449,7 @@ fn emit(
         counts,
         body,
     };
-    Ok((code, effects))
+    Ok((code, seen))
 }
 
 /// Host address of an `extern "sysv64"` helper, as an immediate.
@@ -1205,15 +1205,7 @@ impl Compiler {
     /// anything the load path does not handle goes to the handler.
     fn ret32(&mut self, i: usize, op: &Op) {
         self.flush_rip();
-        let fb = self.a.new_dynamic_label();
-        let cont = self.a.new_dynamic_label();
-        self.fallbacks.push(Fallback {
-            label: fb,
-            index: i,
-            cont,
-            delta: 0,
-            rewind: 0,
-        });
+        let (fb, cont) = self.branch_fallback(i);
         // stack32: CR0.PE and SS.B (LMA is checked by the load path).
         let (pe, big) = (cr0::PE as i32, attr::DB as i32);
         let ss_attr = seg_field(sreg::SS, SEG_ATTR);
@@ -1250,15 +1242,7 @@ impl Compiler {
     /// decide whether it may (else `block_break` and the block ends after the call).
     fn call32(&mut self, i: usize, op: &Op, sb: bool) {
         self.flush_rip();
-        let fb = self.a.new_dynamic_label();
-        let cont = self.a.new_dynamic_label();
-        self.fallbacks.push(Fallback {
-            label: fb,
-            index: i,
-            cont,
-            delta: 0,
-            rewind: 0,
-        });
+        let (fb, cont) = self.branch_fallback(i);
         let (pe, big) = (cr0::PE as i32, attr::DB as i16);
         let ss_attr = seg_field(sreg::SS, SEG_ATTR);
         let (len, imm) = (op.len as i32, op.imm as i64);
@@ -1455,15 +1439,7 @@ impl Compiler {
     /// PUSH r32 / PUSH imm / PUSH m32 with a 32-bit stack (`stack::push`): the value is read before ESP
     /// moves (PUSH ESP pushes the old value), ESP changes after the store.
     fn push32(&mut self, i: usize, op: &Op) {
-        let fb = self.a.new_dynamic_label();
-        let cont = self.a.new_dynamic_label();
-        self.fallbacks.push(Fallback {
-            label: fb,
-            index: i,
-            cont,
-            delta: self.delta,
-            rewind: self.delta + op.len as u64,
-        });
+        let (fb, cont) = self.fallback_label(i, op);
         self.check_stack32(fb);
         if op.src == loc::MEM {
             // PUSH r/m32: the operand is read first (with ESP before the push).
@@ -1493,15 +1469,7 @@ impl Compiler {
     /// POP r32 with a 32-bit stack (`stack::pop`): ESP moves first, then the register is
     /// written (so POP ESP loads the popped value).
     fn pop32(&mut self, i: usize, op: &Op) {
-        let fb = self.a.new_dynamic_label();
-        let cont = self.a.new_dynamic_label();
-        self.fallbacks.push(Fallback {
-            label: fb,
-            index: i,
-            cont,
-            delta: self.delta,
-            rewind: self.delta + op.len as u64,
-        });
+        let (fb, cont) = self.fallback_label(i, op);
         self.check_stack32(fb);
         self.probe_to(&Self::stack_slot(op, 0), 4, false, fb);
         let (esp_off, dst) = (reg(4), reg(op.dst));
@@ -1518,15 +1486,7 @@ impl Compiler {
     /// LEAVE with a 32-bit stack and operand (`stack::leave`): the load from SS:[EBP] comes
     /// first, so a fault leaves ESP and EBP untouched; then ESP = EBP + 4 and EBP = the value.
     fn leave32(&mut self, i: usize, op: &Op) {
-        let fb = self.a.new_dynamic_label();
-        let cont = self.a.new_dynamic_label();
-        self.fallbacks.push(Fallback {
-            label: fb,
-            index: i,
-            cont,
-            delta: self.delta,
-            rewind: self.delta + op.len as u64,
-        });
+        let (fb, cont) = self.fallback_label(i, op);
         self.check_stack32(fb);
         let mut slot = Self::stack_slot(op, 0);
         slot.base = 5;
@@ -1547,15 +1507,7 @@ impl Compiler {
     /// leaves nothing done), then ESI/EDI move by the size, down when DF is set.
     fn string1(&mut self, i: usize, op: &Op, f: FastForm) {
         let s = op.osize;
-        let fb = self.a.new_dynamic_label();
-        let cont = self.a.new_dynamic_label();
-        self.fallbacks.push(Fallback {
-            label: fb,
-            index: i,
-            cont,
-            delta: self.delta,
-            rewind: self.delta + op.len as u64,
-        });
+        let (fb, cont) = self.fallback_label(i, op);
         let at = |seg: usize, r: u8| {
             let mut m = Op::new(op.exec, op.len);
             m.seg = seg as u8;
@@ -1775,8 +1727,8 @@ impl Compiler {
     /// RIP = (next RIP + imm) masked to the operand size, or the handler (which faults) when
     /// that lies beyond the CS limit. RIP in memory is the branch's start here.
     fn jump_taken(&mut self, i: usize, op: &Op, cont: Option<DynamicLabel>) {
-        let fb = self.a.new_dynamic_label();
         let cont = cont.unwrap_or_else(|| self.a.new_dynamic_label());
+        let fb = self.fallback_to(i, cont, 0, 0);
         let (len, imm) = (op.len as i32, op.imm as i64);
         asm!(self.a
             ; mov rax, QWORD [rbx + RIP]
@@ -1792,13 +1744,6 @@ impl Compiler {
             ; mov QWORD [rbx + RIP], rax
             ; =>cont
         );
-        self.fallbacks.push(Fallback {
-            label: fb,
-            index: i,
-            cont,
-            delta: 0,
-            rewind: 0,
-        });
         // Both paths join with RIP written back. The handler path only returns here when the
         // branch did not fault, and the lazy flags it may have materialised are equal to the
         // pending ones, so `self.flags` still describes them.
@@ -2453,16 +2398,36 @@ impl Compiler {
     /// A fallback to op `i`'s handler for an inline path with several exits; returns (its
     /// label, the label to place where both paths join).
     fn fallback_label(&mut self, i: usize, op: &Op) -> (DynamicLabel, DynamicLabel) {
-        let fb = self.a.new_dynamic_label();
         let cont = self.a.new_dynamic_label();
+        let fb = self.fallback_to(i, cont, self.delta, self.delta + op.len as u64);
+        (fb, cont)
+    }
+
+    /// The same for a branch, whose inline path writes RIP itself (it is written back before
+    /// the branch, and the handler leaves it at the target).
+    fn branch_fallback(&mut self, i: usize) -> (DynamicLabel, DynamicLabel) {
+        let cont = self.a.new_dynamic_label();
+        (self.fallback_to(i, cont, 0, 0), cont)
+    }
+
+    /// A new out-of-line call of op `i`'s handler that continues at `cont` (see `Fallback`
+    /// for `delta` and `rewind`); returns its label.
+    fn fallback_to(
+        &mut self,
+        i: usize,
+        cont: DynamicLabel,
+        delta: u64,
+        rewind: u64,
+    ) -> DynamicLabel {
+        let label = self.a.new_dynamic_label();
         self.fallbacks.push(Fallback {
-            label: fb,
+            label,
             index: i,
             cont,
-            delta: self.delta,
-            rewind: self.delta + op.len as u64,
+            delta,
+            rewind,
         });
-        (fb, cont)
+        label
     }
 
     /// CBW/CWDE/CDQE (`arith::cbw`) and CWD/CDQ/CQO (`arith::cwd`): no flags.
@@ -2668,15 +2633,7 @@ impl Compiler {
     /// to the handler.
     fn branch_ind32(&mut self, i: usize, op: &Op, call: bool) {
         self.flush_rip();
-        let fb = self.a.new_dynamic_label();
-        let cont = self.a.new_dynamic_label();
-        self.fallbacks.push(Fallback {
-            label: fb,
-            index: i,
-            cont,
-            delta: 0,
-            rewind: 0,
-        });
+        let (fb, cont) = self.branch_fallback(i);
         if call {
             self.check_stack32(fb);
         }

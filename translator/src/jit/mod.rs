@@ -378,13 +378,18 @@ pub(crate) fn run_block(
     });
     let len = last.as_ref().map_or(block.ops.len(), |b| b.ops.len());
     let (status, idx) = (r & 0xFF, r >> 8);
-    if status == ST_DEOPT && idx == 0 && last.is_none() {
-        // Nothing ran: tier 0 runs the block now (one outside the cache would come back
-        // unchecked from the next lookup and leave again here).
-        block.jit_checked.set(true);
-        block.jit.set(None);
+    if status == ST_DEOPT {
+        let b = last.as_deref().unwrap_or(block);
+        log::debug!("jit: block at op {idx} needs segment checks; compiling it again");
+        b.jit_checked.set(true);
+        b.jit.set(None);
+        // Links into its old code must not be followed any more.
         cpu.cache.epoch = cpu.cache.epoch.wrapping_add(1);
-        return None;
+        if idx == 0 && last.is_none() {
+            // Nothing ran: tier 0 runs the block now (one outside the cache would come back
+            // unchecked from the next lookup and leave again here).
+            return None;
+        }
     }
     let outcome = match (status, fault) {
         (ST_OK, _) => Outcome::Ran {
@@ -397,22 +402,10 @@ pub(crate) fn run_block(
         },
         (ST_FAULT, Some(fault)) => Outcome::Fault { done: idx, fault },
         (ST_HALT, _) => Outcome::Halt { done: idx },
-        (ST_STOP, _) => Outcome::Ran {
+        (ST_STOP | ST_DEOPT, _) => Outcome::Ran {
             done: idx,
             clean: false,
         },
-        (ST_DEOPT, _) => {
-            let b = last.as_deref().unwrap_or(block);
-            log::debug!("jit: block at op {idx} needs segment checks; compiling it again");
-            b.jit_checked.set(true);
-            b.jit.set(None);
-            // Links into its old code must not be followed any more.
-            cpu.cache.epoch = cpu.cache.epoch.wrapping_add(1);
-            Outcome::Ran {
-                done: idx,
-                clean: false,
-            }
-        }
         _ => unreachable!("compiled code returned {r:#x}"),
     };
     Some((outcome, last))
