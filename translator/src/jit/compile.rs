@@ -3,9 +3,16 @@
 //! Every op either becomes inline host code (the forms `FastForm` names, plus near JMP rel)
 //! or a call of [`trampoline::call_op`] with that op, which runs its tier-0 handler exactly as
 //! the dispatch loop would. Register conventions inside a block: RBX = `*mut Cpu`, R12 =
-//! `*mut Ctx`, R13 = ops left in the budget, R14 = the fast TLB's tag bias (CPL); RAX, RCX,
-//! RDX, R8-R11 are scratch. Guest state stays in the `Cpu` (no register caching), so a
-//! handler call needs no spilling.
+//! `*mut Ctx`; RAX, RCX, RDX, R13 and R14 are scratch. The budget and the fast TLB's tag bias
+//! live in the `Ctx`.
+//!
+//! Guest registers: outside 64-bit code the eight guest GPRs live in host registers
+//! (`GUEST`) for as long as compiled code runs — loaded at the entry from the dispatcher,
+//! kept across links, and written back to `Cpu::regs` before every call out (which reloads
+//! them after) and at every exit. So `Cpu::regs` is exact whenever Rust code runs, and the
+//! handlers need to know nothing of it. 64-bit code (sixteen GPRs) keeps them in `Cpu::regs`.
+//! Emitters reach guest registers only through `get`/`put` (and `home` for the forms that use
+//! a pinned register directly).
 //!
 //! Each block is compiled twice: the first pass learns what every op does to the flags, where
 //! code may leave, and which data segments each op touches; the second drops flag records
@@ -13,9 +20,10 @@
 //! segment (a failing guard sends the block back to be compiled with checks at every
 //! access: [`ST_DEOPT`]).
 //!
-//! A block is entered with the number of ops the budget allows (R13); it stops before its
-//! first op with [`ST_STOP`] when that is less than the block's length. A chainable block's end
-//! may jump into a compiled successor's body instead of returning (see `Compiler::chain`).
+//! A block is entered with the number of ops the budget allows (`Ctx::budget`); it stops
+//! before its first op with [`ST_STOP`] when that is less than the block's length. A
+//! chainable block's end may jump into a compiled successor's body instead of returning (see
+//! `Compiler::chain`).
 //!
 //! RIP: inline ops do not read it, so their lengths are summed at compile time (`delta`) and
 //! written back before a handler call, a branch, or the block end. Masking once is exact:
@@ -76,13 +84,18 @@ const SEG_BASE: usize = offset_of!(Segment, base);
 const EFER: i32 = off32(offset_of!(Cpu, efer));
 const CR0: i32 = off32(offset_of!(Cpu, cr0));
 const BLOCK_BREAK: i32 = off32(offset_of!(Cpu, block_break));
-const CPL: i32 = off32(offset_of!(Cpu, cpl));
 const ICOUNT: i32 = off32(offset_of!(Cpu, icount));
 const JIT_POLL: i32 = off32(offset_of!(Cpu, jit) + offset_of!(super::Jit, poll));
 const LINK_CONTEXT: i32 = off32(offset_of!(Cpu, jit) + offset_of!(super::Jit, context));
 const CTX_BLOCK: i32 = off32(offset_of!(Ctx<'static>, block));
 const CTX_FAST_R: i32 = off32(offset_of!(Ctx<'static>, fast_r));
 const CTX_FAST_W: i32 = off32(offset_of!(Ctx<'static>, fast_w));
+const CTX_BUDGET: i32 = off32(offset_of!(Ctx<'static>, budget));
+const CTX_TAG_BIAS: i32 = off32(offset_of!(Ctx<'static>, tag_bias));
+
+/// Host registers of guest EAX, ECX, EDX, EBX, ESP, EBP, ESI, EDI outside 64-bit code:
+/// R8-R11, RSI, RBP, RDI, R15 (AL-BL are then R8B-R11B, which need no REX tricks).
+const GUEST: [u8; 8] = [8, 9, 10, 11, 6, 5, 7, 15];
 
 /// DS, ES and SS are taken to have base 0 (`Compiler::guard` checks it): every flat system
 /// keeps them so, while FS and GS point at per-CPU or per-thread data.
@@ -190,6 +203,8 @@ struct Compiler {
     a: VecAssembler<X64Relocation>,
     ip_mask: u64,
     long: bool,
+    /// Guest GPRs live in host registers (`GUEST`): every mode but 64-bit code.
+    pinned: bool,
     /// Bytes of RIP advance not yet written back.
     delta: u64,
     flags: Producer,
@@ -220,6 +235,8 @@ struct Compiler {
     prev_host_flags: bool,
     /// Exits for a segment `guard` that fails: (label, op index, RIP bytes pending).
     deopts: Vec<(DynamicLabel, usize, u64)>,
+    /// The block's one routine for calls out (`call_out`), emitted at its end when used.
+    thunk: Option<DynamicLabel>,
 }
 
 /// An inline op's effect on the flags, as far as it can be seen without leaving compiled
@@ -300,6 +317,7 @@ fn emit(
         a,
         ip_mask,
         long: bitness == 64,
+        pinned: bitness != 64,
         delta: 0,
         flags: Producer::Unknown,
         exits: Vec::new(),
@@ -315,20 +333,21 @@ fn emit(
         host_flags: false,
         prev_host_flags: false,
         deopts: Vec::new(),
+        thunk: None,
     };
-    // Five pushes after the return address keep RSP 16-byte aligned at our calls (R15 is
-    // not used; it is pushed for the alignment).
+    // Six pushes and 8 bytes after the return address keep RSP 16-byte aligned at calls.
     asm!(c.a
         ; push rbx
+        ; push rbp
         ; push r12
         ; push r13
         ; push r14
         ; push r15
+        ; sub rsp, 8
         ; mov rbx, rdi
         ; mov r12, rsi
-        ; mov r13, rdx
     );
-    c.load_pinned();
+    c.reload();
     let body = c.a.offset().0;
     // The budget is checked once, here, where links enter too: a block runs whole or not at
     // all (the dispatcher runs a block the budget cuts short in tier 0), so no op needs a
@@ -336,7 +355,7 @@ fn emit(
     let stop = c.a.new_dynamic_label();
     let n = ops.len() as i32;
     asm!(c.a
-        ; cmp r13, n
+        ; cmp QWORD [r12 + CTX_BUDGET], n
         ; jb =>stop
     );
     for (i, op) in ops.iter().enumerate() {
@@ -373,14 +392,13 @@ fn emit(
     if let Some((links, ib)) = links {
         c.chain(ops.len(), links, ib);
     }
+    // Every exit but a handler's writes the guest registers back (`out_sync`); after a
+    // handler's failure they are in `Cpu::regs` already (`out`).
+    let out_sync = c.a.new_dynamic_label();
     asm!(c.a
         ; xor eax, eax
-        ; pop r15
-        ; pop r14
-        ; pop r13
-        ; pop r12
-        ; pop rbx
-        ; ret
+        ; xor edx, edx
+        ; jmp =>out_sync
     );
     for f in std::mem::take(&mut c.fallbacks) {
         asm!(c.a ; =>f.label);
@@ -399,7 +417,7 @@ fn emit(
         ; =>stop
         ; xor edx, edx
         ; mov eax, st
-        ; jmp =>out
+        ; jmp =>out_sync
     );
     for (l, i, delta) in std::mem::take(&mut c.deopts) {
         asm!(c.a ; =>l);
@@ -409,7 +427,7 @@ fn emit(
         asm!(c.a
             ; mov edx, n
             ; mov eax, st
-            ; jmp =>out
+            ; jmp =>out_sync
         );
     }
     for (l, i) in std::mem::take(&mut c.breaks) {
@@ -419,7 +437,7 @@ fn emit(
             ; mov BYTE [rbx + BLOCK_BREAK], 1
             ; mov edx, n
             ; mov eax, st
-            ; jmp =>out
+            ; jmp =>out_sync
         );
     }
     for (l, i) in std::mem::take(&mut c.exits) {
@@ -431,14 +449,33 @@ fn emit(
             ; jmp =>out
         );
     }
+    if let Some(thunk) = c.thunk {
+        // RAX = the function, RCX and RDX its first two arguments; the call leaves RSP
+        // 8 bytes off the 16-byte alignment the callee expects.
+        asm!(c.a ; =>thunk);
+        c.spill();
+        asm!(c.a
+            ; mov rdi, rcx
+            ; mov rsi, rdx
+            ; sub rsp, 8
+            ; call rax
+            ; add rsp, 8
+        );
+        c.reload();
+        asm!(c.a ; ret);
+    }
+    asm!(c.a ; =>out_sync);
+    c.spill();
     asm!(c.a
         ; =>out
         ; shl rdx, 8
         ; or rax, rdx
+        ; add rsp, 8
         ; pop r15
         ; pop r14
         ; pop r13
         ; pop r12
+        ; pop rbp
         ; pop rbx
         ; ret
     );
@@ -484,7 +521,7 @@ impl Compiler {
             off32(offset_of!(ChainLink, block)),
         );
         asm!(self.a
-            ; cmp r13, n
+            ; cmp QWORD [r12 + CTX_BUDGET], n
             ; jbe =>done
             ; cmp BYTE [rbx + JIT_POLL], 0
             ; jne =>poll
@@ -505,8 +542,8 @@ impl Compiler {
                     ; xor rdx, rcx
                     ; and edx, slots
                     ; shl rdx, shift
-                    ; mov r10, QWORD ib
-                    ; add rdx, r10
+                    ; mov r14, QWORD ib
+                    ; add rdx, r14
                 );
             }
             asm!(self.a
@@ -514,7 +551,7 @@ impl Compiler {
                 ; jne =>next
                 ; cmp rax, QWORD [rdx + o + l_stamp]
                 ; jne =>next
-                ; sub r13, n
+                ; sub QWORD [r12 + CTX_BUDGET], n
                 ; add QWORD [rbx + ICOUNT], n
                 ; mov rax, QWORD [rdx + o + l_block]
                 ; mov QWORD [r12 + CTX_BLOCK], rax
@@ -525,9 +562,9 @@ impl Compiler {
         asm!(self.a
             ; jmp =>done
             ; =>poll
-            ; mov rdi, r12
-            ; mov rax, QWORD poll_fn
-            ; call rax
+        );
+        self.call_out(poll_fn, 12, None);
+        asm!(self.a
             ; test eax, eax
             ; jnz =>look
             ; =>done
@@ -573,14 +610,118 @@ impl Compiler {
         self.flags = if self.dead { Producer::Unknown } else { p };
     }
 
-    /// R14 = the fast TLB's tag bias (1, or 2 at CPL 3): at the block's entry and after
-    /// each handler call (which may change the CPL); links keep it, as they keep the CPL.
-    fn load_pinned(&mut self) {
+    /// Where guest register `r` lives while compiled code runs: a host register, or (64-bit
+    /// code, and R8-R15 there) `Cpu::regs`.
+    fn home(&self, r: u8) -> Option<u8> {
+        (self.pinned && r < 8).then(|| GUEST[r as usize])
+    }
+
+    /// Host register `to` = guest register `r`'s low `s` bytes, zero-extended.
+    fn get(&mut self, s: u8, r: u8, to: Reg) {
+        let t = to as u8;
+        match self.home(r) {
+            Some(h) => match s {
+                1 => asm!(self.a ; movzx Rd(t), Rb(h)),
+                2 => asm!(self.a ; movzx Rd(t), Rw(h)),
+                4 => asm!(self.a ; mov Rd(t), Rd(h)),
+                _ => asm!(self.a ; mov Rq(t), Rq(h)),
+            },
+            None => load_sized(&mut self.a, s, to, 3, reg(r)),
+        }
+    }
+
+    /// Guest register `r`'s low `s` bytes = host register `from`'s (a 4-byte write clears
+    /// the upper half, as a 32-bit register write does; `from`'s upper half may be dirty).
+    fn put(&mut self, s: u8, from: Reg, r: u8) {
+        let f = from as u8;
+        match self.home(r) {
+            Some(h) => match s {
+                1 => asm!(self.a ; mov Rb(h), Rb(f)),
+                2 => asm!(self.a ; mov Rw(h), Rw(f)),
+                4 => asm!(self.a ; mov Rd(h), Rd(f)),
+                _ => asm!(self.a ; mov Rq(h), Rq(f)),
+            },
+            None => {
+                let o = reg(r);
+                match s {
+                    1 => asm!(self.a ; mov BYTE [rbx + o], Rb(f)),
+                    2 => asm!(self.a ; mov WORD [rbx + o], Rw(f)),
+                    4 => asm!(self.a ; mov Rd(f), Rd(f) ; mov QWORD [rbx + o], Rq(f)),
+                    _ => asm!(self.a ; mov QWORD [rbx + o], Rq(f)),
+                }
+            }
+        }
+    }
+
+    /// Host register `to` = AH, CH, DH or BH (`r` = 0-3), zero-extended.
+    fn get_hi(&mut self, r: u8, to: Reg) {
+        let t = to as u8;
+        match self.home(r) {
+            Some(h) => asm!(self.a ; movzx Rd(t), Rw(h) ; shr Rd(t), 8),
+            None => {
+                let o = reg(r) + 1;
+                asm!(self.a ; movzx Rd(t), BYTE [rbx + o]);
+            }
+        }
+    }
+
+    /// AH, CH, DH or BH (`r` = 0-3) = the low byte of `from` (which this clobbers).
+    fn put_hi(&mut self, from: Reg, r: u8) {
+        let f = from as u8;
+        match self.home(r) {
+            Some(h) => {
+                let keep = !0xFF00i32;
+                asm!(self.a
+                    ; movzx Rd(f), Rb(f)
+                    ; shl Rd(f), 8
+                    ; and Rq(h), keep
+                    ; or Rq(h), Rq(f)
+                );
+            }
+            None => {
+                let o = reg(r) + 1;
+                asm!(self.a ; mov BYTE [rbx + o], Rb(f));
+            }
+        }
+    }
+
+    /// Write the pinned guest registers back to `Cpu::regs`.
+    fn spill(&mut self) {
+        if self.pinned {
+            for (r, h) in GUEST.iter().enumerate() {
+                let (o, h) = (reg(r as u8), *h);
+                asm!(self.a ; mov QWORD [rbx + o], Rq(h));
+            }
+        }
+    }
+
+    /// Load the pinned guest registers from `Cpu::regs`.
+    fn reload(&mut self) {
+        if self.pinned {
+            for (r, h) in GUEST.iter().enumerate() {
+                let (o, h) = (reg(r as u8), *h);
+                asm!(self.a ; mov Rq(h), QWORD [rbx + o]);
+            }
+        }
+    }
+
+    /// Call the `extern "sysv64"` function at `f` with RDI = host register `arg0` (RBX or
+    /// R12) and RSI = `arg1`, the guest registers written back before and reloaded after
+    /// (Rust may read them, and the call clobbers the caller-saved ones) by the block's
+    /// thunk, which all its calls share. The result is in RAX; the host flags are the
+    /// callee's.
+    fn call_out(&mut self, f: i64, arg0: u8, arg1: Option<i64>) {
+        let thunk = match self.thunk {
+            Some(t) => t,
+            None => *self.thunk.insert(self.a.new_dynamic_label()),
+        };
+        asm!(self.a ; mov rcx, Rq(arg0));
+        if let Some(v) = arg1 {
+            asm!(self.a ; mov rdx, QWORD v);
+        }
         asm!(self.a
-            ; xor r14d, r14d
-            ; cmp BYTE [rbx + CPL], 3
-            ; sete r14b
-            ; inc r14
+            ; mov rax, QWORD f
+            ; call =>thunk
         );
     }
 
@@ -589,15 +730,12 @@ impl Compiler {
         self.exits.push((exit, i));
         let op_ptr = op as *const Op as i64;
         let f = addr(trampoline::call_op as *const () as usize);
+        // A failing handler leaves through `out`, with `Cpu::regs` as it left them.
+        self.call_out(f, 12, Some(op_ptr));
         asm!(self.a
-            ; mov rdi, r12
-            ; mov rsi, QWORD op_ptr
-            ; mov rax, QWORD f
-            ; call rax
             ; test rax, rax
             ; jnz =>exit
         );
-        self.load_pinned();
     }
 
     /// Emit op `i` inline if it is a form we compile; false to have it called.
@@ -606,13 +744,16 @@ impl Compiler {
         match form {
             Some(FastForm::MovRR(s)) => {
                 self.effect = Effect::Pass;
-                self.load(s, op.src);
-                let o = reg(op.dst);
-                match s {
-                    1 => asm!(self.a ; mov BYTE [rbx + o], al),
-                    2 => asm!(self.a ; mov WORD [rbx + o], ax),
-                    // Loaded zero-extended already.
-                    _ => asm!(self.a ; mov QWORD [rbx + o], rax),
+                if let (Some(d), Some(r)) = (self.home(op.dst), self.home(op.src)) {
+                    match s {
+                        1 => asm!(self.a ; mov Rb(d), Rb(r)),
+                        2 => asm!(self.a ; mov Rw(d), Rw(r)),
+                        4 => asm!(self.a ; mov Rd(d), Rd(r)),
+                        _ => asm!(self.a ; mov Rq(d), Rq(r)),
+                    }
+                } else {
+                    self.load(s, op.src);
+                    self.store_rax(s, op.dst);
                 }
             }
             Some(FastForm::MovRI(s)) => {
@@ -624,18 +765,33 @@ impl Compiler {
             }
             Some(FastForm::AluRR { k, s }) => {
                 self.effect = Effect::Kill;
-                self.load(s, op.dst);
-                self.load_to(s, op.src, Reg::Rcx);
-                self.alu(k, s, Some(op.dst));
+                match (self.home(op.dst), self.home(op.src)) {
+                    (Some(d), Some(r)) if k != kind::CMP && k != kind::TEST => {
+                        self.alu_in_place(k, s, op.dst, d, Err(r))
+                    }
+                    _ => {
+                        self.load(s, op.dst);
+                        self.load_to(s, op.src, Reg::Rcx);
+                        self.alu(k, s, Some(op.dst));
+                    }
+                }
                 self.host_flags = true;
             }
             Some(FastForm::AluRI { k, s }) => {
                 self.effect = Effect::Kill;
-                self.load(s, op.dst);
                 let m = crate::flags::size_mask(s);
-                let v = (op.imm & m) as i64;
-                asm!(self.a ; mov rcx, QWORD v);
-                self.alu(k, s, Some(op.dst));
+                match self.home(op.dst) {
+                    Some(d) if k != kind::CMP && k != kind::TEST && s <= 4 => {
+                        let v = (op.imm & m) as u32 as i32;
+                        self.alu_in_place(k, s, op.dst, d, Ok(v))
+                    }
+                    _ => {
+                        self.load(s, op.dst);
+                        let v = (op.imm & m) as i64;
+                        asm!(self.a ; mov rcx, QWORD v);
+                        self.alu(k, s, Some(op.dst));
+                    }
+                }
                 self.host_flags = true;
             }
             Some(FastForm::Inc(s)) | Some(FastForm::Dec(s)) => {
@@ -668,34 +824,14 @@ impl Compiler {
             }
             Some(FastForm::Lea(s)) if op.base != loc::RIP => {
                 self.effect = Effect::Pass;
-                let disp = op.disp as i64;
-                asm!(self.a ; mov rax, QWORD disp);
-                if op.base != loc::NO_REG {
-                    let b = reg(op.base);
-                    asm!(self.a ; add rax, QWORD [rbx + b]);
-                }
-                if op.index != loc::NO_REG {
-                    let (ix, sc) = (reg(op.index), op.scale as i8);
-                    asm!(self.a
-                        ; mov rcx, QWORD [rbx + ix]
-                        ; shl rcx, sc
-                        ; add rax, rcx
-                    );
-                }
                 // lea_r runs with a 32-bit address: the sum is masked to 32 bits.
-                asm!(self.a ; mov eax, eax);
+                self.sum32(op);
                 self.store_rax(s, op.dst);
             }
             Some(FastForm::MovRM(s)) if mem_inlinable(op) => {
                 let cont = self.mem_probe(i, op, s, false);
-                let o = reg(op.dst);
-                match s {
-                    1 => asm!(self.a ; movzx eax, BYTE [rcx] ; mov BYTE [rbx + o], al),
-                    2 => asm!(self.a ; movzx eax, WORD [rcx] ; mov WORD [rbx + o], ax),
-                    // The 32-bit load zero-extends, as a 32-bit register write must.
-                    4 => asm!(self.a ; mov eax, DWORD [rcx] ; mov QWORD [rbx + o], rax),
-                    _ => asm!(self.a ; mov rax, QWORD [rcx] ; mov QWORD [rbx + o], rax),
-                }
+                load_sized(&mut self.a, s, Reg::Rax, Reg::Rcx as u8, 0);
+                self.store_rax(s, op.dst);
                 asm!(self.a ; =>cont);
             }
             Some(FastForm::AluRM { k, s }) if mem_inlinable(op) => {
@@ -715,12 +851,12 @@ impl Compiler {
                 // unless the op only compares; flags and the store follow the read.
                 let writes = k != kind::CMP && k != kind::TEST;
                 let cont = self.mem_probe(i, op, s, writes);
-                asm!(self.a ; mov r11, rcx);
+                asm!(self.a ; mov r14, rcx);
                 match s {
-                    1 => asm!(self.a ; movzx eax, BYTE [r11]),
-                    2 => asm!(self.a ; movzx eax, WORD [r11]),
-                    4 => asm!(self.a ; mov eax, DWORD [r11]),
-                    _ => asm!(self.a ; mov rax, QWORD [r11]),
+                    1 => asm!(self.a ; movzx eax, BYTE [r14]),
+                    2 => asm!(self.a ; movzx eax, WORD [r14]),
+                    4 => asm!(self.a ; mov eax, DWORD [r14]),
+                    _ => asm!(self.a ; mov rax, QWORD [r14]),
                 }
                 if matches!(form, Some(FastForm::AluMR { .. })) {
                     self.load_to(s, op.src, Reg::Rcx);
@@ -731,23 +867,28 @@ impl Compiler {
                 self.alu(k, s, None);
                 if writes {
                     match s {
-                        1 => asm!(self.a ; mov BYTE [r11], dl),
-                        2 => asm!(self.a ; mov WORD [r11], dx),
-                        4 => asm!(self.a ; mov DWORD [r11], edx),
-                        _ => asm!(self.a ; mov QWORD [r11], rdx),
+                        1 => asm!(self.a ; mov BYTE [r14], dl),
+                        2 => asm!(self.a ; mov WORD [r14], dx),
+                        4 => asm!(self.a ; mov DWORD [r14], edx),
+                        _ => asm!(self.a ; mov QWORD [r14], rdx),
                     }
                 }
                 asm!(self.a ; =>cont);
             }
             Some(FastForm::MovMR(s)) if mem_inlinable(op) => {
                 let cont = self.mem_probe(i, op, s, true);
-                let src = reg(op.src);
-                asm!(self.a ; mov rax, QWORD [rbx + src]);
+                let v = match self.home(op.src) {
+                    Some(h) => h,
+                    None => {
+                        self.get(8, op.src, Reg::Rax);
+                        Reg::Rax as u8
+                    }
+                };
                 match s {
-                    1 => asm!(self.a ; mov BYTE [rcx], al),
-                    2 => asm!(self.a ; mov WORD [rcx], ax),
-                    4 => asm!(self.a ; mov DWORD [rcx], eax),
-                    _ => asm!(self.a ; mov QWORD [rcx], rax),
+                    1 => asm!(self.a ; mov BYTE [rcx], Rb(v)),
+                    2 => asm!(self.a ; mov WORD [rcx], Rw(v)),
+                    4 => asm!(self.a ; mov DWORD [rcx], Rd(v)),
+                    _ => asm!(self.a ; mov QWORD [rcx], Rq(v)),
                 }
                 asm!(self.a ; =>cont);
             }
@@ -1012,7 +1153,8 @@ impl Compiler {
             ; shr ecx, 12 - shift
             ; and ecx, slots
             ; add rcx, QWORD [r12 + table]
-            ; lea rdx, [r14 + rdx * 2]
+            ; add rdx, rdx
+            ; add rdx, QWORD [r12 + CTX_TAG_BIAS]
             ; cmp QWORD [rcx], rdx
             ; jne =>fb
             ; mov rcx, QWORD [rcx + host]
@@ -1021,51 +1163,60 @@ impl Compiler {
     }
 
     /// RAX = the effective address of `op`'s memory operand (`asize` bits, zero-extended).
+    /// Clobbers RCX.
     fn effective_address(&mut self, op: &Op) {
-        let disp = op.disp as i32;
         let (has_base, has_index) = (op.base != loc::NO_REG, op.index != loc::NO_REG);
         if op.asize == 4 {
-            // 32-bit arithmetic wraps the sum and zero-extends it, as the address size asks.
-            match (has_base, has_index) {
-                (false, false) => asm!(self.a ; mov eax, disp),
-                (true, false) => {
-                    let b = reg(op.base);
-                    asm!(self.a ; mov eax, DWORD [rbx + b] ; add eax, disp);
-                }
-                (_, true) => {
-                    let ix = reg(op.index);
-                    if has_base {
-                        let b = reg(op.base);
-                        asm!(self.a ; mov eax, DWORD [rbx + b]);
-                    } else {
-                        asm!(self.a ; xor eax, eax);
-                    }
-                    asm!(self.a ; mov ecx, DWORD [rbx + ix]);
-                    match op.scale {
-                        0 => asm!(self.a ; lea eax, [rax + rcx + disp]),
-                        1 => asm!(self.a ; lea eax, [rax + rcx * 2 + disp]),
-                        2 => asm!(self.a ; lea eax, [rax + rcx * 4 + disp]),
-                        _ => asm!(self.a ; lea eax, [rax + rcx * 8 + disp]),
-                    }
-                }
-            }
+            self.sum32(op);
             return;
         }
         let disp = op.disp as i64;
         asm!(self.a ; mov rax, QWORD disp);
         if has_base {
-            let b = reg(op.base);
-            asm!(self.a ; add rax, QWORD [rbx + b]);
+            self.get(8, op.base, Reg::Rcx);
+            asm!(self.a ; add rax, rcx);
         }
         if has_index {
-            let (ix, sc) = (reg(op.index), op.scale as i8);
+            let sc = op.scale as i8;
+            self.get(8, op.index, Reg::Rcx);
             asm!(self.a
-                ; mov rcx, QWORD [rbx + ix]
                 ; shl rcx, sc
                 ; add rax, rcx
             );
         }
         mask(&mut self.a, op.asize, Reg::Rax);
+    }
+
+    /// EAX = base + index * scale + disp of `op`'s memory operand, wrapped to 32 bits (and
+    /// zero-extended), as 32-bit address arithmetic does. Clobbers RCX.
+    fn sum32(&mut self, op: &Op) {
+        let disp = op.disp as i32;
+        let b = if op.base == loc::NO_REG {
+            asm!(self.a ; xor eax, eax);
+            Reg::Rax as u8
+        } else if let Some(h) = self.home(op.base) {
+            h
+        } else {
+            self.get(8, op.base, Reg::Rax);
+            Reg::Rax as u8
+        };
+        if op.index == loc::NO_REG {
+            asm!(self.a ; lea eax, [Rq(b) + disp]);
+            return;
+        }
+        let ix = match self.home(op.index) {
+            Some(h) => h,
+            None => {
+                self.get(8, op.index, Reg::Rcx);
+                Reg::Rcx as u8
+            }
+        };
+        match op.scale {
+            0 => asm!(self.a ; lea eax, [Rq(b) + Rq(ix) + disp]),
+            1 => asm!(self.a ; lea eax, [Rq(b) + Rq(ix) * 2 + disp]),
+            2 => asm!(self.a ; lea eax, [Rq(b) + Rq(ix) * 4 + disp]),
+            _ => asm!(self.a ; lea eax, [Rq(b) + Rq(ix) * 8 + disp]),
+        }
     }
 
     /// Once per data segment between handler calls, before the first op that accesses it:
@@ -1124,9 +1275,8 @@ impl Compiler {
             return;
         }
         self.effect = Effect::Kill;
-        let o = reg(op.dst);
         let c = cnt as i8;
-        asm!(self.a ; mov rcx, QWORD [rbx + o]);
+        self.get(8, op.dst, Reg::Rcx);
         match (k, s) {
             (sk::SHR, 1) => asm!(self.a ; shr cl, c),
             (sk::SHR, 2) => asm!(self.a ; shr cx, c),
@@ -1142,12 +1292,7 @@ impl Compiler {
             (_, _) => asm!(self.a ; shl rcx, c),
         }
         if self.dead {
-            mask(&mut self.a, s, Reg::Rcx);
-            match s {
-                1 => asm!(self.a ; mov BYTE [rbx + o], cl),
-                2 => asm!(self.a ; mov WORD [rbx + o], cx),
-                _ => asm!(self.a ; mov QWORD [rbx + o], rcx),
-            }
+            self.put(s, Reg::Rcx, op.dst);
             self.flags = Producer::Unknown;
             return;
         }
@@ -1183,11 +1328,7 @@ impl Compiler {
                 );
             }
         }
-        match s {
-            1 => asm!(self.a ; mov BYTE [rbx + o], cl),
-            2 => asm!(self.a ; mov WORD [rbx + o], cx),
-            _ => asm!(self.a ; mov QWORD [rbx + o], rcx),
-        }
+        self.put(s, Reg::Rcx, op.dst);
         let keep = !flag::ARITH as i32;
         let none = FlagOp::None as u8 as i8;
         asm!(self.a
@@ -1221,7 +1362,6 @@ impl Compiler {
         stack.asize = 4;
         stack.disp = 0;
         self.probe_to(&stack, 4, false, fb);
-        let esp_off = reg(4);
         let pop = (4 + (op.imm & 0xFFFF)) as i32;
         asm!(self.a
             ; mov eax, DWORD [rcx]
@@ -1229,11 +1369,24 @@ impl Compiler {
             ; cmp rax, rcx
             ; ja =>fb
             ; mov QWORD [rbx + RIP], rax
-            ; mov eax, DWORD [rbx + esp_off]
-            ; add eax, pop
-            ; mov QWORD [rbx + esp_off], rax
-            ; =>cont
         );
+        self.add_esp(pop);
+        asm!(self.a ; =>cont);
+    }
+
+    /// ESP += `v` (32-bit, zero-extended). Clobbers RAX.
+    fn add_esp(&mut self, v: i32) {
+        match self.home(4) {
+            Some(h) => asm!(self.a ; lea Rd(h), [Rq(h) + v]),
+            None => {
+                let o = reg(4);
+                asm!(self.a
+                    ; mov eax, DWORD [rbx + o]
+                    ; add eax, v
+                    ; mov QWORD [rbx + o], rax
+                );
+            }
+        }
     }
 
     /// CALL rel32 with a 32-bit stack (`fast::call_rel32`): target check against the CS
@@ -1252,17 +1405,17 @@ impl Compiler {
             ; test WORD [rbx + ss_attr], big
             ; jz =>fb
         );
-        // R9 = return address (the next RIP), R10 = target.
+        // R13 = return address (the next RIP), R14 = target.
         self.advance_rip_rax(len);
         asm!(self.a
-            ; mov r9, rax
+            ; mov r13, rax
             ; mov rcx, QWORD imm
             ; add rax, rcx
             ; mov eax, eax
             ; mov ecx, DWORD [rbx + CS_LIMIT]
             ; cmp rax, rcx
             ; ja =>fb
-            ; mov r10, rax
+            ; mov r14, rax
         );
         let mut push = Op::new(op.exec, op.len);
         push.seg = sreg::SS as u8;
@@ -1270,14 +1423,9 @@ impl Compiler {
         push.asize = 4;
         push.disp = (-4i64) as u64;
         self.probe_to(&push, 4, true, fb);
-        let esp_off = reg(4);
-        asm!(self.a
-            ; mov DWORD [rcx], r9d
-            ; mov eax, DWORD [rbx + esp_off]
-            ; sub eax, 4
-            ; mov QWORD [rbx + esp_off], rax
-            ; mov QWORD [rbx + RIP], r10
-        );
+        asm!(self.a ; mov DWORD [rcx], r13d);
+        self.add_esp(-4);
+        asm!(self.a ; mov QWORD [rbx + RIP], r14);
         if sb {
             let brk = self.a.new_dynamic_label();
             let cs_base = seg_field(sreg::CS, SEG_BASE);
@@ -1285,11 +1433,11 @@ impl Compiler {
             let span = (op.imm2 >> 12) as i32;
             asm!(self.a
                 ; mov rax, QWORD [rbx + cs_base]
-                ; lea rdx, [r9 - len]
+                ; lea rdx, [r13 - len]
                 ; mov edx, edx
                 ; add rdx, rax
                 ; mov edx, edx
-                ; mov rcx, r10
+                ; mov rcx, r14
                 ; add rcx, rax
                 ; mov ecx, ecx
                 ; mov rax, rcx
@@ -1302,7 +1450,7 @@ impl Compiler {
             );
             if span != 0 {
                 asm!(self.a
-                    ; lea rax, [r10 + span - 1]
+                    ; lea rax, [r14 + span - 1]
                     ; mov ecx, DWORD [rbx + CS_LIMIT]
                     ; cmp rax, rcx
                     ; ja =>brk
@@ -1317,24 +1465,30 @@ impl Compiler {
     /// register (16-19: AH-BH), or memory through the inline load path.
     fn movx(&mut self, i: usize, op: &Op, signed: bool) {
         let cont = if op.src == loc::MEM {
-            Some(self.mem_probe(i, op, op.aux, false))
+            let c = self.mem_probe(i, op, op.aux, false);
+            match (signed, op.aux) {
+                (false, 1) => asm!(self.a ; movzx eax, BYTE [rcx]),
+                (false, 2) => asm!(self.a ; movzx eax, WORD [rcx]),
+                (false, _) => asm!(self.a ; mov eax, DWORD [rcx]),
+                (true, 1) => asm!(self.a ; movsx rax, BYTE [rcx]),
+                (true, 2) => asm!(self.a ; movsx rax, WORD [rcx]),
+                (true, _) => asm!(self.a ; movsxd rax, DWORD [rcx]),
+            }
+            Some(c)
         } else {
-            let o = if op.src >= 16 {
-                reg(op.src - 16) + 1
+            if op.src >= 16 {
+                self.get_hi(op.src - 16, Reg::Rax);
             } else {
-                reg(op.src)
-            };
-            asm!(self.a ; lea rcx, [rbx + o]);
+                self.get(op.aux, op.src, Reg::Rax);
+            }
+            match (signed, op.aux) {
+                (false, _) => {}
+                (true, 1) => asm!(self.a ; movsx rax, al),
+                (true, 2) => asm!(self.a ; movsx rax, ax),
+                (true, _) => asm!(self.a ; movsxd rax, eax),
+            }
             None
         };
-        match (signed, op.aux) {
-            (false, 1) => asm!(self.a ; movzx eax, BYTE [rcx]),
-            (false, 2) => asm!(self.a ; movzx eax, WORD [rcx]),
-            (false, _) => asm!(self.a ; mov eax, DWORD [rcx]),
-            (true, 1) => asm!(self.a ; movsx rax, BYTE [rcx]),
-            (true, 2) => asm!(self.a ; movsx rax, WORD [rcx]),
-            (true, _) => asm!(self.a ; movsxd rax, DWORD [rcx]),
-        }
         self.store_rax(op.osize, op.dst);
         if let Some(cont) = cont {
             asm!(self.a ; =>cont);
@@ -1356,41 +1510,34 @@ impl Compiler {
             }
             Some(c)
         } else {
-            let o = reg(op.src);
-            asm!(self.a ; mov rcx, QWORD [rbx + o]);
+            self.get(8, op.src, Reg::Rcx);
             None
         };
         if op.aux == 1 {
             let v = op.imm as i64;
             asm!(self.a ; mov rax, QWORD v);
         } else {
-            let o = reg(op.dst);
-            asm!(self.a ; mov rax, QWORD [rbx + o]);
+            self.get(8, op.dst, Reg::Rax);
         }
         match (s, self.dead) {
             (2, true) => asm!(self.a ; imul cx, ax),
             (4, true) => asm!(self.a ; imul ecx, eax),
             (_, true) => asm!(self.a ; imul rcx, rax),
-            (2, false) => asm!(self.a ; imul cx, ax ; seto r8b ; test cx, cx),
-            (4, false) => asm!(self.a ; imul ecx, eax ; seto r8b ; test ecx, ecx),
-            (_, false) => asm!(self.a ; imul rcx, rax ; seto r8b ; test rcx, rcx),
+            (2, false) => asm!(self.a ; imul cx, ax ; seto r13b ; test cx, cx),
+            (4, false) => asm!(self.a ; imul ecx, eax ; seto r13b ; test ecx, ecx),
+            (_, false) => asm!(self.a ; imul rcx, rax ; seto r13b ; test rcx, rcx),
         }
         if !self.dead {
             self.imul_flags();
         }
-        mask(&mut self.a, s, Reg::Rcx);
-        let d = reg(op.dst);
-        match s {
-            2 => asm!(self.a ; mov WORD [rbx + d], cx),
-            _ => asm!(self.a ; mov QWORD [rbx + d], rcx),
-        }
+        self.put(s, Reg::Rcx, op.dst);
         if let Some(cont) = cont {
             asm!(self.a ; =>cont);
         }
         self.produced(Producer::Known(FlagOp::None, s));
     }
 
-    /// The eager flags of a multiply, from the host's: R8B = its OF (= CF), the host SF, ZF,
+    /// The eager flags of a multiply, from the host's: R13B = its OF (= CF), the host SF, ZF,
     /// PF from a TEST of the low half; AF 0.
     fn imul_flags(&mut self) {
         let szp = (flag::SF | flag::ZF | flag::PF) as i32;
@@ -1401,10 +1548,10 @@ impl Compiler {
             ; lahf
             ; movzx edx, ah
             ; and edx, szp
-            ; movzx r8d, r8b
-            ; neg r8d
-            ; and r8d, cfof
-            ; or edx, r8d
+            ; movzx r13d, r13b
+            ; neg r13d
+            ; and r13d, cfof
+            ; or edx, r13d
             ; mov rax, QWORD [rbx + RFLAGS]
             ; and rax, keep
             ; or rax, rdx
@@ -1444,26 +1591,20 @@ impl Compiler {
         if op.src == loc::MEM {
             // PUSH r/m32: the operand is read first (with ESP before the push).
             self.probe_to(op, 4, false, fb);
-            asm!(self.a ; mov r9d, DWORD [rcx]);
+            asm!(self.a ; mov r13d, DWORD [rcx]);
         }
         self.probe_to(&Self::stack_slot(op, -4), 4, true, fb);
         if op.src == loc::IMM {
             let v = (op.imm & 0xFFFF_FFFF) as i64;
             asm!(self.a ; mov rax, QWORD v);
         } else if op.src == loc::MEM {
-            asm!(self.a ; mov eax, r9d);
+            asm!(self.a ; mov eax, r13d);
         } else {
-            let src = reg(op.src);
-            asm!(self.a ; mov rax, QWORD [rbx + src]);
+            self.get(8, op.src, Reg::Rax);
         }
-        let esp_off = reg(4);
-        asm!(self.a
-            ; mov DWORD [rcx], eax
-            ; mov eax, DWORD [rbx + esp_off]
-            ; sub eax, 4
-            ; mov QWORD [rbx + esp_off], rax
-            ; =>cont
-        );
+        asm!(self.a ; mov DWORD [rcx], eax);
+        self.add_esp(-4);
+        asm!(self.a ; =>cont);
     }
 
     /// POP r32 with a 32-bit stack (`stack::pop`): ESP moves first, then the register is
@@ -1472,15 +1613,10 @@ impl Compiler {
         let (fb, cont) = self.fallback_label(i, op);
         self.check_stack32(fb);
         self.probe_to(&Self::stack_slot(op, 0), 4, false, fb);
-        let (esp_off, dst) = (reg(4), reg(op.dst));
-        asm!(self.a
-            ; mov ecx, DWORD [rcx]
-            ; mov eax, DWORD [rbx + esp_off]
-            ; add eax, 4
-            ; mov QWORD [rbx + esp_off], rax
-            ; mov QWORD [rbx + dst], rcx
-            ; =>cont
-        );
+        asm!(self.a ; mov ecx, DWORD [rcx]);
+        self.add_esp(4);
+        self.put(4, Reg::Rcx, op.dst);
+        asm!(self.a ; =>cont);
     }
 
     /// LEAVE with a 32-bit stack and operand (`stack::leave`): the load from SS:[EBP] comes
@@ -1491,15 +1627,12 @@ impl Compiler {
         let mut slot = Self::stack_slot(op, 0);
         slot.base = 5;
         self.probe_to(&slot, 4, false, fb);
-        let (esp_off, ebp_off) = (reg(4), reg(5));
-        asm!(self.a
-            ; mov ecx, DWORD [rcx]
-            ; mov eax, DWORD [rbx + ebp_off]
-            ; add eax, 4
-            ; mov QWORD [rbx + esp_off], rax
-            ; mov QWORD [rbx + ebp_off], rcx
-            ; =>cont
-        );
+        asm!(self.a ; mov ecx, DWORD [rcx]);
+        self.get(4, 5, Reg::Rax);
+        asm!(self.a ; add eax, 4);
+        self.put(4, Reg::Rax, 4);
+        self.put(4, Reg::Rcx, 5);
+        asm!(self.a ; =>cont);
     }
 
     /// One LODS/STOS/MOVS with 32-bit addressing (`string::string` without REP): both
@@ -1515,28 +1648,26 @@ impl Compiler {
             m.asize = 4;
             m
         };
-        let (si_off, di_off) = (reg(6), reg(7));
         if f != FastForm::Stos {
             self.probe_to(&at(op.seg as usize, 6), s, false, fb);
             match s {
-                1 => asm!(self.a ; movzx r9d, BYTE [rcx]),
-                2 => asm!(self.a ; movzx r9d, WORD [rcx]),
-                _ => asm!(self.a ; mov r9d, DWORD [rcx]),
+                1 => asm!(self.a ; movzx r13d, BYTE [rcx]),
+                2 => asm!(self.a ; movzx r13d, WORD [rcx]),
+                _ => asm!(self.a ; mov r13d, DWORD [rcx]),
             }
         }
         if f != FastForm::Lods {
             self.probe_to(&at(sreg::ES, 7), s, true, fb);
             if f == FastForm::Stos {
-                let eax_off = reg(0);
-                asm!(self.a ; mov r9, QWORD [rbx + eax_off]);
+                self.get(8, 0, Reg::T2);
             }
             match s {
-                1 => asm!(self.a ; mov BYTE [rcx], r9b),
-                2 => asm!(self.a ; mov WORD [rcx], r9w),
-                _ => asm!(self.a ; mov DWORD [rcx], r9d),
+                1 => asm!(self.a ; mov BYTE [rcx], r13b),
+                2 => asm!(self.a ; mov WORD [rcx], r13w),
+                _ => asm!(self.a ; mov DWORD [rcx], r13d),
             }
         } else {
-            asm!(self.a ; mov rax, r9);
+            asm!(self.a ; mov rax, r13);
             self.store_rax(s, 0);
         }
         let (size, df) = (s as i32, flag::DF as i32);
@@ -1546,51 +1677,33 @@ impl Compiler {
             ; test DWORD [rbx + RFLAGS], df
             ; cmovnz eax, edx
         );
-        if f != FastForm::Stos {
-            asm!(self.a
-                ; mov ecx, DWORD [rbx + si_off]
-                ; add ecx, eax
-                ; mov QWORD [rbx + si_off], rcx
-            );
-        }
-        if f != FastForm::Lods {
-            asm!(self.a
-                ; mov ecx, DWORD [rbx + di_off]
-                ; add ecx, eax
-                ; mov QWORD [rbx + di_off], rcx
-            );
+        for (r, moves) in [(6, f != FastForm::Stos), (7, f != FastForm::Lods)] {
+            if moves {
+                self.get(4, r, Reg::Rcx);
+                asm!(self.a ; add ecx, eax);
+                self.put(4, Reg::Rcx, r);
+            }
         }
         asm!(self.a ; =>cont);
     }
 
     /// RAX = the low `s` bytes of register `r`.
     fn load(&mut self, s: u8, r: u8) {
-        self.load_to(s, r, Reg::Rax);
+        self.get(s, r, Reg::Rax);
     }
 
     /// Host register `to` = guest register `r`'s low `s` bytes, zero-extended.
     fn load_to(&mut self, s: u8, r: u8, to: Reg) {
-        load_sized(&mut self.a, s, to, 3, reg(r));
+        self.get(s, r, to);
     }
 
-    /// Register `r`'s low `s` bytes = RAX (already masked; a 32-bit write zero-extends).
+    /// Register `r`'s low `s` bytes = RAX (a 32-bit write zero-extends).
     fn store_rax(&mut self, s: u8, r: u8) {
-        let o = reg(r);
-        match s {
-            1 => asm!(self.a ; mov BYTE [rbx + o], al),
-            2 => asm!(self.a ; mov WORD [rbx + o], ax),
-            4 => asm!(self.a ; mov eax, eax ; mov QWORD [rbx + o], rax),
-            _ => asm!(self.a ; mov QWORD [rbx + o], rax),
-        }
+        self.put(s, Reg::Rax, r);
     }
 
     fn store_rdx(&mut self, s: u8, r: u8) {
-        let o = reg(r);
-        match s {
-            1 => asm!(self.a ; mov BYTE [rbx + o], dl),
-            2 => asm!(self.a ; mov WORD [rbx + o], dx),
-            _ => asm!(self.a ; mov QWORD [rbx + o], rdx),
-        }
+        self.put(s, Reg::Rdx, r);
     }
 
     /// RAX = a, RCX = b (both masked): RDX = a OP b, the lazy flags, and the write-back.
@@ -1656,6 +1769,72 @@ impl Compiler {
         self.produced(Producer::Known(fop, s));
     }
 
+    /// ADD/SUB/AND/OR/XOR (`k`, `s` bytes) of guest register `g`, pinned in host register
+    /// `d`, with a pinned register (`Err`) or an immediate (`Ok`, masked) source, done in
+    /// place: one host instruction when the flags are dead, else the operands (masked) and
+    /// the result go to the lazy record as in [`Compiler::alu`]. The host flags are the
+    /// guest's afterwards.
+    fn alu_in_place(&mut self, k: u8, s: u8, g: u8, d: u8, src: Result<i32, u8>) {
+        let fop = match k {
+            kind::ADD => FlagOp::Add,
+            kind::SUB => FlagOp::Sub,
+            _ => FlagOp::Logic,
+        };
+        if !self.dead && fop != FlagOp::Logic {
+            self.get(s, g, Reg::Rax);
+            match src {
+                Ok(v) => asm!(self.a ; mov ecx, v),
+                Err(r) => match s {
+                    1 => asm!(self.a ; movzx ecx, Rb(r)),
+                    2 => asm!(self.a ; movzx ecx, Rw(r)),
+                    4 => asm!(self.a ; mov ecx, Rd(r)),
+                    _ => asm!(self.a ; mov rcx, Rq(r)),
+                },
+            }
+        }
+        macro_rules! op {
+            ($op:tt) => {
+                match (s, src) {
+                    (1, Ok(v)) => asm!(self.a ; $op Rb(d), v as i8),
+                    (2, Ok(v)) => asm!(self.a ; $op Rw(d), v as i16),
+                    (_, Ok(v)) => asm!(self.a ; $op Rd(d), v),
+                    (1, Err(r)) => asm!(self.a ; $op Rb(d), Rb(r)),
+                    (2, Err(r)) => asm!(self.a ; $op Rw(d), Rw(r)),
+                    (4, Err(r)) => asm!(self.a ; $op Rd(d), Rd(r)),
+                    (_, Err(r)) => asm!(self.a ; $op Rq(d), Rq(r)),
+                }
+            };
+        }
+        match k {
+            kind::ADD => op!(add),
+            kind::SUB => op!(sub),
+            kind::AND => op!(and),
+            kind::OR => op!(or),
+            _ => op!(xor),
+        }
+        if !self.dead {
+            // Moves only from here: the host flags stay the guest's.
+            match s {
+                1 => asm!(self.a ; movzx edx, Rb(d)),
+                2 => asm!(self.a ; movzx edx, Rw(d)),
+                4 => asm!(self.a ; mov edx, Rd(d)),
+                _ => asm!(self.a ; mov rdx, Rq(d)),
+            }
+            if fop != FlagOp::Logic {
+                asm!(self.a
+                    ; mov QWORD [rbx + L_A], rax
+                    ; mov QWORD [rbx + L_B], rcx
+                );
+            }
+            let w = op_size(fop, s);
+            asm!(self.a
+                ; mov QWORD [rbx + L_RES], rdx
+                ; mov WORD [rbx + L_OP], w
+            );
+        }
+        self.produced(Producer::Known(fop, s));
+    }
+
     /// INC/DEC keep CF: fold the pending producer's CF into RFLAGS first (`Cpu::set_lazy`).
     fn fold_cf(&mut self) {
         match self.flags {
@@ -1680,11 +1859,7 @@ impl Compiler {
             }
             _ => {
                 let f = addr(trampoline::fold_cf as *const () as usize);
-                asm!(self.a
-                    ; mov rdi, rbx
-                    ; mov rax, QWORD f
-                    ; call rax
-                );
+                self.call_out(f, 3, None);
             }
         }
     }
@@ -1831,13 +2006,8 @@ impl Compiler {
             }
             _ => {
                 let (c32, f) = (cc as i32, addr(trampoline::cond as *const () as usize));
-                asm!(self.a
-                    ; mov rdi, rbx
-                    ; mov esi, c32
-                    ; mov rax, QWORD f
-                    ; call rax
-                    ; test al, al
-                );
+                self.call_out(f, 3, Some(c32 as i64));
+                asm!(self.a ; test al, al);
                 // `Cpu::cond` may have materialised the flags.
                 self.flags = Producer::Unknown;
                 5
@@ -1849,12 +2019,11 @@ impl Compiler {
     fn setcc(&mut self, op: &Op) {
         let hc = self.host_cond(op.aux);
         setcc_al(&mut self.a, hc);
-        let o = if op.dst >= 16 {
-            reg(op.dst - 16) + 1
+        if op.dst >= 16 {
+            self.put_hi(Reg::Rax, op.dst - 16);
         } else {
-            reg(op.dst)
-        };
-        asm!(self.a ; mov BYTE [rbx + o], al);
+            self.put(1, Reg::Rax, op.dst);
+        }
     }
 
     /// CMOVcc r, r/m (`moves::cmov`): the source is read (and may fault) whatever the
@@ -1864,7 +2033,7 @@ impl Compiler {
         // The condition first (it may call out and clobber scratch registers), kept in R10.
         let hc = self.host_cond(op.aux);
         setcc_al(&mut self.a, hc);
-        asm!(self.a ; movzx r10d, al);
+        asm!(self.a ; movzx r14d, al);
         let cont = if op.src == loc::MEM {
             let c = self.mem_probe(i, op, s, false);
             match s {
@@ -1874,26 +2043,17 @@ impl Compiler {
             }
             Some(c)
         } else {
-            let o = reg(op.src);
-            asm!(self.a ; mov rax, QWORD [rbx + o]);
+            self.get(8, op.src, Reg::Rax);
             None
         };
-        let d = reg(op.dst);
-        asm!(self.a ; test r10d, r10d);
+        self.get(8, op.dst, Reg::Rdx);
+        asm!(self.a ; test r14d, r14d);
         match s {
-            2 => asm!(self.a
-                ; cmovz ax, WORD [rbx + d]
-                ; mov WORD [rbx + d], ax
-            ),
-            4 => asm!(self.a
-                ; cmovz eax, DWORD [rbx + d]
-                ; mov QWORD [rbx + d], rax
-            ),
-            _ => asm!(self.a
-                ; cmovz rax, QWORD [rbx + d]
-                ; mov QWORD [rbx + d], rax
-            ),
+            2 => asm!(self.a ; cmovz ax, dx),
+            4 => asm!(self.a ; cmovz eax, edx),
+            _ => asm!(self.a ; cmovz rax, rdx),
         }
+        self.put(s, Reg::Rax, op.dst);
         if let Some(cont) = cont {
             asm!(self.a ; =>cont);
         }
@@ -1927,34 +2087,31 @@ impl Compiler {
     /// (`Producer::Carry`; not after a memory form, whose handler path does not do that).
     fn adc_sbb(&mut self, i: usize, op: &Op, sbb: bool) {
         let s = op.osize;
+        // T2 = the carry in, T1 = the memory operand's host address.
         self.carry_in();
-        asm!(self.a ; setc r10b ; movzx r10d, r10b);
+        asm!(self.a ; setc r13b ; movzx r13d, r13b);
         let mem_dst = op.dst == loc::MEM;
         let cont = if mem_dst || op.src == loc::MEM {
             let c = self.mem_probe(i, op, s, mem_dst);
-            asm!(self.a ; mov r11, rcx);
+            asm!(self.a ; mov r14, rcx);
             Some(c)
         } else {
             None
         };
         if mem_dst {
-            load_r11(&mut self.a, s, Reg::Rax);
+            load_t1(&mut self.a, s, Reg::Rax);
         } else {
             self.load(s, op.dst);
         }
         match op.src {
-            loc::MEM => load_r11(&mut self.a, s, Reg::Rcx),
+            loc::MEM => load_t1(&mut self.a, s, Reg::Rcx),
             loc::IMM => {
                 let v = (op.imm & crate::flags::size_mask(s)) as i64;
                 asm!(self.a ; mov rcx, QWORD v);
             }
-            r => {
-                let o = reg(r);
-                asm!(self.a ; mov rcx, QWORD [rbx + o]);
-                mask(&mut self.a, s, Reg::Rcx);
-            }
+            r => self.get(s, r, Reg::Rcx),
         }
-        asm!(self.a ; mov rdx, rax ; bt r10d, 0);
+        asm!(self.a ; mov rdx, rax ; bt r13d, 0);
         match (sbb, s) {
             (false, 1) => asm!(self.a ; adc dl, cl),
             (false, 2) => asm!(self.a ; adc dx, cx),
@@ -1965,8 +2122,19 @@ impl Compiler {
             (true, 4) => asm!(self.a ; sbb edx, ecx),
             (true, _) => asm!(self.a ; sbb rdx, rcx),
         }
-        asm!(self.a ; setc r9b ; movzx r9d, r9b);
+        // Only moves until the carry out is taken (SETC below).
         mask(&mut self.a, s, Reg::Rdx);
+        if mem_dst {
+            match s {
+                1 => asm!(self.a ; mov BYTE [r14], dl),
+                2 => asm!(self.a ; mov WORD [r14], dx),
+                4 => asm!(self.a ; mov DWORD [r14], edx),
+                _ => asm!(self.a ; mov QWORD [r14], rdx),
+            }
+        } else {
+            self.store_rdx(s, op.dst);
+        }
+        asm!(self.a ; setc r14b ; movzx r14d, r14b);
         // Add + 1 = Adc1, Sub + 1 = Sbb1.
         let base = if sbb { FlagOp::Sub } else { FlagOp::Add } as u8 as i32;
         let sb = s as i8;
@@ -1974,24 +2142,12 @@ impl Compiler {
             ; mov QWORD [rbx + L_A], rax
             ; mov QWORD [rbx + L_B], rcx
             ; mov QWORD [rbx + L_RES], rdx
-            ; lea r8d, [r10 + base]
-            ; mov BYTE [rbx + L_OP], r8b
+            ; add r13d, base
+            ; mov BYTE [rbx + L_OP], r13b
             ; mov BYTE [rbx + L_SIZE], sb
-        );
-        if mem_dst {
-            match s {
-                1 => asm!(self.a ; mov BYTE [r11], dl),
-                2 => asm!(self.a ; mov WORD [r11], dx),
-                4 => asm!(self.a ; mov DWORD [r11], edx),
-                _ => asm!(self.a ; mov QWORD [r11], rdx),
-            }
-        } else {
-            self.store_rdx(s, op.dst);
-        }
-        asm!(self.a
             ; mov rax, QWORD [rbx + RFLAGS]
             ; and rax, -2
-            ; or rax, r9
+            ; or rax, r14
             ; mov QWORD [rbx + RFLAGS], rax
         );
         self.flags = match cont {
@@ -2004,9 +2160,9 @@ impl Compiler {
     }
 }
 
-/// `r` = the `s` bytes at [R11], zero-extended.
-fn load_r11(a: &mut VecAssembler<X64Relocation>, s: u8, r: Reg) {
-    load_sized(a, s, r, 11, 0);
+/// `r` = the `s` bytes at [T1], zero-extended.
+fn load_t1(a: &mut VecAssembler<X64Relocation>, s: u8, r: Reg) {
+    load_sized(a, s, r, Reg::T1 as u8, 0);
 }
 
 /// `r` = the low `s` bytes at [host register `base` + `off`], zero-extended (one load).
@@ -2074,11 +2230,7 @@ impl Compiler {
             }
             Producer::Carry | Producer::Unknown => {
                 let f = addr(trampoline::materialise as *const () as usize);
-                asm!(self.a
-                    ; mov rdi, rbx
-                    ; mov rax, QWORD f
-                    ; call rax
-                );
+                self.call_out(f, 3, None);
             }
         }
         self.flags = Producer::Known(FlagOp::None, 0);
@@ -2104,15 +2256,13 @@ impl Compiler {
             let c = ((op.imm as u32) & cmask) as i8;
             asm!(self.a ; mov cl, c);
         } else {
-            let cl_off = reg(1);
+            self.get(1, 1, Reg::Rcx);
             asm!(self.a
-                ; movzx ecx, BYTE [rbx + cl_off]
                 ; and ecx, cmask as i32
                 ; jz =>skip
             );
         }
-        let o = reg(op.dst);
-        asm!(self.a ; mov rax, QWORD [rbx + o]);
+        self.get(8, op.dst, Reg::Rax);
         match (ror, s) {
             (false, 1) => asm!(self.a ; rol al, cl),
             (false, 2) => asm!(self.a ; rol ax, cl),
@@ -2123,11 +2273,7 @@ impl Compiler {
             (true, 4) => asm!(self.a ; ror eax, cl),
             (true, _) => asm!(self.a ; ror rax, cl),
         }
-        match s {
-            1 => asm!(self.a ; mov BYTE [rbx + o], al),
-            2 => asm!(self.a ; mov WORD [rbx + o], ax),
-            _ => asm!(self.a ; mov QWORD [rbx + o], rax),
-        }
+        self.put(s, Reg::Rax, op.dst);
         if self.dead {
             asm!(self.a ; =>skip);
             self.flags = Producer::Unknown;
@@ -2181,16 +2327,15 @@ impl Compiler {
         } else {
             (self.a.new_dynamic_label(), self.a.new_dynamic_label())
         };
-        let (cl_off, o) = (reg(1), reg(op.dst));
+        self.get(1, 1, Reg::Rcx);
         asm!(self.a
-            ; movzx ecx, BYTE [rbx + cl_off]
             ; and ecx, cmask
             ; jz =>cont
         );
         if s < 4 {
             asm!(self.a ; cmp ecx, bits ; jae =>fb);
         }
-        asm!(self.a ; mov rax, QWORD [rbx + o]);
+        self.get(8, op.dst, Reg::Rax);
         match (k, s) {
             (sk::SHR, 1) => asm!(self.a ; shr al, cl),
             (sk::SHR, 2) => asm!(self.a ; shr ax, cl),
@@ -2206,12 +2351,7 @@ impl Compiler {
             (_, _) => asm!(self.a ; shl rax, cl),
         }
         if self.dead {
-            match s {
-                1 => asm!(self.a ; mov BYTE [rbx + o], al),
-                2 => asm!(self.a ; mov WORD [rbx + o], ax),
-                4 => asm!(self.a ; mov eax, eax ; mov QWORD [rbx + o], rax),
-                _ => asm!(self.a ; mov QWORD [rbx + o], rax),
-            }
+            self.put(s, Reg::Rax, op.dst);
             asm!(self.a ; =>cont);
             self.flags = Producer::Unknown;
             return;
@@ -2219,22 +2359,17 @@ impl Compiler {
         // The host count is below the width: CF, PF, ZF, SF are the x86 ones.
         let szpc = (flag::SF | flag::ZF | flag::PF | flag::CF) as i32;
         asm!(self.a
-            ; mov r8, rax
+            ; mov r13, rax
             ; lahf
             ; movzx edx, ah
             ; and edx, szpc
         );
-        match s {
-            1 => asm!(self.a ; mov BYTE [rbx + o], r8b),
-            2 => asm!(self.a ; mov WORD [rbx + o], r8w),
-            4 => asm!(self.a ; mov r8d, r8d ; mov QWORD [rbx + o], r8),
-            _ => asm!(self.a ; mov QWORD [rbx + o], r8),
-        }
+        self.put(s, Reg::T2, op.dst);
         // OF as tier 0: SHL: msb(result) ^ CF; SHR: bit (bits - 2) of the result; SAR: 0.
         let bits = bits as i8;
         match k {
             sk::SHR => asm!(self.a
-                ; mov rcx, r8
+                ; mov rcx, r13
                 ; shr rcx, bits - 2
                 ; and ecx, 1
                 ; shl ecx, 11
@@ -2242,7 +2377,7 @@ impl Compiler {
             ),
             sk::SAR => {}
             _ => asm!(self.a
-                ; mov rcx, r8
+                ; mov rcx, r13
                 ; shr rcx, bits - 1
                 ; xor ecx, edx
                 ; and ecx, 1
@@ -2269,8 +2404,8 @@ impl Compiler {
     fn rm_load(&mut self, i: usize, op: &Op, s: u8) -> Option<DynamicLabel> {
         if op.dst == loc::MEM {
             let c = self.mem_probe(i, op, s, true);
-            asm!(self.a ; mov r11, rcx);
-            load_r11(&mut self.a, s, Reg::Rax);
+            asm!(self.a ; mov r14, rcx);
+            load_t1(&mut self.a, s, Reg::Rax);
             Some(c)
         } else {
             self.load(s, op.dst);
@@ -2282,10 +2417,10 @@ impl Compiler {
     fn rm_store_rdx(&mut self, op: &Op, s: u8) {
         if op.dst == loc::MEM {
             match s {
-                1 => asm!(self.a ; mov BYTE [r11], dl),
-                2 => asm!(self.a ; mov WORD [r11], dx),
-                4 => asm!(self.a ; mov DWORD [r11], edx),
-                _ => asm!(self.a ; mov QWORD [r11], rdx),
+                1 => asm!(self.a ; mov BYTE [r14], dl),
+                2 => asm!(self.a ; mov WORD [r14], dx),
+                4 => asm!(self.a ; mov DWORD [r14], edx),
+                _ => asm!(self.a ; mov QWORD [r14], rdx),
             }
         } else {
             self.store_rdx(s, op.dst);
@@ -2346,16 +2481,14 @@ impl Compiler {
         let s = op.osize;
         let cont = if op.dst == loc::MEM {
             let c = self.mem_probe(i, op, s, false);
-            asm!(self.a ; mov r11, rcx);
-            load_r11(&mut self.a, s, Reg::Rcx);
+            asm!(self.a ; mov r14, rcx);
+            load_t1(&mut self.a, s, Reg::Rcx);
             Some(c)
         } else {
-            let o = reg(op.dst);
-            asm!(self.a ; mov rcx, QWORD [rbx + o]);
+            self.get(8, op.dst, Reg::Rcx);
             None
         };
-        let (ra, rd) = (reg(0), reg(2));
-        asm!(self.a ; mov rax, QWORD [rbx + ra]);
+        self.get(8, 0, Reg::Rax);
         match (signed, s) {
             (false, 2) => asm!(self.a ; mul cx),
             (false, 4) => asm!(self.a ; mul ecx),
@@ -2364,25 +2497,13 @@ impl Compiler {
             (true, 4) => asm!(self.a ; imul ecx),
             (true, _) => asm!(self.a ; imul rcx),
         }
-        asm!(self.a ; seto r8b);
+        asm!(self.a ; seto r13b);
+        self.put(s, Reg::Rax, 0);
+        self.put(s, Reg::Rdx, 2);
         match s {
-            2 => asm!(self.a
-                ; mov WORD [rbx + ra], ax
-                ; mov WORD [rbx + rd], dx
-                ; test ax, ax
-            ),
-            4 => asm!(self.a
-                ; mov ecx, eax
-                ; mov QWORD [rbx + ra], rcx
-                ; mov ecx, edx
-                ; mov QWORD [rbx + rd], rcx
-                ; test eax, eax
-            ),
-            _ => asm!(self.a
-                ; mov QWORD [rbx + ra], rax
-                ; mov QWORD [rbx + rd], rdx
-                ; test rax, rax
-            ),
+            2 => asm!(self.a ; test ax, ax),
+            4 => asm!(self.a ; test eax, eax),
+            _ => asm!(self.a ; test rax, rax),
         }
         if !self.dead {
             self.imul_flags();
@@ -2432,37 +2553,34 @@ impl Compiler {
 
     /// CBW/CWDE/CDQE (`arith::cbw`) and CWD/CDQ/CQO (`arith::cwd`): no flags.
     fn cbw_cwd(&mut self, op: &Op, cwd: bool) {
-        let (ra, rd) = (reg(0), reg(2));
-        match (cwd, op.osize) {
-            (false, 2) => asm!(self.a
-                ; movsx eax, BYTE [rbx + ra]
-                ; mov WORD [rbx + ra], ax
-            ),
-            (false, 4) => asm!(self.a
-                ; movsx eax, WORD [rbx + ra]
-                ; mov QWORD [rbx + ra], rax
-            ),
-            (false, _) => asm!(self.a
-                ; movsxd rax, DWORD [rbx + ra]
-                ; mov QWORD [rbx + ra], rax
-            ),
-            (true, 2) => asm!(self.a
-                ; movsx eax, WORD [rbx + ra]
-                ; sar eax, 15
-                ; mov WORD [rbx + rd], ax
-            ),
-            (true, 4) => asm!(self.a
-                ; movsxd rax, DWORD [rbx + ra]
-                ; sar rax, 31
-                ; mov eax, eax
-                ; mov QWORD [rbx + rd], rax
-            ),
-            (true, _) => asm!(self.a
-                ; mov rax, QWORD [rbx + ra]
-                ; sar rax, 63
-                ; mov QWORD [rbx + rd], rax
-            ),
+        let s = op.osize;
+        match (cwd, s) {
+            (false, 2) => {
+                self.get(1, 0, Reg::Rax);
+                asm!(self.a ; movsx eax, al);
+            }
+            (false, 4) => {
+                self.get(2, 0, Reg::Rax);
+                asm!(self.a ; movsx eax, ax);
+            }
+            (false, _) => {
+                self.get(4, 0, Reg::Rax);
+                asm!(self.a ; movsxd rax, eax);
+            }
+            (true, 2) => {
+                self.get(2, 0, Reg::Rax);
+                asm!(self.a ; movsx eax, ax ; sar eax, 15);
+            }
+            (true, 4) => {
+                self.get(4, 0, Reg::Rax);
+                asm!(self.a ; sar eax, 31);
+            }
+            (true, _) => {
+                self.get(8, 0, Reg::Rax);
+                asm!(self.a ; sar rax, 63);
+            }
         }
+        self.put(s, Reg::Rax, if cwd { 2 } else { 0 });
     }
 
     /// 32-bit DIV/IDIV (`arith::div1`/`idiv1`): EDX:EAX / src on the host, after checks that
@@ -2479,20 +2597,17 @@ impl Compiler {
                 asm!(self.a ; mov ecx, DWORD [rcx]);
             }
         } else {
-            let o = reg(op.dst);
+            self.get(4, op.dst, Reg::Rcx);
             if signed {
-                asm!(self.a ; movsxd rcx, DWORD [rbx + o]);
-            } else {
-                asm!(self.a ; mov ecx, DWORD [rbx + o]);
+                asm!(self.a ; movsxd rcx, ecx);
             }
         }
-        let (ra, rd) = (reg(0), reg(2));
         asm!(self.a
             ; test rcx, rcx
             ; jz =>fb
-            ; mov eax, DWORD [rbx + ra]
-            ; mov edx, DWORD [rbx + rd]
         );
+        self.get(4, 0, Reg::Rax);
+        self.get(4, 2, Reg::Rdx);
         if signed {
             asm!(self.a
                 ; cmp rcx, -1
@@ -2501,8 +2616,8 @@ impl Compiler {
                 ; or rax, rdx
                 ; cqo
                 ; idiv rcx
-                ; movsxd r8, eax
-                ; cmp r8, rax
+                ; movsxd r13, eax
+                ; cmp r13, rax
                 ; jne =>fb
             );
         } else {
@@ -2512,13 +2627,9 @@ impl Compiler {
                 ; div ecx
             );
         }
-        asm!(self.a
-            ; mov eax, eax
-            ; mov QWORD [rbx + ra], rax
-            ; mov edx, edx
-            ; mov QWORD [rbx + rd], rdx
-            ; =>cont
-        );
+        self.put(4, Reg::Rax, 0);
+        self.put(4, Reg::Rdx, 2);
+        asm!(self.a ; =>cont);
     }
 
     /// SHLD/SHRD of 32/64-bit registers by an immediate or CL (`shift_rotate::shxd`): a
@@ -2535,19 +2646,16 @@ impl Compiler {
             let c = ((op.imm as u32) & cmask) as i8;
             asm!(self.a ; mov cl, c);
         } else {
-            let cl_off = reg(1);
+            self.get(1, 1, Reg::Rcx);
             asm!(self.a
-                ; movzx ecx, BYTE [rbx + cl_off]
                 ; and ecx, cmask as i32
                 ; jz =>skip
             );
         }
-        let (o, so) = (reg(op.dst), reg(op.src));
-        asm!(self.a
-            ; mov rax, QWORD [rbx + o]
-            ; mov r9, rax
-            ; mov rdx, QWORD [rbx + so]
-        );
+        // T1 = the old value, T2 = the result.
+        self.get(8, op.dst, Reg::Rax);
+        asm!(self.a ; mov r14, rax);
+        self.get(8, op.src, Reg::Rdx);
         match (op.aux == 1, s) {
             (false, 4) => asm!(self.a ; shld eax, edx, cl),
             (false, _) => asm!(self.a ; shld rax, rdx, cl),
@@ -2557,16 +2665,18 @@ impl Compiler {
         let szpc = (flag::SF | flag::ZF | flag::PF | flag::CF) as i32;
         let sign = (s as u32 * 8 - 1) as i8;
         asm!(self.a
-            ; mov r8, rax
+            ; mov r13, rax
             ; lahf
             ; movzx edx, ah
             ; and edx, szpc
-            ; mov QWORD [rbx + o], r8
-            ; xor r9, r8
-            ; shr r9, sign
-            ; and r9d, 1
-            ; shl r9d, 11
-            ; or edx, r9d
+        );
+        self.put(s, Reg::T2, op.dst);
+        asm!(self.a
+            ; xor r14, r13
+            ; shr r14, sign
+            ; and r14d, 1
+            ; shl r14d, 11
+            ; or edx, r14d
         );
         let keep = !flag::ARITH as i32;
         let none = FlagOp::None as u8 as i8;
@@ -2590,13 +2700,11 @@ impl Compiler {
         self.materialise();
         let cont = if op.src == loc::MEM {
             let c = self.mem_probe(i, op, s, false);
-            asm!(self.a ; mov r11, rcx);
-            load_r11(&mut self.a, s, Reg::Rcx);
+            asm!(self.a ; mov r14, rcx);
+            load_t1(&mut self.a, s, Reg::Rcx);
             Some(c)
         } else {
-            let o = reg(op.src);
-            asm!(self.a ; mov rcx, QWORD [rbx + o]);
-            mask(&mut self.a, s, Reg::Rcx);
+            self.get(s, op.src, Reg::Rcx);
             None
         };
         let (zero, done) = (self.a.new_dynamic_label(), self.a.new_dynamic_label());
@@ -2637,59 +2745,51 @@ impl Compiler {
         if call {
             self.check_stack32(fb);
         }
-        // R10 = target (the operand is read before anything is pushed).
+        // T1 = target (the operand is read before anything is pushed).
         if op.src == loc::MEM {
             self.probe_to(op, 4, false, fb);
-            asm!(self.a ; mov r10d, DWORD [rcx]);
+            asm!(self.a ; mov r14d, DWORD [rcx]);
         } else {
-            let o = reg(op.src);
-            asm!(self.a ; mov r10d, DWORD [rbx + o]);
+            self.get(4, op.src, Reg::T1);
         }
         asm!(self.a
             ; mov ecx, DWORD [rbx + CS_LIMIT]
-            ; cmp r10, rcx
+            ; cmp r14, rcx
             ; ja =>fb
         );
         if call {
             self.advance_rip_rax(op.len as i32);
-            asm!(self.a ; mov r9, rax);
+            asm!(self.a ; mov r13, rax);
             self.probe_to(&Self::stack_slot(op, -4), 4, true, fb);
-            let esp_off = reg(4);
-            asm!(self.a
-                ; mov DWORD [rcx], r9d
-                ; mov eax, DWORD [rbx + esp_off]
-                ; sub eax, 4
-                ; mov QWORD [rbx + esp_off], rax
-            );
+            asm!(self.a ; mov DWORD [rcx], r13d);
+            self.add_esp(-4);
         }
         asm!(self.a
-            ; mov QWORD [rbx + RIP], r10
+            ; mov QWORD [rbx + RIP], r14
             ; =>cont
         );
     }
 }
 
-#[derive(Clone, Copy)]
+/// Scratch host registers (x86-64 register numbers).
+#[derive(Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 enum Reg {
-    // x86-64 register numbers.
     Rax = 0,
     Rcx = 1,
     Rdx = 2,
+    /// Scratch beyond the three the x86 forms need (MUL, DIV, shifts by CL, LAHF).
+    T1 = 14,
+    T2 = 13,
 }
 
 /// Zero-extend the low `s` bytes of `r` in place.
 fn mask(a: &mut VecAssembler<X64Relocation>, s: u8, r: Reg) {
-    match (s, r) {
-        (1, Reg::Rax) => asm!(a ; movzx eax, al),
-        (2, Reg::Rax) => asm!(a ; movzx eax, ax),
-        (4, Reg::Rax) => asm!(a ; mov eax, eax),
-        (1, Reg::Rcx) => asm!(a ; movzx ecx, cl),
-        (2, Reg::Rcx) => asm!(a ; movzx ecx, cx),
-        (4, Reg::Rcx) => asm!(a ; mov ecx, ecx),
-        (1, Reg::Rdx) => asm!(a ; movzx edx, dl),
-        (2, Reg::Rdx) => asm!(a ; movzx edx, dx),
-        (4, Reg::Rdx) => asm!(a ; mov edx, edx),
+    let r = r as u8;
+    match s {
+        1 => asm!(a ; movzx Rd(r), Rb(r)),
+        2 => asm!(a ; movzx Rd(r), Rw(r)),
+        4 => asm!(a ; mov Rd(r), Rd(r)),
         _ => {}
     }
 }

@@ -1,8 +1,8 @@
 //! Entry into compiled code and the Rust functions compiled code calls back into.
 //!
-//! A compiled block is `extern "sysv64" fn(cpu: *mut Cpu, ctx: *mut Ctx, budget: u64) -> u64`.
+//! A compiled block is `extern "sysv64" fn(cpu: *mut Cpu, ctx: *mut Ctx) -> u64`.
 //! It keeps the `Cpu` pointer pinned in RBX, the context pointer in R12, the ops left in the
-//! budget in R13 and returns `status | index << 8`: [`ST_OK`] when every op ran, otherwise the
+//! budget in [`Ctx::budget`] and returns `status | index << 8`: [`ST_OK`] when every op ran, otherwise the
 //! status of op `index` — of the block in [`Ctx::block`], which links between compiled blocks
 //! update when they enter a successor's body (past its prologue, on the same stack frame).
 
@@ -41,9 +41,17 @@ pub(crate) struct Ctx<'a> {
     pub fault: Option<Fault>,
     /// The block running now (`Rc::as_ptr`): links set it when they enter a successor.
     pub block: *const Block,
+    /// Ops left in the budget; links count theirs off.
+    pub budget: u64,
+    /// The fast TLB's tag bias for the CPL (1, or 2 at CPL 3), renewed after every handler.
+    pub tag_bias: u64,
 }
 
-type Entry = unsafe extern "sysv64" fn(*mut Cpu, *mut Ctx<'_>, u64) -> u64;
+fn tag_bias(cpu: &Cpu) -> u64 {
+    1 + (cpu.cpl == 3) as u64
+}
+
+type Entry = unsafe extern "sysv64" fn(*mut Cpu, *mut Ctx<'_>) -> u64;
 
 /// Run the compiled block at host address `entry`.
 ///
@@ -68,13 +76,15 @@ pub(crate) unsafe fn enter(
         ip_mask,
         fault: None,
         block,
+        budget,
+        tag_bias: tag_bias(cpu),
     };
     // SAFETY: the caller guarantees `entry` is a compiled block with this signature.
     let f: Entry = unsafe { std::mem::transmute::<usize, Entry>(entry) };
     // SAFETY: the pointers in `ctx` come from live exclusive borrows that are not used
     // otherwise until the call returns; the compiled code only touches `Cpu` fields at
     // offsets taken with `offset_of!` and calls the functions below.
-    let r = unsafe { f(ctx.cpu, &mut ctx, budget) };
+    let r = unsafe { f(ctx.cpu, &mut ctx) };
     (r, ctx.fault, ctx.block)
 }
 
@@ -100,6 +110,7 @@ pub(crate) extern "sysv64" fn call_op(ctx: *mut Ctx<'_>, op: *const Op) -> u64 {
     }
     // A far transfer, a CPL change, an invalidation...: links made before must not be taken.
     cpu.refresh_link_context();
+    ctx.tag_bias = tag_bias(cpu);
     // Handlers never replace the TLB, but refreshing costs little and keeps compiled code
     // correct if one ever does.
     (ctx.fast_r, ctx.fast_w) = cpu.tlb.fast_tables();
