@@ -87,6 +87,7 @@ const BLOCK_BREAK: i32 = off32(offset_of!(Cpu, block_break));
 const ICOUNT: i32 = off32(offset_of!(Cpu, icount));
 const JIT_POLL: i32 = off32(offset_of!(Cpu, jit) + offset_of!(super::Jit, poll));
 const LINK_CONTEXT: i32 = off32(offset_of!(Cpu, jit) + offset_of!(super::Jit, context));
+const JIT_FLAT: i32 = off32(offset_of!(Cpu, jit) + offset_of!(super::Jit, flat));
 const CTX_BLOCK: i32 = off32(offset_of!(Ctx<'static>, block));
 const CTX_FAST_R: i32 = off32(offset_of!(Ctx<'static>, fast_r));
 const CTX_FAST_W: i32 = off32(offset_of!(Ctx<'static>, fast_w));
@@ -111,6 +112,27 @@ fn seg_kind(seg: usize) -> (i32, i32, i32) {
         (attr::P | attr::RW) as i32,
         (attr::P | attr::CODE | attr::DC | attr::RW) as i32,
     )
+}
+
+/// The data segments (bits by `sreg`) an inline access may use with no checks but the 4 GiB
+/// end: present, writable, expand-up data segments with a 4 GiB limit (DS, ES and SS also
+/// based at 0), outside long mode and with EFLAGS.AC clear — what `Compiler::guard` checks
+/// in compiled code.
+pub(crate) fn flat_segments(cpu: &Cpu) -> u8 {
+    if cpu.efer & efer::LMA != 0 || cpu.rflags & flag::AC != 0 {
+        return 0;
+    }
+    let mut flat = 0;
+    for (s, seg) in cpu.segs.iter().enumerate().take(6) {
+        let (_, want, kind) = seg_kind(s);
+        if seg.attr as i32 & kind == want
+            && seg.limit == u32::MAX
+            && (!zero_base(s) || seg.base == 0)
+        {
+            flat |= 1 << s;
+        }
+    }
+    flat
 }
 
 fn seg_field(seg: usize, field: usize) -> i32 {
@@ -283,14 +305,20 @@ pub(crate) fn compile(
 ) -> Result<Compiled, dynasmrt::DynasmError> {
     // The first pass finds out what each op does to the flags and where code may leave;
     // the second skips the flag records nothing reads.
-    let (_, first) = emit(ops, bitness, ip_mask, links, checked, &[])?;
+    let (_, first) = emit(ops, bitness, ip_mask, links, checked, &[], 0)?;
     let dead = dead_flags(&first);
     let plan: Vec<_> = first
         .iter()
         .zip(dead)
         .map(|(f, dead)| (dead, f.segs))
         .collect();
-    Ok(emit(ops, bitness, ip_mask, links, checked, &plan)?.0)
+    // The segments used before the first handler call are checked once, at the entry from
+    // the dispatcher (links keep what it found: `Jit::flat` is part of their context).
+    let entry_segs = first
+        .iter()
+        .take_while(|f| !f.called)
+        .fold(0, |m, f| m | f.segs);
+    Ok(emit(ops, bitness, ip_mask, links, checked, &plan, entry_segs)?.0)
 }
 
 /// What the first pass learnt of an op.
@@ -300,6 +328,8 @@ struct Seen {
     exits: bool,
     /// Data segments its inline accesses use (bits by `sreg`).
     segs: u8,
+    /// It was not compiled inline: its handler is called.
+    called: bool,
 }
 
 fn emit(
@@ -309,6 +339,7 @@ fn emit(
     links: Option<(usize, usize)>,
     checked: bool,
     plan: &[(bool, u8)],
+    entry_segs: u8,
 ) -> Result<(Compiled, Vec<Seen>), dynasmrt::DynasmError> {
     let mut seen = Vec::with_capacity(ops.len());
     let mut a = VecAssembler::<X64Relocation>::new(0);
@@ -348,6 +379,18 @@ fn emit(
         ; mov r12, rsi
     );
     c.reload();
+    if !checked && entry_segs != 0 {
+        let deopt = c.a.new_dynamic_label();
+        c.deopts.push((deopt, 0, 0));
+        let need = entry_segs as i32;
+        asm!(c.a
+            ; movzx eax, BYTE [rbx + JIT_FLAT]
+            ; and eax, need
+            ; cmp eax, need
+            ; jne =>deopt
+        );
+        c.seg_ok = entry_segs;
+    }
     let body = c.a.offset().0;
     // The budget is checked once, here, where links enter too: a block runs whole or not at
     // all (the dispatcher runs a block the budget cuts short in tier 0), so no op needs a
@@ -375,7 +418,8 @@ fn emit(
             }
         }
         let exits = c.exits.len() + c.fallbacks.len() + c.breaks.len();
-        if !c.inline(i, op) {
+        let called = !c.inline(i, op);
+        if called {
             c.call(i, op);
             c.counts.called += 1;
         } else {
@@ -386,6 +430,7 @@ fn emit(
             effect: c.effect,
             exits: left,
             segs: c.op_segs,
+            called,
         });
     }
     c.flush_rip();

@@ -93,6 +93,7 @@ struct LinkContext {
     cs_limit: u32,
     cpl: u8,
     bitness: u32,
+    flat: u8,
 }
 
 /// Slots of the indirect-branch table (a power of two).
@@ -174,6 +175,10 @@ pub struct Jit {
     /// before compiled code runs again, so compiled code compares this one word instead of
     /// five.
     pub(crate) context: u64,
+    /// The data segments compiled code may use without checks now (`compile::flat_segments`):
+    /// a block's entry from the dispatcher checks its own against these, and links need no
+    /// check, since this is part of the link context.
+    pub(crate) flat: u8,
     seen: LinkContext,
 }
 
@@ -188,6 +193,7 @@ impl Default for Jit {
             ib: None,
             poll: true,
             context: 1,
+            flat: 0,
             seen: LinkContext::default(),
         }
     }
@@ -204,7 +210,9 @@ impl Cpu {
             cs_limit: cs.limit,
             cpl: self.cpl,
             bitness: self.code_bitness(),
+            flat: compile::flat_segments(self),
         };
+        self.jit.flat = now.flat;
         if now != self.jit.seen {
             self.jit.seen = now;
             self.jit.context = self.jit.context.wrapping_add(1);
