@@ -114,6 +114,12 @@ fn seg_kind(seg: usize) -> (i32, i32, i32) {
     )
 }
 
+/// In `Jit::flat` and `Compiler::seg_ok` beside the data segments: the CS limit is 4 GiB - 1
+/// (a branch target masked to 32 bits needs no limit check).
+const CS_FLAT: u8 = 1 << 7;
+/// The stack is 32-bit outside long mode (CR0.PE and SS.B: `Compiler::check_stack32`).
+const STACK32: u8 = 1 << 6;
+
 /// The data segments (bits by `sreg`) an inline access may use with no checks but the 4 GiB
 /// end: present, writable, expand-up data segments with a 4 GiB limit (DS, ES and SS also
 /// based at 0), outside long mode and with EFLAGS.AC clear — what `Compiler::guard` checks
@@ -123,6 +129,12 @@ pub(crate) fn flat_segments(cpu: &Cpu) -> u8 {
         return 0;
     }
     let mut flat = 0;
+    if cpu.segs[sreg::CS].limit == u32::MAX {
+        flat |= CS_FLAT;
+    }
+    if cpu.cr0 & cr0::PE != 0 && cpu.segs[sreg::SS].attr & attr::DB != 0 {
+        flat |= STACK32;
+    }
     for (s, seg) in cpu.segs.iter().enumerate().take(6) {
         let (_, want, kind) = seg_kind(s);
         if seg.attr as i32 & kind == want
@@ -219,6 +231,9 @@ struct Fallback {
     cont: DynamicLabel,
     delta: u64,
     rewind: u64,
+    /// The inline path leaves the host flags as this producer's: so does this path (from
+    /// the lazy record the handler left).
+    regen: Option<(FlagOp, u8)>,
 }
 
 struct Compiler {
@@ -411,7 +426,7 @@ fn emit(
         // Guards go before any of the op's code: its paths may skip its accesses.
         if !c.checked && segs & !c.seg_ok != 0 {
             c.prev_host_flags = false;
-            for seg in 0..6 {
+            for seg in 0..8 {
                 if segs & (1 << seg) != 0 {
                     c.guard(seg);
                 }
@@ -453,6 +468,9 @@ fn emit(
         if f.rewind != 0 {
             c.advance_rip_rax((f.rewind as i32).wrapping_neg());
             asm!(c.a ; mov QWORD [rbx + RIP], rax);
+        }
+        if let Some((fop, s)) = f.regen {
+            c.regenerate_flags(fop, s);
         }
         let cont = f.cont;
         asm!(c.a ; jmp =>cont);
@@ -890,6 +908,7 @@ impl Compiler {
                 self.load(s, op.dst);
                 self.alu(k, s, Some(op.dst));
                 asm!(self.a ; =>cont);
+                self.host_flags_on_both_paths();
             }
             Some(FastForm::AluMR { k, s } | FastForm::AluMI { k, s }) if mem_inlinable(op) => {
                 // `fast::alu_m`: the destination is read with write intent (the write TLB)
@@ -919,6 +938,7 @@ impl Compiler {
                     }
                 }
                 asm!(self.a ; =>cont);
+                self.host_flags_on_both_paths();
             }
             Some(FastForm::MovMR(s)) if mem_inlinable(op) => {
                 let cont = self.mem_probe(i, op, s, true);
@@ -1107,12 +1127,25 @@ impl Compiler {
                 self.jcc(i, op, op.aux)
             }
             None if !self.long && is_handler(op, crate::exec::control::jmp_rel) => {
-                self.flush_rip();
+                self.flush_rip_unless_foldable(op);
                 self.jump_taken(i, op, None);
             }
             _ => return false,
         }
         self.advance(op, form)
+    }
+
+    /// After an inline ALU op with a memory operand (one fallback, just made): its fast path
+    /// leaves the host flags as the guest's, and so will the fallback, by redoing the
+    /// operation from the lazy record the handler leaves — so a Jcc next may use them.
+    fn host_flags_on_both_paths(&mut self) {
+        if let Producer::Known(fop, s) = self.flags
+            && fop != FlagOp::None
+            && let Some(f) = self.fallbacks.last_mut()
+        {
+            f.regen = Some((fop, s));
+            self.host_flags = true;
+        }
     }
 
     /// Count an inline op's length into the pending RIP advance (branches write RIP).
@@ -1277,6 +1310,19 @@ impl Compiler {
         }
         let deopt = self.a.new_dynamic_label();
         self.deopts.push((deopt, self.cur, self.delta));
+        if 1 << seg == CS_FLAT {
+            asm!(self.a
+                ; cmp DWORD [rbx + CS_LIMIT], -1
+                ; jne =>deopt
+            );
+            self.seg_ok |= CS_FLAT;
+            return;
+        }
+        if 1 << seg == STACK32 {
+            self.check_stack32(deopt);
+            self.seg_ok |= STACK32;
+            return;
+        }
         let (sattr, want, kind) = seg_kind(seg);
         let slimit = seg_field(seg, SEG_LIMIT);
         if self.seg_ok == 0 {
@@ -1393,14 +1439,7 @@ impl Compiler {
         self.flush_rip();
         let (fb, cont) = self.branch_fallback(i);
         // stack32: CR0.PE and SS.B (LMA is checked by the load path).
-        let (pe, big) = (cr0::PE as i32, attr::DB as i32);
-        let ss_attr = seg_field(sreg::SS, SEG_ATTR);
-        asm!(self.a
-            ; test DWORD [rbx + CR0], pe
-            ; jz =>fb
-            ; test WORD [rbx + ss_attr], big as i16
-            ; jz =>fb
-        );
+        self.stack32(fb);
         let mut stack = Op::new(op.exec, op.len);
         stack.seg = sreg::SS as u8;
         stack.base = 4;
@@ -1408,13 +1447,9 @@ impl Compiler {
         stack.disp = 0;
         self.probe_to(&stack, 4, false, fb);
         let pop = (4 + (op.imm & 0xFFFF)) as i32;
-        asm!(self.a
-            ; mov eax, DWORD [rcx]
-            ; mov ecx, DWORD [rbx + CS_LIMIT]
-            ; cmp rax, rcx
-            ; ja =>fb
-            ; mov QWORD [rbx + RIP], rax
-        );
+        asm!(self.a ; mov eax, DWORD [rcx]);
+        self.check_cs_limit(fb);
+        asm!(self.a ; mov QWORD [rbx + RIP], rax);
         self.add_esp(pop);
         asm!(self.a ; =>cont);
     }
@@ -1441,15 +1476,8 @@ impl Compiler {
     fn call32(&mut self, i: usize, op: &Op, sb: bool) {
         self.flush_rip();
         let (fb, cont) = self.branch_fallback(i);
-        let (pe, big) = (cr0::PE as i32, attr::DB as i16);
-        let ss_attr = seg_field(sreg::SS, SEG_ATTR);
         let (len, imm) = (op.len as i32, op.imm as i64);
-        asm!(self.a
-            ; test DWORD [rbx + CR0], pe
-            ; jz =>fb
-            ; test WORD [rbx + ss_attr], big
-            ; jz =>fb
-        );
+        self.stack32(fb);
         // R13 = return address (the next RIP), R14 = target.
         self.advance_rip_rax(len);
         asm!(self.a
@@ -1457,11 +1485,9 @@ impl Compiler {
             ; mov rcx, QWORD imm
             ; add rax, rcx
             ; mov eax, eax
-            ; mov ecx, DWORD [rbx + CS_LIMIT]
-            ; cmp rax, rcx
-            ; ja =>fb
-            ; mov r14, rax
         );
+        self.check_cs_limit(fb);
+        asm!(self.a ; mov r14, rax);
         let mut push = Op::new(op.exec, op.len);
         push.seg = sreg::SS as u8;
         push.base = 4;
@@ -1605,8 +1631,36 @@ impl Compiler {
         );
     }
 
+    /// Whether condition `bit` (`CS_FLAT`, `STACK32`) is known to hold here (checked at the
+    /// block's entry or by a `guard`), in 32-bit code; the first pass learns from the calls
+    /// which ops want it. When false the caller checks it itself.
+    fn assume(&mut self, bit: u8) -> bool {
+        if self.checked || self.ip_mask != 0xFFFF_FFFF {
+            return false;
+        }
+        self.op_segs |= bit;
+        self.seg_ok & bit != 0
+    }
+
     /// Jump to `fb` unless the stack is 32-bit outside long mode (CR0.PE and SS.B; long mode
-    /// is excluded by the memory probe).
+    /// is excluded by the memory probe), unless that is known (`STACK32`).
+    fn stack32(&mut self, fb: DynamicLabel) {
+        if !self.assume(STACK32) {
+            self.check_stack32(fb);
+        }
+    }
+
+    /// Jump to `fb` when RAX (a branch target) lies beyond the CS limit. Clobbers RCX.
+    fn check_cs_limit(&mut self, fb: DynamicLabel) {
+        if !self.assume(CS_FLAT) {
+            asm!(self.a
+                ; mov ecx, DWORD [rbx + CS_LIMIT]
+                ; cmp rax, rcx
+                ; ja =>fb
+            );
+        }
+    }
+
     fn check_stack32(&mut self, fb: DynamicLabel) {
         let (pe, big) = (cr0::PE as i32, attr::DB as i16);
         let ss_attr = seg_field(sreg::SS, SEG_ATTR);
@@ -1632,7 +1686,7 @@ impl Compiler {
     /// moves (PUSH ESP pushes the old value), ESP changes after the store.
     fn push32(&mut self, i: usize, op: &Op) {
         let (fb, cont) = self.fallback_label(i, op);
-        self.check_stack32(fb);
+        self.stack32(fb);
         if op.src == loc::MEM {
             // PUSH r/m32: the operand is read first (with ESP before the push).
             self.probe_to(op, 4, false, fb);
@@ -1656,7 +1710,7 @@ impl Compiler {
     /// written (so POP ESP loads the popped value).
     fn pop32(&mut self, i: usize, op: &Op) {
         let (fb, cont) = self.fallback_label(i, op);
-        self.check_stack32(fb);
+        self.stack32(fb);
         self.probe_to(&Self::stack_slot(op, 0), 4, false, fb);
         asm!(self.a ; mov ecx, DWORD [rcx]);
         self.add_esp(4);
@@ -1668,7 +1722,7 @@ impl Compiler {
     /// first, so a fault leaves ESP and EBP untouched; then ESP = EBP + 4 and EBP = the value.
     fn leave32(&mut self, i: usize, op: &Op) {
         let (fb, cont) = self.fallback_label(i, op);
-        self.check_stack32(fb);
+        self.stack32(fb);
         let mut slot = Self::stack_slot(op, 0);
         slot.base = 5;
         self.probe_to(&slot, 4, false, fb);
@@ -1922,8 +1976,7 @@ impl Compiler {
     /// Jcc (outside 64-bit code): RIP is written back to the Jcc's start first, so the
     /// fallback (a CS-limit fault on the taken path) calls the handler with tier-0 state.
     fn jcc(&mut self, i: usize, op: &Op, cc: u8) {
-        // (LEA and MOV only: the host flags survive.)
-        self.flush_rip();
+        self.flush_rip_unless_foldable(op);
         let taken = self.a.new_dynamic_label();
         let hc = if self.prev_host_flags
             && matches!(self.flags, Producer::Known(f, _) if f != FlagOp::None)
@@ -1935,7 +1988,7 @@ impl Compiler {
         jcc_host(&mut self.a, hc, taken);
         let cont = self.a.new_dynamic_label();
         // Not taken: RIP to the next instruction.
-        self.advance_rip_rax(op.len as i32);
+        self.advance_rip_rax((self.delta + op.len as u64) as i32);
         asm!(self.a
             ; mov QWORD [rbx + RIP], rax
             ; jmp =>cont
@@ -1944,26 +1997,37 @@ impl Compiler {
         self.jump_taken(i, op, Some(cont));
     }
 
+    /// Write RIP back before a relative branch unless its target can be computed from the
+    /// pending advance: when the operand-size mask keeps no more bits than the RIP mask,
+    /// `((rip + delta) & ip_mask + len + imm) & osize_mask` is `(rip + delta + len + imm) &
+    /// osize_mask`.
+    fn flush_rip_unless_foldable(&mut self, op: &Op) {
+        if crate::flags::size_mask(op.osize) > self.ip_mask {
+            self.flush_rip();
+        }
+    }
+
     /// RIP = (next RIP + imm) masked to the operand size, or the handler (which faults) when
-    /// that lies beyond the CS limit. RIP in memory is the branch's start here.
+    /// that lies beyond the CS limit. RIP in memory is `delta` bytes behind the branch's
+    /// start here (see `flush_rip_unless_foldable`); both paths leave it written back.
     fn jump_taken(&mut self, i: usize, op: &Op, cont: Option<DynamicLabel>) {
         let cont = cont.unwrap_or_else(|| self.a.new_dynamic_label());
-        let fb = self.fallback_to(i, cont, 0, 0);
-        let (len, imm) = (op.len as i32, op.imm as i64);
+        let fb = self.fallback_to(i, cont, self.delta, 0);
+        let d = (self.delta as i64)
+            .wrapping_add(op.len as i64)
+            .wrapping_add(op.imm as i64);
         asm!(self.a
             ; mov rax, QWORD [rbx + RIP]
-            ; add rax, len
-            ; mov rcx, QWORD imm
+            ; mov rcx, QWORD d
             ; add rax, rcx
         );
         mask(&mut self.a, op.osize, Reg::Rax);
+        self.check_cs_limit(fb);
         asm!(self.a
-            ; mov ecx, DWORD [rbx + CS_LIMIT]
-            ; cmp rax, rcx
-            ; ja =>fb
             ; mov QWORD [rbx + RIP], rax
             ; =>cont
         );
+        self.delta = 0;
         // Both paths join with RIP written back. The handler path only returns here when the
         // branch did not fault, and the lazy flags it may have materialised are equal to the
         // pending ones, so `self.flags` still describes them.
@@ -2592,6 +2656,7 @@ impl Compiler {
             cont,
             delta,
             rewind,
+            regen: None,
         });
         label
     }
@@ -2788,7 +2853,7 @@ impl Compiler {
         self.flush_rip();
         let (fb, cont) = self.branch_fallback(i);
         if call {
-            self.check_stack32(fb);
+            self.stack32(fb);
         }
         // T1 = target (the operand is read before anything is pushed).
         if op.src == loc::MEM {
@@ -2797,11 +2862,8 @@ impl Compiler {
         } else {
             self.get(4, op.src, Reg::T1);
         }
-        asm!(self.a
-            ; mov ecx, DWORD [rbx + CS_LIMIT]
-            ; cmp r14, rcx
-            ; ja =>fb
-        );
+        asm!(self.a ; mov eax, r14d);
+        self.check_cs_limit(fb);
         if call {
             self.advance_rip_rax(op.len as i32);
             asm!(self.a ; mov r13, rax);
