@@ -84,7 +84,6 @@ const SEG_BASE: usize = offset_of!(Segment, base);
 const EFER: i32 = off32(offset_of!(Cpu, efer));
 const CR0: i32 = off32(offset_of!(Cpu, cr0));
 const BLOCK_BREAK: i32 = off32(offset_of!(Cpu, block_break));
-const ICOUNT: i32 = off32(offset_of!(Cpu, icount));
 const JIT_POLL: i32 = off32(offset_of!(Cpu, jit) + offset_of!(super::Jit, poll));
 const LINK_CONTEXT: i32 = off32(offset_of!(Cpu, jit) + offset_of!(super::Jit, context));
 const JIT_FLAT: i32 = off32(offset_of!(Cpu, jit) + offset_of!(super::Jit, flat));
@@ -312,6 +311,7 @@ fn dead_flags(seen: &[Seen]) -> Vec<bool> {
 /// be chained (its end keeps CS, the mode and the CPL); its end then follows a matching link
 /// or table entry instead of returning.
 pub(crate) fn compile(
+    block: usize,
     ops: &[Op],
     bitness: u32,
     ip_mask: u64,
@@ -320,7 +320,7 @@ pub(crate) fn compile(
 ) -> Result<Compiled, dynasmrt::DynasmError> {
     // The first pass finds out what each op does to the flags and where code may leave;
     // the second skips the flag records nothing reads.
-    let (_, first) = emit(ops, bitness, ip_mask, links, checked, &[], 0)?;
+    let (_, first) = emit(block, ops, bitness, ip_mask, links, checked, &[], 0)?;
     let dead = dead_flags(&first);
     let plan: Vec<_> = first
         .iter()
@@ -333,7 +333,10 @@ pub(crate) fn compile(
         .iter()
         .take_while(|f| !f.called)
         .fold(0, |m, f| m | f.segs);
-    Ok(emit(ops, bitness, ip_mask, links, checked, &plan, entry_segs)?.0)
+    Ok(emit(
+        block, ops, bitness, ip_mask, links, checked, &plan, entry_segs,
+    )?
+    .0)
 }
 
 /// What the first pass learnt of an op.
@@ -347,7 +350,9 @@ struct Seen {
     called: bool,
 }
 
+#[allow(clippy::too_many_arguments)]
 fn emit(
+    block: usize,
     ops: &[Op],
     bitness: u32,
     ip_mask: u64,
@@ -529,8 +534,12 @@ fn emit(
     }
     asm!(c.a ; =>out_sync);
     c.spill();
+    // Links do not say which block runs: the one that leaves does (for `Outcome`s).
+    let block = block as i64;
     asm!(c.a
         ; =>out
+        ; mov rcx, QWORD block
+        ; mov QWORD [r12 + CTX_BLOCK], rcx
         ; shl rdx, 8
         ; or rax, rdx
         ; add rsp, 8
@@ -577,15 +586,13 @@ impl Compiler {
         let ib = ib as i64;
         let poll_fn = addr(trampoline::chain_poll as *const () as usize);
         let size = std::mem::size_of::<ChainLink>() as i32;
-        let (l_rip, l_stamp, l_entry, l_block) = (
+        let (l_rip, l_stamp, l_entry) = (
             off32(offset_of!(ChainLink, rip)),
             off32(offset_of!(ChainLink, stamp)),
             off32(offset_of!(ChainLink, entry)),
-            off32(offset_of!(ChainLink, block)),
         );
+        // (The successor's entry checks the budget.)
         asm!(self.a
-            ; cmp QWORD [r12 + CTX_BUDGET], n
-            ; jbe =>done
             ; cmp BYTE [rbx + JIT_POLL], 0
             ; jne =>poll
             ; =>look
@@ -615,9 +622,6 @@ impl Compiler {
                 ; cmp rax, QWORD [rdx + o + l_stamp]
                 ; jne =>next
                 ; sub QWORD [r12 + CTX_BUDGET], n
-                ; add QWORD [rbx + ICOUNT], n
-                ; mov rax, QWORD [rdx + o + l_block]
-                ; mov QWORD [r12 + CTX_BLOCK], rax
                 ; jmp QWORD [rdx + o + l_entry]
                 ; =>next
             );

@@ -81,8 +81,8 @@ pub(crate) struct ChainLink {
     pub stamp: u64,
     /// Host address of the successor's body (past its prologue).
     pub entry: u64,
-    /// The successor (`Rc::as_ptr`), for the dispatcher when the chain ends there.
-    pub block: u64,
+    /// Pads a slot to 32 bytes: the indirect-branch table indexes slots with a shift.
+    pub pad: u64,
 }
 
 /// What a link rests on besides RIP; [`Jit::context`] numbers each new one.
@@ -243,8 +243,15 @@ impl Jit {
         let ib = self.ib.get_or_insert_with(IbTable::new).addr();
         let links = block.chainable.then(|| (block.jit_links.addr(), ib));
         let checked = block.jit_checked.get();
-        let out = match compile::compile(&block.ops, block.bitness(), block.ip_mask, links, checked)
-        {
+        let at = block as *const Block as usize;
+        let out = match compile::compile(
+            at,
+            &block.ops,
+            block.bitness(),
+            block.ip_mask,
+            links,
+            checked,
+        ) {
             Ok(c) => c,
             Err(e) => {
                 log::warn!("jit: block not compiled: {e}");
@@ -347,7 +354,7 @@ pub(crate) fn run_block(
         rip: cpu.rip,
         stamp: cpu.jit.context,
         entry: (entry + code.body) as u64,
-        block: Rc::as_ptr(block) as u64,
+        pad: 0,
     };
     if let Some(a) = from
         && a.chainable

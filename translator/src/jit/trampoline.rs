@@ -41,10 +41,22 @@ pub(crate) struct Ctx<'a> {
     pub fault: Option<Fault>,
     /// The block running now (`Rc::as_ptr`): links set it when they enter a successor.
     pub block: *const Block,
-    /// Ops left in the budget; links count theirs off.
+    /// Ops left in the budget; links count theirs off (and so into `icount`: see
+    /// [`Ctx::sync_icount`]).
     pub budget: u64,
+    /// The budget and `Cpu::icount` at the entry.
+    pub budget0: u64,
+    pub icount0: u64,
     /// The fast TLB's tag bias for the CPL (1, or 2 at CPL 3), renewed after every handler.
     pub tag_bias: u64,
+}
+
+impl Ctx<'_> {
+    /// `Cpu::icount` with the ops of every block left through a link (links only count
+    /// them off the budget): before a handler runs and when compiled code returns.
+    fn sync_icount(&self, cpu: &mut Cpu) {
+        cpu.icount = self.icount0 + (self.budget0 - self.budget);
+    }
 }
 
 fn tag_bias(cpu: &Cpu) -> u64 {
@@ -77,6 +89,8 @@ pub(crate) unsafe fn enter(
         fault: None,
         block,
         budget,
+        budget0: budget,
+        icount0: cpu.icount,
         tag_bias: tag_bias(cpu),
     };
     // SAFETY: the caller guarantees `entry` is a compiled block with this signature.
@@ -85,6 +99,7 @@ pub(crate) unsafe fn enter(
     // otherwise until the call returns; the compiled code only touches `Cpu` fields at
     // offsets taken with `offset_of!` and calls the functions below.
     let r = unsafe { f(ctx.cpu, &mut ctx) };
+    ctx.sync_icount(cpu);
     (r, ctx.fault, ctx.block)
 }
 
@@ -97,6 +112,7 @@ pub(crate) extern "sysv64" fn call_op(ctx: *mut Ctx<'_>, op: *const Op) -> u64 {
     // SAFETY: `ctx.cpu` and `ctx.bus` are the exclusive borrows `enter` was given; compiled
     // code does not touch the `Cpu` while this call runs.
     let (cpu, bus) = unsafe { (&mut *ctx.cpu, &mut *ctx.bus) };
+    ctx.sync_icount(cpu);
     let start = cpu.rip;
     let rsp = cpu.regs[4];
     cpu.rip = start.wrapping_add(op.len as u64) & ctx.ip_mask;
