@@ -91,7 +91,6 @@ const CTX_BLOCK: i32 = off32(offset_of!(Ctx<'static>, block));
 const CTX_FAST_R: i32 = off32(offset_of!(Ctx<'static>, fast_r));
 const CTX_FAST_W: i32 = off32(offset_of!(Ctx<'static>, fast_w));
 const CTX_BUDGET: i32 = off32(offset_of!(Ctx<'static>, budget));
-const CTX_TAG_BIAS: i32 = off32(offset_of!(Ctx<'static>, tag_bias));
 
 /// Host registers of guest EAX, ECX, EDX, EBX, ESP, EBP, ESI, EDI outside 64-bit code:
 /// R8-R11, RSI, RBP, RDI, R15 (AL-BL are then R8B-R11B, which need no REX tricks).
@@ -1220,9 +1219,9 @@ impl Compiler {
                 ; mov eax, eax
             );
         }
-        // Fast TLB: slot (page & (FAST-1)), tag ((page << 1) | user) + 1, taken for the page
-        // of the access's last byte: an access that crosses into the next page finds no
-        // entry for it in the first page's slot and takes the slow path.
+        // Fast TLB (the CPL's half): slot (page & (FAST-1)), tag the page's address, taken
+        // for the page of the access's last byte: an access that crosses into the next page
+        // finds no entry for it in the first page's slot and takes the slow path.
         let table = if write { CTX_FAST_W } else { CTX_FAST_R };
         let shift = FAST_ENTRY_BYTES.trailing_zeros() as i8;
         let slots = ((FAST - 1) << shift) as i32;
@@ -1230,13 +1229,11 @@ impl Compiler {
         let host = off32(offset_of!(crate::mmu::tlb::FastEntry, host));
         asm!(self.a
             ; lea rdx, [rax + last]
-            ; shr rdx, 12
+            ; and rdx, -4096
             ; mov ecx, eax
             ; shr ecx, 12 - shift
             ; and ecx, slots
             ; add rcx, QWORD [r12 + table]
-            ; add rdx, rdx
-            ; add rdx, QWORD [r12 + CTX_TAG_BIAS]
             ; cmp QWORD [rcx], rdx
             ; jne =>fb
             ; mov rcx, QWORD [rcx + host]

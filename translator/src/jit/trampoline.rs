@@ -47,8 +47,6 @@ pub(crate) struct Ctx<'a> {
     /// The budget and `Cpu::icount` at the entry.
     pub budget0: u64,
     pub icount0: u64,
-    /// The fast TLB's tag bias for the CPL (1, or 2 at CPL 3), renewed after every handler.
-    pub tag_bias: u64,
 }
 
 impl Ctx<'_> {
@@ -59,8 +57,9 @@ impl Ctx<'_> {
     }
 }
 
-fn tag_bias(cpu: &Cpu) -> u64 {
-    1 + (cpu.cpl == 3) as u64
+/// The fast TLB tables of the CPL's accesses (user at CPL 3).
+fn fast_tables(cpu: &Cpu) -> (usize, usize) {
+    cpu.tlb.fast_tables(cpu.cpl == 3)
 }
 
 type Entry = unsafe extern "sysv64" fn(*mut Cpu, *mut Ctx<'_>) -> u64;
@@ -79,7 +78,7 @@ pub(crate) unsafe fn enter(
     budget: u64,
     block: *const Block,
 ) -> (u64, Option<Fault>, *const Block) {
-    let (fast_r, fast_w) = cpu.tlb.fast_tables();
+    let (fast_r, fast_w) = fast_tables(cpu);
     let mut ctx = Ctx {
         fast_r,
         fast_w,
@@ -91,7 +90,6 @@ pub(crate) unsafe fn enter(
         budget,
         budget0: budget,
         icount0: cpu.icount,
-        tag_bias: tag_bias(cpu),
     };
     // SAFETY: the caller guarantees `entry` is a compiled block with this signature.
     let f: Entry = unsafe { std::mem::transmute::<usize, Entry>(entry) };
@@ -126,10 +124,8 @@ pub(crate) extern "sysv64" fn call_op(ctx: *mut Ctx<'_>, op: *const Op) -> u64 {
     }
     // A far transfer, a CPL change, an invalidation...: links made before must not be taken.
     cpu.refresh_link_context();
-    ctx.tag_bias = tag_bias(cpu);
-    // Handlers never replace the TLB, but refreshing costs little and keeps compiled code
-    // correct if one ever does.
-    (ctx.fast_r, ctx.fast_w) = cpu.tlb.fast_tables();
+    // A handler may change the CPL (and so the tables' half).
+    (ctx.fast_r, ctx.fast_w) = fast_tables(cpu);
     match r {
         Ok(()) if cpu.block_break => ST_BREAK,
         Ok(()) => ST_OK,

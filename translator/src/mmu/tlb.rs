@@ -30,12 +30,13 @@ pub(crate) const FAST: usize = 256;
 /// Bytes per fast slot (a power of two: tier 1 indexes slots with a shift).
 pub(crate) const FAST_ENTRY_BYTES: usize = std::mem::size_of::<FastEntry>();
 
-/// A fast-path slot: linear page (with the privilege bit) → physical page of plain RAM.
+/// A fast-path slot: linear page → physical page of plain RAM. Each table has one half for
+/// supervisor and one for user accesses, so the tag is the page's address alone.
 /// `repr(C)`: tier 1 probes these slots from generated code (`jit::compile`).
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Copy)]
 #[repr(C, align(32))]
 pub(crate) struct FastEntry {
-    /// ((linear page << 1) | user) + 1; 0 = empty.
+    /// Linear address of the page (low 12 bits clear); `EMPTY` matches no address.
     tag: u64,
     /// Physical address of the page.
     base: u64,
@@ -45,6 +46,18 @@ pub(crate) struct FastEntry {
 }
 
 const _: () = assert!(FAST_ENTRY_BYTES.is_power_of_two());
+
+const EMPTY: u64 = u64::MAX;
+
+impl Default for FastEntry {
+    fn default() -> Self {
+        FastEntry {
+            tag: EMPTY,
+            base: 0,
+            host: 0,
+        }
+    }
+}
 
 impl FastEntry {
     fn new(tag: u64, lin: u64, phys: u64, ram: usize) -> Self {
@@ -85,8 +98,8 @@ impl Tlb {
     pub fn new() -> Self {
         Tlb {
             entries: vec![Entry::default(); ENTRIES].into_boxed_slice(),
-            fast_r: vec![FastEntry::default(); FAST].into_boxed_slice(),
-            fast_w: vec![FastEntry::default(); FAST].into_boxed_slice(),
+            fast_r: vec![FastEntry::default(); 2 * FAST].into_boxed_slice(),
+            fast_w: vec![FastEntry::default(); 2 * FAST].into_boxed_slice(),
             has_large: false,
             generation: 0,
             no_fast: false,
@@ -135,8 +148,8 @@ impl Tlb {
     fn fast_tag(lin: u64, user: bool) -> (usize, u64) {
         let page = lin >> 12;
         (
-            (page as usize) & (FAST - 1),
-            ((page << 1) | user as u64) + 1,
+            user as usize * FAST + ((page as usize) & (FAST - 1)),
+            lin & !0xFFF,
         )
     }
 
@@ -180,9 +193,14 @@ impl Tlb {
         self.fast_w[i] = FastEntry::new(tag, lin, phys, ram);
     }
 
-    /// Host addresses of the fast read and write tables, for compiled code.
-    pub(crate) fn fast_tables(&self) -> (usize, usize) {
-        (self.fast_r.as_ptr() as usize, self.fast_w.as_ptr() as usize)
+    /// Host addresses of the fast read and write tables of user (`user`) or supervisor
+    /// accesses, for compiled code.
+    pub(crate) fn fast_tables(&self, user: bool) -> (usize, usize) {
+        let half = user as usize * FAST;
+        (
+            self.fast_r[half..].as_ptr() as usize,
+            self.fast_w[half..].as_ptr() as usize,
+        )
     }
 
     /// Forget every fast write slot (a page just became a code page).
