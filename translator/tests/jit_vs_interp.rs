@@ -244,10 +244,11 @@ fn random_insn(
             4 => a.mov(dst8, src8),
             _ => a.mov(dst8, imm & 0xFF),
         },
-        6 => match rng.below(4) {
+        6 => match rng.below(5) {
             0 => a.inc(dst32),
             1 => a.dec(dst32),
             2 => a.inc(dst16),
+            3 => a.bswap(dst32),
             _ => a.dec(dst16),
         },
         7 => {

@@ -1089,6 +1089,24 @@ impl Compiler {
             }
             // Nothing at all in tier 0 either.
             Some(FastForm::Nop) => self.effect = Effect::Pass,
+            // (The 16-bit form, undefined, clears the register in tier 0: called.)
+            None if is_handler(op, crate::exec::moves::bswap)
+                && matches!(op.osize, 4 | 8)
+                && op.dst < 16 =>
+            {
+                self.effect = Effect::Pass;
+                match self.home(op.dst) {
+                    Some(h) => asm!(self.a ; bswap Rd(h)),
+                    None => {
+                        self.get(op.osize, op.dst, Reg::Rax);
+                        match op.osize {
+                            4 => asm!(self.a ; bswap eax),
+                            _ => asm!(self.a ; bswap rax),
+                        }
+                        self.put(op.osize, Reg::Rax, op.dst);
+                    }
+                }
+            }
             None if is_handler(op, crate::exec::arith::cbw) && matches!(op.osize, 2 | 4 | 8) => {
                 self.effect = Effect::Pass;
                 self.cbw_cwd(op, false)
