@@ -1976,8 +1976,56 @@ impl Compiler {
                 self.set_cf_from_cl();
             }
             _ => {
+                // The record's op decides at run time, as `LazyFlags::carry`: ADD's and SUB's
+                // carry comes from the host ADD/CMP of the operands shifted to the top of a
+                // quadword (so the size's mask does not matter); the rare ADC1/SBB1 call it.
+                let (done, arith, add, slow) = (
+                    self.a.new_dynamic_label(),
+                    self.a.new_dynamic_label(),
+                    self.a.new_dynamic_label(),
+                    self.a.new_dynamic_label(),
+                );
+                let op = |f: FlagOp| f as u8 as i32;
+                asm!(self.a
+                    ; movzx eax, BYTE [rbx + L_OP]
+                    ; cmp eax, op(FlagOp::Add)
+                    ; je =>arith
+                    ; cmp eax, op(FlagOp::Sub)
+                    ; je =>arith
+                    ; cmp eax, op(FlagOp::Adc1)
+                    ; je =>slow
+                    ; cmp eax, op(FlagOp::Sbb1)
+                    ; je =>slow
+                    ; cmp eax, op(FlagOp::Logic)
+                    ; jne =>done
+                    ; and QWORD [rbx + RFLAGS], -2
+                    ; jmp =>done
+                    ; =>arith
+                    ; movzx ecx, BYTE [rbx + L_SIZE]
+                    ; shl ecx, 3
+                    ; neg ecx
+                    ; add ecx, 64
+                    ; mov rdx, QWORD [rbx + L_A]
+                    ; shl rdx, cl
+                    ; mov rax, QWORD [rbx + L_B]
+                    ; shl rax, cl
+                    ; cmp BYTE [rbx + L_OP], op(FlagOp::Add) as i8
+                    ; je =>add
+                    ; cmp rdx, rax
+                    ; setb cl
+                );
+                self.set_cf_from_cl();
+                asm!(self.a
+                    ; jmp =>done
+                    ; =>add
+                    ; add rdx, rax
+                    ; setc cl
+                );
+                self.set_cf_from_cl();
+                asm!(self.a ; jmp =>done ; =>slow);
                 let f = addr(trampoline::fold_cf as *const () as usize);
                 self.call_out(f, 3, None);
+                asm!(self.a ; =>done);
             }
         }
     }
