@@ -2083,11 +2083,11 @@ impl Compiler {
         let d = (self.delta as i64)
             .wrapping_add(op.len as i64)
             .wrapping_add(op.imm as i64);
-        asm!(self.a
-            ; mov rax, QWORD [rbx + RIP]
-            ; mov rcx, QWORD d
-            ; add rax, rcx
-        );
+        asm!(self.a ; mov rax, QWORD [rbx + RIP]);
+        match i32::try_from(d) {
+            Ok(d) => asm!(self.a ; add rax, d),
+            Err(_) => asm!(self.a ; mov rcx, QWORD d ; add rax, rcx),
+        }
         mask(&mut self.a, op.osize, Reg::Rax);
         self.check_cs_limit(fb);
         asm!(self.a
