@@ -684,14 +684,8 @@ impl Compiler {
 
     /// Host register `to` = guest register `r`'s low `s` bytes, zero-extended.
     fn get(&mut self, s: u8, r: u8, to: Reg) {
-        let t = to as u8;
         match self.home(r) {
-            Some(h) => match s {
-                1 => asm!(self.a ; movzx Rd(t), Rb(h)),
-                2 => asm!(self.a ; movzx Rd(t), Rw(h)),
-                4 => asm!(self.a ; mov Rd(t), Rd(h)),
-                _ => asm!(self.a ; mov Rq(t), Rq(h)),
-            },
+            Some(h) => zext(&mut self.a, s, to as u8, h),
             None => load_sized(&mut self.a, s, to, 3, reg(r)),
         }
     }
@@ -933,12 +927,7 @@ impl Compiler {
                 }
                 self.alu(k, s, None);
                 if writes {
-                    match s {
-                        1 => asm!(self.a ; mov BYTE [r14], dl),
-                        2 => asm!(self.a ; mov WORD [r14], dx),
-                        4 => asm!(self.a ; mov DWORD [r14], edx),
-                        _ => asm!(self.a ; mov QWORD [r14], rdx),
-                    }
+                    self.rm_store_rdx(op, s);
                 }
                 asm!(self.a ; =>cont);
                 self.host_flags_on_both_paths();
@@ -1865,18 +1854,7 @@ impl Compiler {
         };
         // The 32-bit form zero-extends; 8/16-bit forms keep RDX's clear upper bits.
         if !self.dead {
-            // The logic ops' flags come from the result alone (`LazyFlags::compute`).
-            if fop != FlagOp::Logic {
-                asm!(self.a
-                    ; mov QWORD [rbx + L_A], rax
-                    ; mov QWORD [rbx + L_B], rcx
-                );
-            }
-            let w = op_size(fop, s);
-            asm!(self.a
-                ; mov QWORD [rbx + L_RES], rdx
-                ; mov WORD [rbx + L_OP], w
-            );
+            self.record(fop, s);
         }
         if let Some(dst) = dst
             && k != kind::CMP
@@ -1902,12 +1880,7 @@ impl Compiler {
             self.get(s, g, Reg::Rax);
             match src {
                 Ok(v) => asm!(self.a ; mov ecx, v),
-                Err(r) => match s {
-                    1 => asm!(self.a ; movzx ecx, Rb(r)),
-                    2 => asm!(self.a ; movzx ecx, Rw(r)),
-                    4 => asm!(self.a ; mov ecx, Rd(r)),
-                    _ => asm!(self.a ; mov rcx, Rq(r)),
-                },
+                Err(r) => zext(&mut self.a, s, Reg::Rcx as u8, r),
             }
         }
         macro_rules! op {
@@ -1932,25 +1905,27 @@ impl Compiler {
         }
         if !self.dead {
             // Moves only from here: the host flags stay the guest's.
-            match s {
-                1 => asm!(self.a ; movzx edx, Rb(d)),
-                2 => asm!(self.a ; movzx edx, Rw(d)),
-                4 => asm!(self.a ; mov edx, Rd(d)),
-                _ => asm!(self.a ; mov rdx, Rq(d)),
-            }
-            if fop != FlagOp::Logic {
-                asm!(self.a
-                    ; mov QWORD [rbx + L_A], rax
-                    ; mov QWORD [rbx + L_B], rcx
-                );
-            }
-            let w = op_size(fop, s);
-            asm!(self.a
-                ; mov QWORD [rbx + L_RES], rdx
-                ; mov WORD [rbx + L_OP], w
-            );
+            zext(&mut self.a, s, Reg::Rdx as u8, d);
+            self.record(fop, s);
         }
         self.produced(Producer::Known(fop, s));
+    }
+
+    /// The lazy record of `fop` at `s` bytes from RAX = a, RCX = b, RDX = the result (all
+    /// masked); stores only, so the host flags survive. The logic ops' flags come from the
+    /// result alone (`LazyFlags::compute`): their operands are not stored.
+    fn record(&mut self, fop: FlagOp, s: u8) {
+        if fop != FlagOp::Logic {
+            asm!(self.a
+                ; mov QWORD [rbx + L_A], rax
+                ; mov QWORD [rbx + L_B], rcx
+            );
+        }
+        let w = op_size(fop, s);
+        asm!(self.a
+            ; mov QWORD [rbx + L_RES], rdx
+            ; mov WORD [rbx + L_OP], w
+        );
     }
 
     /// INC/DEC keep CF: fold the pending producer's CF into RFLAGS first (`Cpu::set_lazy`).
@@ -2300,16 +2275,7 @@ impl Compiler {
         }
         // Only moves until the carry out is taken (SETC below).
         mask(&mut self.a, s, Reg::Rdx);
-        if mem_dst {
-            match s {
-                1 => asm!(self.a ; mov BYTE [r14], dl),
-                2 => asm!(self.a ; mov WORD [r14], dx),
-                4 => asm!(self.a ; mov DWORD [r14], edx),
-                _ => asm!(self.a ; mov QWORD [r14], rdx),
-            }
-        } else {
-            self.store_rdx(s, op.dst);
-        }
+        self.rm_store_rdx(op, s);
         asm!(self.a ; setc r14b ; movzx r14d, r14b);
         // Add + 1 = Adc1, Sub + 1 = Sbb1.
         let base = if sbb { FlagOp::Sub } else { FlagOp::Add } as u8 as i32;
@@ -2589,7 +2555,8 @@ impl Compiler {
         }
     }
 
-    /// Write RDX (masked) back to where [`Compiler::rm_load`] read.
+    /// Write RDX (masked) back to where [`Compiler::rm_load`] read (for memory: [T1]; moves
+    /// only, so the host flags survive).
     fn rm_store_rdx(&mut self, op: &Op, s: u8) {
         if op.dst == loc::MEM {
             match s {
@@ -2955,6 +2922,17 @@ enum Reg {
     /// Scratch beyond the three the x86 forms need (MUL, DIV, shifts by CL, LAHF).
     T1 = 14,
     T2 = 13,
+}
+
+/// Host register `to` = the low `s` bytes of host register `from`, zero-extended (a move:
+/// the host flags survive).
+fn zext(a: &mut VecAssembler<X64Relocation>, s: u8, to: u8, from: u8) {
+    match s {
+        1 => asm!(a ; movzx Rd(to), Rb(from)),
+        2 => asm!(a ; movzx Rd(to), Rw(from)),
+        4 => asm!(a ; mov Rd(to), Rd(from)),
+        _ => asm!(a ; mov Rq(to), Rq(from)),
+    }
 }
 
 /// Zero-extend the low `s` bytes of `r` in place.
