@@ -267,12 +267,18 @@ fn random_insn(
         },
         9 => a.mov(mem32, src32),
         10 => a.mov(dst32, mem32),
-        11 => match rng.below(6) {
+        11 => match rng.below(11) {
             0 => a.add(mem32, src32),
             1 => a.cmp(mem32, imm as i32),
             2 => a.and(mem32, imm as i32),
             3 => a.xor(mem32, src32),
             4 => a.sub(word_ptr(ebp + disp), src16),
+            // Shifts of memory by an immediate (0 included) and by CL (any count).
+            5 => a.shl(mem32, imm & 31),
+            6 => a.shr(mem32, cl),
+            7 => a.sar(word_ptr(ebp + disp), imm & 31),
+            8 => a.shl(byte_ptr(ebp + disp), cl),
+            9 => a.sar(mem32, cl),
             _ => a.test(mem32, src32),
         },
         12 => a.sub(dst32, mem32),

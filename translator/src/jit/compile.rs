@@ -1052,6 +1052,17 @@ impl Compiler {
                 self.effect = Effect::Pass;
                 self.shift_cl(i, shift_kind(op).unwrap_or(sk::SHL), op)
             }
+            None if op.dst == loc::MEM
+                && mem_inlinable(op)
+                && matches!(op.osize, 1 | 2 | 4)
+                && (op.src == 1
+                    || (op.src == loc::IMM
+                        && (1..op.osize as u64 * 8).contains(&(op.imm & 0x1F))))
+                && shift_kind(op).is_some() =>
+            {
+                self.effect = Effect::Pass;
+                self.shift_mem(i, shift_kind(op).unwrap_or(sk::SHL), op)
+            }
             None if is_handler(op, crate::exec::logic::not) && unary_inlinable(op) => {
                 self.effect = Effect::Pass;
                 self.not(i, op)
@@ -2507,8 +2518,19 @@ impl Compiler {
             ; and edx, szpc
         );
         self.put(s, Reg::T2, op.dst);
-        // OF as tier 0: SHL: msb(result) ^ CF; SHR: bit (bits - 2) of the result; SAR: 0.
-        let bits = bits as i8;
+        self.shift_of_to_rflags(k, s);
+        asm!(self.a ; =>cont);
+        // The count-0 path leaves the old flags pending.
+        self.flags = Producer::Unknown;
+    }
+
+    /// The end of an inline SHL/SHR/SAR by a count below the width: EDX holds its CF, PF,
+    /// ZF, SF (from LAHF) and T2 its result; add OF as tier 0 computes it (SHL: msb(result) ^
+    /// CF; SHR: bit (bits - 2) of the result; SAR: 0) and write the six flags to RFLAGS,
+    /// eagerly (lazy op None; AF 0). Clobbers RAX and RCX.
+    fn shift_of_to_rflags(&mut self, k: u8, s: u8) {
+        use crate::exec::shift_rotate::kind as sk;
+        let bits = (s * 8) as i8;
         match k {
             sk::SHR => asm!(self.a
                 ; mov rcx, r13
@@ -2535,9 +2557,64 @@ impl Compiler {
             ; or rax, rdx
             ; mov QWORD [rbx + RFLAGS], rax
             ; mov BYTE [rbx + L_OP], none
-            ; =>cont
         );
-        // The count-0 path leaves the old flags pending.
+    }
+
+    /// SHL/SAL/SHR/SAR of a memory operand (1/2/4 bytes) by an immediate or CL
+    /// (`shift_rotate::shift`): the operand is read with write intent through the inline
+    /// path, shifted on the host, written back, and the flags are set as in
+    /// [`Compiler::shift_cl`]. A count of 0 (the handler still reads the operand) or, for
+    /// 8/16-bit operands, of the width or more goes to the handler.
+    fn shift_mem(&mut self, i: usize, k: u8, op: &Op) {
+        use crate::exec::shift_rotate::kind as sk;
+        let s = op.osize;
+        let bits = s as i32 * 8;
+        let (fb, cont) = self.fallback_label(i, op);
+        self.probe_to(op, s, true, fb);
+        asm!(self.a ; mov r14, rcx);
+        if op.src == loc::IMM {
+            let c = (op.imm & 0x1F) as i8;
+            asm!(self.a ; mov ecx, c as i32);
+        } else {
+            self.get(1, 1, Reg::Rcx);
+            asm!(self.a
+                ; and ecx, 0x1F
+                ; jz =>fb
+            );
+            if s < 4 {
+                asm!(self.a ; cmp ecx, bits ; jae =>fb);
+            }
+        }
+        load_t1(&mut self.a, s, Reg::Rax);
+        match (k, s) {
+            (sk::SHR, 1) => asm!(self.a ; shr al, cl),
+            (sk::SHR, 2) => asm!(self.a ; shr ax, cl),
+            (sk::SHR, _) => asm!(self.a ; shr eax, cl),
+            (sk::SAR, 1) => asm!(self.a ; sar al, cl),
+            (sk::SAR, 2) => asm!(self.a ; sar ax, cl),
+            (sk::SAR, _) => asm!(self.a ; sar eax, cl),
+            (_, 1) => asm!(self.a ; shl al, cl),
+            (_, 2) => asm!(self.a ; shl ax, cl),
+            (_, _) => asm!(self.a ; shl eax, cl),
+        }
+        // (Moves only until LAHF.)
+        asm!(self.a ; mov r13, rax);
+        match s {
+            1 => asm!(self.a ; mov BYTE [r14], al),
+            2 => asm!(self.a ; mov WORD [r14], ax),
+            _ => asm!(self.a ; mov DWORD [r14], eax),
+        }
+        if !self.dead {
+            let szpc = (flag::SF | flag::ZF | flag::PF | flag::CF) as i32;
+            asm!(self.a
+                ; lahf
+                ; movzx edx, ah
+                ; and edx, szpc
+            );
+            self.shift_of_to_rflags(k, s);
+        }
+        asm!(self.a ; =>cont);
+        // The handler's path may have left the old flags (count 0).
         self.flags = Producer::Unknown;
     }
 
