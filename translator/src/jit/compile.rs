@@ -38,6 +38,7 @@
 
 use super::trampoline::{self, Ctx, ST_BREAK, ST_DEOPT, ST_OK, ST_STOP};
 use crate::Cpu;
+use crate::block::Block;
 use crate::decode::op::{Op, loc};
 use crate::exec::arith::kind;
 use crate::exec::fast::{FastForm, fast_form};
@@ -91,6 +92,10 @@ const CTX_BLOCK: i32 = off32(offset_of!(Ctx<'static>, block));
 const CTX_FAST_R: i32 = off32(offset_of!(Ctx<'static>, fast_r));
 const CTX_FAST_W: i32 = off32(offset_of!(Ctx<'static>, fast_w));
 const CTX_BUDGET: i32 = off32(offset_of!(Ctx<'static>, budget));
+
+/// The host registers (numbers) holding the `*mut Cpu` (RBX) and the `*mut Ctx` (R12).
+const CPU_PTR: u8 = 3;
+const CTX_PTR: u8 = 12;
 
 /// Host registers of guest EAX, ECX, EDX, EBX, ESP, EBP, ESI, EDI outside 64-bit code:
 /// R8-R11, RSI, RBP, RDI, R15 (AL-BL are then R8B-R11B, which need no REX tricks).
@@ -305,37 +310,42 @@ fn dead_flags(seen: &[Seen]) -> Vec<bool> {
     dead
 }
 
-/// Compile `ops` (a block decoded for `bitness`-bit code, RIP mask `ip_mask`). `links`: the
-/// addresses of the block's [`super::ChainLinks`] and of the indirect-branch table when it may
-/// be chained (its end keeps CS, the mode and the CPL); its end then follows a matching link
-/// or table entry instead of returning.
+/// Compile `block` (with checks at every data access when it is `jit_checked`). `links`:
+/// the addresses of the block's [`super::ChainLinks`] and of the indirect-branch table when it
+/// may be chained (its end keeps CS, the mode and the CPL); its end then follows a matching
+/// link or table entry instead of returning.
 pub(crate) fn compile(
-    block: usize,
-    ops: &[Op],
-    bitness: u32,
-    ip_mask: u64,
+    block: &Block,
     links: Option<(usize, usize)>,
-    checked: bool,
 ) -> Result<Compiled, dynasmrt::DynasmError> {
     // The first pass finds out what each op does to the flags and where code may leave;
     // the second skips the flag records nothing reads.
-    let (_, first) = emit(block, ops, bitness, ip_mask, links, checked, &[], 0)?;
+    let (_, first) = emit(block, links, &Plan::default())?;
     let dead = dead_flags(&first);
-    let plan: Vec<_> = first
-        .iter()
-        .zip(dead)
-        .map(|(f, dead)| (dead, f.segs))
-        .collect();
-    // The segments used before the first handler call are checked once, at the entry from
-    // the dispatcher (links keep what it found: `Jit::flat` is part of their context).
-    let entry_segs = first
-        .iter()
-        .take_while(|f| !f.called)
-        .fold(0, |m, f| m | f.segs);
-    Ok(emit(
-        block, ops, bitness, ip_mask, links, checked, &plan, entry_segs,
-    )?
-    .0)
+    let plan = Plan {
+        ops: first
+            .iter()
+            .zip(dead)
+            .map(|(f, dead)| (dead, f.segs))
+            .collect(),
+        // The segments used before the first handler call are checked once, at the entry
+        // from the dispatcher (links keep what it found: `Jit::flat` is part of their
+        // context).
+        entry_segs: first
+            .iter()
+            .take_while(|f| !f.called)
+            .fold(0, |m, f| m | f.segs),
+    };
+    Ok(emit(block, links, &plan)?.0)
+}
+
+/// What the second pass knows from the first (empty in the first).
+#[derive(Default)]
+struct Plan {
+    /// Per op: its flag result is dead; the data segments (and `CS_FLAT`/`STACK32`) it uses.
+    ops: Vec<(bool, u8)>,
+    /// What the entry from the dispatcher checks (see `compile`).
+    entry_segs: u8,
 }
 
 /// What the first pass learnt of an op.
@@ -349,17 +359,13 @@ struct Seen {
     called: bool,
 }
 
-#[allow(clippy::too_many_arguments)]
 fn emit(
-    block: usize,
-    ops: &[Op],
-    bitness: u32,
-    ip_mask: u64,
+    block: &Block,
     links: Option<(usize, usize)>,
-    checked: bool,
-    plan: &[(bool, u8)],
-    entry_segs: u8,
+    plan: &Plan,
 ) -> Result<(Compiled, Vec<Seen>), dynasmrt::DynasmError> {
+    let (ops, bitness, ip_mask) = (&block.ops, block.bitness(), block.ip_mask);
+    let (checked, entry_segs) = (block.jit_checked.get(), plan.entry_segs);
     let mut seen = Vec::with_capacity(ops.len());
     let mut a = VecAssembler::<X64Relocation>::new(0);
     let out = a.new_dynamic_label();
@@ -421,7 +427,7 @@ fn emit(
         ; jb =>stop
     );
     for (i, op) in ops.iter().enumerate() {
-        let (dead, segs) = plan.get(i).copied().unwrap_or_default();
+        let (dead, segs) = plan.ops.get(i).copied().unwrap_or_default();
         c.dead = dead;
         c.cur = i;
         c.effect = Effect::Read;
@@ -534,7 +540,7 @@ fn emit(
     asm!(c.a ; =>out_sync);
     c.spill();
     // Links do not say which block runs: the one that leaves does (for `Outcome`s).
-    let block = block as i64;
+    let block = block as *const Block as i64;
     asm!(c.a
         ; =>out
         ; mov rcx, QWORD block
@@ -629,7 +635,7 @@ impl Compiler {
             ; jmp =>done
             ; =>poll
         );
-        self.call_out(poll_fn, 12, None);
+        self.call_out(poll_fn, CTX_PTR, None);
         asm!(self.a
             ; test eax, eax
             ; jnz =>look
@@ -686,7 +692,7 @@ impl Compiler {
     fn get(&mut self, s: u8, r: u8, to: Reg) {
         match self.home(r) {
             Some(h) => zext(&mut self.a, s, to as u8, h),
-            None => load_sized(&mut self.a, s, to, 3, reg(r)),
+            None => load_sized(&mut self.a, s, to, CPU_PTR, reg(r)),
         }
     }
 
@@ -791,7 +797,7 @@ impl Compiler {
         let op_ptr = op as *const Op as i64;
         let f = addr(trampoline::call_op as *const () as usize);
         // A failing handler leaves through `out`, with `Cpu::regs` as it left them.
-        self.call_out(f, 12, Some(op_ptr));
+        self.call_out(f, CTX_PTR, Some(op_ptr));
         asm!(self.a
             ; test rax, rax
             ; jnz =>exit
@@ -812,8 +818,8 @@ impl Compiler {
                         _ => asm!(self.a ; mov Rq(d), Rq(r)),
                     }
                 } else {
-                    self.load(s, op.src);
-                    self.store_rax(s, op.dst);
+                    self.get(s, op.src, Reg::Rax);
+                    self.put(s, Reg::Rax, op.dst);
                 }
             }
             Some(FastForm::MovRI(s)) => {
@@ -821,7 +827,7 @@ impl Compiler {
                 let m = crate::flags::size_mask(s);
                 let v = (op.imm & m) as i64;
                 asm!(self.a ; mov rax, QWORD v);
-                self.store_rax(s, op.dst);
+                self.put(s, Reg::Rax, op.dst);
             }
             Some(FastForm::AluRR { k, s }) => {
                 self.effect = Effect::Kill;
@@ -830,8 +836,8 @@ impl Compiler {
                         self.alu_in_place(k, s, op.dst, d, Err(r))
                     }
                     _ => {
-                        self.load(s, op.dst);
-                        self.load_to(s, op.src, Reg::Rcx);
+                        self.get(s, op.dst, Reg::Rax);
+                        self.get(s, op.src, Reg::Rcx);
                         self.alu(k, s, Some(op.dst));
                     }
                 }
@@ -846,7 +852,7 @@ impl Compiler {
                         self.alu_in_place(k, s, op.dst, d, Ok(v))
                     }
                     _ => {
-                        self.load(s, op.dst);
+                        self.get(s, op.dst, Reg::Rax);
                         let v = (op.imm & m) as i64;
                         asm!(self.a ; mov rcx, QWORD v);
                         self.alu(k, s, Some(op.dst));
@@ -860,14 +866,14 @@ impl Compiler {
                 if !self.dead {
                     self.fold_cf();
                 }
-                self.load(s, op.dst);
+                self.get(s, op.dst, Reg::Rax);
                 if inc {
                     asm!(self.a ; lea rdx, [rax + 1]);
                 } else {
                     asm!(self.a ; lea rdx, [rax - 1]);
                 }
                 mask(&mut self.a, s, Reg::Rdx);
-                self.store_rdx(s, op.dst);
+                self.put(s, Reg::Rdx, op.dst);
                 if self.dead {
                     self.flags = Producer::Unknown;
                     return self.advance(op, form);
@@ -886,12 +892,12 @@ impl Compiler {
                 self.effect = Effect::Pass;
                 // lea_r runs with a 32-bit address: the sum is masked to 32 bits.
                 self.sum32(op);
-                self.store_rax(s, op.dst);
+                self.put(s, Reg::Rax, op.dst);
             }
             Some(FastForm::MovRM(s)) if mem_inlinable(op) => {
                 let cont = self.mem_probe(i, op, s, false);
                 load_sized(&mut self.a, s, Reg::Rax, Reg::Rcx as u8, 0);
-                self.store_rax(s, op.dst);
+                self.put(s, Reg::Rax, op.dst);
                 asm!(self.a ; =>cont);
             }
             Some(FastForm::AluRM { k, s }) if mem_inlinable(op) => {
@@ -902,7 +908,7 @@ impl Compiler {
                     4 => asm!(self.a ; mov ecx, DWORD [rcx]),
                     _ => asm!(self.a ; mov rcx, QWORD [rcx]),
                 }
-                self.load(s, op.dst);
+                self.get(s, op.dst, Reg::Rax);
                 self.alu(k, s, Some(op.dst));
                 asm!(self.a ; =>cont);
                 self.host_flags_on_both_paths();
@@ -920,7 +926,7 @@ impl Compiler {
                     _ => asm!(self.a ; mov rax, QWORD [r14]),
                 }
                 if matches!(form, Some(FastForm::AluMR { .. })) {
-                    self.load_to(s, op.src, Reg::Rcx);
+                    self.get(s, op.src, Reg::Rcx);
                 } else {
                     let v = (op.imm & crate::flags::size_mask(s)) as i64;
                     asm!(self.a ; mov rcx, QWORD v);
@@ -1579,7 +1585,7 @@ impl Compiler {
             }
             None
         };
-        self.store_rax(op.osize, op.dst);
+        self.put(op.osize, Reg::Rax, op.dst);
         if let Some(cont) = cont {
             asm!(self.a ; =>cont);
         }
@@ -1786,7 +1792,7 @@ impl Compiler {
             }
         } else {
             asm!(self.a ; mov rax, r13);
-            self.store_rax(s, 0);
+            self.put(s, Reg::Rax, 0);
         }
         let (size, df) = (s as i32, flag::DF as i32);
         asm!(self.a
@@ -1803,25 +1809,6 @@ impl Compiler {
             }
         }
         asm!(self.a ; =>cont);
-    }
-
-    /// RAX = the low `s` bytes of register `r`.
-    fn load(&mut self, s: u8, r: u8) {
-        self.get(s, r, Reg::Rax);
-    }
-
-    /// Host register `to` = guest register `r`'s low `s` bytes, zero-extended.
-    fn load_to(&mut self, s: u8, r: u8, to: Reg) {
-        self.get(s, r, to);
-    }
-
-    /// Register `r`'s low `s` bytes = RAX (a 32-bit write zero-extends).
-    fn store_rax(&mut self, s: u8, r: u8) {
-        self.put(s, Reg::Rax, r);
-    }
-
-    fn store_rdx(&mut self, s: u8, r: u8) {
-        self.put(s, Reg::Rdx, r);
     }
 
     /// RAX = a, RCX = b (both masked): RDX = a OP b, the lazy flags, and the write-back.
@@ -1871,7 +1858,7 @@ impl Compiler {
             && k != kind::CMP
             && k != kind::TEST
         {
-            self.store_rdx(s, dst);
+            self.put(s, Reg::Rdx, dst);
         }
         self.produced(Producer::Known(fop, s));
     }
@@ -2010,7 +1997,7 @@ impl Compiler {
                 self.set_cf_from_cl();
                 asm!(self.a ; jmp =>done ; =>slow);
                 let f = addr(trampoline::fold_cf as *const () as usize);
-                self.call_out(f, 3, None);
+                self.call_out(f, CPU_PTR, None);
                 asm!(self.a ; =>done);
             }
         }
@@ -2168,7 +2155,7 @@ impl Compiler {
             }
             _ => {
                 let (c32, f) = (cc as i32, addr(trampoline::cond as *const () as usize));
-                self.call_out(f, 3, Some(c32 as i64));
+                self.call_out(f, CPU_PTR, Some(c32 as i64));
                 asm!(self.a ; test al, al);
                 // `Cpu::cond` may have materialised the flags.
                 self.flags = Producer::Unknown;
@@ -2263,7 +2250,7 @@ impl Compiler {
         if mem_dst {
             load_t1(&mut self.a, s, Reg::Rax);
         } else {
-            self.load(s, op.dst);
+            self.get(s, op.dst, Reg::Rax);
         }
         match op.src {
             loc::MEM => load_t1(&mut self.a, s, Reg::Rcx),
@@ -2383,7 +2370,7 @@ impl Compiler {
             }
             Producer::Carry | Producer::Unknown => {
                 let f = addr(trampoline::materialise as *const () as usize);
-                self.call_out(f, 3, None);
+                self.call_out(f, CPU_PTR, None);
             }
         }
         self.flags = Producer::Known(FlagOp::None, 0);
@@ -2627,7 +2614,7 @@ impl Compiler {
             load_t1(&mut self.a, s, Reg::Rax);
             Some(c)
         } else {
-            self.load(s, op.dst);
+            self.get(s, op.dst, Reg::Rax);
             None
         }
     }
@@ -2643,7 +2630,7 @@ impl Compiler {
                 _ => asm!(self.a ; mov QWORD [r14], rdx),
             }
         } else {
-            self.store_rdx(s, op.dst);
+            self.put(s, Reg::Rdx, op.dst);
         }
     }
 
@@ -2939,7 +2926,7 @@ impl Compiler {
         } else {
             asm!(self.a ; bsr rax, rcx);
         }
-        self.store_rax(s, op.dst);
+        self.put(s, Reg::Rax, op.dst);
         asm!(self.a
             ; and QWORD [rbx + RFLAGS], !zf
             ; jmp =>done

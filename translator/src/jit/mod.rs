@@ -73,16 +73,15 @@ const _: () = assert!(std::mem::size_of::<ChainLink>() == 32);
 /// dispatcher recorded it: the same block cache and TLB generations, CS base, CPL and code
 /// size — the conditions of tier 0's links — and the CS limit too (links skip `get_block`'s
 /// check that the block lies within it).
-/// `repr(C)`: compiled code reads the fields at fixed offsets.
-#[repr(C)]
+/// `repr(C)`: compiled code reads the fields at fixed offsets; 32-byte aligned (and so sized),
+/// as the indirect-branch table indexes slots with a shift.
+#[repr(C, align(32))]
 #[derive(Clone, Copy, Default)]
 pub(crate) struct ChainLink {
     pub rip: u64,
     pub stamp: u64,
     /// Host address of the successor's body (past its prologue).
     pub entry: u64,
-    /// Pads a slot to 32 bytes: the indirect-branch table indexes slots with a shift.
-    pub pad: u64,
 }
 
 /// What a link rests on besides RIP; [`Jit::context`] numbers each new one.
@@ -171,9 +170,9 @@ pub struct Jit {
     /// look at both again before following a link.
     pub(crate) poll: bool,
     /// The generation of the link context (`LinkContext`), which links are stamped with:
-    /// it only changes in the dispatcher and in handlers, and both call `refresh_context`
-    /// before compiled code runs again, so compiled code compares this one word instead of
-    /// five.
+    /// it only changes in the dispatcher and in handlers, and both call
+    /// `Cpu::refresh_link_context` before compiled code runs again, so compiled code compares
+    /// this one word instead of every field.
     pub(crate) context: u64,
     /// The data segments compiled code may use without checks now (`compile::flat_segments`):
     /// a block's entry from the dispatcher checks its own against these, and links need no
@@ -242,16 +241,7 @@ impl Jit {
     fn compile(&mut self, block: &Block) -> Option<Compiled> {
         let ib = self.ib.get_or_insert_with(IbTable::new).addr();
         let links = block.chainable.then(|| (block.jit_links.addr(), ib));
-        let checked = block.jit_checked.get();
-        let at = block as *const Block as usize;
-        let out = match compile::compile(
-            at,
-            &block.ops,
-            block.bitness(),
-            block.ip_mask,
-            links,
-            checked,
-        ) {
+        let out = match compile::compile(block, links) {
             Ok(c) => c,
             Err(e) => {
                 log::warn!("jit: block not compiled: {e}");
@@ -354,7 +344,6 @@ pub(crate) fn run_block(
         rip: cpu.rip,
         stamp: cpu.jit.context,
         entry: (entry + code.body) as u64,
-        pad: 0,
     };
     if let Some(a) = from
         && a.chainable

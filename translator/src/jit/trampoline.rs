@@ -1,10 +1,11 @@
 //! Entry into compiled code and the Rust functions compiled code calls back into.
 //!
 //! A compiled block is `extern "sysv64" fn(cpu: *mut Cpu, ctx: *mut Ctx) -> u64`.
-//! It keeps the `Cpu` pointer pinned in RBX, the context pointer in R12, the ops left in the
-//! budget in [`Ctx::budget`] and returns `status | index << 8`: [`ST_OK`] when every op ran, otherwise the
-//! status of op `index` — of the block in [`Ctx::block`], which links between compiled blocks
-//! update when they enter a successor's body (past its prologue, on the same stack frame).
+//! It keeps the `Cpu` pointer pinned in RBX and the context pointer in R12, counts the ops it
+//! and its linked successors run off [`Ctx::budget`] and returns `status | index << 8`:
+//! [`ST_OK`] when every op ran, otherwise the status of op `index` — of the block in
+//! [`Ctx::block`], which the block that leaves compiled code stores (links enter a
+//! successor's body past its prologue, on the same stack frame).
 
 use crate::Cpu;
 use crate::block::Block;
@@ -39,7 +40,7 @@ pub(crate) struct Ctx<'a> {
     /// RIP mask of the block's code size.
     pub ip_mask: u64,
     pub fault: Option<Fault>,
-    /// The block running now (`Rc::as_ptr`): links set it when they enter a successor.
+    /// The block compiled code left from (`Rc::as_ptr`): its exit path stores it.
     pub block: *const Block,
     /// Ops left in the budget; links count theirs off (and so into `icount`: see
     /// [`Ctx::sync_icount`]).
