@@ -779,14 +779,17 @@ pub fn run(o: &Options) -> Result<i32> {
     }
     let jit = cpu.jit.stats;
     log::info!(
-        "CPU: {} instructions; JIT ({:?}): {} blocks compiled ({} ops inline, {} called), {} runs of compiled blocks, {} code-cache flushes",
+        "CPU: {} instructions; JIT ({:?}): {} blocks compiled ({} ops inline, {} called), {} runs of compiled blocks, {} code-cache flushes; links: {} set, {} static ({} undone)",
         cpu.icount,
         cpu.jit.mode,
         jit.compiled,
         jit.inline_ops,
         jit.called_ops,
         jit.entries,
-        jit.flushes
+        jit.flushes,
+        jit.links,
+        jit.static_links,
+        jit.static_unlinks
     );
     Ok(status)
 }

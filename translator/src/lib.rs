@@ -192,7 +192,7 @@ impl Cpu {
             let mut done = 0u64;
             let mut clean = true;
             let icount = self.icount;
-            let compiled = match jit::run_block(self, bus, &block, from.as_deref(), left) {
+            let compiled = match jit::run_block(self, bus, &block, from.as_ref(), left) {
                 Some((outcome, last)) => {
                     // Blocks left through direct links: counted into `icount` already.
                     left -= self.icount - icount;

@@ -1178,6 +1178,8 @@ fn chained_loops_and_call_chains_agree_under_any_budget_cut() {
                     // The loops ran in host code: hundreds of blocks per dispatcher entry.
                     let st = t1.jit.stats;
                     assert!(st.links > 0, "{name}: {st:?}");
+                    // Their back edges stay in one page: static sites, patched.
+                    assert!(st.static_links > 0, "{name}: {st:?}");
                     assert!(st.entries * 20 < t1.icount, "{name}: {st:?}, {}", t1.icount);
                 }
             }
@@ -1218,6 +1220,10 @@ fn stores_into_a_chained_successor_invalidate_it() {
         // Passes with esi = 64..1; the immediate goes up after each multiple of 8.
         let want: u64 = (1..=64u64).rev().map(|e| 0x100 + (64 - e) / 8 + 1).sum();
         assert_eq!(t1.regs[3], want, "P at {p_at:#x}");
+        if p_at >> 12 == b_at >> 12 {
+            // P's jump into B's page was a static site while B lived.
+            assert!(t1.jit.stats.static_links > 0, "{:?}", t1.jit.stats);
+        }
     }
 }
 

@@ -24,6 +24,8 @@ pub const MAX_OPS: usize = 64;
 /// One translated basic block.
 pub struct Block {
     pub ops: Box<[Op]>,
+    /// Physical address of the first byte (the cache key's).
+    pub(crate) phys: u64,
     /// Bytes of guest code covered (for the CS-limit check on reuse).
     pub byte_len: u64,
     /// RIP mask of the code size the block was decoded for.
@@ -48,6 +50,8 @@ pub struct Block {
     /// Tier 1's direct links to compiled successors; the compiled code reads them in place
     /// (the `Rc` keeps this address fixed).
     pub(crate) jit_links: crate::jit::ChainLinks,
+    /// Static sites of other blocks' code that jump into this block's code.
+    pub(crate) jit_in: crate::jit::Incoming,
 }
 
 /// A remembered successor: valid while RIP, the translation stamp (block cache and TLB
@@ -64,9 +68,10 @@ struct Link {
 }
 
 impl Block {
-    fn new(ops: Box<[Op]>, byte_len: u64, bitness: u32, chainable: bool) -> Self {
+    fn new(ops: Box<[Op]>, phys: u64, byte_len: u64, bitness: u32, chainable: bool) -> Self {
         Block {
             ops,
+            phys,
             byte_len,
             ip_mask: match bitness {
                 16 => 0xFFFF,
@@ -80,6 +85,7 @@ impl Block {
             jit: Cell::new(None),
             jit_checked: Cell::new(false),
             jit_links: crate::jit::ChainLinks::default(),
+            jit_in: crate::jit::Incoming::default(),
         }
     }
 
@@ -152,6 +158,7 @@ impl BlockCache {
             self.fast.fill(None);
         }
         for (_, b) in self.map.drain() {
+            b.cached.set(false);
             b.jit.set(None);
             self.graveyard.push(b);
         }
@@ -169,6 +176,7 @@ impl BlockCache {
             self.epoch = self.epoch.wrapping_add(1);
             for k in keys {
                 if let Some(b) = self.map.remove(&k) {
+                    b.cached.set(false);
                     b.jit.set(None);
                     self.graveyard.push(b);
                 }
@@ -207,6 +215,7 @@ impl BlockCache {
         if let Some(old) = self.map.insert(key, block) {
             // Replaced (it did not fit the CS limit): links to it must go stale.
             self.epoch = self.epoch.wrapping_add(1);
+            old.cached.set(false);
             old.jit.set(None);
             self.graveyard.push(old);
         }
@@ -296,6 +305,8 @@ impl Cpu {
         };
         let user = self.user_access();
         let phys = self.translate(bus, lin, Access::Exec, user)?;
+        // Links to this block rest on the translation (`Tlb::flush_page`).
+        self.tlb.note_exec(lin >> 12);
         let key = (phys, bitness as u8);
         if let Some(b) = self.cache.get(&key)
             && (long || ip + b.byte_len - 1 <= cs.limit as u64)
@@ -393,7 +404,13 @@ impl Cpu {
                     }
                     let op = decode::translate(&ins, &buf[..ins.len().max(1)], bitness);
                     // byte_len 0 marks the block as not cacheable.
-                    return Ok(Block::new(vec![op].into_boxed_slice(), 0, bitness, false));
+                    return Ok(Block::new(
+                        vec![op].into_boxed_slice(),
+                        phys,
+                        0,
+                        bitness,
+                        false,
+                    ));
                 }
                 // Longer than the maximum instruction length.
                 return Err(Fault::gp(0).into());
@@ -455,6 +472,7 @@ impl Cpu {
         let byte_len = first_len.unwrap_or(off);
         Ok(Block::new(
             ops.into_boxed_slice(),
+            phys,
             byte_len,
             bitness,
             chainable,

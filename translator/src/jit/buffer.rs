@@ -15,6 +15,13 @@ pub(crate) struct Compiled {
     pub offset: usize,
     /// Offset of the body (past the prologue) from `offset`: where links enter.
     pub body: usize,
+    /// Offset of the entry's checks of `Jit::flat` from `offset`, and what they check: a
+    /// static link skips them only from a site that knows the same.
+    pub check: usize,
+    pub entry_segs: u8,
+    /// The block's direct jumps to successors in its own guest page (see
+    /// `compile::StaticSite`), offsets from `offset`.
+    pub sites: [Option<super::compile::StaticSite>; 2],
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -123,7 +130,37 @@ impl CodeBuffer {
             generation: self.generation,
             offset: off,
             body: 0,
+            check: 0,
+            entry_segs: 0,
+            sites: [None; 2],
         })
+    }
+
+    /// Point the 5-byte `jmp rel32` at offset `at` to offset `target` (linking or unlinking
+    /// compiled blocks), flipping its pages writable for the store as `write` does.
+    pub fn patch_jmp(&mut self, at: usize, target: usize) -> Result<(), BufferError> {
+        assert!(
+            at + 5 <= self.used && target < self.used,
+            "patch outside the code"
+        );
+        let rel = (target as i64 - (at as i64 + 5)) as i32;
+        let start = (at + 1) / PAGE * PAGE;
+        let end = (at + 5).next_multiple_of(PAGE).min(self.cap);
+        // SAFETY: [start, end) lies inside our mapping (`at + 5 <= used <= cap`); no compiled
+        // code runs while the dispatcher patches.
+        let p = unsafe { self.base.as_ptr().add(start) };
+        self.protect(p, end - start, libc::PROT_READ | libc::PROT_WRITE)?;
+        // SAFETY: the 4 bytes after the opcode are inside the mapping and now writable; the
+        // store is unaligned, so it goes byte-wise through `write_unaligned`.
+        unsafe {
+            debug_assert_eq!(*self.base.as_ptr().add(at), 0xE9, "not a jmp rel32");
+            self.base
+                .as_ptr()
+                .add(at + 1)
+                .cast::<[u8; 4]>()
+                .write_unaligned(rel.to_le_bytes());
+        }
+        self.protect(p, end - start, libc::PROT_READ | libc::PROT_EXEC)
     }
 
     fn protect(&self, p: *mut u8, len: usize, prot: i32) -> Result<(), BufferError> {

@@ -223,6 +223,35 @@ pub(crate) struct Compiled {
     pub counts: Counts,
     /// Offset of the body, past the prologue: where links from other blocks enter.
     pub body: usize,
+    /// Offset of the entry's checks of `Jit::flat` (`Plan::entry_segs`), which fall into
+    /// the body.
+    pub check: usize,
+    /// What the entry from the dispatcher checks (`Plan::entry_segs`).
+    pub entry_segs: u8,
+    pub sites: [Option<StaticSite>; 2],
+}
+
+/// A `jmp rel32` at a block end that goes to a successor in the same guest page once the
+/// dispatcher has seen that successor follow (`Jit::link_static`), and until then to
+/// `refund`, the generic chain. Only 32-bit code with a flat CS gets them: the successor's
+/// linear address is then the block's plus a constant, and within one page the physical
+/// address is too, whatever alias or CR3 the block is entered under — so the jump needs no
+/// check of RIP or of the link context. It rests only on the successor's code, and every way
+/// that code goes (self-modifying code drops the whole page, so the block with the site as
+/// well) but a deoptimisation or a replacement of the successor leaves the site's block
+/// dead too; those two unlink the site (`Jit::unlink_into`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct StaticSite {
+    /// Offset of the `jmp rel32` from the block's code start.
+    pub at: u32,
+    /// Offset of the generic chain's entry that the jump goes to while unlinked.
+    pub refund: u32,
+    /// Physical address of the successor's first byte.
+    pub target: u64,
+    /// What compiled code knows to hold at the site (`Compiler::seg_ok`): when the
+    /// successor's entry checks (`Compiled::entry_segs`) are part of it, the site jumps to
+    /// the body, else to the checks.
+    pub segs: u8,
 }
 
 /// An inline op's way out to its handler: at `label` RIP in memory is `delta` bytes behind op
@@ -277,6 +306,19 @@ struct Compiler {
     deopts: Vec<(DynamicLabel, usize, u64)>,
     /// The block's one routine for calls out (`call_out`), emitted at its end when used.
     thunk: Option<DynamicLabel>,
+    /// Guest bytes from the block's start to the op being emitted, while the block is one
+    /// straight run (a CALL continued into its callee ends that: `None`).
+    off: Option<u64>,
+    /// The block's physical address; static sites are allowed (`StaticSite`).
+    phys: Option<u64>,
+    /// Static sites made: (jmp offset, refund label, target, segs).
+    sites: Vec<(usize, DynamicLabel, u64, u8)>,
+    /// Ops in the block.
+    ops_len: usize,
+    /// The generic chain's entry (`chain`).
+    chain_start: DynamicLabel,
+    /// The last op emitted went on to the next instruction (no branch, no handler).
+    sequential: bool,
 }
 
 /// An inline op's effect on the flags, as far as it can be seen without leaving compiled
@@ -369,6 +411,7 @@ fn emit(
     let mut seen = Vec::with_capacity(ops.len());
     let mut a = VecAssembler::<X64Relocation>::new(0);
     let out = a.new_dynamic_label();
+    let chain_start = a.new_dynamic_label();
     let mut c = Compiler {
         a,
         ip_mask,
@@ -390,6 +433,12 @@ fn emit(
         prev_host_flags: false,
         deopts: Vec::new(),
         thunk: None,
+        off: Some(0),
+        phys: (links.is_some() && !checked && bitness == 32).then_some(block.phys),
+        sites: Vec::new(),
+        ops_len: ops.len(),
+        chain_start,
+        sequential: false,
     };
     // Six pushes and 8 bytes after the return address keep RSP 16-byte aligned at calls.
     asm!(c.a
@@ -404,6 +453,9 @@ fn emit(
         ; mov r12, rsi
     );
     c.reload();
+    // Static links whose site cannot vouch for the entry's checks enter here, with the
+    // guest registers live (the reload above is the dispatcher's).
+    let check = c.a.offset().0;
     if !checked && entry_segs != 0 {
         let deopt = c.a.new_dynamic_label();
         c.deopts.push((deopt, 0, 0));
@@ -443,6 +495,10 @@ fn emit(
             }
         }
         let exits = c.exits.len() + c.fallbacks.len() + c.breaks.len();
+        let delta = c.delta;
+        if is_handler(op, crate::exec::fast::call_rel32_sb) {
+            c.off = None;
+        }
         let called = !c.inline(i, op);
         if called {
             c.call(i, op);
@@ -450,6 +506,8 @@ fn emit(
         } else {
             c.counts.inline += 1;
         }
+        c.sequential = !called && c.delta == delta + op.len as u64;
+        c.off = c.off.map(|o| o + op.len as u64);
         let left = c.exits.len() + c.fallbacks.len() + c.breaks.len() != exits;
         seen.push(Seen {
             effect: c.effect,
@@ -459,6 +517,9 @@ fn emit(
         });
     }
     c.flush_rip();
+    if c.sequential {
+        c.static_tail(ops.len() - 1, 0);
+    }
     if let Some((links, ib)) = links {
         c.chain(ops.len(), links, ib);
     }
@@ -470,6 +531,16 @@ fn emit(
         ; xor edx, edx
         ; jmp =>out_sync
     );
+    // A static site not linked yet gives the budget back and takes the generic chain.
+    for &(_, refund, _, _) in &c.sites {
+        let n = ops.len() as i32;
+        let start = c.chain_start;
+        asm!(c.a
+            ; =>refund
+            ; add QWORD [r12 + CTX_BUDGET], n
+            ; jmp =>start
+        );
+    }
     for f in std::mem::take(&mut c.fallbacks) {
         asm!(c.a ; =>f.label);
         c.delta = f.delta;
@@ -558,10 +629,23 @@ fn emit(
     );
     debug_assert_eq!(ST_OK, 0);
     let counts = c.counts;
+    let mut sites = [None; 2];
+    for (slot, &(at, refund, target, segs)) in sites.iter_mut().zip(&c.sites) {
+        let refund = c.a.labels().resolve_dynamic(refund)?.0;
+        *slot = Some(StaticSite {
+            at: at as u32,
+            refund: refund as u32,
+            target,
+            segs,
+        });
+    }
     let code = Compiled {
         code: c.a.finalize()?,
         counts,
         body,
+        check,
+        entry_segs: plan.entry_segs,
+        sites,
     };
     Ok((code, seen))
 }
@@ -597,7 +681,9 @@ impl Compiler {
             off32(offset_of!(ChainLink, entry)),
         );
         // (The successor's entry checks the budget.)
+        let start = self.chain_start;
         asm!(self.a
+            ; =>start
             ; cmp BYTE [rbx + JIT_POLL], 0
             ; jne =>poll
             ; =>look
@@ -1156,6 +1242,9 @@ impl Compiler {
             None if !self.long && is_handler(op, crate::exec::control::jmp_rel) => {
                 self.flush_rip_unless_foldable(op);
                 self.jump_taken(i, op, None);
+                if op.osize == 4 {
+                    self.static_tail(i, (op.len as i64).wrapping_add(op.imm as i64));
+                }
             }
             _ => return false,
         }
@@ -2029,12 +2118,48 @@ impl Compiler {
         let cont = self.a.new_dynamic_label();
         // Not taken: RIP to the next instruction.
         self.advance_rip_rax((self.delta + op.len as u64) as i32);
+        asm!(self.a ; mov QWORD [rbx + RIP], rax);
+        self.static_tail(i, op.len as i64);
         asm!(self.a
-            ; mov QWORD [rbx + RIP], rax
             ; jmp =>cont
             ; =>taken
         );
-        self.jump_taken(i, op, Some(cont));
+        if op.osize == 4 {
+            self.jump_taken(i, op, None);
+            self.static_tail(i, (op.len as i64).wrapping_add(op.imm as i64));
+            asm!(self.a ; =>cont);
+        } else {
+            self.jump_taken(i, op, Some(cont));
+        }
+    }
+
+    /// At the end of op `i` when it is the block's last, with RIP written back and `rel`
+    /// bytes past the op's start: a static site (`StaticSite`) when the successor lies in
+    /// the block's guest page. Leaves the code after it for the other ways out.
+    fn static_tail(&mut self, i: usize, rel: i64) {
+        let (Some(phys), Some(off)) = (self.phys, self.off) else {
+            return;
+        };
+        let page_off = (phys & 0xFFF) as i64 + off as i64 + rel;
+        if i + 1 != self.ops_len
+            || self.sites.len() == 2
+            || !(0..0x1000).contains(&page_off)
+            || !self.assume(CS_FLAT)
+        {
+            return;
+        }
+        let n = self.ops_len as i32;
+        let (refund, poll) = (self.a.new_dynamic_label(), self.chain_start);
+        asm!(self.a
+            ; cmp BYTE [rbx + JIT_POLL], 0
+            ; jne =>poll
+            ; sub QWORD [r12 + CTX_BUDGET], n
+        );
+        let at = self.a.offset().0;
+        asm!(self.a ; jmp =>refund);
+        debug_assert_eq!(self.a.offset().0 - at, 5, "a static site is a jmp rel32");
+        let target = (phys & !0xFFF) + page_off as u64;
+        self.sites.push((at, refund, target, self.seg_ok));
     }
 
     /// Write RIP back before a relative branch unless its target can be computed from the

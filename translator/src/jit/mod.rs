@@ -18,8 +18,9 @@ use crate::bus::CpuBus;
 use crate::exception::Fault;
 use buffer::CodeBuffer;
 pub(crate) use buffer::Compiled;
-use std::cell::UnsafeCell;
-use std::rc::Rc;
+use smallvec::SmallVec;
+use std::cell::{RefCell, UnsafeCell};
+use std::rc::{Rc, Weak};
 use trampoline::{ST_BREAK, ST_DEOPT, ST_FAULT, ST_HALT, ST_OK, ST_STOP};
 
 /// Whether tier 1 is used.
@@ -64,6 +65,9 @@ pub struct JitStats {
     pub flushes: u64,
     /// Direct links set between compiled blocks (each is then followed in host code).
     pub links: u64,
+    /// Static sites patched to jump into a successor's code / put back to the generic chain.
+    pub static_links: u64,
+    pub static_unlinks: u64,
 }
 
 const _: () = assert!(std::mem::size_of::<ChainLink>() == 32);
@@ -84,8 +88,8 @@ pub(crate) struct ChainLink {
     pub entry: u64,
 }
 
-/// What a link rests on besides RIP; [`Jit::context`] numbers each new one.
-#[derive(Clone, Copy, PartialEq, Eq, Default)]
+/// What a link rests on besides RIP; [`Jit::context`] numbers each one seen.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
 struct LinkContext {
     chain_stamp: u64,
     cs_base: u64,
@@ -152,6 +156,22 @@ impl ChainLinks {
     }
 }
 
+/// The static sites (`compile::StaticSite`) patched to jump into a block's current code.
+/// Put back when the code stops being the block's (`Jit::unlink_into`).
+#[derive(Default)]
+pub(crate) struct Incoming(RefCell<SmallVec<[LinkedSite; 2]>>);
+
+/// One patched static site.
+pub(crate) struct LinkedSite {
+    /// The block whose code holds the site.
+    from: Weak<Block>,
+    /// The code cache generation both blocks' code belongs to.
+    generation: u64,
+    /// Code cache offsets of the site's jmp and of its generic path.
+    at: usize,
+    refund: usize,
+}
+
 /// Executions after which [`JitMode::Auto`] compiles a block.
 pub const DEFAULT_THRESHOLD: u32 = 32;
 /// Default code cache size.
@@ -179,7 +199,16 @@ pub struct Jit {
     /// check, since this is part of the link context.
     pub(crate) flat: u8,
     seen: LinkContext,
+    /// The number each link context seen got, so that code coming back to one (the return
+    /// from an interrupt or a system call to the code it left) finds its links still valid.
+    /// Numbers are never reused: when the map is dropped for growing too big, every context
+    /// gets a new one.
+    numbers: hashbrown::HashMap<LinkContext, u64>,
+    next_context: u64,
 }
+
+/// Link contexts remembered before the map starts over (each TLB flush makes new ones).
+const MAX_CONTEXTS: usize = 4096;
 
 impl Default for Jit {
     fn default() -> Self {
@@ -194,6 +223,8 @@ impl Default for Jit {
             context: 1,
             flat: 0,
             seen: LinkContext::default(),
+            numbers: hashbrown::HashMap::new(),
+            next_context: 2,
         }
     }
 }
@@ -214,7 +245,15 @@ impl Cpu {
         self.jit.flat = now.flat;
         if now != self.jit.seen {
             self.jit.seen = now;
-            self.jit.context = self.jit.context.wrapping_add(1);
+            let jit = &mut self.jit;
+            if jit.numbers.len() >= MAX_CONTEXTS {
+                jit.numbers.clear();
+            }
+            let next = jit.next_context;
+            jit.context = *jit.numbers.entry(now).or_insert(next);
+            if jit.context == next {
+                jit.next_context += 1;
+            }
         }
     }
 }
@@ -278,6 +317,9 @@ impl Jit {
                 self.stats.called_ops += out.counts.called;
                 Some(Compiled {
                     body: out.body,
+                    check: out.check,
+                    entry_segs: out.entry_segs,
+                    sites: out.sites,
                     ..c
                 })
             }
@@ -286,6 +328,68 @@ impl Jit {
                 self.mode = JitMode::Off;
                 None
             }
+        }
+    }
+}
+
+impl Jit {
+    /// `from` (compiled as `fc`) was just followed by `to` (compiled as `tc`, both current):
+    /// point `from`'s static site for `to`'s address, if it has one, at `to`'s body.
+    fn link_static(&mut self, from: &Rc<Block>, fc: Compiled, to: &Block, tc: Compiled) {
+        let Some(buf) = self.buf.as_mut() else {
+            return;
+        };
+        for site in fc.sites.iter().flatten() {
+            let at = fc.offset + site.at as usize;
+            if site.target != to.phys
+                || to.ip_mask != 0xFFFF_FFFF
+                || to.jit_in.0.borrow().iter().any(|l| l.at == at)
+            {
+                continue;
+            }
+            let entry = if tc.entry_segs & !site.segs == 0 {
+                tc.body
+            } else {
+                tc.check
+            };
+            if let Err(e) = buf.patch_jmp(at, tc.offset + entry) {
+                log::warn!("jit: {e}; running tier 0 only");
+                self.mode = JitMode::Off;
+                return;
+            }
+            let refund = fc.offset + site.refund as usize;
+            to.jit_in.0.borrow_mut().push(LinkedSite {
+                from: Rc::downgrade(from),
+                generation: buf.generation,
+                at,
+                refund,
+            });
+            self.stats.static_links += 1;
+        }
+    }
+
+    /// `block`'s code is no longer its own (it was dropped or is compiled again): put the
+    /// static sites that jump into it back to their generic paths.
+    fn unlink_into(&mut self, block: &Block) {
+        let sites = std::mem::take(&mut *block.jit_in.0.borrow_mut());
+        let Some(buf) = self.buf.as_mut() else {
+            return;
+        };
+        for site in sites {
+            // A site in code that never runs again (its block left the cache, or the cache
+            // was flushed) may stay as it is.
+            if site.generation != buf.generation
+                || !site.from.upgrade().is_some_and(|b| b.cached.get())
+            {
+                continue;
+            }
+            if let Err(e) = buf.patch_jmp(site.at, site.refund) {
+                // The site would jump into code that may be wrong now: stop running any.
+                log::warn!("jit: {e}; running tier 0 only");
+                self.mode = JitMode::Off;
+                return;
+            }
+            self.stats.static_unlinks += 1;
         }
     }
 }
@@ -311,7 +415,7 @@ pub(crate) fn run_block(
     cpu: &mut Cpu,
     bus: &mut dyn CpuBus,
     block: &Rc<Block>,
-    from: Option<&Block>,
+    from: Option<&Rc<Block>>,
     budget: u64,
 ) -> Option<(Outcome, Option<Rc<Block>>)> {
     // Compiled code runs whole blocks: tier 0 runs the one the budget cuts short.
@@ -350,10 +454,12 @@ pub(crate) fn run_block(
         && a.cached.get()
         && block.cached.get()
         && a.ip_mask == block.ip_mask
-        && a.jit.get().is_some_and(|c| cpu.jit.is_current(c))
+        && let Some(ac) = a.jit.get()
+        && cpu.jit.is_current(ac)
     {
         a.jit_links.set(link);
         cpu.jit.stats.links += 1;
+        cpu.jit.link_static(a, ac, block, code);
     }
     if block.cached.get()
         && let Some(ib) = &cpu.jit.ib
@@ -361,8 +467,11 @@ pub(crate) fn run_block(
         ib.set(link);
     }
     cpu.jit.stats.entries += 1;
-    // No compiled code runs now, so blocks dropped earlier can go.
-    cpu.cache.graveyard.clear();
+    // No compiled code runs now, so blocks dropped earlier can go, once no site jumps into
+    // their code.
+    for b in cpu.cache.graveyard.drain(..) {
+        cpu.jit.unlink_into(&b);
+    }
     // The dispatcher has just polled the bus.
     cpu.jit.poll = false;
     let first = Rc::as_ptr(block);
@@ -387,6 +496,7 @@ pub(crate) fn run_block(
         log::debug!("jit: block at op {idx} needs segment checks; compiling it again");
         b.jit_checked.set(true);
         b.jit.set(None);
+        cpu.jit.unlink_into(b);
         // Links into its old code must not be followed any more.
         cpu.cache.epoch = cpu.cache.epoch.wrapping_add(1);
         if idx == 0 && last.is_none() {

@@ -1,6 +1,8 @@
 //! A software TLB: a direct-mapped cache from linear page to physical page plus the permission
 //! bits gathered along the walk, so most accesses skip the page-table walk.
 
+use bitvec::vec::BitVec;
+
 const ENTRIES: usize = 1024;
 
 /// Permission bits of a cached translation.
@@ -86,6 +88,19 @@ pub struct Tlb {
     /// Data breakpoints are armed: the fast slots stay empty so every data access takes the
     /// checked path in `mmu/mod.rs`.
     no_fast: bool,
+    /// Linear pages code was fetched from since `generation` last changed (hashed: a
+    /// collision only costs a needless bump), and the bits set, for a cheap reset. INVLPG of
+    /// any other page cannot touch a translation a chain link rests on, so it keeps the
+    /// generation — Linux invalidates data pages far more often than code pages.
+    exec_seen: BitVec,
+    exec_list: Vec<u32>,
+}
+
+/// Bits of `Tlb::exec_seen`.
+const EXEC_SLOTS: usize = 1 << 16;
+
+fn exec_slot(lpage: u64) -> usize {
+    ((lpage ^ (lpage >> 16) ^ (lpage >> 32)) as usize) & (EXEC_SLOTS - 1)
 }
 
 impl Default for Tlb {
@@ -103,6 +118,8 @@ impl Tlb {
             has_large: false,
             generation: 0,
             no_fast: false,
+            exec_seen: BitVec::repeat(false, EXEC_SLOTS),
+            exec_list: Vec::new(),
         }
     }
 
@@ -137,8 +154,25 @@ impl Tlb {
         };
     }
 
-    pub fn flush_all(&mut self) {
+    /// Code is being fetched through the translation of `lpage` (see `exec_seen`).
+    #[inline]
+    pub fn note_exec(&mut self, lpage: u64) {
+        let i = exec_slot(lpage);
+        if !self.exec_seen[i] {
+            self.exec_seen.set(i, true);
+            self.exec_list.push(i as u32);
+        }
+    }
+
+    fn new_generation(&mut self) {
         self.generation = self.generation.wrapping_add(1);
+        for i in self.exec_list.drain(..) {
+            self.exec_seen.set(i as usize, false);
+        }
+    }
+
+    pub fn flush_all(&mut self) {
+        self.new_generation();
         self.entries.fill(Entry::default());
         self.has_large = false;
         self.flush_fast();
@@ -215,7 +249,7 @@ impl Tlb {
 
     /// CR3 reload: drop everything but global pages.
     pub fn flush_nonglobal(&mut self) {
-        self.generation = self.generation.wrapping_add(1);
+        self.new_generation();
         self.flush_fast();
         for e in self.entries.iter_mut() {
             if e.perm & perm::GLOBAL == 0 {
@@ -226,8 +260,19 @@ impl Tlb {
 
     /// INVLPG.
     pub fn flush_page(&mut self, lpage: u64) {
-        self.generation = self.generation.wrapping_add(1);
-        self.flush_fast();
+        if self.exec_seen[exec_slot(lpage)] {
+            self.new_generation();
+        }
+        // The fast slots of other pages hold translations INVLPG leaves valid.
+        let tag = lpage << 12;
+        for user in [false, true] {
+            let (i, _) = Self::fast_tag(tag, user);
+            for table in [&mut self.fast_r, &mut self.fast_w] {
+                if table[i].tag == tag {
+                    table[i] = FastEntry::default();
+                }
+            }
+        }
         if self.has_large {
             self.flush_all();
         } else {
