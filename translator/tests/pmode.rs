@@ -813,6 +813,51 @@ fn remapped_code_after_invlpg_is_not_reached_through_an_old_link() {
     assert_eq!(bus.out, vec![30 + 10 * 0x100]);
 }
 
+/// The same loop with a CR3 reload instead of INVLPG, once with ordinary and once with
+/// global PTEs (CR4.PGE on): the reload drops the ordinary translation, so the new page runs;
+/// it keeps the global one, so the first page goes on running — in tier 0 through the TLB,
+/// in tier 1 also through links stamped with the global-page context, which outlive CR3
+/// reloads.
+#[test]
+fn a_cr3_reload_remaps_ordinary_code_but_not_global_code() {
+    const TABLE: u32 = 0x8000;
+    for (global, want) in [(0, 30 + 10 * 0x100), (0x100, 40)] {
+        let (mut cpu, mut bus) = machine(|a| {
+            enable_paging(a)?;
+            a.mov(eax, cr4)?;
+            a.or(eax, 0x80)?;
+            a.mov(cr4, eax)?;
+            a.xor(esi, esi)?;
+            a.mov(edi, 40)?;
+            let mut top = a.create_label();
+            a.set_label(&mut top)?;
+            a.mov(eax, dword_ptr(edi * 4 + TABLE))?;
+            a.mov(dword_ptr(PD as u32 + 0x2000), eax)?;
+            a.mov(eax, cr3)?;
+            a.mov(cr3, eax)?;
+            a.call(0x40_0000u64)?;
+            a.dec(edi)?;
+            a.jne(top)?;
+            a.mov(eax, esi)?;
+            report(a)
+        });
+        setup_paging(&mut cpu);
+        for (frame, step) in [(0x6000, 1), (0x7000, 0x100)] {
+            let code = asm32(0x40_0000, |a| {
+                a.add(esi, step)?;
+                a.ret()
+            });
+            put(&mut cpu.mem, frame, &code);
+        }
+        for i in 1..=40u32 {
+            let frame = if i > 10 { 0x6000 } else { 0x7000 };
+            put32(&mut cpu.mem, (TABLE + i * 4) as u64, frame | global | 3);
+        }
+        run(&mut cpu, &mut bus);
+        assert_eq!(bus.out, vec![want], "global bit {global:#x}");
+    }
+}
+
 #[test]
 fn call_gate_from_ring3_copies_parameters_and_retf_returns() {
     const GATE_TARGET: u64 = 0x3400;
@@ -943,6 +988,7 @@ jit_forced!(
     f80_conversions_are_exact_for_f64_values,
     invlpg_drops_a_cached_translation,
     remapped_code_after_invlpg_is_not_reached_through_an_old_link,
+    a_cr3_reload_remaps_ordinary_code_but_not_global_code,
     call_gate_from_ring3_copies_parameters_and_retf_returns,
     rep_bsf_and_rep_bsr_run_as_bsf_and_bsr,
     endbr32_rdssp_and_hint_nops_are_nops,

@@ -240,6 +240,26 @@ impl Cpu {
         self.cache.epoch.wrapping_add(self.tlb.generation)
     }
 
+    /// The same for links into code on a global page (or with paging off): a CR3 reload
+    /// leaves those translations alone.
+    pub(crate) fn global_chain_stamp(&self) -> u64 {
+        self.cache.epoch.wrapping_add(self.tlb.global_generation)
+    }
+
+    /// The code at RIP is fetched through a translation a CR3 reload keeps: paging is off,
+    /// or the TLB holds the page as global.
+    pub(crate) fn code_page_global(&self) -> bool {
+        use crate::mmu::tlb::perm;
+        use crate::state::cr0;
+        if self.cr0 & cr0::PG == 0 {
+            return true;
+        }
+        let lin = self.segs[sreg::CS].base.wrapping_add(self.rip);
+        self.tlb
+            .lookup(lin >> 12)
+            .is_some_and(|(_, p)| p & perm::GLOBAL != 0)
+    }
+
     /// The block to run after `prev` (which ran to its end and is chainable): from its links
     /// when one matches, else from [`Cpu::get_block`], remembering the answer in `prev`.
     #[inline]

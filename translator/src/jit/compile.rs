@@ -87,6 +87,8 @@ const CR0: i32 = off32(offset_of!(Cpu, cr0));
 const BLOCK_BREAK: i32 = off32(offset_of!(Cpu, block_break));
 const JIT_POLL: i32 = off32(offset_of!(Cpu, jit) + offset_of!(super::Jit, poll));
 const LINK_CONTEXT: i32 = off32(offset_of!(Cpu, jit) + offset_of!(super::Jit, context));
+const LINK_CONTEXT_GLOBAL: i32 =
+    off32(offset_of!(Cpu, jit) + offset_of!(super::Jit, context_global));
 const JIT_FLAT: i32 = off32(offset_of!(Cpu, jit) + offset_of!(super::Jit, flat));
 const CTX_BLOCK: i32 = off32(offset_of!(Ctx<'static>, block));
 const CTX_FAST_R: i32 = off32(offset_of!(Ctx<'static>, fast_r));
@@ -689,6 +691,7 @@ impl Compiler {
             ; =>look
             ; mov rdx, QWORD links
             ; mov rax, QWORD [rbx + LINK_CONTEXT]
+            ; mov r13, QWORD [rbx + LINK_CONTEXT_GLOBAL]
             ; mov rcx, QWORD [rbx + RIP]
         );
         // The block's two links, then the indirect table's slot for RIP (in RDX).
@@ -707,11 +710,15 @@ impl Compiler {
                     ; add rdx, r14
                 );
             }
+            let hit = self.a.new_dynamic_label();
             asm!(self.a
                 ; cmp rcx, QWORD [rdx + o + l_rip]
                 ; jne =>next
                 ; cmp rax, QWORD [rdx + o + l_stamp]
+                ; je =>hit
+                ; cmp r13, QWORD [rdx + o + l_stamp]
                 ; jne =>next
+                ; =>hit
                 ; sub QWORD [r12 + CTX_BUDGET], n
                 ; jmp QWORD [rdx + o + l_entry]
                 ; =>next

@@ -97,6 +97,9 @@ struct LinkContext {
     cpl: u8,
     bitness: u32,
     flat: u8,
+    /// `chain_stamp` counts only the generations of global pages: numbered apart from the
+    /// full context, whose stamp may take the same value at another time.
+    global: bool,
 }
 
 /// Slots of the indirect-branch table (a power of two).
@@ -194,6 +197,10 @@ pub struct Jit {
     /// `Cpu::refresh_link_context` before compiled code runs again, so compiled code compares
     /// this one word instead of every field.
     pub(crate) context: u64,
+    /// The same context but for the TLB generation of global pages only (`Tlb::
+    /// global_generation`): links into code on global pages are stamped with this one, so
+    /// they outlive CR3 reloads; compiled code accepts a link stamped with either.
+    pub(crate) context_global: u64,
     /// The data segments compiled code may use without checks now (`compile::flat_segments`):
     /// a block's entry from the dispatcher checks its own against these, and links need no
     /// check, since this is part of the link context.
@@ -221,6 +228,7 @@ impl Default for Jit {
             ib: None,
             poll: true,
             context: 1,
+            context_global: 1,
             flat: 0,
             seen: LinkContext::default(),
             numbers: hashbrown::HashMap::new(),
@@ -241,20 +249,34 @@ impl Cpu {
             cpl: self.cpl,
             bitness: self.code_bitness(),
             flat: compile::flat_segments(self),
+            global: false,
         };
         self.jit.flat = now.flat;
         if now != self.jit.seen {
             self.jit.seen = now;
-            let jit = &mut self.jit;
-            if jit.numbers.len() >= MAX_CONTEXTS {
-                jit.numbers.clear();
-            }
-            let next = jit.next_context;
-            jit.context = *jit.numbers.entry(now).or_insert(next);
-            if jit.context == next {
-                jit.next_context += 1;
-            }
+            let global = LinkContext {
+                chain_stamp: self.global_chain_stamp(),
+                global: true,
+                ..now
+            };
+            self.jit.context = self.jit.number(now);
+            self.jit.context_global = self.jit.number(global);
         }
+    }
+}
+
+impl Jit {
+    /// The number of link context `c` (a new one the first time it is seen).
+    fn number(&mut self, c: LinkContext) -> u64 {
+        if self.numbers.len() >= MAX_CONTEXTS {
+            self.numbers.clear();
+        }
+        let next = self.next_context;
+        let n = *self.numbers.entry(c).or_insert(next);
+        if n == next {
+            self.next_context += 1;
+        }
+        n
     }
 }
 
@@ -446,7 +468,11 @@ pub(crate) fn run_block(
     let entry = buf.addr(code.offset);
     let link = ChainLink {
         rip: cpu.rip,
-        stamp: cpu.jit.context,
+        stamp: if cpu.code_page_global() {
+            cpu.jit.context_global
+        } else {
+            cpu.jit.context
+        },
         entry: (entry + code.body) as u64,
     };
     if let Some(a) = from

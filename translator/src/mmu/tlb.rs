@@ -85,6 +85,9 @@ pub struct Tlb {
     /// Bumped whenever cached translations are dropped, so block chains (which remember a
     /// code translation) can tell they are stale.
     pub(crate) generation: u64,
+    /// Bumped whenever translations of global pages may have been dropped (not by a CR3
+    /// reload): links into code on global pages (a kernel's) rest on this one.
+    pub(crate) global_generation: u64,
     /// Data breakpoints are armed: the fast slots stay empty so every data access takes the
     /// checked path in `mmu/mod.rs`.
     no_fast: bool,
@@ -117,6 +120,7 @@ impl Tlb {
             fast_w: vec![FastEntry::default(); 2 * FAST].into_boxed_slice(),
             has_large: false,
             generation: 0,
+            global_generation: 0,
             no_fast: false,
             exec_seen: BitVec::repeat(false, EXEC_SLOTS),
             exec_list: Vec::new(),
@@ -166,6 +170,7 @@ impl Tlb {
 
     fn new_generation(&mut self) {
         self.generation = self.generation.wrapping_add(1);
+        self.global_generation = self.global_generation.wrapping_add(1);
         for i in self.exec_list.drain(..) {
             self.exec_seen.set(i as usize, false);
         }
@@ -249,7 +254,8 @@ impl Tlb {
 
     /// CR3 reload: drop everything but global pages.
     pub fn flush_nonglobal(&mut self) {
-        self.new_generation();
+        // Global pages keep their translations, and so their bits in `exec_seen`.
+        self.generation = self.generation.wrapping_add(1);
         self.flush_fast();
         for e in self.entries.iter_mut() {
             if e.perm & perm::GLOBAL == 0 {
