@@ -773,22 +773,27 @@ fn invlpg_drops_a_cached_translation() {
     assert_eq!(bus.out, vec![0xAAAA, 0xBBBB, 0xCCCC]);
 }
 
-/// A block that rewrites the PTE of a code page, INVLPGs it and calls into it runs many
-/// times; when the PTE points elsewhere, the call must reach the new page's code, not the
-/// compiled code a link from an earlier pass leads to (the link context changes with the
-/// TLB generation, which the handler bumps in the middle of the block).
-#[test]
-fn remapped_code_after_invlpg_is_not_reached_through_an_old_link() {
+/// A loop of 40 passes that writes the next PTE of the code page at 0x40_0000 from a table,
+/// makes the TLB drop it with `forget`, calls into the page and reports ESI at the end. The
+/// page at 0x6000 counts passes in ESI by 1, the one at 0x7000 by 0x100; passes 40..=11 map
+/// the first, 10..=1 the second, with `pte_bits` in each PTE. CR4.PGE is on.
+fn remapping_loop(
+    forget: fn(&mut CodeAssembler) -> Result<(), IcedError>,
+    pte_bits: u32,
+) -> Vec<u32> {
     const TABLE: u32 = 0x8000;
     let (mut cpu, mut bus) = machine(|a| {
         enable_paging(a)?;
+        a.mov(eax, cr4)?;
+        a.or(eax, 0x80)?;
+        a.mov(cr4, eax)?;
         a.xor(esi, esi)?;
         a.mov(edi, 40)?;
         let mut top = a.create_label();
         a.set_label(&mut top)?;
         a.mov(eax, dword_ptr(edi * 4 + TABLE))?;
         a.mov(dword_ptr(PD as u32 + 0x2000), eax)?;
-        a.invlpg(ptr(0x40_0000))?;
+        forget(a)?;
         a.call(0x40_0000u64)?;
         a.dec(edi)?;
         a.jne(top)?;
@@ -796,7 +801,6 @@ fn remapped_code_after_invlpg_is_not_reached_through_an_old_link() {
         report(a)
     });
     setup_paging(&mut cpu);
-    // The page at 0x6000 counts passes in ESI by 1, the one at 0x7000 by 0x100.
     for (frame, step) in [(0x6000, 1), (0x7000, 0x100)] {
         let code = asm32(0x40_0000, |a| {
             a.add(esi, step)?;
@@ -804,58 +808,35 @@ fn remapped_code_after_invlpg_is_not_reached_through_an_old_link() {
         });
         put(&mut cpu.mem, frame, &code);
     }
-    // Passes 40..=11 run the page at 0x6000, passes 10..=1 the one at 0x7000.
     for i in 1..=40u32 {
         let frame = if i > 10 { 0x6000 } else { 0x7000 };
-        put32(&mut cpu.mem, (TABLE + i * 4) as u64, frame | 3);
+        put32(&mut cpu.mem, (TABLE + i * 4) as u64, frame | pte_bits | 3);
     }
     run(&mut cpu, &mut bus);
-    assert_eq!(bus.out, vec![30 + 10 * 0x100]);
+    bus.out
 }
 
-/// The same loop with a CR3 reload instead of INVLPG, once with ordinary and once with
-/// global PTEs (CR4.PGE on): the reload drops the ordinary translation, so the new page runs;
-/// it keeps the global one, so the first page goes on running — in tier 0 through the TLB,
-/// in tier 1 also through links stamped with the global-page context, which outlive CR3
-/// reloads.
+/// When the PTE points elsewhere after INVLPG, the call must reach the new page's code, not
+/// the compiled code a link from an earlier pass leads to (the link context changes with the
+/// TLB generation, which the handler bumps in the middle of the block).
+#[test]
+fn remapped_code_after_invlpg_is_not_reached_through_an_old_link() {
+    let out = remapping_loop(|a| a.invlpg(ptr(0x40_0000)), 0);
+    assert_eq!(out, vec![30 + 10 * 0x100]);
+}
+
+/// The same with a CR3 reload instead of INVLPG, with ordinary and with global PTEs: the
+/// reload drops the ordinary translation, so the new page runs; it keeps the global one, so
+/// the first page goes on running — in tier 0 through the TLB, in tier 1 also through links
+/// stamped with the global-page context, which outlive CR3 reloads.
 #[test]
 fn a_cr3_reload_remaps_ordinary_code_but_not_global_code() {
-    const TABLE: u32 = 0x8000;
-    for (global, want) in [(0, 30 + 10 * 0x100), (0x100, 40)] {
-        let (mut cpu, mut bus) = machine(|a| {
-            enable_paging(a)?;
-            a.mov(eax, cr4)?;
-            a.or(eax, 0x80)?;
-            a.mov(cr4, eax)?;
-            a.xor(esi, esi)?;
-            a.mov(edi, 40)?;
-            let mut top = a.create_label();
-            a.set_label(&mut top)?;
-            a.mov(eax, dword_ptr(edi * 4 + TABLE))?;
-            a.mov(dword_ptr(PD as u32 + 0x2000), eax)?;
-            a.mov(eax, cr3)?;
-            a.mov(cr3, eax)?;
-            a.call(0x40_0000u64)?;
-            a.dec(edi)?;
-            a.jne(top)?;
-            a.mov(eax, esi)?;
-            report(a)
-        });
-        setup_paging(&mut cpu);
-        for (frame, step) in [(0x6000, 1), (0x7000, 0x100)] {
-            let code = asm32(0x40_0000, |a| {
-                a.add(esi, step)?;
-                a.ret()
-            });
-            put(&mut cpu.mem, frame, &code);
-        }
-        for i in 1..=40u32 {
-            let frame = if i > 10 { 0x6000 } else { 0x7000 };
-            put32(&mut cpu.mem, (TABLE + i * 4) as u64, frame | global | 3);
-        }
-        run(&mut cpu, &mut bus);
-        assert_eq!(bus.out, vec![want], "global bit {global:#x}");
-    }
+    let reload = |a: &mut CodeAssembler| {
+        a.mov(eax, cr3)?;
+        a.mov(cr3, eax)
+    };
+    assert_eq!(remapping_loop(reload, 0), vec![30 + 10 * 0x100]);
+    assert_eq!(remapping_loop(reload, 0x100), vec![40]);
 }
 
 #[test]
