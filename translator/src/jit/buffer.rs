@@ -30,6 +30,8 @@ pub enum BufferError {
     Map(std::io::Error),
     #[error("mprotect of the code cache failed: {0}")]
     Protect(std::io::Error),
+    #[error("no jmp rel32 to patch at code cache offset {0:#x}")]
+    NotAJump(usize),
 }
 
 pub(crate) struct CodeBuffer {
@@ -139,10 +141,13 @@ impl CodeBuffer {
     /// Point the 5-byte `jmp rel32` at offset `at` to offset `target` (linking or unlinking
     /// compiled blocks), flipping its pages writable for the store as `write` does.
     pub fn patch_jmp(&mut self, at: usize, target: usize) -> Result<(), BufferError> {
-        assert!(
-            at + 5 <= self.used && target < self.used,
-            "patch outside the code"
-        );
+        if at + 5 > self.used || target >= self.used {
+            return Err(BufferError::NotAJump(at));
+        }
+        // SAFETY: `at < used`, inside the mapping, which is always readable.
+        if unsafe { *self.base.as_ptr().add(at) } != 0xE9 {
+            return Err(BufferError::NotAJump(at));
+        }
         let rel = (target as i64 - (at as i64 + 5)) as i32;
         let start = (at + 1) / PAGE * PAGE;
         let end = (at + 5).next_multiple_of(PAGE).min(self.cap);
@@ -151,9 +156,8 @@ impl CodeBuffer {
         let p = unsafe { self.base.as_ptr().add(start) };
         self.protect(p, end - start, libc::PROT_READ | libc::PROT_WRITE)?;
         // SAFETY: the 4 bytes after the opcode are inside the mapping and now writable; the
-        // store is unaligned, so it goes byte-wise through `write_unaligned`.
+        // store is unaligned, so it goes through `write_unaligned`.
         unsafe {
-            debug_assert_eq!(*self.base.as_ptr().add(at), 0xE9, "not a jmp rel32");
             self.base
                 .as_ptr()
                 .add(at + 1)
@@ -180,5 +184,34 @@ impl Drop for CodeBuffer {
         unsafe {
             libc::munmap(self.base.as_ptr().cast(), self.cap);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patch_jmp_rewrites_only_a_jmp_rel32_inside_the_code() {
+        let mut buf = CodeBuffer::new(2 * PAGE).expect("mmap");
+        // A jmp rel32 that straddles the first page boundary, then code to jump to.
+        let at = PAGE - 2;
+        let mut code = vec![0x90; at];
+        code.extend_from_slice(&[0xE9, 0, 0, 0, 0, 0xC3, 0xC3]);
+        buf.write(0, &code).expect("write");
+        buf.patch_jmp(at, at + 6).expect("patch");
+        assert_eq!(&buf.contents()[at..at + 5], &[0xE9, 1, 0, 0, 0]);
+        buf.patch_jmp(at, 0).expect("patch back");
+        let rel = -(at as i32 + 5);
+        assert_eq!(&buf.contents()[at + 1..at + 5], &rel.to_le_bytes());
+        // Not a jmp, past the code, or a target past the code: refused, nothing written.
+        assert!(matches!(buf.patch_jmp(0, 8), Err(BufferError::NotAJump(0))));
+        assert!(buf.patch_jmp(at + 3, 0).is_err());
+        assert!(buf.patch_jmp(at, code.len()).is_err());
+        assert_eq!(buf.contents(), {
+            let mut want = code.clone();
+            want[at + 1..at + 5].copy_from_slice(&rel.to_le_bytes());
+            want
+        });
     }
 }

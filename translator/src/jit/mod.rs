@@ -278,9 +278,7 @@ impl Jit {
         }
         n
     }
-}
 
-impl Jit {
     fn is_current(&self, c: Compiled) -> bool {
         self.buf
             .as_ref()
@@ -352,9 +350,7 @@ impl Jit {
             }
         }
     }
-}
 
-impl Jit {
     /// `from` (compiled as `fc`) was just followed by `to` (compiled as `tc`, both current):
     /// point `from`'s static site for `to`'s address, if it has one, at `to`'s body.
     fn link_static(&mut self, from: &Rc<Block>, fc: Compiled, to: &Block, tc: Compiled) {
