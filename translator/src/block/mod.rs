@@ -254,10 +254,15 @@ impl Cpu {
         if self.cr0 & cr0::PG == 0 {
             return true;
         }
-        let lin = self.segs[sreg::CS].base.wrapping_add(self.rip);
         self.tlb
-            .lookup(lin >> 12)
+            .lookup(self.code_lin(self.code_bitness() == 64) >> 12)
             .is_some_and(|(_, p)| p & perm::GLOBAL != 0)
+    }
+
+    /// Linear address of the instruction at RIP (`long`: in 64-bit code).
+    fn code_lin(&self, long: bool) -> u64 {
+        let lin = self.segs[sreg::CS].base.wrapping_add(self.rip);
+        if long { lin } else { lin & 0xFFFF_FFFF }
     }
 
     /// The block to run after `prev` (which ran to its end and is chainable): from its links
@@ -318,11 +323,7 @@ impl Cpu {
         if !long && ip > cs.limit as u64 {
             return Err(Fault::gp(0).into());
         }
-        let lin = if long {
-            cs.base.wrapping_add(ip)
-        } else {
-            cs.base.wrapping_add(ip) & 0xFFFF_FFFF
-        };
+        let lin = self.code_lin(long);
         let user = self.user_access();
         let phys = self.translate(bus, lin, Access::Exec, user)?;
         // Links to this block rest on the translation (`Tlb::flush_page`).

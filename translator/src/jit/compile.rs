@@ -233,15 +233,14 @@ pub(crate) struct Compiled {
     pub sites: [Option<StaticSite>; 2],
 }
 
-/// A `jmp rel32` at a block end that goes to a successor in the same guest page once the
-/// dispatcher has seen that successor follow (`Jit::link_static`), and until then to
-/// `refund`, the generic chain. Only 32-bit code with a flat CS gets them: the successor's
-/// linear address is then the block's plus a constant, and within one page the physical
-/// address is too, whatever alias or CR3 the block is entered under — so the jump needs no
-/// check of RIP or of the link context. It rests only on the successor's code, and every way
-/// that code goes (self-modifying code drops the whole page, so the block with the site as
-/// well) but a deoptimisation or a replacement of the successor leaves the site's block
-/// dead too; those two unlink the site (`Jit::unlink_into`).
+/// A `jmp rel32` at a block end whose successor lies in the block's own guest page: it goes
+/// to `refund` (the generic chain) until the dispatcher has seen that successor follow and
+/// patched it (`Jit::link_static`). Only 32-bit code with a flat CS gets them: the
+/// successor's linear address is then the block's plus a constant, and within one page so is
+/// its physical address, whatever alias or CR3 the block runs under — the jump checks
+/// neither RIP nor the link context. It rests on the successor's code alone. Self-modifying
+/// code drops the whole page, the site's block with it; the successor's code going any other
+/// way (a deopt, a replacement) unpatches the site (`Jit::unlink_into`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct StaticSite {
     /// Offset of the `jmp rel32` from the block's code start.
@@ -1248,10 +1247,7 @@ impl Compiler {
             }
             None if !self.long && is_handler(op, crate::exec::control::jmp_rel) => {
                 self.flush_rip_unless_foldable(op);
-                self.jump_taken(i, op, None);
-                if op.osize == 4 {
-                    self.static_tail(i, (op.len as i64).wrapping_add(op.imm as i64));
-                }
+                self.jump_taken(i, op);
             }
             _ => return false,
         }
@@ -2131,13 +2127,8 @@ impl Compiler {
             ; jmp =>cont
             ; =>taken
         );
-        if op.osize == 4 {
-            self.jump_taken(i, op, None);
-            self.static_tail(i, (op.len as i64).wrapping_add(op.imm as i64));
-            asm!(self.a ; =>cont);
-        } else {
-            self.jump_taken(i, op, Some(cont));
-        }
+        self.jump_taken(i, op);
+        asm!(self.a ; =>cont);
     }
 
     /// At the end of op `i` when it is the block's last, with RIP written back and `rel`
@@ -2185,8 +2176,8 @@ impl Compiler {
     /// RIP = (next RIP + imm) masked to the operand size, or the handler (which faults) when
     /// that lies beyond the CS limit. RIP in memory is `delta` bytes behind the branch's
     /// start here (see `flush_rip_unless_foldable`); both paths leave it written back.
-    fn jump_taken(&mut self, i: usize, op: &Op, cont: Option<DynamicLabel>) {
-        let cont = cont.unwrap_or_else(|| self.a.new_dynamic_label());
+    fn jump_taken(&mut self, i: usize, op: &Op) {
+        let cont = self.a.new_dynamic_label();
         let fb = self.fallback_to(i, cont, self.delta, 0);
         let d = (self.delta as i64)
             .wrapping_add(op.len as i64)
@@ -2205,7 +2196,11 @@ impl Compiler {
         self.delta = 0;
         // Both paths join with RIP written back. The handler path only returns here when the
         // branch did not fault, and the lazy flags it may have materialised are equal to the
-        // pending ones, so `self.flags` still describes them.
+        // pending ones, so `self.flags` still describes them. A 16-bit operand size wraps the
+        // target at 64 KiB, which the page arithmetic of a static site does not follow.
+        if op.osize == 4 {
+            self.static_tail(i, (op.len as i64).wrapping_add(op.imm as i64));
+        }
     }
 
     /// Host flags = the x86 flags of the pending lazy operation (known to be `fop`, size `s`).

@@ -238,8 +238,8 @@ impl Default for Jit {
 }
 
 impl Cpu {
-    /// Number a new link context when the one links rest on changed (after a handler, and at
-    /// every entry into compiled code).
+    /// Renew the link context numbers (`Jit::context`, `Jit::context_global`) when what
+    /// links rest on changed (after a handler, and at every entry into compiled code).
     pub(crate) fn refresh_link_context(&mut self) {
         let cs = self.segs[crate::state::sreg::CS];
         let now = LinkContext {

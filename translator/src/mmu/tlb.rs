@@ -91,10 +91,11 @@ pub struct Tlb {
     /// Data breakpoints are armed: the fast slots stay empty so every data access takes the
     /// checked path in `mmu/mod.rs`.
     no_fast: bool,
-    /// Linear pages code was fetched from since `generation` last changed (hashed: a
-    /// collision only costs a needless bump), and the bits set, for a cheap reset. INVLPG of
-    /// any other page cannot touch a translation a chain link rests on, so it keeps the
-    /// generation — Linux invalidates data pages far more often than code pages.
+    /// Linear pages code was fetched from since the last bump of both generations (hashed: a
+    /// collision only costs a needless bump; a CR3 reload keeps them, as global pages keep
+    /// their translations), and the bits set, for a cheap reset. INVLPG of any other page
+    /// cannot touch a translation a chain link rests on, so it keeps the generations — Linux
+    /// invalidates data pages far more often than code pages.
     exec_seen: BitVec,
     exec_list: Vec<u32>,
 }
