@@ -1187,6 +1187,34 @@ fn chained_loops_and_call_chains_agree_under_any_budget_cut() {
     }
 }
 
+/// A loop head first entered from another block (so the dispatcher put it in the indirect
+/// table) is still linked from the loop's own back edge: a block ending in a direct branch
+/// leaves a transition its links miss to the dispatcher instead of the table, whose hits the
+/// dispatcher never sees.
+#[test]
+fn a_back_edge_is_linked_even_when_its_target_is_in_the_indirect_table() {
+    let mut a = CodeAssembler::new(32).expect("asm");
+    let mut head = a.create_label();
+    a.mov(ecx, 5000).expect("asm");
+    a.jmp(head).expect("asm");
+    a.nop().expect("asm");
+    a.set_label(&mut head).expect("asm");
+    a.add(eax, ecx).expect("asm");
+    a.dec(ecx).expect("asm");
+    a.jnz(head).expect("asm");
+    a.hlt().expect("asm");
+    let code = a.assemble(CODE).expect("asm");
+    let mut t0 = machine(&code, &[0; 8], &[0; 16], JitMode::Off, None);
+    let s0 = run_sliced(&mut t0, &mut NullBus, &[1_000_000]);
+    let mut t1 = machine(&code, &[0; 8], &[0; 16], JitMode::Always, None);
+    let s1 = run_sliced(&mut t1, &mut NullBus, &[1_000_000]);
+    assert_eq!(s0, s1);
+    // Three transitions, all within the page, each patched once: the entry's JMP to the
+    // head, the back edge, and the loop's exit to the HLT block.
+    let st = t1.jit.stats;
+    assert_eq!(st.static_links, 3, "{st:?}");
+}
+
 #[test]
 fn stores_into_a_chained_successor_invalidate_it() {
     // P patches the immediate of B's first instruction every 8th pass (and B is otherwise
