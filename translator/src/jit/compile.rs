@@ -414,7 +414,9 @@ fn emit(
     let (ops, bitness, ip_mask) = (&block.ops, block.bitness(), block.ip_mask);
     let (checked, entry_segs) = (block.jit_checked.get(), plan.entry_segs);
     let mut seen = Vec::with_capacity(ops.len());
-    let mut a = VecAssembler::<X64Relocation>::new(0);
+    // Sized for most blocks (about 1 KiB of code, dozens of labels): growing the buffers
+    // showed as reallocations in a boot's profile.
+    let mut a = VecAssembler::<X64Relocation>::new_with_capacity(0, 4096, 0, 0, 64, 0, 128);
     let out = a.new_dynamic_label();
     let chain_start = a.new_dynamic_label();
     let mut c = Compiler {
