@@ -1,13 +1,15 @@
 //! The code cache: one fixed-size mapping that compiled blocks are appended to.
 //!
 //! W^X: no mapping of it is ever writable and executable at once. Where the host allows, the
-//! cache is a memfd mapped twice: read+execute, where compiled code runs, and read+write at
-//! another address, where blocks are copied in and jumps patched; the two share their pages,
-//! so a store through the second is seen through the first. Otherwise (no memfd, or the host
-//! refuses executable memfds) it is one anonymous mapping, read+execute, whose pages each write
-//! flips to read+write with `mprotect` and back. Two `mprotect` calls per compiled block and per
-//! patched jump cost a boot about 8% (each call changes page tables and shoots down the TLBs of
-//! the process's other threads); the second mapping costs nothing per write.
+//! cache is a memfd mapped read+execute only, and blocks are copied in and jumps patched with
+//! `pwrite` on the memfd: the mapping shares the memfd's pages, so compiled code sees the
+//! bytes at once, and nothing in the process can write them through memory. Otherwise (no
+//! memfd, or the host refuses executable memfds) it is one anonymous mapping, read+execute,
+//! whose pages each write flips to read+write with `mprotect` and back. Two `mprotect` calls
+//! per compiled block and per patched jump cost a boot about 8% (each call changes page tables
+//! and shoots down the TLBs of the process's other threads); a `pwrite` changes no mapping.
+//! (A second, writable mapping would cost no call at all, but it counts every page it touches
+//! in the process's resident memory a second time.)
 //!
 //! When the next block does not fit, the whole cache is flushed: the generation goes up (every
 //! `Compiled` handle of the old generation is then stale and never entered again) and
@@ -37,6 +39,8 @@ pub enum BufferError {
     Map(std::io::Error),
     #[error("mprotect of the code cache failed: {0}")]
     Protect(std::io::Error),
+    #[error("write into the code cache's memfd failed: {0}")]
+    Write(std::io::Error),
     #[error("no jmp rel32 to patch at code cache offset {0:#x}")]
     NotAJump(usize),
 }
@@ -55,8 +59,8 @@ pub(crate) struct CodeBuffer {
 
 /// The way into the cache for stores.
 enum Writer {
-    /// A second, read+write mapping of the same memfd.
-    Alias(NonNull<u8>),
+    /// `pwrite` on the memfd the cache maps.
+    File(std::os::fd::OwnedFd),
     /// `mprotect` around each store.
     Protect,
 }
@@ -70,7 +74,7 @@ const MFD_EXEC: libc::c_uint = 0x10;
 impl CodeBuffer {
     pub fn new(cap: usize) -> Result<Self, BufferError> {
         let cap = cap.max(PAGE).next_multiple_of(PAGE);
-        match Self::dual(cap) {
+        match Self::memfd(cap) {
             Ok(b) => return Ok(b),
             Err(e) => log::info!("jit: {e}; the code cache is written with mprotect instead"),
         }
@@ -83,8 +87,8 @@ impl CodeBuffer {
         Ok(Self::with(base, Writer::Protect, cap))
     }
 
-    /// A memfd mapped read+execute and read+write.
-    fn dual(cap: usize) -> Result<Self, BufferError> {
+    /// A memfd mapped read+execute, written with `pwrite`.
+    fn memfd(cap: usize) -> Result<Self, BufferError> {
         let name = c"vireo-jit";
         // SAFETY: `name` is a NUL-terminated string; the call only creates a descriptor.
         let mut fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | MFD_EXEC) };
@@ -103,15 +107,7 @@ impl CodeBuffer {
             return Err(BufferError::Map(std::io::Error::last_os_error()));
         }
         let base = map(cap, libc::PROT_READ | libc::PROT_EXEC, raw)?;
-        let alias = match map(cap, libc::PROT_READ | libc::PROT_WRITE, raw) {
-            Ok(a) => a,
-            Err(e) => {
-                unmap(base, cap);
-                return Err(e);
-            }
-        };
-        // The mappings keep the memfd alive; `fd` closes here.
-        Ok(Self::with(base, Writer::Alias(alias), cap))
+        Ok(Self::with(base, Writer::File(fd), cap))
     }
 
     fn with(base: NonNull<u8>, writer: Writer, cap: usize) -> Self {
@@ -156,18 +152,18 @@ impl CodeBuffer {
         self.generation = self.generation.wrapping_add(1);
         self.flushes += 1;
         self.used = 0;
-        // Give the pages back to the host; the mappings stay (now zero-filled).
-        // SAFETY: the ranges are our own mappings; nothing runs from them while the CPU
-        // compiles. For the memfd, MADV_REMOVE (on the writable mapping) frees the backing
-        // pages too, which MADV_DONTNEED would leave in the memfd.
-        unsafe {
-            match self.writer {
-                Writer::Alias(alias) => {
-                    libc::madvise(alias.as_ptr().cast(), self.cap, libc::MADV_REMOVE);
-                }
-                Writer::Protect => {
-                    libc::madvise(self.base.as_ptr().cast(), self.cap, libc::MADV_DONTNEED);
-                }
+        // Give the pages back to the host; the mapping stays (now zero-filled). Nothing runs
+        // from it while the CPU compiles.
+        match &self.writer {
+            Writer::File(fd) => {
+                let fd = std::os::fd::AsRawFd::as_raw_fd(fd);
+                let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+                // SAFETY: punching a hole in our own memfd; the mapping then reads zeros.
+                unsafe { libc::fallocate(fd, mode, 0, self.cap as libc::off_t) };
+            }
+            Writer::Protect => {
+                // SAFETY: the range is our own private mapping.
+                unsafe { libc::madvise(self.base.as_ptr().cast(), self.cap, libc::MADV_DONTNEED) };
             }
         }
     }
@@ -204,17 +200,22 @@ impl CodeBuffer {
     /// Copy `bytes` to offset `off` (inside the mapping) through the writer.
     fn store(&mut self, off: usize, bytes: &[u8]) -> Result<(), BufferError> {
         debug_assert!(off + bytes.len() <= self.cap);
-        match self.writer {
-            Writer::Alias(alias) => {
-                // SAFETY: [off, off + len) lies inside the writable alias (callers check it
-                // against `cap`); `bytes` is a separate heap or stack buffer, so the ranges
-                // do not overlap; no compiled code runs while the dispatcher writes.
-                unsafe {
-                    std::ptr::copy_nonoverlapping(
-                        bytes.as_ptr(),
-                        alias.as_ptr().add(off),
-                        bytes.len(),
-                    );
+        match &self.writer {
+            Writer::File(fd) => {
+                let fd = std::os::fd::AsRawFd::as_raw_fd(fd);
+                // The memfd is not a pipe or socket: a write within its size is whole, or it
+                // failed.
+                // SAFETY: `bytes` is a live buffer of `len` bytes, read by the call only.
+                let n = unsafe {
+                    libc::pwrite(fd, bytes.as_ptr().cast(), bytes.len(), off as libc::off_t)
+                };
+                if n != bytes.len() as isize {
+                    let e = std::io::Error::last_os_error();
+                    return Err(BufferError::Write(if n < 0 {
+                        e
+                    } else {
+                        std::io::Error::other(format!("short write: {n} of {}", bytes.len()))
+                    }));
                 }
             }
             Writer::Protect => {
@@ -278,9 +279,6 @@ impl Drop for CodeBuffer {
         // Every `Compiled` handle into the cache is only entered through the `Jit` that owns
         // this buffer, which is being dropped.
         unmap(self.base, self.cap);
-        if let Writer::Alias(alias) = self.writer {
-            unmap(alias, self.cap);
-        }
     }
 }
 
@@ -290,9 +288,9 @@ mod tests {
 
     #[test]
     fn patch_jmp_rewrites_only_a_jmp_rel32_inside_the_code() {
-        let dual = CodeBuffer::dual(2 * PAGE).expect("memfd");
-        assert!(matches!(dual.writer, Writer::Alias(_)));
-        for buf in [dual, CodeBuffer::protected(2 * PAGE).expect("mmap")] {
+        let memfd = CodeBuffer::memfd(2 * PAGE).expect("memfd");
+        assert!(matches!(memfd.writer, Writer::File(_)));
+        for buf in [memfd, CodeBuffer::protected(2 * PAGE).expect("mmap")] {
             patch_jmp_in(buf);
         }
     }
@@ -301,7 +299,7 @@ mod tests {
     #[test]
     fn written_code_runs_and_a_flush_replaces_it() {
         for mut buf in [
-            CodeBuffer::dual(PAGE).expect("memfd"),
+            CodeBuffer::memfd(PAGE).expect("memfd"),
             CodeBuffer::protected(PAGE).expect("mmap"),
         ] {
             for value in [42u32, 7] {
