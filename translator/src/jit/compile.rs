@@ -94,6 +94,11 @@ const CTX_BLOCK: i32 = off32(offset_of!(Ctx<'static>, block));
 const CTX_FAST_R: i32 = off32(offset_of!(Ctx<'static>, fast_r));
 const CTX_FAST_W: i32 = off32(offset_of!(Ctx<'static>, fast_w));
 const CTX_BUDGET: i32 = off32(offset_of!(Ctx<'static>, budget));
+/// `Ctx::shared`: host addresses of the code all blocks share (`Shared`).
+const CTX_THUNK_PINNED: i32 = off32(offset_of!(Ctx<'static>, shared));
+const CTX_THUNK: i32 = CTX_THUNK_PINNED + 8;
+const CTX_OUT_SYNC_PINNED: i32 = CTX_THUNK_PINNED + 16;
+const CTX_OUT: i32 = CTX_THUNK_PINNED + 24;
 
 /// The host registers (numbers) holding the `*mut Cpu` (RBX) and the `*mut Ctx` (R12).
 const CPU_PTR: u8 = 3;
@@ -305,8 +310,6 @@ struct Compiler {
     prev_host_flags: bool,
     /// Exits for a segment `guard` that fails: (label, op index, RIP bytes pending).
     deopts: Vec<(DynamicLabel, usize, u64)>,
-    /// The block's one routine for calls out (`call_out`), emitted at its end when used.
-    thunk: Option<DynamicLabel>,
     /// Guest bytes from the block's start to the op being emitted, while the block is one
     /// straight run (a CALL continued into its callee ends that: `None`).
     off: Option<u64>,
@@ -439,7 +442,6 @@ fn emit(
         host_flags: false,
         prev_host_flags: false,
         deopts: Vec::new(),
-        thunk: None,
         off: Some(0),
         phys: (links.is_some() && !checked && bitness == 32).then_some(block.phys),
         sites: Vec::new(),
@@ -606,39 +608,21 @@ fn emit(
             ; jmp =>out
         );
     }
-    if let Some(thunk) = c.thunk {
-        // RAX = the function, RCX and RDX its first two arguments; the call leaves RSP
-        // 8 bytes off the 16-byte alignment the callee expects.
-        asm!(c.a ; =>thunk);
-        c.spill();
-        asm!(c.a
-            ; mov rdi, rcx
-            ; mov rsi, rdx
-            ; sub rsp, 8
-            ; call rax
-            ; add rsp, 8
-        );
-        c.reload();
-        asm!(c.a ; ret);
-    }
-    asm!(c.a ; =>out_sync);
-    c.spill();
-    // Links do not say which block runs: the one that leaves does (for `Outcome`s).
+    // Links do not say which block runs: the one that leaves does (for `Outcome`s). The
+    // rest of the way out is shared (`Shared`).
     let block = block as *const Block as i64;
+    let sync = if c.pinned {
+        CTX_OUT_SYNC_PINNED
+    } else {
+        CTX_OUT
+    };
     asm!(c.a
+        ; =>out_sync
+        ; mov rcx, QWORD block
+        ; jmp QWORD [r12 + sync]
         ; =>out
         ; mov rcx, QWORD block
-        ; mov QWORD [r12 + CTX_BLOCK], rcx
-        ; shl rdx, 8
-        ; or rax, rdx
-        ; add rsp, 8
-        ; pop r15
-        ; pop r14
-        ; pop r13
-        ; pop r12
-        ; pop rbp
-        ; pop rbx
-        ; ret
+        ; jmp QWORD [r12 + CTX_OUT]
     );
     debug_assert_eq!(ST_OK, 0);
     let counts = c.counts;
@@ -661,6 +645,89 @@ fn emit(
         sites,
     };
     Ok((code, seen))
+}
+
+/// Write the pinned guest registers back to `Cpu::regs`.
+fn spill(a: &mut VecAssembler<X64Relocation>) {
+    for (r, h) in GUEST.iter().enumerate() {
+        let (o, h) = (reg(r as u8), *h);
+        asm!(a ; mov QWORD [rbx + o], Rq(h));
+    }
+}
+
+/// Load the pinned guest registers from `Cpu::regs`.
+fn reload(a: &mut VecAssembler<X64Relocation>) {
+    for (r, h) in GUEST.iter().enumerate() {
+        let (o, h) = (reg(r as u8), *h);
+        asm!(a ; mov Rq(h), QWORD [rbx + o]);
+    }
+}
+
+/// Offsets, in the code all blocks share (`shared`), of its routines; compiled code reaches
+/// them through `Ctx::shared`, in this order.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Shared {
+    /// Call-out thunks (RAX = the function, RCX and RDX its first two arguments), for blocks
+    /// with pinned guest registers (written back before, reloaded after) and without.
+    pub thunk_pinned: usize,
+    pub thunk: usize,
+    /// The way out of compiled code (RAX = status, RDX = op index, RCX = the block that
+    /// leaves), writing the pinned registers back first or not.
+    pub out_sync_pinned: usize,
+    pub out: usize,
+}
+
+/// The code every block shares instead of carrying its own copy (about 230 bytes a block):
+/// `Jit` places it at the start of each code cache generation.
+pub(crate) fn shared() -> Result<(Vec<u8>, Shared), dynasmrt::DynasmError> {
+    let mut a = VecAssembler::<X64Relocation>::new(0);
+    // The calls leave RSP 8 bytes off the 16-byte alignment the callee expects.
+    let thunk_pinned = a.offset().0;
+    spill(&mut a);
+    asm!(a
+        ; mov rdi, rcx
+        ; mov rsi, rdx
+        ; sub rsp, 8
+        ; call rax
+        ; add rsp, 8
+    );
+    reload(&mut a);
+    asm!(a ; ret);
+    let thunk = a.offset().0;
+    asm!(a
+        ; mov rdi, rcx
+        ; mov rsi, rdx
+        ; sub rsp, 8
+        ; call rax
+        ; add rsp, 8
+        ; ret
+    );
+    let out_sync_pinned = a.offset().0;
+    spill(&mut a);
+    let out = a.offset().0;
+    asm!(a
+        ; mov QWORD [r12 + CTX_BLOCK], rcx
+        ; shl rdx, 8
+        ; or rax, rdx
+        ; add rsp, 8
+        ; pop r15
+        ; pop r14
+        ; pop r13
+        ; pop r12
+        ; pop rbp
+        ; pop rbx
+        ; ret
+    );
+    let code = a.finalize()?;
+    Ok((
+        code,
+        Shared {
+            thunk_pinned,
+            thunk,
+            out_sync_pinned,
+            out,
+        },
+    ))
 }
 
 /// Host address of an `extern "sysv64"` helper, as an immediate.
@@ -859,43 +926,30 @@ impl Compiler {
         }
     }
 
-    /// Write the pinned guest registers back to `Cpu::regs`.
-    fn spill(&mut self) {
-        if self.pinned {
-            for (r, h) in GUEST.iter().enumerate() {
-                let (o, h) = (reg(r as u8), *h);
-                asm!(self.a ; mov QWORD [rbx + o], Rq(h));
-            }
-        }
-    }
-
     /// Load the pinned guest registers from `Cpu::regs`.
     fn reload(&mut self) {
         if self.pinned {
-            for (r, h) in GUEST.iter().enumerate() {
-                let (o, h) = (reg(r as u8), *h);
-                asm!(self.a ; mov Rq(h), QWORD [rbx + o]);
-            }
+            reload(&mut self.a);
         }
     }
 
     /// Call the `extern "sysv64"` function at `f` with RDI = host register `arg0` (RBX or
     /// R12) and RSI = `arg1`, the guest registers written back before and reloaded after
-    /// (Rust may read them, and the call clobbers the caller-saved ones) by the block's
-    /// thunk, which all its calls share. The result is in RAX; the host flags are the
-    /// callee's.
+    /// (Rust may read them, and the call clobbers the caller-saved ones) by the thunk all
+    /// blocks share (`Shared`). The result is in RAX; the host flags are the callee's.
     fn call_out(&mut self, f: i64, arg0: u8, arg1: Option<i64>) {
-        let thunk = match self.thunk {
-            Some(t) => t,
-            None => *self.thunk.insert(self.a.new_dynamic_label()),
-        };
         asm!(self.a ; mov rcx, Rq(arg0));
         if let Some(v) = arg1 {
             asm!(self.a ; mov rdx, QWORD v);
         }
+        let thunk = if self.pinned {
+            CTX_THUNK_PINNED
+        } else {
+            CTX_THUNK
+        };
         asm!(self.a
             ; mov rax, QWORD f
-            ; call =>thunk
+            ; call QWORD [r12 + thunk]
         );
     }
 

@@ -187,6 +187,10 @@ pub struct Jit {
     pub cache_bytes: usize,
     pub stats: JitStats,
     buf: Option<CodeBuffer>,
+    /// The code all blocks share (`compile::shared`), and where it sits in the cache: (code
+    /// cache generation, offset).
+    shared: Option<(Vec<u8>, compile::Shared)>,
+    shared_at: Option<(u64, usize)>,
     ib: Option<IbTable>,
     /// Since the dispatcher last polled, a handler used the bus or changed the CPU's event
     /// state (IF, TF, RF, shadow, HLT, debug registers, NMI blocking): compiled code must
@@ -225,6 +229,8 @@ impl Default for Jit {
             cache_bytes: DEFAULT_CACHE_BYTES,
             stats: JitStats::default(),
             buf: None,
+            shared: None,
+            shared_at: None,
             ib: None,
             poll: true,
             context: 1,
@@ -317,19 +323,39 @@ impl Jit {
                 }
             }
         }
+        if self.shared.is_none() {
+            match compile::shared() {
+                Ok(s) => self.shared = Some(s),
+                Err(e) => {
+                    log::warn!("jit: shared code not compiled: {e}; running tier 0 only");
+                    self.mode = JitMode::Off;
+                    return None;
+                }
+            }
+        }
+        let shared_len = self.shared.as_ref().map_or(0, |(c, _)| c.len());
         let buf = self.buf.as_mut()?;
-        if out.code.len() > buf.capacity() {
+        if shared_len + 16 + out.code.len() > buf.capacity() {
             return None;
         }
-        let off = match buf.next_offset(out.code.len()) {
-            Some(o) => o,
-            None => {
-                buf.flush();
-                self.stats.flushes += 1;
-                log::debug!("jit: code cache full, flushed");
-                buf.next_offset(out.code.len())?
+        if buf.next_offset(out.code.len()).is_none() {
+            buf.flush();
+            self.stats.flushes += 1;
+            log::debug!("jit: code cache full, flushed");
+        }
+        // Each generation starts with the shared code.
+        if self.shared_at.map(|(g, _)| g) != Some(buf.generation)
+            && let Some((code, _)) = &self.shared
+        {
+            let at = buf.next_offset(code.len())?;
+            if let Err(e) = buf.write(at, code) {
+                log::warn!("jit: {e}; running tier 0 only");
+                self.mode = JitMode::Off;
+                return None;
             }
-        };
+            self.shared_at = Some((buf.generation, at));
+        }
+        let off = buf.next_offset(out.code.len())?;
         match buf.write(off, &out.code) {
             Ok(c) => {
                 self.stats.compiled += 1;
@@ -462,6 +488,14 @@ pub(crate) fn run_block(
     cpu.refresh_link_context();
     let buf = cpu.jit.buf.as_ref()?;
     let entry = buf.addr(code.offset);
+    // Current code implies shared code placed in its generation.
+    let (Some((_, s)), Some((generation, at))) = (&cpu.jit.shared, cpu.jit.shared_at) else {
+        return None;
+    };
+    if generation != buf.generation {
+        return None;
+    }
+    let shared = [s.thunk_pinned, s.thunk, s.out_sync_pinned, s.out].map(|o| buf.addr(at + o));
     let link = ChainLink {
         rip: cpu.rip,
         stamp: if cpu.code_page_global() {
@@ -501,7 +535,7 @@ pub(crate) fn run_block(
     // executable and was compiled from `block`, which the caller holds alive for the call;
     // blocks reached through links are in the cache or its graveyard until the next call.
     let (r, fault, last) =
-        unsafe { trampoline::enter(cpu, bus, entry, block.ip_mask, budget, first) };
+        unsafe { trampoline::enter(cpu, bus, entry, block.ip_mask, budget, first, shared) };
     let last = (last != first).then(|| {
         // SAFETY: `last` is `Rc::as_ptr` of a block a link led to; links are only followed
         // to blocks in the cache, and blocks leaving it wait in the graveyard, which is not

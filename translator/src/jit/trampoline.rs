@@ -48,6 +48,8 @@ pub(crate) struct Ctx<'a> {
     /// The budget and `Cpu::icount` at the entry.
     pub budget0: u64,
     pub icount0: u64,
+    /// Host addresses of the code all blocks share (`compile::Shared`, in its order).
+    pub shared: [usize; 4],
 }
 
 impl Ctx<'_> {
@@ -78,6 +80,7 @@ pub(crate) unsafe fn enter(
     ip_mask: u64,
     budget: u64,
     block: *const Block,
+    shared: [usize; 4],
 ) -> (u64, Option<Fault>, *const Block) {
     let (fast_r, fast_w) = fast_tables(cpu);
     let mut ctx = Ctx {
@@ -91,6 +94,7 @@ pub(crate) unsafe fn enter(
         budget,
         budget0: budget,
         icount0: cpu.icount,
+        shared,
     };
     // SAFETY: the caller guarantees `entry` is a compiled block with this signature.
     let f: Entry = unsafe { std::mem::transmute::<usize, Entry>(entry) };
