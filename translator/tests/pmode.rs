@@ -816,6 +816,96 @@ fn remapping_loop(
     bus.out
 }
 
+/// A loop that calls (through a JMP at 0x40_0000) `add esi, imm32; ret` at linear 0x40_0FFD,
+/// so that the ADD runs from
+/// its opcode on one page (frame 0x6000, global when `global_first`) into its immediate's
+/// upper three bytes on the next, 0x40_1000. Each pass (`i` = 40 down to 1) points the second
+/// page's PTE at frame `second(i)` and drops the old translation with `forget`, and may
+/// change code with `before_call`.
+fn straddling_loop(
+    forget: fn(&mut CodeAssembler) -> Result<(), IcedError>,
+    global_first: bool,
+    before_call: fn(&mut CodeAssembler) -> Result<(), IcedError>,
+    second: impl Fn(u32) -> u32,
+) -> Vec<u32> {
+    const TABLE: u32 = 0x22000;
+    let (mut cpu, mut bus) = machine(|a| {
+        enable_paging(a)?;
+        a.mov(eax, cr4)?;
+        a.or(eax, 0x80)?;
+        a.mov(cr4, eax)?;
+        a.xor(esi, esi)?;
+        a.mov(edi, 40)?;
+        let mut top = a.create_label();
+        a.set_label(&mut top)?;
+        a.mov(eax, dword_ptr(edi * 4 + TABLE))?;
+        a.mov(dword_ptr(PD as u32 + 0x2004), eax)?;
+        forget(a)?;
+        before_call(a)?;
+        a.call(0x40_0000u64)?;
+        a.dec(edi)?;
+        a.jne(top)?;
+        a.mov(eax, esi)?;
+        report(a)
+    });
+    setup_paging(&mut cpu);
+    if global_first {
+        put32(&mut cpu.mem, PD + 0x2000, 0x6000 | 0x100 | 3);
+    }
+    // The call lands on a jump to it within the first page (a static link's case)...
+    let jump = asm32(0x40_0000, |a| a.jmp(0x40_0FFDu64));
+    put(&mut cpu.mem, 0x6000, &jump);
+    // ...add esi, imm32 (81 C6 imm32): opcode, ModRM and the immediate's low byte (1) here...
+    put(&mut cpu.mem, 0x6FFD, &[0x81, 0xC6, 0x01]);
+    // ...its other three bytes and the RET on the next page: imm 1 or 0x10001.
+    put(&mut cpu.mem, 0x20000, &[0x00, 0x00, 0x00, 0xC3]);
+    put(&mut cpu.mem, 0x21000, &[0x00, 0x01, 0x00, 0xC3]);
+    for i in 1..=40u32 {
+        put32(&mut cpu.mem, (TABLE + i * 4) as u64, second(i) | 3);
+    }
+    run(&mut cpu, &mut bus);
+    bus.out
+}
+
+/// An instruction that runs onto the next page is cached as a block of its own that holds
+/// only while that page maps where it did: remapped, the new bytes run — after INVLPG of
+/// the second page, and after a CR3 reload when only the first page is global (a link into
+/// the block must not outlive the reload as links into global code do).
+#[test]
+fn an_instruction_across_pages_follows_a_remap_of_the_second_page() {
+    let invlpg = |a: &mut CodeAssembler| a.invlpg(ptr(0x40_1000));
+    let reload = |a: &mut CodeAssembler| {
+        a.mov(eax, cr3)?;
+        a.mov(cr3, eax)
+    };
+    for (forget, global_first) in [(invlpg as fn(&mut _) -> _, false), (reload, true)] {
+        let second = |i| if i > 10 { 0x20000 } else { 0x21000 };
+        let out = straddling_loop(forget, global_first, |_| Ok(()), second);
+        assert_eq!(
+            out,
+            vec![30 + 10 * 0x10001],
+            "global first page: {global_first}"
+        );
+    }
+}
+
+/// A store into the second page's part of a cached page-crossing instruction is seen (the
+/// block is on both pages' code lists): from pass 20 on, the immediate is 0x20001.
+#[test]
+fn a_store_into_the_second_page_of_an_instruction_is_seen() {
+    let store = |a: &mut CodeAssembler| {
+        let mut skip = a.create_label();
+        a.cmp(edi, 20)?;
+        a.ja(skip)?;
+        // Through the identity map of the low 4 MiB.
+        a.mov(byte_ptr(0x20001), 2)?;
+        a.set_label(&mut skip)?;
+        a.nop()
+    };
+    let out = straddling_loop(|a| a.invlpg(ptr(0x40_1000)), false, store, |_| 0x20000);
+    assert_eq!(out, vec![20 + 20 * 0x20001]);
+}
+
 /// When the PTE points elsewhere after INVLPG, the call must reach the new page's code, not
 /// the compiled code a link from an earlier pass leads to (the link context changes with the
 /// TLB generation, which the handler bumps in the middle of the block).
@@ -970,6 +1060,8 @@ jit_forced!(
     invlpg_drops_a_cached_translation,
     remapped_code_after_invlpg_is_not_reached_through_an_old_link,
     a_cr3_reload_remaps_ordinary_code_but_not_global_code,
+    an_instruction_across_pages_follows_a_remap_of_the_second_page,
+    a_store_into_the_second_page_of_an_instruction_is_seen,
     call_gate_from_ring3_copies_parameters_and_retf_returns,
     rep_bsf_and_rep_bsr_run_as_bsf_and_bsr,
     endbr32_rdssp_and_hint_nops_are_nops,

@@ -26,6 +26,10 @@ pub struct Block {
     pub ops: Box<[Op]>,
     /// Physical address of the first byte (the cache key's).
     pub(crate) phys: u64,
+    /// For a one-instruction block whose instruction runs onto the next page: that page's
+    /// physical address (the block holds only while the next linear page maps there); 0
+    /// for every other block.
+    pub(crate) phys2: u64,
     /// Bytes of guest code covered (for the CS-limit check on reuse).
     pub byte_len: u64,
     /// RIP mask of the code size the block was decoded for.
@@ -72,6 +76,7 @@ impl Block {
         Block {
             ops,
             phys,
+            phys2: 0,
             byte_len,
             ip_mask: match bitness {
                 16 => 0xFFFF,
@@ -205,12 +210,15 @@ impl BlockCache {
     }
 
     fn insert(&mut self, key: Key, block: Rc<Block>) {
-        let page = key.0 >> 12;
-        if self.code_pages.len() <= page as usize {
-            self.code_pages.resize(page as usize + 1, false);
+        // A straddling block lies on its second page too: stores there drop it.
+        let second = (block.phys2 != 0).then_some(block.phys2 >> 12);
+        for page in std::iter::once(key.0 >> 12).chain(second) {
+            if self.code_pages.len() <= page as usize {
+                self.code_pages.resize(page as usize + 1, false);
+            }
+            self.code_pages.set(page as usize, true);
+            self.by_page.entry(page).or_default().push(key);
         }
-        self.code_pages.set(page as usize, true);
-        self.by_page.entry(page).or_default().push(key);
         block.cached.set(true);
         if let Some(old) = self.map.insert(key, block) {
             // Replaced (it did not fit the CS limit): links to it must go stale.
@@ -257,6 +265,20 @@ impl Cpu {
         self.tlb
             .lookup(self.code_lin(self.code_bitness() == 64) >> 12)
             .is_some_and(|(_, p)| p & perm::GLOBAL != 0)
+    }
+
+    /// The code page at linear `lin2` translates to physical `phys2` now (a straddling block
+    /// still holds); its fetch is noted, as the first page's is, so that invalidating it
+    /// makes links stale.
+    fn next_page_is(&mut self, bus: &mut dyn CpuBus, lin2: u64, phys2: u64, user: bool) -> bool {
+        match self.translate(bus, lin2, Access::Exec, user) {
+            Ok(p) if p & !0xFFF == phys2 => {
+                self.tlb.note_exec(lin2 >> 12);
+                true
+            }
+            // Remapped or unmapped: building the block again fetches (or faults) anew.
+            _ => false,
+        }
     }
 
     /// Linear address of the instruction at RIP (`long`: in 64-bit code).
@@ -329,17 +351,27 @@ impl Cpu {
         // Links to this block rest on the translation (`Tlb::flush_page`).
         self.tlb.note_exec(lin >> 12);
         let key = (phys, bitness as u8);
+        // The linear address of the page after this one (a straddling block's second page).
+        let lin2 = (lin | 0xFFF).wrapping_add(1) & if long { u64::MAX } else { 0xFFFF_FFFF };
         if let Some(b) = self.cache.get(&key)
             && (long || ip + b.byte_len - 1 <= cs.limit as u64)
+            && (b.phys2 == 0 || self.next_page_is(bus, lin2, b.phys2, user))
         {
             return Ok(b);
         }
-        let cacheable = self.mem.is_backed(phys);
         let block = Rc::new(self.build_block(bus, phys, lin, ip, bitness, user)?);
-        if cacheable && block.byte_len > 0 && (phys & 0xFFF) + block.byte_len <= 0x1000 {
-            if !self.cache.is_code_page(phys >> 12) {
-                // Stores to this page must now take the slow path (SMC detection).
-                self.tlb.flush_fast_writes();
+        let fits = (phys & 0xFFF) + block.byte_len <= 0x1000 || block.phys2 != 0;
+        let backed =
+            self.mem.is_backed(phys) && (block.phys2 == 0 || self.mem.is_backed(block.phys2));
+        if backed && block.byte_len > 0 && fits {
+            for page in [phys >> 12, block.phys2 >> 12] {
+                if page != 0 && !self.cache.is_code_page(page) {
+                    // Stores to this page must now take the slow path (SMC detection).
+                    self.tlb.flush_fast_writes();
+                }
+            }
+            if block.phys2 != 0 {
+                self.tlb.note_exec(lin2 >> 12);
             }
             self.cache.insert(key, block.clone());
         }
@@ -424,14 +456,20 @@ impl Cpu {
                         return Err(Fault::gp(0).into());
                     }
                     let op = decode::translate(&ins, &buf[..ins.len().max(1)], bitness);
-                    // byte_len 0 marks the block as not cacheable.
-                    return Ok(Block::new(
+                    // Cached like any block, but on both pages (`BlockCache::insert`) and
+                    // only while the next page still maps to `phys2` (`get_block`). Links
+                    // into it rest on the TLB generation (both pages' fetches are noted),
+                    // never on a global page's or a static jump (`jit::run_block`); none
+                    // leave it (its successor is found by the dispatcher).
+                    let mut b = Block::new(
                         vec![op].into_boxed_slice(),
                         phys,
-                        0,
+                        ins.len() as u64,
                         bitness,
                         false,
-                    ));
+                    );
+                    b.phys2 = phys2 & !0xFFF;
+                    return Ok(b);
                 }
                 // Longer than the maximum instruction length.
                 return Err(Fault::gp(0).into());

@@ -385,7 +385,10 @@ impl Jit {
         };
         for site in fc.sites.iter().flatten() {
             let at = fc.offset + site.at as usize;
+            // (A block running onto the next page depends on that page's translation, which
+            // a static jump would not check.)
             if site.target != to.phys
+                || to.phys2 != 0
                 || to.ip_mask != 0xFFFF_FFFF
                 || to.jit_in.0.borrow().iter().any(|l| l.at == at)
             {
@@ -498,7 +501,9 @@ pub(crate) fn run_block(
     let shared = [s.thunk_pinned, s.thunk, s.out_sync_pinned, s.out].map(|o| buf.addr(at + o));
     let link = ChainLink {
         rip: cpu.rip,
-        stamp: if cpu.code_page_global() {
+        // A block on two pages holds only while the second maps where it did, which a CR3
+        // reload may change even when the first page is global.
+        stamp: if cpu.code_page_global() && block.phys2 == 0 {
             cpu.jit.context_global
         } else {
             cpu.jit.context
