@@ -773,6 +773,36 @@ fn invlpg_drops_a_cached_translation() {
     assert_eq!(bus.out, vec![0xAAAA, 0xBBBB, 0xCCCC]);
 }
 
+/// A paged machine (CR4.PGE on) whose program makes 40 passes (EDI = 40 down to 1), each
+/// storing the PTE at `pte` from `table[EDI]`, running `forget` and `before_call`, then
+/// calling 0x40_0000; it reports ESI at the end.
+fn pte_loop(
+    pte: u32,
+    table: u32,
+    forget: fn(&mut CodeAssembler) -> Result<(), IcedError>,
+    before_call: fn(&mut CodeAssembler) -> Result<(), IcedError>,
+) -> (Cpu, TestBus) {
+    machine(|a| {
+        enable_paging(a)?;
+        a.mov(eax, cr4)?;
+        a.or(eax, 0x80)?;
+        a.mov(cr4, eax)?;
+        a.xor(esi, esi)?;
+        a.mov(edi, 40)?;
+        let mut top = a.create_label();
+        a.set_label(&mut top)?;
+        a.mov(eax, dword_ptr(edi * 4 + table))?;
+        a.mov(dword_ptr(pte), eax)?;
+        forget(a)?;
+        before_call(a)?;
+        a.call(0x40_0000u64)?;
+        a.dec(edi)?;
+        a.jne(top)?;
+        a.mov(eax, esi)?;
+        report(a)
+    })
+}
+
 /// A loop of 40 passes that writes the next PTE of the code page at 0x40_0000 from a table,
 /// makes the TLB drop it with `forget`, calls into the page and reports ESI at the end. The
 /// page at 0x6000 counts passes in ESI by 1, the one at 0x7000 by 0x100; passes 40..=11 map
@@ -782,24 +812,7 @@ fn remapping_loop(
     pte_bits: u32,
 ) -> Vec<u32> {
     const TABLE: u32 = 0x8000;
-    let (mut cpu, mut bus) = machine(|a| {
-        enable_paging(a)?;
-        a.mov(eax, cr4)?;
-        a.or(eax, 0x80)?;
-        a.mov(cr4, eax)?;
-        a.xor(esi, esi)?;
-        a.mov(edi, 40)?;
-        let mut top = a.create_label();
-        a.set_label(&mut top)?;
-        a.mov(eax, dword_ptr(edi * 4 + TABLE))?;
-        a.mov(dword_ptr(PD as u32 + 0x2000), eax)?;
-        forget(a)?;
-        a.call(0x40_0000u64)?;
-        a.dec(edi)?;
-        a.jne(top)?;
-        a.mov(eax, esi)?;
-        report(a)
-    });
+    let (mut cpu, mut bus) = pte_loop(PD as u32 + 0x2000, TABLE, forget, |_| Ok(()));
     setup_paging(&mut cpu);
     for (frame, step) in [(0x6000, 1), (0x7000, 0x100)] {
         let code = asm32(0x40_0000, |a| {
@@ -829,25 +842,7 @@ fn straddling_loop(
     second: impl Fn(u32) -> u32,
 ) -> Vec<u32> {
     const TABLE: u32 = 0x22000;
-    let (mut cpu, mut bus) = machine(|a| {
-        enable_paging(a)?;
-        a.mov(eax, cr4)?;
-        a.or(eax, 0x80)?;
-        a.mov(cr4, eax)?;
-        a.xor(esi, esi)?;
-        a.mov(edi, 40)?;
-        let mut top = a.create_label();
-        a.set_label(&mut top)?;
-        a.mov(eax, dword_ptr(edi * 4 + TABLE))?;
-        a.mov(dword_ptr(PD as u32 + 0x2004), eax)?;
-        forget(a)?;
-        before_call(a)?;
-        a.call(0x40_0000u64)?;
-        a.dec(edi)?;
-        a.jne(top)?;
-        a.mov(eax, esi)?;
-        report(a)
-    });
+    let (mut cpu, mut bus) = pte_loop(PD as u32 + 0x2004, TABLE, forget, before_call);
     setup_paging(&mut cpu);
     if global_first {
         put32(&mut cpu.mem, PD + 0x2000, 0x6000 | 0x100 | 3);

@@ -682,26 +682,23 @@ pub(crate) struct Shared {
 pub(crate) fn shared() -> Result<(Vec<u8>, Shared), dynasmrt::DynasmError> {
     let mut a = VecAssembler::<X64Relocation>::new(0);
     // The calls leave RSP 8 bytes off the 16-byte alignment the callee expects.
+    let call = |a: &mut VecAssembler<X64Relocation>| {
+        asm!(a
+            ; mov rdi, rcx
+            ; mov rsi, rdx
+            ; sub rsp, 8
+            ; call rax
+            ; add rsp, 8
+        );
+    };
     let thunk_pinned = a.offset().0;
     spill(&mut a);
-    asm!(a
-        ; mov rdi, rcx
-        ; mov rsi, rdx
-        ; sub rsp, 8
-        ; call rax
-        ; add rsp, 8
-    );
+    call(&mut a);
     reload(&mut a);
     asm!(a ; ret);
     let thunk = a.offset().0;
-    asm!(a
-        ; mov rdi, rcx
-        ; mov rsi, rdx
-        ; sub rsp, 8
-        ; call rax
-        ; add rsp, 8
-        ; ret
-    );
+    call(&mut a);
+    asm!(a ; ret);
     let out_sync_pinned = a.offset().0;
     spill(&mut a);
     let out = a.offset().0;
