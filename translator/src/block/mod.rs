@@ -28,7 +28,8 @@ pub struct Block {
     pub(crate) phys: u64,
     /// For a one-instruction block whose instruction runs onto the next page: that page's
     /// physical address (the block holds only while the next linear page maps there); 0
-    /// for every other block.
+    /// for every other block (and for one whose next page is physical page 0, which is then
+    /// not cached).
     pub(crate) phys2: u64,
     /// Bytes of guest code covered (for the CS-limit check on reuse).
     pub byte_len: u64,
@@ -364,8 +365,9 @@ impl Cpu {
         let backed =
             self.mem.is_backed(phys) && (block.phys2 == 0 || self.mem.is_backed(block.phys2));
         if backed && block.byte_len > 0 && fits {
-            for page in [phys >> 12, block.phys2 >> 12] {
-                if page != 0 && !self.cache.is_code_page(page) {
+            let second = (block.phys2 != 0).then_some(block.phys2 >> 12);
+            for page in std::iter::once(phys >> 12).chain(second) {
+                if !self.cache.is_code_page(page) {
                     // Stores to this page must now take the slow path (SMC detection).
                     self.tlb.flush_fast_writes();
                 }

@@ -677,7 +677,7 @@ pub(crate) struct Shared {
     pub out: usize,
 }
 
-/// The code every block shares instead of carrying its own copy (about 230 bytes a block):
+/// The code every block shares instead of carrying its own copy (175 bytes a block over a boot):
 /// `Jit` places it at the start of each code cache generation.
 pub(crate) fn shared() -> Result<(Vec<u8>, Shared), dynasmrt::DynasmError> {
     let mut a = VecAssembler::<X64Relocation>::new(0);

@@ -72,7 +72,9 @@ type Entry = unsafe extern "sysv64" fn(*mut Cpu, *mut Ctx<'_>) -> u64;
 /// # Safety
 /// `entry` must be the start of a block compiled by `compile::compile` for a `Block` that is
 /// alive for the whole call (its code holds pointers to the block's ops), still mapped
-/// executable, and compiled for this `Cpu` type layout (always true within one build).
+/// executable, and compiled for this `Cpu` type layout (always true within one build);
+/// `shared` must be the host addresses of `compile::shared`'s routines as placed in the same
+/// code cache generation (compiled code calls and jumps to them).
 pub(crate) unsafe fn enter(
     cpu: &mut Cpu,
     bus: &mut dyn CpuBus,
