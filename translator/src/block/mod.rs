@@ -27,10 +27,8 @@ pub struct Block {
     /// Physical address of the first byte (the cache key's).
     pub(crate) phys: u64,
     /// For a one-instruction block whose instruction runs onto the next page: that page's
-    /// physical address (the block holds only while the next linear page maps there); 0
-    /// for every other block (and for one whose next page is physical page 0, which is then
-    /// not cached).
-    pub(crate) phys2: u64,
+    /// physical address (the block holds only while the next linear page maps there).
+    pub(crate) phys2: Option<u64>,
     /// Bytes of guest code covered (for the CS-limit check on reuse).
     pub byte_len: u64,
     /// RIP mask of the code size the block was decoded for.
@@ -77,7 +75,7 @@ impl Block {
         Block {
             ops,
             phys,
-            phys2: 0,
+            phys2: None,
             byte_len,
             ip_mask: match bitness {
                 16 => 0xFFFF,
@@ -212,7 +210,7 @@ impl BlockCache {
 
     fn insert(&mut self, key: Key, block: Rc<Block>) {
         // A straddling block lies on its second page too: stores there drop it.
-        let second = (block.phys2 != 0).then_some(block.phys2 >> 12);
+        let second = block.phys2.map(|p| p >> 12);
         for page in std::iter::once(key.0 >> 12).chain(second) {
             if self.code_pages.len() <= page as usize {
                 self.code_pages.resize(page as usize + 1, false);
@@ -268,10 +266,18 @@ impl Cpu {
             .is_some_and(|(_, p)| p & perm::GLOBAL != 0)
     }
 
-    /// The code page at linear `lin2` translates to physical `phys2` now (a straddling block
-    /// still holds); its fetch is noted, as the first page's is, so that invalidating it
-    /// makes links stale.
-    fn next_page_is(&mut self, bus: &mut dyn CpuBus, lin2: u64, phys2: u64, user: bool) -> bool {
+    /// The code page after the one at linear `lin` translates to physical `phys2` now (a
+    /// straddling block still holds); its fetch is noted, as the first page's is, so that
+    /// invalidating it makes links stale.
+    fn next_page_is(
+        &mut self,
+        bus: &mut dyn CpuBus,
+        lin: u64,
+        long: bool,
+        phys2: u64,
+        user: bool,
+    ) -> bool {
+        let lin2 = next_page(lin, long);
         match self.translate(bus, lin2, Access::Exec, user) {
             Ok(p) if p & !0xFFF == phys2 => {
                 self.tlb.note_exec(lin2 >> 12);
@@ -352,28 +358,26 @@ impl Cpu {
         // Links to this block rest on the translation (`Tlb::flush_page`).
         self.tlb.note_exec(lin >> 12);
         let key = (phys, bitness as u8);
-        // The linear address of the page after this one (a straddling block's second page).
-        let lin2 = (lin | 0xFFF).wrapping_add(1) & if long { u64::MAX } else { 0xFFFF_FFFF };
         if let Some(b) = self.cache.get(&key)
             && (long || ip + b.byte_len - 1 <= cs.limit as u64)
-            && (b.phys2 == 0 || self.next_page_is(bus, lin2, b.phys2, user))
+            && b.phys2
+                .is_none_or(|p2| self.next_page_is(bus, lin, long, p2, user))
         {
             return Ok(b);
         }
         let block = Rc::new(self.build_block(bus, phys, lin, ip, bitness, user)?);
-        let fits = (phys & 0xFFF) + block.byte_len <= 0x1000 || block.phys2 != 0;
-        let backed =
-            self.mem.is_backed(phys) && (block.phys2 == 0 || self.mem.is_backed(block.phys2));
+        let fits = (phys & 0xFFF) + block.byte_len <= 0x1000 || block.phys2.is_some();
+        let backed = self.mem.is_backed(phys) && block.phys2.is_none_or(|p| self.mem.is_backed(p));
         if backed && block.byte_len > 0 && fits {
-            let second = (block.phys2 != 0).then_some(block.phys2 >> 12);
+            let second = block.phys2.map(|p| p >> 12);
             for page in std::iter::once(phys >> 12).chain(second) {
                 if !self.cache.is_code_page(page) {
                     // Stores to this page must now take the slow path (SMC detection).
                     self.tlb.flush_fast_writes();
                 }
             }
-            if block.phys2 != 0 {
-                self.tlb.note_exec(lin2 >> 12);
+            if block.phys2.is_some() {
+                self.tlb.note_exec(next_page(lin, long) >> 12);
             }
             self.cache.insert(key, block.clone());
         }
@@ -445,8 +449,7 @@ impl Cpu {
                 if avail == in_page && in_page < max_len {
                     // It straddles a page: fetch the rest through the next page's translation.
                     let rest = (max_len.min(in_seg) - in_page) as usize;
-                    let next_lin = (lin + in_page) & if long { u64::MAX } else { 0xFFFF_FFFF };
-                    let phys2 = self.translate(bus, next_lin, Access::Exec, user)?;
+                    let phys2 = self.translate(bus, next_page(lin, long), Access::Exec, user)?;
                     let mut tmp = [0u8; 16];
                     self.fetch_bytes(bus, phys2, &mut tmp[..rest]);
                     buf[n..n + rest].copy_from_slice(&tmp[..rest]);
@@ -470,7 +473,7 @@ impl Cpu {
                         bitness,
                         false,
                     );
-                    b.phys2 = phys2 & !0xFFF;
+                    b.phys2 = Some(phys2 & !0xFFF);
                     return Ok(b);
                 }
                 // Longer than the maximum instruction length.
@@ -539,6 +542,12 @@ impl Cpu {
             chainable,
         ))
     }
+}
+
+/// The linear address of the page after the one holding `lin` (wrapping at 4 GiB outside
+/// 64-bit code).
+fn next_page(lin: u64, long: bool) -> u64 {
+    (lin | 0xFFF).wrapping_add(1) & if long { u64::MAX } else { 0xFFFF_FFFF }
 }
 
 /// Instructions whose result depends on `Cpu::icount` (the TSC is derived from it).

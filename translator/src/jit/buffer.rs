@@ -15,6 +15,7 @@
 //! `Compiled` handle of the old generation is then stale and never entered again) and
 //! appending starts over at offset 0. Memory stays bounded by the mapping size.
 
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::ptr::NonNull;
 
 /// Where a compiled block lives: valid while the buffer's generation is `generation`.
@@ -60,7 +61,7 @@ pub(crate) struct CodeBuffer {
 /// The way into the cache for stores.
 enum Writer {
     /// `pwrite` on the memfd the cache maps.
-    File(std::os::fd::OwnedFd),
+    File(OwnedFd),
     /// `mprotect` around each store.
     Protect,
 }
@@ -100,8 +101,8 @@ impl CodeBuffer {
             return Err(BufferError::Map(std::io::Error::last_os_error()));
         }
         // SAFETY: `fd` is the descriptor just created and owned by nothing else.
-        let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-        let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let raw = fd.as_raw_fd();
         // SAFETY: sizing our own fresh memfd.
         if unsafe { libc::ftruncate(raw, cap as libc::off_t) } != 0 {
             return Err(BufferError::Map(std::io::Error::last_os_error()));
@@ -156,7 +157,7 @@ impl CodeBuffer {
         // from it while the CPU compiles.
         match &self.writer {
             Writer::File(fd) => {
-                let fd = std::os::fd::AsRawFd::as_raw_fd(fd);
+                let fd = fd.as_raw_fd();
                 let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
                 // SAFETY: punching a hole in our own memfd; the mapping then reads zeros.
                 unsafe { libc::fallocate(fd, mode, 0, self.cap as libc::off_t) };
@@ -202,20 +203,19 @@ impl CodeBuffer {
         debug_assert!(off + bytes.len() <= self.cap);
         match &self.writer {
             Writer::File(fd) => {
-                let fd = std::os::fd::AsRawFd::as_raw_fd(fd);
+                let fd = fd.as_raw_fd();
                 // The memfd is not a pipe or socket: a write within its size is whole, or it
                 // failed.
                 // SAFETY: `bytes` is a live buffer of `len` bytes, read by the call only.
                 let n = unsafe {
                     libc::pwrite(fd, bytes.as_ptr().cast(), bytes.len(), off as libc::off_t)
                 };
-                if n != bytes.len() as isize {
-                    let e = std::io::Error::last_os_error();
-                    return Err(BufferError::Write(if n < 0 {
-                        e
-                    } else {
-                        std::io::Error::other(format!("short write: {n} of {}", bytes.len()))
-                    }));
+                if n < 0 {
+                    return Err(BufferError::Write(std::io::Error::last_os_error()));
+                }
+                if n as usize != bytes.len() {
+                    let e = format!("short write: {n} of {} bytes", bytes.len());
+                    return Err(BufferError::Write(std::io::Error::other(e)));
                 }
             }
             Writer::Protect => {

@@ -323,10 +323,6 @@ struct Compiler {
     chain_start: DynamicLabel,
     /// The last op emitted went on to the next instruction (no branch, no handler).
     sequential: bool,
-    /// The block's successors are its direct branch's or its fall-through: the generic
-    /// chain looks at its own two links only and leaves what they miss to the dispatcher,
-    /// which links it (see `chain`).
-    direct: bool,
 }
 
 /// An inline op's effect on the flags, as far as it can be seen without leaving compiled
@@ -448,7 +444,6 @@ fn emit(
         ops_len: ops.len(),
         chain_start,
         sequential: false,
-        direct: false,
     };
     // Six pushes and 8 bytes after the return address keep RSP 16-byte aligned at calls.
     asm!(c.a
@@ -462,7 +457,9 @@ fn emit(
         ; mov rbx, rdi
         ; mov r12, rsi
     );
-    c.reload();
+    if c.pinned {
+        reload(&mut c.a);
+    }
     // Static links whose site cannot vouch for the entry's checks enter here, with the
     // guest registers live (the reload above is the dispatcher's).
     let check = c.a.offset().0;
@@ -531,12 +528,13 @@ fn emit(
         c.static_tail(ops.len() - 1, 0);
     }
     if let Some((links, ib)) = links {
+        // The block's successors are its direct branch's or its fall-through.
         let last = &ops[ops.len() - 1];
-        c.direct = c.sequential
+        let direct = c.sequential
             || matches!(fast_form(last.exec), Some(FastForm::Jcc32))
             || is_handler(last, crate::exec::control::jcc)
             || is_handler(last, crate::exec::control::jmp_rel);
-        c.chain(ops.len(), links, ib);
+        c.chain(ops.len(), links, (!direct).then_some(ib));
     }
     // Every exit but a handler's writes the guest registers back (`out_sync`); after a
     // handler's failure they are in `Cpu::regs` already (`out`).
@@ -737,23 +735,23 @@ impl Compiler {
     /// through one of the block's two links when the dispatcher would: budget left after
     /// this block, no event to take (`chain_poll`, only after a handler used the bus or
     /// changed IF/TF/RF/the shadow/HLT/the debug registers/NMI blocking — inline ops do
-    /// none of that), and a link — the block's own two, else (not for a `direct` block) the
+    /// none of that), and a link — the block's own two, else (given `ib`) the
     /// indirect table's entry for RIP — recorded under the same RIP and link context
     /// (`Jit::context`: chain stamp, CS base, CPL, CS limit and code size, one word). The ops
     /// just run are counted into `icount` (RDTSC in the successor must see them) and the
     /// budget. Falls out of the emitted code when no link is taken.
     ///
-    /// A direct block skips the table because a hit there is a transition the dispatcher
+    /// A block whose successors are its direct branch's or its fall-through skips the table
+    /// (gets no `ib`) because a hit there is a transition the dispatcher
     /// never sees, so it never gets the link or static site that would be cheaper: in a boot
     /// with `vbench=1000`, 270 M block ends of Jcc blocks were table hits before.
-    fn chain(&mut self, len: usize, links: usize, ib: usize) {
+    fn chain(&mut self, len: usize, links: usize, ib: Option<usize>) {
         use super::{ChainLink, IB_SLOTS};
         let done = self.a.new_dynamic_label();
         let poll = self.a.new_dynamic_label();
         let look = self.a.new_dynamic_label();
         let n = len as i32;
         let links = links as i64;
-        let ib = ib as i64;
         let poll_fn = addr(trampoline::chain_poll as *const () as usize);
         let size = std::mem::size_of::<ChainLink>() as i32;
         let (l_rip, l_stamp, l_entry) = (
@@ -774,10 +772,11 @@ impl Compiler {
             ; mov rcx, QWORD [rbx + RIP]
         );
         // The block's two links, then the indirect table's slot for RIP (in RDX).
-        for k in 0..if self.direct { 2 } else { 3 } {
+        for k in 0..2 + ib.is_some() as i32 {
             let next = self.a.new_dynamic_label();
             let o = if k < 2 { k * size } else { 0 };
-            if k == 2 {
+            if let Some(ib) = ib.filter(|_| k == 2) {
+                let ib = ib as i64;
                 let (shift, slots) = (size.trailing_zeros() as i8, (IB_SLOTS - 1) as i32);
                 asm!(self.a
                     ; mov rdx, rcx
@@ -920,13 +919,6 @@ impl Compiler {
                 let o = reg(r) + 1;
                 asm!(self.a ; mov BYTE [rbx + o], Rb(f));
             }
-        }
-    }
-
-    /// Load the pinned guest registers from `Cpu::regs`.
-    fn reload(&mut self) {
-        if self.pinned {
-            reload(&mut self.a);
         }
     }
 

@@ -335,6 +335,7 @@ impl Jit {
         }
         let shared_len = self.shared.as_ref().map_or(0, |(c, _)| c.len());
         let buf = self.buf.as_mut()?;
+        // (16: the block's alignment after the shared code.)
         if shared_len + 16 + out.code.len() > buf.capacity() {
             return None;
         }
@@ -388,7 +389,7 @@ impl Jit {
             // (A block running onto the next page depends on that page's translation, which
             // a static jump would not check.)
             if site.target != to.phys
-                || to.phys2 != 0
+                || to.phys2.is_some()
                 || to.ip_mask != 0xFFFF_FFFF
                 || to.jit_in.0.borrow().iter().any(|l| l.at == at)
             {
@@ -503,7 +504,7 @@ pub(crate) fn run_block(
         rip: cpu.rip,
         // A block on two pages holds only while the second maps where it did, which a CR3
         // reload may change even when the first page is global.
-        stamp: if cpu.code_page_global() && block.phys2 == 0 {
+        stamp: if cpu.code_page_global() && block.phys2.is_none() {
             cpu.jit.context_global
         } else {
             cpu.jit.context
