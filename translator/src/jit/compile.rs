@@ -94,6 +94,7 @@ const CTX_BLOCK: i32 = off32(offset_of!(Ctx<'static>, block));
 const CTX_FAST_R: i32 = off32(offset_of!(Ctx<'static>, fast_r));
 const CTX_FAST_W: i32 = off32(offset_of!(Ctx<'static>, fast_w));
 const CTX_BUDGET: i32 = off32(offset_of!(Ctx<'static>, budget));
+const CTX_NEAR: i32 = off32(offset_of!(Ctx<'static>, near));
 /// `Ctx::shared`: host addresses of the code all blocks share (`Shared`).
 const CTX_THUNK_PINNED: i32 = off32(offset_of!(Ctx<'static>, shared));
 const CTX_THUNK: i32 = CTX_THUNK_PINNED + 8;
@@ -274,6 +275,21 @@ struct Fallback {
     regen: Option<(FlagOp, u8)>,
 }
 
+/// The fast-TLB half of a data access's probe, emitted after the block's code (see
+/// `Compiler::far_probe`).
+struct FarProbe {
+    label: DynamicLabel,
+    /// Where the access goes on, with RCX its host address.
+    join: DynamicLabel,
+    /// The op's handler (a miss).
+    fallback: DynamicLabel,
+    write: bool,
+    size: u8,
+    /// `Ctx` offsets of the near page's tag and host address.
+    tag: i32,
+    host: i32,
+}
+
 struct Compiler {
     a: VecAssembler<X64Relocation>,
     ip_mask: u64,
@@ -288,6 +304,7 @@ struct Compiler {
     /// Out-of-line handler calls for inline ops that left their fast path: (label, op index,
     /// label to continue at).
     fallbacks: Vec<Fallback>,
+    far_probes: Vec<FarProbe>,
     counts: Counts,
     /// Inline ops that end the block like a handler setting `block_break`: (label, op index).
     breaks: Vec<(DynamicLabel, usize)>,
@@ -427,6 +444,7 @@ fn emit(
         flags: Producer::Unknown,
         exits: Vec::new(),
         fallbacks: Vec::new(),
+        far_probes: Vec::new(),
         counts: Counts::default(),
         breaks: Vec::new(),
         dead: false,
@@ -553,6 +571,9 @@ fn emit(
             ; add QWORD [r12 + CTX_BUDGET], n
             ; jmp =>start
         );
+    }
+    for p in std::mem::take(&mut c.far_probes) {
+        c.far_probe(&p);
     }
     for f in std::mem::take(&mut c.fallbacks) {
         asm!(c.a ; =>f.label);
@@ -1394,15 +1415,48 @@ impl Compiler {
                 ; mov eax, eax
             );
         }
-        // Fast TLB (the CPL's half): slot (page & (FAST-1)), tag the page's address, taken
-        // for the page of the access's last byte: an access that crosses into the next page
-        // finds no entry for it in the first page's slot and takes the slow path.
-        let table = if write { CTX_FAST_W } else { CTX_FAST_R };
+        // The near page of this kind of access (`Ctx::near`) when the whole access lies in
+        // it: 0 <= linear - page <= 4096 - s, one unsigned compare.
+        let stack = [op.base, op.index].iter().any(|&r| r == 4 || r == 5);
+        let kind = write as i32 * 2 + stack as i32;
+        let size = std::mem::size_of::<super::trampoline::NearPage>() as i32;
+        let tag = CTX_NEAR + kind * size + off32(offset_of!(super::trampoline::NearPage, tag));
+        let host = CTX_NEAR + kind * size + off32(offset_of!(super::trampoline::NearPage, host));
+        let (far, join) = (self.a.new_dynamic_label(), self.a.new_dynamic_label());
+        let room = 4096 - s as i32;
+        asm!(self.a
+            ; mov rcx, rax
+            ; sub rcx, QWORD [r12 + tag]
+            ; cmp rcx, room
+            ; ja =>far
+            ; add rcx, QWORD [r12 + host]
+            ; =>join
+        );
+        self.far_probes.push(FarProbe {
+            label: far,
+            join,
+            fallback: fb,
+            write,
+            size: s,
+            tag,
+            host,
+        });
+    }
+
+    /// The out-of-line half of a probe (`probe_to`) whose near page did not hold the access:
+    /// the fast TLB (the CPL's half): slot (page & (FAST-1)), tag the page's address, taken
+    /// for the page of the access's last byte: an access that crosses into the next page
+    /// finds no entry for it in the first page's slot and takes the slow path. A hit
+    /// becomes the near page.
+    fn far_probe(&mut self, p: &FarProbe) {
+        let table = if p.write { CTX_FAST_W } else { CTX_FAST_R };
         let shift = FAST_ENTRY_BYTES.trailing_zeros() as i8;
         let slots = ((FAST - 1) << shift) as i32;
-        let last = s as i32 - 1;
-        let host = off32(offset_of!(crate::mmu::tlb::FastEntry, host));
+        let last = p.size as i32 - 1;
+        let entry_host = off32(offset_of!(crate::mmu::tlb::FastEntry, host));
+        let (fb, join, tag, host) = (p.fallback, p.join, p.tag, p.host);
         asm!(self.a
+            ; =>p.label
             ; lea rdx, [rax + last]
             ; and rdx, -4096
             ; mov ecx, eax
@@ -1411,8 +1465,13 @@ impl Compiler {
             ; add rcx, QWORD [r12 + table]
             ; cmp QWORD [rcx], rdx
             ; jne =>fb
-            ; mov rcx, QWORD [rcx + host]
+            ; mov rcx, QWORD [rcx + entry_host]
+            // (A hit means the access does not cross: RDX is its page.)
+            ; mov QWORD [r12 + tag], rdx
+            ; add rdx, rcx
+            ; mov QWORD [r12 + host], rdx
             ; add rcx, rax
+            ; jmp =>join
         );
     }
 

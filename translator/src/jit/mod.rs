@@ -359,6 +359,13 @@ impl Jit {
         let off = buf.next_offset(out.code.len())?;
         match buf.write(off, &out.code) {
             Ok(c) => {
+                // For matching a profile's hot code (`VIREO_JIT_DUMP`) to guest code.
+                log::trace!(
+                    "jit: block at phys {:#x} ({} ops) compiled to offset {:#x}",
+                    block.phys,
+                    block.ops.len(),
+                    c.offset
+                );
                 self.stats.compiled += 1;
                 self.stats.inline_ops += out.counts.inline;
                 self.stats.called_ops += out.counts.called;

@@ -35,6 +35,8 @@ pub(crate) struct Ctx<'a> {
     /// Host addresses of the fast read and write TLB tables.
     pub fast_r: usize,
     pub fast_w: usize,
+    /// The pages compiled code accessed last, by kind of access (`NearPage`).
+    pub near: [NearPage; NEAR_KINDS],
     pub cpu: *mut Cpu,
     pub bus: *mut (dyn CpuBus + 'a),
     /// RIP mask of the block's code size.
@@ -50,6 +52,33 @@ pub(crate) struct Ctx<'a> {
     pub icount0: u64,
     /// Host addresses of the code all blocks share (`compile::Shared`, in its order).
     pub shared: [usize; 4],
+}
+
+/// Kinds of data access with a page of their own in [`Ctx::near`]: reads and writes, each
+/// through the stack or frame pointer and through anything else.
+pub(crate) const NEAR_KINDS: usize = 4;
+
+/// A page that a fast-TLB probe of compiled code found last, remembered in front of the
+/// fast TLB: stack and frame accesses stay in one page for long stretches, and comparing
+/// against this page costs one subtraction instead of the slot's index arithmetic and two
+/// dependent loads. Only Rust code changes the fast TLB or the CPL (handlers, called
+/// through [`call_op`], which forgets every near page), so a near page is as valid as the
+/// fast-TLB entry it came from.
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub(crate) struct NearPage {
+    /// Linear address of the page; [`NearPage::EMPTY`] lies more than a page away from any
+    /// 32-bit linear address.
+    pub tag: u64,
+    /// Host address of the page's byte 0.
+    pub host: u64,
+}
+
+impl NearPage {
+    pub const EMPTY: NearPage = NearPage {
+        tag: 1 << 63,
+        host: 0,
+    };
 }
 
 impl Ctx<'_> {
@@ -88,6 +117,7 @@ pub(crate) unsafe fn enter(
     let mut ctx = Ctx {
         fast_r,
         fast_w,
+        near: [NearPage::EMPTY; NEAR_KINDS],
         cpu: cpu as *mut Cpu,
         bus: bus as *mut (dyn CpuBus + '_),
         ip_mask,
@@ -131,8 +161,9 @@ pub(crate) extern "sysv64" fn call_op(ctx: *mut Ctx<'_>, op: *const Op) -> u64 {
     }
     // A far transfer, a CPL change, an invalidation...: links made before must not be taken.
     cpu.refresh_link_context();
-    // A handler may change the CPL (and so the tables' half).
+    // A handler may change the CPL (and so the tables' half) and the fast TLB.
     (ctx.fast_r, ctx.fast_w) = fast_tables(cpu);
+    ctx.near = [NearPage::EMPTY; NEAR_KINDS];
     match r {
         Ok(()) if cpu.block_break => ST_BREAK,
         Ok(()) => ST_OK,

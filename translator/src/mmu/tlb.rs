@@ -28,7 +28,7 @@ struct Entry {
 }
 
 /// Slots of the fast data-access caches.
-pub(crate) const FAST: usize = 256;
+pub(crate) const FAST: usize = 1024;
 /// Bytes per fast slot (a power of two: tier 1 indexes slots with a shift).
 pub(crate) const FAST_ENTRY_BYTES: usize = std::mem::size_of::<FastEntry>();
 
