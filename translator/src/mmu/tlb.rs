@@ -79,6 +79,10 @@ pub struct Tlb {
     fast_r: Box<[FastEntry]>,
     /// Writes likewise; only for RAM pages without translated code, with the dirty bit set.
     fast_w: Box<[FastEntry]>,
+    /// Slots of `fast_r` and `fast_w` filled since they were last emptied: a CR3 reload
+    /// (every guest context switch) empties just these instead of both whole tables.
+    filled_r: Vec<u32>,
+    filled_w: Vec<u32>,
     /// A large page was cached: INVLPG must drop everything (its 4 KiB pieces are spread over
     /// many slots).
     has_large: bool,
@@ -107,6 +111,17 @@ fn exec_slot(lpage: u64) -> usize {
     ((lpage ^ (lpage >> 16) ^ (lpage >> 32)) as usize) & (EXEC_SLOTS - 1)
 }
 
+/// Slot `i` of `table` is being filled: remember it in `filled`. (A slot INVLPG emptied is
+/// noted again when refilled; past a bound the whole table is emptied instead — any fast slot
+/// may be dropped — so the list stays bounded.)
+fn note_filled(filled: &mut Vec<u32>, table: &mut [FastEntry], i: usize) {
+    if filled.len() >= 2 * table.len() {
+        table.fill(FastEntry::default());
+        filled.clear();
+    }
+    filled.push(i as u32);
+}
+
 impl Default for Tlb {
     fn default() -> Self {
         Self::new()
@@ -119,6 +134,8 @@ impl Tlb {
             entries: vec![Entry::default(); ENTRIES].into_boxed_slice(),
             fast_r: vec![FastEntry::default(); 2 * FAST].into_boxed_slice(),
             fast_w: vec![FastEntry::default(); 2 * FAST].into_boxed_slice(),
+            filled_r: Vec::new(),
+            filled_w: Vec::new(),
             has_large: false,
             generation: 0,
             global_generation: 0,
@@ -222,6 +239,9 @@ impl Tlb {
             return;
         }
         let (i, tag) = Self::fast_tag(lin, user);
+        if self.fast_r[i].tag == EMPTY {
+            note_filled(&mut self.filled_r, &mut self.fast_r, i);
+        }
         self.fast_r[i] = FastEntry::new(tag, lin, phys, ram);
     }
 
@@ -230,6 +250,9 @@ impl Tlb {
             return;
         }
         let (i, tag) = Self::fast_tag(lin, user);
+        if self.fast_w[i].tag == EMPTY {
+            note_filled(&mut self.filled_w, &mut self.fast_w, i);
+        }
         self.fast_w[i] = FastEntry::new(tag, lin, phys, ram);
     }
 
@@ -245,12 +268,16 @@ impl Tlb {
 
     /// Forget every fast write slot (a page just became a code page).
     pub fn flush_fast_writes(&mut self) {
-        self.fast_w.fill(FastEntry::default());
+        for i in self.filled_w.drain(..) {
+            self.fast_w[i as usize] = FastEntry::default();
+        }
     }
 
     fn flush_fast(&mut self) {
-        self.fast_r.fill(FastEntry::default());
-        self.fast_w.fill(FastEntry::default());
+        self.flush_fast_writes();
+        for i in self.filled_r.drain(..) {
+            self.fast_r[i as usize] = FastEntry::default();
+        }
     }
 
     /// CR3 reload: drop everything but global pages.
