@@ -88,7 +88,12 @@ pub enum TscClock {
     /// timers run on host time needs this: a guest calibrating the TSC against the PIT, or
     /// checking one clock source against another, must see them agree, also across HLT
     /// (where no instructions retire).
-    Host { origin: std::time::Instant, hz: u64 },
+    /// `per_ns` is `hz` per nanosecond in 32.32 fixed point: RDTSC (millions of times in a
+    /// Linux boot: `sched_clock`, `udelay`) multiplies instead of dividing by 10^9.
+    Host {
+        origin: std::time::Instant,
+        per_ns: u64,
+    },
 }
 
 impl TscClock {
@@ -96,7 +101,7 @@ impl TscClock {
     pub fn host(hz: u64) -> Self {
         TscClock::Host {
             origin: std::time::Instant::now(),
-            hz,
+            per_ns: ((u128::from(hz) << 32) / 1_000_000_000) as u64,
         }
     }
 }
@@ -106,8 +111,8 @@ impl Cpu {
     pub fn tsc_now(&self) -> u64 {
         let ticks = match self.tsc_clock {
             TscClock::Instructions => self.icount,
-            TscClock::Host { origin, hz } => {
-                (origin.elapsed().as_nanos() * hz as u128 / 1_000_000_000) as u64
+            TscClock::Host { origin, per_ns } => {
+                ((origin.elapsed().as_nanos() * u128::from(per_ns)) >> 32) as u64
             }
         };
         self.tsc.wrapping_add(ticks)
