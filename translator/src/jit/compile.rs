@@ -1068,8 +1068,13 @@ impl Compiler {
             }
             Some(FastForm::MovRM(s)) if mem_inlinable(op) => {
                 let cont = self.mem_probe(i, op, s, false);
-                load_sized(&mut self.a, s, Reg::Rax, Reg::Rcx as u8, 0);
-                self.put(s, Reg::Rax, op.dst);
+                match self.home(op.dst) {
+                    Some(h) if s == 4 => asm!(self.a ; mov Rd(h), DWORD [rcx]),
+                    _ => {
+                        load_sized(&mut self.a, s, Reg::Rax, Reg::Rcx as u8, 0);
+                        self.put(s, Reg::Rax, op.dst);
+                    }
+                }
                 asm!(self.a ; =>cont);
             }
             Some(FastForm::AluRM { k, s }) if mem_inlinable(op) => {
@@ -1602,6 +1607,15 @@ impl Compiler {
         }
         self.effect = Effect::Kill;
         let c = cnt as i8;
+        if let (Some(h), true, 4) = (self.home(op.dst), self.dead, s) {
+            match k {
+                sk::SHR => asm!(self.a ; shr Rd(h), c),
+                sk::SAR => asm!(self.a ; sar Rd(h), c),
+                _ => asm!(self.a ; shl Rd(h), c),
+            }
+            self.flags = Producer::Unknown;
+            return;
+        }
         self.get(8, op.dst, Reg::Rcx);
         match (k, s) {
             (sk::SHR, 1) => asm!(self.a ; shr cl, c),
@@ -1782,6 +1796,15 @@ impl Compiler {
             }
             Some(c)
         } else {
+            if let (Some(d), Some(r), 4) = (self.home(op.dst), self.home(op.src), op.osize) {
+                match (signed, op.aux) {
+                    (false, 1) => asm!(self.a ; movzx Rd(d), Rb(r)),
+                    (false, _) => asm!(self.a ; movzx Rd(d), Rw(r)),
+                    (true, 1) => asm!(self.a ; movsx Rd(d), Rb(r)),
+                    (true, _) => asm!(self.a ; movsx Rd(d), Rw(r)),
+                }
+                return;
+            }
             if op.src >= 16 {
                 self.get_hi(op.src - 16, Reg::Rax);
             } else {
@@ -1806,6 +1829,17 @@ impl Compiler {
     /// `mul_flags`), AF is 0, and the flags are eager (lazy op None).
     fn imul(&mut self, i: usize, op: &Op) {
         let s = op.osize;
+        if let (Some(d), Some(r), true, 4, false) = (
+            self.home(op.dst),
+            self.home(op.src),
+            self.dead,
+            s,
+            op.aux == 1,
+        ) {
+            asm!(self.a ; imul Rd(d), Rd(r));
+            self.produced(Producer::Known(FlagOp::None, s));
+            return;
+        }
         let cont = if op.src == loc::MEM {
             let c = self.mem_probe(i, op, s, false);
             // Exactly `s` bytes: the probe only vouched for those.
