@@ -773,6 +773,47 @@ fn invlpg_drops_a_cached_translation() {
     assert_eq!(bus.out, vec![0xAAAA, 0xBBBB, 0xCCCC]);
 }
 
+/// Data accesses that run off the end of a page whose start was just accessed (so compiled
+/// code's near page holds it) reach the next linear page's own frame, which is not the next
+/// physical one: reads and writes, 40 passes (compiled in both JIT modes).
+#[test]
+fn accesses_across_a_page_end_after_one_in_the_page_use_both_frames() {
+    let (mut cpu, mut bus) = machine(|a| {
+        enable_paging(a)?;
+        a.xor(esi, esi)?;
+        a.mov(edi, 40)?;
+        let mut top = a.create_label();
+        a.set_label(&mut top)?;
+        a.mov(eax, dword_ptr(0x40_0000))?;
+        a.mov(ecx, dword_ptr(0x40_0FFE))?;
+        a.add(esi, ecx)?;
+        a.mov(dword_ptr(0x40_0000), eax)?;
+        a.mov(dword_ptr(0x40_0FFE), 0xA1B2_C3D4u32 as i32)?;
+        a.dec(edi)?;
+        a.jne(top)?;
+        a.mov(eax, esi)?;
+        report(a)?;
+        // Through the identity map: the stores' halves in each frame, and the physical
+        // page after the first frame untouched.
+        a.mov(eax, dword_ptr(0x6FFC))?;
+        report(a)?;
+        a.mov(eax, dword_ptr(0x9000))?;
+        report(a)?;
+        a.mov(eax, dword_ptr(0x7000))?;
+        report(a)
+    });
+    setup_paging(&mut cpu);
+    // 0x40_0000 -> 0x6000 (setup_paging), 0x40_1000 -> 0x9000.
+    put32(&mut cpu.mem, PD + 0x2004, 0x9000 | 3);
+    put32(&mut cpu.mem, 0x6FFC, 0x4433_0000);
+    put32(&mut cpu.mem, 0x9000, 0x0000_6655);
+    put32(&mut cpu.mem, 0x7000, 0xEEEE_EEEE);
+    run(&mut cpu, &mut bus);
+    // The first pass reads 0x6655_4433; the others read back the store of the pass before.
+    let sum = 0x6655_4433u32.wrapping_add(39u32.wrapping_mul(0xA1B2_C3D4));
+    assert_eq!(bus.out, vec![sum, 0xC3D4_0000, 0x0000_A1B2, 0xEEEE_EEEE]);
+}
+
 /// A paged machine (CR4.PGE on) whose program makes 40 passes (EDI = 40 down to 1), each
 /// storing the PTE at `pte` from `table[EDI]`, running `forget` and `before_call`, then
 /// calling 0x40_0000; it reports ESI at the end.
@@ -1060,4 +1101,5 @@ jit_forced!(
     call_gate_from_ring3_copies_parameters_and_retf_returns,
     rep_bsf_and_rep_bsr_run_as_bsf_and_bsr,
     endbr32_rdssp_and_hint_nops_are_nops,
+    accesses_across_a_page_end_after_one_in_the_page_use_both_frames,
 );
