@@ -2163,11 +2163,13 @@ impl Compiler {
                 ; mov QWORD [rbx + L_B], rcx
             );
         }
-        let w = op_size(fop, s);
-        asm!(self.a
-            ; mov QWORD [rbx + L_RES], rdx
-            ; mov WORD [rbx + L_OP], w
-        );
+        asm!(self.a ; mov QWORD [rbx + L_RES], rdx);
+        // The record holds the pending producer's op and size (`Producer::Known`): unchanged
+        // when it is the same.
+        if !matches!(self.flags, Producer::Known(f, z) if f == fop && z == s) {
+            let w = op_size(fop, s);
+            asm!(self.a ; mov WORD [rbx + L_OP], w);
+        }
     }
 
     /// INC/DEC keep CF: fold the pending producer's CF into RFLAGS first (`Cpu::set_lazy`).
