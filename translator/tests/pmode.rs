@@ -814,6 +814,29 @@ fn accesses_across_a_page_end_after_one_in_the_page_use_both_frames() {
     assert_eq!(bus.out, vec![sum, 0xC3D4_0000, 0x0000_A1B2, 0xEEEE_EEEE]);
 }
 
+/// INC keeps the CF of the ADD before it, also when the load after the INC misses the TLB
+/// on its first run (compiled code stores the INC's pending flags on that slow path and
+/// again before the PUSHFD: the second time must not take CF from the INC's own record).
+#[test]
+fn inc_keeps_the_carry_across_a_load_that_misses_the_tlb() {
+    let (mut cpu, mut bus) = machine(|a| {
+        a.mov(dword_ptr(0x5000), 2)?;
+        a.mov(eax, 0xFFFF_FFFFu32)?;
+        a.mov(ecx, 7)?;
+        a.add(eax, dword_ptr(0x5000))?; // CF = 1
+        a.inc(ecx)?;
+        a.mov(edx, dword_ptr(0x8000))?;
+        a.pushfd()?;
+        a.pop(eax)?;
+        a.and(eax, 1)?;
+        report(a)?;
+        a.mov(eax, ecx)?;
+        report(a)
+    });
+    run(&mut cpu, &mut bus);
+    assert_eq!(bus.out, vec![1, 8]);
+}
+
 /// A paged machine (CR4.PGE on) whose program makes 40 passes (EDI = 40 down to 1), each
 /// storing the PTE at `pte` from `table[EDI]`, running `forget` and `before_call`, then
 /// calling 0x40_0000; it reports ESI at the end.
@@ -1102,4 +1125,5 @@ jit_forced!(
     rep_bsf_and_rep_bsr_run_as_bsf_and_bsr,
     endbr32_rdssp_and_hint_nops_are_nops,
     accesses_across_a_page_end_after_one_in_the_page_use_both_frames,
+    inc_keeps_the_carry_across_a_load_that_misses_the_tlb,
 );

@@ -95,6 +95,7 @@ const CTX_FAST_R: i32 = off32(offset_of!(Ctx<'static>, fast_r));
 const CTX_FAST_W: i32 = off32(offset_of!(Ctx<'static>, fast_w));
 const CTX_BUDGET: i32 = off32(offset_of!(Ctx<'static>, budget));
 const CTX_NEAR: i32 = off32(offset_of!(Ctx<'static>, near));
+const CTX_SHIFT_CF: i32 = off32(offset_of!(Ctx<'static>, shift_cf));
 /// `Ctx::shared`: host addresses of the code all blocks share (`Shared`).
 const CTX_THUNK_PINNED: i32 = off32(offset_of!(Ctx<'static>, shared));
 const CTX_THUNK: i32 = CTX_THUNK_PINNED + 8;
@@ -273,6 +274,8 @@ struct Fallback {
     /// The inline path leaves the host flags as this producer's: so does this path (from
     /// the lazy record the handler left).
     regen: Option<(FlagOp, u8)>,
+    /// The flag record pending where the op starts: stored before the handler runs.
+    deferred: Option<Deferred>,
 }
 
 /// The fast-TLB half of a data access's probe, emitted after the block's code (see
@@ -340,6 +343,47 @@ struct Compiler {
     chain_start: DynamicLabel,
     /// The last op emitted went on to the next instruction (no branch, no handler).
     sequential: bool,
+    /// May defer flag records (`Deferred`): the second pass, which knows which are live.
+    defer: bool,
+    /// A live flag record not stored yet.
+    deferred: Option<Deferred>,
+}
+
+/// A live lazy-flag record (or a shift's eager flags) of a 32-bit register op, not stored
+/// yet because what it needs is still in the registers: most live records are live only for
+/// the rare exits of the memory accesses after them. Loads, stores, moves and LEAs that
+/// write none of its registers leave it pending (their fallbacks store it before calling
+/// the handler), a register ALU op or shift (no exits) replaces it, and anything else stores
+/// it first (`Compiler::settle_deferred`).
+#[derive(Clone, Copy)]
+enum Deferred {
+    /// ADD/SUB/logic done in place: the result in host register `d`, the source in `Err(r)`
+    /// or the immediate `Ok(v)`; the first operand is the result minus or plus it.
+    Alu {
+        fop: FlagOp,
+        d: u8,
+        src: Result<i32, u8>,
+    },
+    /// INC/DEC of host register `d`, whose CF is `before`'s (the producer whose record is
+    /// still in memory): storing it folds that CF into RFLAGS first, as the inline INC does.
+    IncDec {
+        fop: FlagOp,
+        d: u8,
+        before: Producer,
+    },
+    /// SHL/SHR/SAR by an immediate of host register `d`: its CF is in `Ctx::shift_cf`, the
+    /// rest follows from the result.
+    Shift { k: u8, d: u8 },
+}
+
+impl Deferred {
+    /// Whether writing host register `h` loses what the record needs.
+    fn needs(&self, h: u8) -> bool {
+        match *self {
+            Deferred::Alu { d, src, .. } => h == d || src == Err(h),
+            Deferred::IncDec { d, .. } | Deferred::Shift { d, .. } => h == d,
+        }
+    }
 }
 
 /// An inline op's effect on the flags, as far as it can be seen without leaving compiled
@@ -462,6 +506,8 @@ fn emit(
         ops_len: ops.len(),
         chain_start,
         sequential: false,
+        defer: !plan.ops.is_empty(),
+        deferred: None,
     };
     // Six pushes and 8 bytes after the return address keep RSP 16-byte aligned at calls.
     asm!(c.a
@@ -510,8 +556,10 @@ fn emit(
         c.effect = Effect::Read;
         c.op_segs = 0;
         c.prev_host_flags = std::mem::take(&mut c.host_flags);
+        let guarded = !c.checked && segs & !c.seg_ok != 0;
+        c.settle_deferred(op, guarded);
         // Guards go before any of the op's code: its paths may skip its accesses.
-        if !c.checked && segs & !c.seg_ok != 0 {
+        if guarded {
             c.prev_host_flags = false;
             for seg in 0..8 {
                 if segs & (1 << seg) != 0 {
@@ -540,6 +588,9 @@ fn emit(
             segs: c.op_segs,
             called,
         });
+    }
+    if let Some(df) = c.deferred.take() {
+        c.store_deferred(df);
     }
     c.flush_rip();
     if c.sequential {
@@ -577,6 +628,13 @@ fn emit(
     }
     for f in std::mem::take(&mut c.fallbacks) {
         asm!(c.a ; =>f.label);
+        if let Some(df) = f.deferred {
+            // (`store_deferred` leaves `flags` as after the op that made it: the path joins
+            // the inline one, which did not store it, so the compiler's view is unchanged.)
+            let flags = c.flags;
+            c.store_deferred(df);
+            c.flags = flags;
+        }
         c.delta = f.delta;
         c.flush_rip();
         c.emit_call(f.index, &ops[f.index]);
@@ -1035,6 +1093,23 @@ impl Compiler {
             Some(FastForm::Inc(s)) | Some(FastForm::Dec(s)) => {
                 let inc = matches!(form, Some(FastForm::Inc(_)));
                 self.effect = Effect::Pass;
+                if let (true, false, 4, Some(d)) = (self.defer, self.dead, s, self.home(op.dst)) {
+                    // The record in memory stays the previous producer's until this one's
+                    // is stored (`Deferred::IncDec`).
+                    if inc {
+                        asm!(self.a ; inc Rd(d));
+                    } else {
+                        asm!(self.a ; dec Rd(d));
+                    }
+                    let fop = if inc { FlagOp::Inc } else { FlagOp::Dec };
+                    self.deferred = Some(Deferred::IncDec {
+                        fop,
+                        d,
+                        before: self.flags,
+                    });
+                    self.flags = Producer::Known(fop, s);
+                    return self.advance(op, form);
+                }
                 if !self.dead {
                     self.fold_cf();
                 }
@@ -1607,13 +1682,21 @@ impl Compiler {
         }
         self.effect = Effect::Kill;
         let c = cnt as i8;
-        if let (Some(h), true, 4) = (self.home(op.dst), self.dead, s) {
+        let defer = self.defer && !self.dead;
+        if let (Some(h), true, 4) = (self.home(op.dst), self.dead || defer, s) {
             match k {
                 sk::SHR => asm!(self.a ; shr Rd(h), c),
                 sk::SAR => asm!(self.a ; sar Rd(h), c),
                 _ => asm!(self.a ; shl Rd(h), c),
             }
-            self.flags = Producer::Unknown;
+            if defer {
+                // The one flag the result does not give back: the last bit shifted out.
+                asm!(self.a ; setc BYTE [r12 + CTX_SHIFT_CF]);
+                self.deferred = Some(Deferred::Shift { k, d: h });
+                self.flags = Producer::Known(FlagOp::None, s);
+            } else {
+                self.flags = Producer::Unknown;
+            }
             return;
         }
         self.get(8, op.dst, Reg::Rcx);
@@ -1643,7 +1726,16 @@ impl Compiler {
             ; and edx, szpc
         );
         mask(&mut self.a, s, Reg::Rcx);
-        // OF: SHL: msb(result) ^ CF; SHR: bit (bits - 2) of the result; SAR: 0.
+        self.shift_of(k, bits);
+        self.put(s, Reg::Rcx, op.dst);
+        self.shift_flags_store();
+        self.flags = Producer::Known(FlagOp::None, s);
+    }
+
+    /// EDX |= a shift's OF (by `shift_ri`'s rule) from RCX = its result (`bits` wide,
+    /// masked) and EDX's CF: SHL: msb(result) ^ CF; SHR: bit (bits - 2) of the result; SAR: 0.
+    fn shift_of(&mut self, k: u8, bits: u32) {
+        use crate::exec::shift_rotate::kind as sk;
         match k {
             sk::SHR => {
                 let sh = (bits - 2) as i8;
@@ -1668,7 +1760,10 @@ impl Compiler {
                 );
             }
         }
-        self.put(s, Reg::Rcx, op.dst);
+    }
+
+    /// The arithmetic flags of RFLAGS = EDX (a shift's, eager), nothing pending.
+    fn shift_flags_store(&mut self) {
         let keep = !flag::ARITH as i32;
         let none = FlagOp::None as u8 as i8;
         asm!(self.a
@@ -1678,7 +1773,6 @@ impl Compiler {
             ; mov QWORD [rbx + RFLAGS], rax
             ; mov BYTE [rbx + L_OP], none
         );
-        self.flags = Producer::Known(FlagOp::None, s);
     }
 
     /// RET / RET imm16 with a 32-bit operand size (`fast::ret32`): the return address from
@@ -2118,7 +2212,8 @@ impl Compiler {
             kind::SUB => FlagOp::Sub,
             _ => FlagOp::Logic,
         };
-        if !self.dead && fop != FlagOp::Logic {
+        let defer = self.defer && !self.dead && s == 4 && src != Err(d);
+        if !self.dead && !defer && fop != FlagOp::Logic {
             self.get(s, g, Reg::Rax);
             match src {
                 Ok(v) => asm!(self.a ; mov ecx, v),
@@ -2145,12 +2240,145 @@ impl Compiler {
             kind::OR => op!(or),
             _ => op!(xor),
         }
-        if !self.dead {
+        if defer {
+            self.deferred = Some(Deferred::Alu { fop, d, src });
+        } else if !self.dead {
             // Moves only from here: the host flags stay the guest's.
             zext(&mut self.a, s, Reg::Rdx as u8, d);
             self.record(fop, s);
         }
         self.produced(Producer::Known(fop, s));
+    }
+
+    /// Before op `op` (`guarded`: it starts with segment guards, whose exits need the
+    /// flags): keep a pending flag record pending, drop it (the op replaces every flag and
+    /// cannot leave before), or store it.
+    fn settle_deferred(&mut self, op: &Op, guarded: bool) {
+        let Some(df) = self.deferred else {
+            return;
+        };
+        let writes = |c: &Self, g: u8| c.home(g).is_none_or(|h| df.needs(h));
+        let keep = !guarded
+            && match fast_form(op.exec) {
+                Some(FastForm::MovRM(_)) => mem_inlinable(op) && !writes(self, op.dst),
+                Some(FastForm::MovMR(_) | FastForm::MovMI(_)) => mem_inlinable(op),
+                Some(FastForm::MovRR(_) | FastForm::MovRI(_)) => !writes(self, op.dst),
+                Some(FastForm::Lea(_)) => op.base != loc::RIP && !writes(self, op.dst),
+                Some(FastForm::Nop) => true,
+                None => {
+                    // MOVZX/MOVSX between pinned registers (`movx`, done in place).
+                    (is_handler(op, crate::exec::moves::movzx)
+                        || is_handler(op, crate::exec::moves::movsx))
+                        && op.osize == 4
+                        && matches!(op.aux, 1 | 2)
+                        && op.src < 8
+                        && self.home(op.src).is_some()
+                        && !writes(self, op.dst)
+                }
+                _ => false,
+            };
+        if keep {
+            return;
+        }
+        self.deferred = None;
+        let replaces = !guarded
+            && match fast_form(op.exec) {
+                Some(FastForm::AluRR { .. } | FastForm::AluRI { .. }) => true,
+                Some(FastForm::ShiftRI { s, .. }) => {
+                    let cnt = (op.imm as u32) & if s == 8 { 0x3F } else { 0x1F };
+                    cnt != 0 && cnt < s as u32 * 8
+                }
+                _ => false,
+            };
+        if replaces {
+            // The record in memory is an older op's now: nothing may skip storing the op word
+            // on the grounds that it holds this one (`record`), nor fold a CF from it.
+            self.flags = Producer::Unknown;
+        } else {
+            self.store_deferred(df);
+        }
+    }
+
+    /// Store a deferred flag record (`Deferred`); leaves `flags` describing it. An ALU
+    /// op's is stored with moves and LEAs only, so the host flags stay the guest's (a Jcc
+    /// next may use them); the others leave no host flags to keep.
+    fn store_deferred(&mut self, df: Deferred) {
+        match df {
+            Deferred::Alu { fop, d, src } => {
+                match (fop, src) {
+                    (FlagOp::Add, Ok(v)) => {
+                        let neg = v.wrapping_neg();
+                        asm!(self.a ; lea eax, [Rq(d) + neg] ; mov ecx, v);
+                    }
+                    (FlagOp::Add, Err(r)) => asm!(self.a
+                        ; mov eax, Rd(r)
+                        ; not eax
+                        ; lea eax, [Rq(d) + rax + 1]
+                        ; mov ecx, Rd(r)
+                    ),
+                    (FlagOp::Sub, Ok(v)) => asm!(self.a ; lea eax, [Rq(d) + v] ; mov ecx, v),
+                    (FlagOp::Sub, Err(r)) => {
+                        asm!(self.a ; lea eax, [Rq(d) + Rq(r)] ; mov ecx, Rd(r))
+                    }
+                    _ => {}
+                }
+                if fop != FlagOp::Logic {
+                    asm!(self.a
+                        ; mov QWORD [rbx + L_A], rax
+                        ; mov QWORD [rbx + L_B], rcx
+                    );
+                }
+                let w = op_size(fop, 4);
+                asm!(self.a
+                    ; mov edx, Rd(d)
+                    ; mov QWORD [rbx + L_RES], rdx
+                    ; mov WORD [rbx + L_OP], w
+                );
+                self.flags = Producer::Known(fop, 4);
+            }
+            Deferred::IncDec { fop, d, before } => {
+                // Stored once already (by a fallback on the way here, whose path joined
+                // this one) when the record holds an INC/DEC of this size: folding again
+                // would take CF from that record. Any INC/DEC record's CF is in RFLAGS.
+                let w = op_size(fop, 4);
+                let folded = self.a.new_dynamic_label();
+                asm!(self.a
+                    ; cmp WORD [rbx + L_OP], w
+                    ; je =>folded
+                );
+                self.flags = before;
+                self.fold_cf();
+                asm!(self.a ; =>folded);
+                if fop == FlagOp::Inc {
+                    asm!(self.a ; lea eax, [Rq(d) - 1]);
+                } else {
+                    asm!(self.a ; lea eax, [Rq(d) + 1]);
+                }
+                asm!(self.a
+                    ; mov QWORD [rbx + L_A], rax
+                    ; mov QWORD [rbx + L_B], 1
+                    ; mov edx, Rd(d)
+                    ; mov QWORD [rbx + L_RES], rdx
+                    ; mov WORD [rbx + L_OP], w
+                );
+                self.flags = Producer::Known(fop, 4);
+            }
+            Deferred::Shift { k, d } => {
+                let szp = (flag::SF | flag::ZF | flag::PF) as i32;
+                asm!(self.a
+                    ; mov ecx, Rd(d)
+                    ; test ecx, ecx
+                    ; lahf
+                    ; movzx edx, ah
+                    ; and edx, szp
+                    ; movzx eax, BYTE [r12 + CTX_SHIFT_CF]
+                    ; or edx, eax
+                );
+                self.shift_of(k, 32);
+                self.shift_flags_store();
+                self.flags = Producer::Known(FlagOp::None, 4);
+            }
+        }
     }
 
     /// The lazy record of `fop` at `s` bytes from RAX = a, RCX = b, RDX = the result (all
@@ -3039,6 +3267,7 @@ impl Compiler {
             delta,
             rewind,
             regen: None,
+            deferred: self.deferred,
         });
         label
     }

@@ -37,6 +37,8 @@ pub(crate) struct Ctx<'a> {
     pub fast_w: usize,
     /// The pages compiled code accessed last, by kind of access (`NearPage`).
     pub near: [NearPage; NEAR_KINDS],
+    /// The CF of a shift whose flags compiled code has not stored yet (`compile::Deferred`).
+    pub shift_cf: u64,
     pub cpu: *mut Cpu,
     pub bus: *mut (dyn CpuBus + 'a),
     /// RIP mask of the block's code size.
@@ -118,6 +120,7 @@ pub(crate) unsafe fn enter(
         fast_r,
         fast_w,
         near: [NearPage::EMPTY; NEAR_KINDS],
+        shift_cf: 0,
         cpu: cpu as *mut Cpu,
         bus: bus as *mut (dyn CpuBus + '_),
         ip_mask,
