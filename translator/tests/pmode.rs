@@ -837,6 +837,30 @@ fn inc_keeps_the_carry_across_a_load_that_misses_the_tlb() {
     assert_eq!(bus.out, vec![1, 8]);
 }
 
+/// An ADD with a memory operand after a register ADD whose flags are still pending (only
+/// the memory ADD's slow path would store them) records its own operation, not the one left
+/// in memory by the SUB before.
+#[test]
+fn a_memory_add_after_a_pending_add_records_its_operation() {
+    let (mut cpu, mut bus) = machine(|a| {
+        a.mov(dword_ptr(0x5000), 1)?;
+        a.mov(dword_ptr(0x5004), 1)?;
+        a.mov(eax, 5)?;
+        a.mov(ebx, 1)?;
+        a.mov(ecx, 2)?;
+        a.mov(edx, 0xFFFF_FFFFu32)?;
+        a.sub(eax, dword_ptr(0x5004))?;
+        a.add(ebx, ecx)?;
+        a.add(edx, dword_ptr(0x5000))?; // 0: CF = 1, ZF = 1
+        a.pushfd()?;
+        a.pop(eax)?;
+        a.and(eax, 0x41)?;
+        report(a)
+    });
+    run(&mut cpu, &mut bus);
+    assert_eq!(bus.out, vec![0x41]);
+}
+
 /// A paged machine (CR4.PGE on) whose program makes 40 passes (EDI = 40 down to 1), each
 /// storing the PTE at `pte` from `table[EDI]`, running `forget` and `before_call`, then
 /// calling 0x40_0000; it reports ESI at the end.
@@ -1126,4 +1150,5 @@ jit_forced!(
     endbr32_rdssp_and_hint_nops_are_nops,
     accesses_across_a_page_end_after_one_in_the_page_use_both_frames,
     inc_keeps_the_carry_across_a_load_that_misses_the_tlb,
+    a_memory_add_after_a_pending_add_records_its_operation,
 );

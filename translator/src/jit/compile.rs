@@ -347,6 +347,9 @@ struct Compiler {
     defer: bool,
     /// A live flag record not stored yet.
     deferred: Option<Deferred>,
+    /// The op being emitted replaces the flags of `deferred`, which only its fallbacks
+    /// still store (`settle_deferred`).
+    replacing: bool,
 }
 
 /// A live lazy-flag record (or a shift's eager flags) of a 32-bit register op, not stored
@@ -508,6 +511,7 @@ fn emit(
         sequential: false,
         defer: !plan.ops.is_empty(),
         deferred: None,
+        replacing: false,
     };
     // Six pushes and 8 bytes after the return address keep RSP 16-byte aligned at calls.
     asm!(c.a
@@ -573,6 +577,11 @@ fn emit(
             c.off = None;
         }
         let called = !c.inline(i, op);
+        if std::mem::take(&mut c.replacing) {
+            // (`settle_deferred` only lets ops through that are always compiled inline.)
+            debug_assert!(!called);
+            c.deferred = None;
+        }
         if called {
             c.call(i, op);
             c.counts.called += 1;
@@ -2278,6 +2287,19 @@ impl Compiler {
                 _ => false,
             };
         if keep {
+            return;
+        }
+        // ALU ops with a memory operand replace every flag, but their fallbacks leave before
+        // that and store the pending record first.
+        if !guarded
+            && mem_inlinable(op)
+            && matches!(
+                fast_form(op.exec),
+                Some(FastForm::AluRM { .. } | FastForm::AluMR { .. } | FastForm::AluMI { .. })
+            )
+        {
+            self.flags = Producer::Unknown;
+            self.replacing = true;
             return;
         }
         self.deferred = None;
