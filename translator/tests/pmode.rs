@@ -861,6 +861,23 @@ fn a_memory_add_after_a_pending_add_records_its_operation() {
     assert_eq!(bus.out, vec![0x41]);
 }
 
+/// The flags of a SUB from ESP stay the SUB's across the PUSH after it (which moves ESP
+/// before anything stores them): AF = 1 (0x80000 - 8 borrows from bit 4).
+#[test]
+fn a_push_after_a_sub_from_esp_keeps_the_subs_flags() {
+    let (mut cpu, mut bus) = machine(|a| {
+        a.mov(esp, 0x80000)?;
+        a.sub(esp, 8)?;
+        a.push(eax)?;
+        a.pushfd()?;
+        a.pop(eax)?;
+        a.and(eax, 0x10)?;
+        report(a)
+    });
+    run(&mut cpu, &mut bus);
+    assert_eq!(bus.out, vec![0x10]);
+}
+
 /// A paged machine (CR4.PGE on) whose program makes 40 passes (EDI = 40 down to 1), each
 /// storing the PTE at `pte` from `table[EDI]`, running `forget` and `before_call`, then
 /// calling 0x40_0000; it reports ESI at the end.
@@ -1151,4 +1168,5 @@ jit_forced!(
     accesses_across_a_page_end_after_one_in_the_page_use_both_frames,
     inc_keeps_the_carry_across_a_load_that_misses_the_tlb,
     a_memory_add_after_a_pending_add_records_its_operation,
+    a_push_after_a_sub_from_esp_keeps_the_subs_flags,
 );

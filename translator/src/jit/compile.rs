@@ -2274,6 +2274,24 @@ impl Compiler {
                 Some(FastForm::MovRR(_) | FastForm::MovRI(_)) => !writes(self, op.dst),
                 Some(FastForm::Lea(_)) => op.base != loc::RIP && !writes(self, op.dst),
                 Some(FastForm::Nop) => true,
+                None if !self.long
+                    && op.osize == 4
+                    && is_handler(op, crate::exec::stack::push)
+                    && (op.src < 16
+                        || op.src == loc::IMM
+                        || (op.src == loc::MEM && mem_inlinable(op))) =>
+                {
+                    // `push32`: writes ESP (and the stack).
+                    !writes(self, 4)
+                }
+                None if !self.long
+                    && op.osize == 4
+                    && is_handler(op, crate::exec::stack::pop)
+                    && op.dst < 16 =>
+                {
+                    // `pop32`: writes ESP and the register.
+                    !writes(self, 4) && !writes(self, op.dst)
+                }
                 None => {
                     // MOVZX/MOVSX between pinned registers (`movx`, done in place).
                     (is_handler(op, crate::exec::moves::movzx)
