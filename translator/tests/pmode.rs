@@ -878,6 +878,29 @@ fn a_push_after_a_sub_from_esp_keeps_the_subs_flags() {
     assert_eq!(bus.out, vec![0x10]);
 }
 
+/// Two rotates in a row after an ADD: SF/ZF/AF/PF stay the ADD's, CF and OF are the last
+/// rotate's (0x100 ROR 3 ROR 5 = 1: CF = OF = 0; the ADD's 0 gave ZF, AF, PF and CF).
+#[test]
+fn rotates_keep_the_arithmetic_flags_of_the_add_before_them() {
+    let (mut cpu, mut bus) = machine(|a| {
+        a.mov(eax, 1)?;
+        a.mov(ebx, 0xFFFF_FFFFu32)?;
+        a.mov(ecx, 0x100)?;
+        a.add(eax, ebx)?;
+        a.ror(ecx, 3)?;
+        a.ror(ecx, 5)?;
+        a.mov(dword_ptr(0x5008), ecx)?;
+        a.pushfd()?;
+        a.pop(eax)?;
+        a.and(eax, 0x8D5)?;
+        report(a)?;
+        a.mov(eax, ecx)?;
+        report(a)
+    });
+    run(&mut cpu, &mut bus);
+    assert_eq!(bus.out, vec![0x54, 1]);
+}
+
 /// A paged machine (CR4.PGE on) whose program makes 40 passes (EDI = 40 down to 1), each
 /// storing the PTE at `pte` from `table[EDI]`, running `forget` and `before_call`, then
 /// calling 0x40_0000; it reports ESI at the end.
@@ -1169,4 +1192,5 @@ jit_forced!(
     inc_keeps_the_carry_across_a_load_that_misses_the_tlb,
     a_memory_add_after_a_pending_add_records_its_operation,
     a_push_after_a_sub_from_esp_keeps_the_subs_flags,
+    rotates_keep_the_arithmetic_flags_of_the_add_before_them,
 );

@@ -377,6 +377,11 @@ enum Deferred {
     /// SHL/SHR/SAR by an immediate of host register `d`: its CF is in `Ctx::shift_cf`, the
     /// rest follows from the result.
     Shift { k: u8, d: u8 },
+    /// ROL/ROR by an immediate of host register `d`: SF/ZF/AF/PF are still `before`'s
+    /// (whose record is in memory), CF and OF follow from the result. Storing it twice (a
+    /// fallback's path joining) gives the same flags: materialising leaves the record's
+    /// operands in place.
+    Rotate { ror: bool, d: u8, before: Producer },
 }
 
 impl Deferred {
@@ -384,7 +389,9 @@ impl Deferred {
     fn needs(&self, h: u8) -> bool {
         match *self {
             Deferred::Alu { d, src, .. } => h == d || src == Err(h),
-            Deferred::IncDec { d, .. } | Deferred::Shift { d, .. } => h == d,
+            Deferred::IncDec { d, .. } | Deferred::Shift { d, .. } | Deferred::Rotate { d, .. } => {
+                h == d
+            }
         }
     }
 }
@@ -2307,6 +2314,22 @@ impl Compiler {
         if keep {
             return;
         }
+        // A rotate that will be deferred too replaces CF and OF and keeps the rest, which
+        // is still the producer's before the pending rotate.
+        if let Deferred::Rotate { before, .. } = df
+            && !guarded
+            && !self.dead
+            && op.osize == 4
+            && op.src == loc::IMM
+            && (op.imm as u32) & 0x1F != 0
+            && op.dst < 8
+            && self.home(op.dst).is_some()
+            && (is_handler(op, shift::<{ sk::ROL }>) || is_handler(op, shift::<{ sk::ROR }>))
+        {
+            self.deferred = None;
+            self.flags = before;
+            return;
+        }
         // ALU ops with a memory operand replace every flag, but their fallbacks leave before
         // that and store the pending record first.
         if !guarded
@@ -2417,6 +2440,13 @@ impl Compiler {
                 self.shift_of(k, 32);
                 self.shift_flags_store();
                 self.flags = Producer::Known(FlagOp::None, 4);
+            }
+            Deferred::Rotate { ror, d, before } => {
+                self.flags = before;
+                self.materialise();
+                asm!(self.a ; mov eax, Rd(d));
+                self.rotate_flags(ror, 4);
+                self.flags = Producer::Known(FlagOp::None, 0);
             }
         }
     }
@@ -2939,6 +2969,27 @@ impl Compiler {
         if op.src == loc::IMM && (op.imm as u32) & cmask == 0 {
             return;
         }
+        if let (true, false, 4, true, Some(d)) = (
+            self.defer,
+            self.dead,
+            s,
+            op.src == loc::IMM,
+            self.home(op.dst),
+        ) {
+            let c = ((op.imm as u32) & cmask) as i8;
+            if ror {
+                asm!(self.a ; ror Rd(d), c);
+            } else {
+                asm!(self.a ; rol Rd(d), c);
+            }
+            self.deferred = Some(Deferred::Rotate {
+                ror,
+                d,
+                before: self.flags,
+            });
+            self.flags = Producer::Known(FlagOp::None, 0);
+            return;
+        }
         // Materialising first is invisible and leaves the flags eager on both paths.
         if !self.dead {
             self.materialise();
@@ -2971,6 +3022,12 @@ impl Compiler {
             self.flags = Producer::Unknown;
             return;
         }
+        self.rotate_flags(ror, s);
+        asm!(self.a ; =>skip);
+    }
+
+    /// RFLAGS.CF and OF of a rotate (ROR or ROL) from RAX = its `s`-byte result.
+    fn rotate_flags(&mut self, ror: bool, s: u8) {
         // RDX = CF | OF << 11.
         let msb = (s as u32 * 8 - 1) as i8;
         if ror {
@@ -3001,7 +3058,6 @@ impl Compiler {
             ; and rax, keep
             ; or rax, rdx
             ; mov QWORD [rbx + RFLAGS], rax
-            ; =>skip
         );
     }
 
