@@ -1246,22 +1246,8 @@ impl Compiler {
             Some(FastForm::Call32) if !self.long => self.call32(i, op, false),
             Some(FastForm::Call32Sb) if !self.long => self.call32(i, op, true),
             Some(FastForm::Jcc32) if !self.long => self.jcc(i, op, op.aux),
-            None if !self.long
-                && op.osize == 4
-                && is_handler(op, crate::exec::stack::push)
-                && (op.src < 16
-                    || op.src == loc::IMM
-                    || (op.src == loc::MEM && mem_inlinable(op))) =>
-            {
-                self.push32(i, op)
-            }
-            None if !self.long
-                && op.osize == 4
-                && is_handler(op, crate::exec::stack::pop)
-                && op.dst < 16 =>
-            {
-                self.pop32(i, op)
-            }
+            None if self.push32_inline(op) => self.push32(i, op),
+            None if self.pop32_inline(op) => self.pop32(i, op),
             // DF is not part of the lazy record: the handlers only flip the bit.
             Some(FastForm::Cld) => {
                 self.effect = Effect::Pass;
@@ -2061,6 +2047,19 @@ impl Compiler {
         m
     }
 
+    /// PUSH r/imm/m32 that `push32` compiles.
+    fn push32_inline(&self, op: &Op) -> bool {
+        !self.long
+            && op.osize == 4
+            && is_handler(op, crate::exec::stack::push)
+            && (op.src < 16 || op.src == loc::IMM || (op.src == loc::MEM && mem_inlinable(op)))
+    }
+
+    /// POP r32 that `pop32` compiles.
+    fn pop32_inline(&self, op: &Op) -> bool {
+        !self.long && op.osize == 4 && is_handler(op, crate::exec::stack::pop) && op.dst < 16
+    }
+
     /// PUSH r32 / PUSH imm / PUSH m32 with a 32-bit stack (`stack::push`): the value is read before ESP
     /// moves (PUSH ESP pushes the old value), ESP changes after the store.
     fn push32(&mut self, i: usize, op: &Op) {
@@ -2281,24 +2280,9 @@ impl Compiler {
                 Some(FastForm::MovRR(_) | FastForm::MovRI(_)) => !writes(self, op.dst),
                 Some(FastForm::Lea(_)) => op.base != loc::RIP && !writes(self, op.dst),
                 Some(FastForm::Nop) => true,
-                None if !self.long
-                    && op.osize == 4
-                    && is_handler(op, crate::exec::stack::push)
-                    && (op.src < 16
-                        || op.src == loc::IMM
-                        || (op.src == loc::MEM && mem_inlinable(op))) =>
-                {
-                    // `push32`: writes ESP (and the stack).
-                    !writes(self, 4)
-                }
-                None if !self.long
-                    && op.osize == 4
-                    && is_handler(op, crate::exec::stack::pop)
-                    && op.dst < 16 =>
-                {
-                    // `pop32`: writes ESP and the register.
-                    !writes(self, 4) && !writes(self, op.dst)
-                }
+                // `push32` writes ESP (and the stack), `pop32` ESP and the register.
+                None if self.push32_inline(op) => !writes(self, 4),
+                None if self.pop32_inline(op) => !writes(self, 4) && !writes(self, op.dst),
                 None => {
                     // MOVZX/MOVSX between pinned registers (`movx`, done in place).
                     (is_handler(op, crate::exec::moves::movzx)
