@@ -286,11 +286,25 @@ struct FarProbe {
     join: DynamicLabel,
     /// The op's handler (a miss).
     fallback: DynamicLabel,
-    write: bool,
+    /// The near page's kind (`near_fields`).
+    kind: i32,
     size: u8,
-    /// `Ctx` offsets of the near page's tag and host address.
-    tag: i32,
-    host: i32,
+}
+
+/// `Ctx` offsets of the tag and host address of near page `kind` (`Ctx::near`): reads 0-1,
+/// writes 2-3, the odd ones through ESP/EBP.
+fn near_fields(kind: i32) -> (i32, i32) {
+    use super::trampoline::NearPage;
+    let at = CTX_NEAR + kind * std::mem::size_of::<NearPage>() as i32;
+    (
+        at + off32(offset_of!(NearPage, tag)),
+        at + off32(offset_of!(NearPage, host)),
+    )
+}
+
+/// The count of a shift or rotate by an immediate, masked as the CPU masks it.
+fn imm_count(op: &Op, s: u8) -> u32 {
+    (op.imm as u32) & if s == 8 { 0x3F } else { 0x1F }
 }
 
 struct Compiler {
@@ -1237,9 +1251,7 @@ impl Compiler {
             }
             // Counts of the operand width or more (8/16-bit operands) leave CF undefined on
             // the host: those are called.
-            Some(FastForm::ShiftRI { k, s })
-                if (op.imm as u32) & if s == 8 { 0x3F } else { 0x1F } < s as u32 * 8 =>
-            {
+            Some(FastForm::ShiftRI { k, s }) if imm_count(op, s) < s as u32 * 8 => {
                 self.shift_ri(k, s, op)
             }
             Some(FastForm::Ret32) if !self.long => self.ret32(i, op),
@@ -1501,9 +1513,7 @@ impl Compiler {
         // it: 0 <= linear - page <= 4096 - s, one unsigned compare.
         let stack = [op.base, op.index].iter().any(|&r| r == 4 || r == 5);
         let kind = write as i32 * 2 + stack as i32;
-        let size = std::mem::size_of::<super::trampoline::NearPage>() as i32;
-        let tag = CTX_NEAR + kind * size + off32(offset_of!(super::trampoline::NearPage, tag));
-        let host = CTX_NEAR + kind * size + off32(offset_of!(super::trampoline::NearPage, host));
+        let (tag, host) = near_fields(kind);
         let (far, join) = (self.a.new_dynamic_label(), self.a.new_dynamic_label());
         let room = 4096 - s as i32;
         asm!(self.a
@@ -1518,10 +1528,8 @@ impl Compiler {
             label: far,
             join,
             fallback: fb,
-            write,
+            kind,
             size: s,
-            tag,
-            host,
         });
     }
 
@@ -1531,12 +1539,13 @@ impl Compiler {
     /// finds no entry for it in the first page's slot and takes the slow path. A hit
     /// becomes the near page.
     fn far_probe(&mut self, p: &FarProbe) {
-        let table = if p.write { CTX_FAST_W } else { CTX_FAST_R };
+        let table = if p.kind >= 2 { CTX_FAST_W } else { CTX_FAST_R };
         let shift = FAST_ENTRY_BYTES.trailing_zeros() as i8;
         let slots = ((FAST - 1) << shift) as i32;
         let last = p.size as i32 - 1;
         let entry_host = off32(offset_of!(crate::mmu::tlb::FastEntry, host));
-        let (fb, join, tag, host) = (p.fallback, p.join, p.tag, p.host);
+        let (fb, join) = (p.fallback, p.join);
+        let (tag, host) = near_fields(p.kind);
         asm!(self.a
             ; =>p.label
             ; lea rdx, [rax + last]
@@ -1676,7 +1685,7 @@ impl Compiler {
     fn shift_ri(&mut self, k: u8, s: u8, op: &Op) {
         use crate::exec::shift_rotate::kind as sk;
         let bits = s as u32 * 8;
-        let cnt = (op.imm as u32) & if s == 8 { 0x3F } else { 0x1F };
+        let cnt = imm_count(op, s);
         if cnt == 0 {
             // No operation at all (not even the flags).
             self.effect = Effect::Pass;
@@ -1877,6 +1886,17 @@ impl Compiler {
         asm!(self.a ; =>cont);
     }
 
+    /// The (destination, source) host registers of a MOVZX/MOVSX r32, r8/r16 between pinned
+    /// registers, which `movx` does in place.
+    fn movx_in_place(&self, op: &Op) -> Option<(u8, u8)> {
+        let movx =
+            is_handler(op, crate::exec::moves::movzx) || is_handler(op, crate::exec::moves::movsx);
+        if !movx || op.osize != 4 || !matches!(op.aux, 1 | 2) || op.src >= 8 {
+            return None;
+        }
+        Some((self.home(op.dst)?, self.home(op.src)?))
+    }
+
     /// MOVZX/MOVSX(D) (`moves::movzx`/`movsx`, `aux` = source size): the source from a
     /// register (16-19: AH-BH), or memory through the inline load path.
     fn movx(&mut self, i: usize, op: &Op, signed: bool) {
@@ -1892,7 +1912,7 @@ impl Compiler {
             }
             Some(c)
         } else {
-            if let (Some(d), Some(r), 4) = (self.home(op.dst), self.home(op.src), op.osize) {
+            if let Some((d, r)) = self.movx_in_place(op) {
                 match (signed, op.aux) {
                     (false, 1) => asm!(self.a ; movzx Rd(d), Rb(r)),
                     (false, _) => asm!(self.a ; movzx Rd(d), Rw(r)),
@@ -2283,16 +2303,7 @@ impl Compiler {
                 // `push32` writes ESP (and the stack), `pop32` ESP and the register.
                 None if self.push32_inline(op) => !writes(self, 4),
                 None if self.pop32_inline(op) => !writes(self, 4) && !writes(self, op.dst),
-                None => {
-                    // MOVZX/MOVSX between pinned registers (`movx`, done in place).
-                    (is_handler(op, crate::exec::moves::movzx)
-                        || is_handler(op, crate::exec::moves::movsx))
-                        && op.osize == 4
-                        && matches!(op.aux, 1 | 2)
-                        && op.src < 8
-                        && self.home(op.src).is_some()
-                        && !writes(self, op.dst)
-                }
+                None => self.movx_in_place(op).is_some() && !writes(self, op.dst),
                 _ => false,
             };
         if keep {
@@ -2302,13 +2313,7 @@ impl Compiler {
         // is still the producer's before the pending rotate.
         if let Deferred::Rotate { before, .. } = df
             && !guarded
-            && !self.dead
-            && op.osize == 4
-            && op.src == loc::IMM
-            && (op.imm as u32) & 0x1F != 0
-            && op.dst < 8
-            && self.home(op.dst).is_some()
-            && (is_handler(op, shift::<{ sk::ROL }>) || is_handler(op, shift::<{ sk::ROR }>))
+            && self.rotate_defers(op)
         {
             self.deferred = None;
             self.flags = before;
@@ -2331,10 +2336,7 @@ impl Compiler {
         let replaces = !guarded
             && match fast_form(op.exec) {
                 Some(FastForm::AluRR { .. } | FastForm::AluRI { .. }) => true,
-                Some(FastForm::ShiftRI { s, .. }) => {
-                    let cnt = (op.imm as u32) & if s == 8 { 0x3F } else { 0x1F };
-                    cnt != 0 && cnt < s as u32 * 8
-                }
+                Some(FastForm::ShiftRI { s, .. }) => (1..s as u32 * 8).contains(&imm_count(op, s)),
                 _ => false,
             };
         if replaces {
@@ -2942,6 +2944,18 @@ impl Compiler {
         self.flags = Producer::Known(FlagOp::None, 0);
     }
 
+    /// A ROL/ROR whose flags `rotate` defers: a pinned register by a non-zero immediate at 32
+    /// bits, its flags live, in the second pass.
+    fn rotate_defers(&self, op: &Op) -> bool {
+        (is_handler(op, shift::<{ sk::ROL }>) || is_handler(op, shift::<{ sk::ROR }>))
+            && self.defer
+            && !self.dead
+            && op.osize == 4
+            && op.src == loc::IMM
+            && imm_count(op, 4) != 0
+            && self.home(op.dst).is_some()
+    }
+
     /// ROL/ROR of a register by an immediate or CL (`shift_rotate::shift`): a masked count of
     /// 0 changes nothing; otherwise the flags are materialised, SF/ZF/AF/PF kept, and CF/OF
     /// set from the result (ROL: CF = bit 0, OF = msb ^ CF; ROR: CF = msb, OF = msb ^ the
@@ -2953,14 +2967,8 @@ impl Compiler {
         if op.src == loc::IMM && (op.imm as u32) & cmask == 0 {
             return;
         }
-        if let (true, false, 4, true, Some(d)) = (
-            self.defer,
-            self.dead,
-            s,
-            op.src == loc::IMM,
-            self.home(op.dst),
-        ) {
-            let c = ((op.imm as u32) & cmask) as i8;
+        if let Some(d) = self.home(op.dst).filter(|_| self.rotate_defers(op)) {
+            let c = imm_count(op, s) as i8;
             if ror {
                 asm!(self.a ; ror Rd(d), c);
             } else {
