@@ -50,6 +50,14 @@ fn report(a: &mut CodeAssembler) -> Result<(), IcedError> {
     a.out(dx, eax)
 }
 
+/// Report EFLAGS & `mask` (clobbers EAX).
+fn report_flags(a: &mut CodeAssembler, mask: u32) -> Result<(), IcedError> {
+    a.pushfd()?;
+    a.pop(eax)?;
+    a.and(eax, mask)?;
+    report(a)
+}
+
 /// A machine in real mode at 0000:1000 whose code switches to 32-bit protected mode (flat
 /// ring-0 segments, IDT with #GP/#PF/INT 80h handlers) and runs `main` at 0x2000.
 fn machine(main: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>) -> (Cpu, TestBus) {
@@ -530,10 +538,7 @@ fn task_switch_through_a_task_gate_and_back_with_iret_then_jmp() {
         a.str(ax)?;
         a.movzx(eax, ax)?;
         report(a)?;
-        a.pushfd()?;
-        a.pop(eax)?;
-        a.and(eax, 0x4000)?;
-        report(a)?;
+        report_flags(a, 0x4000)?;
         a.mov(eax, dword_ptr(TSS2 as u32))?;
         report(a)?;
         a.iretd()?;
@@ -826,10 +831,7 @@ fn inc_keeps_the_carry_across_a_load_that_misses_the_tlb() {
         a.add(eax, dword_ptr(0x5000))?; // CF = 1
         a.inc(ecx)?;
         a.mov(edx, dword_ptr(0x8000))?;
-        a.pushfd()?;
-        a.pop(eax)?;
-        a.and(eax, 1)?;
-        report(a)?;
+        report_flags(a, 1)?;
         a.mov(eax, ecx)?;
         report(a)
     });
@@ -852,10 +854,7 @@ fn a_memory_add_after_a_pending_add_records_its_operation() {
         a.sub(eax, dword_ptr(0x5004))?;
         a.add(ebx, ecx)?;
         a.add(edx, dword_ptr(0x5000))?; // 0: CF = 1, ZF = 1
-        a.pushfd()?;
-        a.pop(eax)?;
-        a.and(eax, 0x41)?;
-        report(a)
+        report_flags(a, 0x41)
     });
     run(&mut cpu, &mut bus);
     assert_eq!(bus.out, vec![0x41]);
@@ -869,10 +868,7 @@ fn a_push_after_a_sub_from_esp_keeps_the_subs_flags() {
         a.mov(esp, 0x80000)?;
         a.sub(esp, 8)?;
         a.push(eax)?;
-        a.pushfd()?;
-        a.pop(eax)?;
-        a.and(eax, 0x10)?;
-        report(a)
+        report_flags(a, 0x10)
     });
     run(&mut cpu, &mut bus);
     assert_eq!(bus.out, vec![0x10]);
@@ -890,10 +886,7 @@ fn rotates_keep_the_arithmetic_flags_of_the_add_before_them() {
         a.ror(ecx, 3)?;
         a.ror(ecx, 5)?;
         a.mov(dword_ptr(0x5008), ecx)?;
-        a.pushfd()?;
-        a.pop(eax)?;
-        a.and(eax, 0x8D5)?;
-        report(a)?;
+        report_flags(a, 0x8D5)?;
         a.mov(eax, ecx)?;
         report(a)
     });
