@@ -3402,7 +3402,8 @@ impl Compiler {
 
     /// 32-bit DIV/IDIV (`arith::div1`/`idiv1`): EDX:EAX / src on the host, after checks that
     /// it cannot trap there; a zero divisor or a quotient that does not fit (#DE) goes to the
-    /// handler (and so does IDIV by -1, to keep the host's 64-bit IDIV from overflowing).
+    /// handler. IDIV by -1 runs on the host too unless the 64-bit dividend is -2^63 (its
+    /// negation, the quotient, would trap there; it does not fit 32 bits either).
     /// The flags are not touched (tier 0 leaves them as they were).
     fn div32(&mut self, i: usize, op: &Op, signed: bool) {
         let (fb, cont) = self.fallback_label(i, op);
@@ -3426,11 +3427,16 @@ impl Compiler {
         self.get(4, 0, Reg::Rax);
         self.get(4, 2, Reg::Rdx);
         if signed {
+            let go = self.a.new_dynamic_label();
             asm!(self.a
-                ; cmp rcx, -1
-                ; je =>fb
                 ; shl rdx, 32
                 ; or rax, rdx
+                ; cmp rcx, -1
+                ; jne =>go
+                ; mov r13, rax
+                ; neg r13
+                ; jo =>fb
+                ; =>go
                 ; cqo
                 ; idiv rcx
                 ; movsxd r13, eax

@@ -1057,7 +1057,7 @@ fn gen_generic(
                 d = 1 + rng.below(100) as u64;
             }
             let q = rng.interesting() as u64 & mask;
-            let (lo, hi);
+            let (mut lo, mut hi);
             if m == "div" {
                 let r = rng.next() % d;
                 let dividend = (q as u128) * (d as u128) + r as u128;
@@ -1073,6 +1073,18 @@ fn gen_generic(
                 let dividend = qs * ds + r;
                 lo = dividend as u64 & mask;
                 hi = (dividend >> s) as u64 & mask;
+            }
+            if m == "idiv" && rng.chance(20) {
+                // By -1: the quotient is the negated dividend, which does not fit (#DE) for
+                // the most negative ones, -2^(2s-1) and -2^(s-1) among them.
+                let top = 1u64 << (s - 1);
+                d = mask;
+                (lo, hi) = match rng.below(4) {
+                    0 => (0, top),
+                    1 => (top, mask),
+                    2 => (rng.next() & mask, 0),
+                    _ => (rng.next() & mask, mask),
+                };
             }
             match (&ops[0], mem_addr) {
                 (Opnd::R(r), _) => {
