@@ -622,6 +622,10 @@ fn emit(
     if let Some(df) = c.deferred.take() {
         c.store_deferred(df);
     }
+    // (No host flags are live at the block end.)
+    if c.delta != 0 && c.add_rip_in_page(0, c.delta as i64) {
+        c.delta = 0;
+    }
     c.flush_rip();
     if c.sequential {
         c.static_tail(ops.len() - 1, 0);
@@ -940,6 +944,26 @@ impl Compiler {
         self.delta = 0;
         self.advance_rip_rax(d);
         asm!(self.a ; mov QWORD [rbx + RIP], rax);
+    }
+
+    /// RIP += `d` with one read-modify-write when the new RIP is `rel` bytes past the current
+    /// op's start and that lies in the block's page, in 32-bit code with a flat CS: RIP is
+    /// then the linear address, and staying in the page it cannot wrap at 4 GiB, so no mask
+    /// is needed (nor a limit check). Clobbers the host flags. False (nothing emitted) if
+    /// that is not known.
+    fn add_rip_in_page(&mut self, rel: i64, d: i64) -> bool {
+        let (Some(phys), Some(off)) = (self.phys, self.off) else {
+            return false;
+        };
+        let at = (phys & 0xFFF) as i64 + off as i64 + rel;
+        let Ok(d) = i32::try_from(d) else {
+            return false;
+        };
+        if !(0..0x1000).contains(&at) || !self.assume(CS_FLAT) {
+            return false;
+        }
+        asm!(self.a ; add QWORD [rbx + RIP], d);
+        true
     }
 
     /// RAX = (RIP + d) & ip_mask (leaving the host flags alone).
@@ -2566,8 +2590,11 @@ impl Compiler {
         jcc_host(&mut self.a, hc, taken);
         let cont = self.a.new_dynamic_label();
         // Not taken: RIP to the next instruction.
-        self.advance_rip_rax((self.delta + op.len as u64) as i32);
-        asm!(self.a ; mov QWORD [rbx + RIP], rax);
+        let d = self.delta + op.len as u64;
+        if !self.add_rip_in_page(op.len as i64, d as i64) {
+            self.advance_rip_rax(d as i32);
+            asm!(self.a ; mov QWORD [rbx + RIP], rax);
+        }
         self.static_tail(i, op.len as i64);
         asm!(self.a
             ; jmp =>cont
@@ -2623,11 +2650,18 @@ impl Compiler {
     /// that lies beyond the CS limit. RIP in memory is `delta` bytes behind the branch's
     /// start here (see `flush_rip_unless_foldable`); both paths leave it written back.
     fn jump_taken(&mut self, i: usize, op: &Op) {
-        let cont = self.a.new_dynamic_label();
-        let fb = self.fallback_to(i, cont, self.delta, 0);
         let d = (self.delta as i64)
             .wrapping_add(op.len as i64)
             .wrapping_add(op.imm as i64);
+        let rel = (op.len as i64).wrapping_add(op.imm as i64);
+        if op.osize == 4 && self.add_rip_in_page(rel, d) {
+            // Within the page and a flat CS: no wrap, no limit to pass.
+            self.delta = 0;
+            self.static_tail(i, rel);
+            return;
+        }
+        let cont = self.a.new_dynamic_label();
+        let fb = self.fallback_to(i, cont, self.delta, 0);
         asm!(self.a ; mov rax, QWORD [rbx + RIP]);
         match i32::try_from(d) {
             Ok(d) => asm!(self.a ; add rax, d),
