@@ -101,6 +101,9 @@ const CTX_THUNK_PINNED: i32 = off32(offset_of!(Ctx<'static>, shared));
 const CTX_THUNK: i32 = CTX_THUNK_PINNED + 8;
 const CTX_OUT_SYNC_PINNED: i32 = CTX_THUNK_PINNED + 16;
 const CTX_OUT: i32 = CTX_THUNK_PINNED + 24;
+const CTX_FALLBACK_PINNED: i32 = CTX_THUNK_PINNED + 32;
+const CTX_FALLBACK: i32 = CTX_THUNK_PINNED + 40;
+const CTX_IP_MASK: i32 = off32(offset_of!(Ctx<'static>, ip_mask));
 
 /// The host registers (numbers) holding the `*mut Cpu` (RBX) and the `*mut Ctx` (R12).
 const CPU_PTR: u8 = 3;
@@ -672,13 +675,7 @@ fn emit(
             c.store_deferred(df);
             c.flags = flags;
         }
-        c.delta = f.delta;
-        c.flush_rip();
-        c.emit_call(f.index, &ops[f.index]);
-        if f.rewind != 0 {
-            c.advance_rip_rax((f.rewind as i32).wrapping_neg());
-            asm!(c.a ; mov QWORD [rbx + RIP], rax);
-        }
+        c.fallback_call(f.index, &ops[f.index], f.delta, f.rewind);
         if let Some((fop, s)) = f.regen {
             c.regenerate_flags(fop, s);
         }
@@ -789,6 +786,10 @@ pub(crate) struct Shared {
     /// leaves), writing the pinned registers back first or not.
     pub out_sync_pinned: usize,
     pub out: usize,
+    /// A fallback's handler call (`Compiler::fallback_call`), with and without pinned guest
+    /// registers.
+    pub fallback_pinned: usize,
+    pub fallback: usize,
 }
 
 /// The code every block shares instead of carrying its own copy (175 bytes a block over a boot):
@@ -829,6 +830,49 @@ pub(crate) fn shared() -> Result<(Vec<u8>, Shared), dynasmrt::DynasmError> {
         ; pop rbx
         ; ret
     );
+    // A fallback: RCX = the op, EDX = the bytes RIP is behind the op's start (bits 0-15)
+    // and the bytes it is to be left behind the op's end after the handler (bits 16-31), the
+    // amounts `flush_rip` and the rewind after the call would emit in each block. Returns
+    // `call_op`'s status in RAX, with ZF set when it is OK.
+    let mut fallbacks = [0; 2];
+    for (k, pinned) in [true, false].into_iter().enumerate() {
+        fallbacks[k] = a.offset().0;
+        let call_op = addr(trampoline::call_op as *const () as usize);
+        let fail = a.new_dynamic_label();
+        asm!(a
+            ; movzx eax, dx
+            ; add rax, QWORD [rbx + RIP]
+            ; and rax, QWORD [r12 + CTX_IP_MASK]
+            ; mov QWORD [rbx + RIP], rax
+            // (Also the 16-byte alignment for the call below.)
+            ; push rdx
+        );
+        if pinned {
+            spill(&mut a);
+        }
+        asm!(a
+            ; mov rdi, r12
+            ; mov rsi, rcx
+            ; mov rax, QWORD call_op
+            ; call rax
+        );
+        if pinned {
+            reload(&mut a);
+        }
+        asm!(a
+            ; pop rdx
+            ; test rax, rax
+            ; jnz =>fail
+            ; shr edx, 16
+            ; mov rcx, QWORD [rbx + RIP]
+            ; sub rcx, rdx
+            ; and rcx, QWORD [r12 + CTX_IP_MASK]
+            ; mov QWORD [rbx + RIP], rcx
+            ; test rax, rax
+            ; =>fail
+            ; ret
+        );
+    }
     let code = a.finalize()?;
     Ok((
         code,
@@ -837,6 +881,8 @@ pub(crate) fn shared() -> Result<(Vec<u8>, Shared), dynasmrt::DynasmError> {
             thunk,
             out_sync_pinned,
             out,
+            fallback_pinned: fallbacks[0],
+            fallback: fallbacks[1],
         },
     ))
 }
@@ -1080,6 +1126,39 @@ impl Compiler {
         asm!(self.a
             ; mov rax, QWORD f
             ; call QWORD [r12 + thunk]
+        );
+    }
+
+    /// A fallback's handler call, with RIP `delta` bytes behind the op's start before it and
+    /// to be left `rewind` bytes behind where the handler leaves it after (the inline path's
+    /// view), through the shared routine (`Shared::fallback`): 34 bytes a fallback instead
+    /// of the ~90 of the RIP arithmetic and the call spelled out.
+    fn fallback_call(&mut self, i: usize, op: &Op, delta: u64, rewind: u64) {
+        let (Ok(d), Ok(r)) = (u16::try_from(delta), u16::try_from(rewind)) else {
+            self.delta = delta;
+            self.flush_rip();
+            self.emit_call(i, op);
+            if rewind != 0 {
+                self.advance_rip_rax((rewind as i32).wrapping_neg());
+                asm!(self.a ; mov QWORD [rbx + RIP], rax);
+            }
+            return;
+        };
+        self.delta = 0;
+        let exit = self.a.new_dynamic_label();
+        self.exits.push((exit, i));
+        let op_ptr = op as *const Op as i64;
+        let amounts = d as i32 | (r as i32) << 16;
+        let thunk = if self.pinned {
+            CTX_FALLBACK_PINNED
+        } else {
+            CTX_FALLBACK
+        };
+        asm!(self.a
+            ; mov rcx, QWORD op_ptr
+            ; mov edx, amounts
+            ; call QWORD [r12 + thunk]
+            ; jnz =>exit
         );
     }
 

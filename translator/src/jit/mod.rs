@@ -506,7 +506,15 @@ pub(crate) fn run_block(
     if generation != buf.generation {
         return None;
     }
-    let shared = [s.thunk_pinned, s.thunk, s.out_sync_pinned, s.out].map(|o| buf.addr(at + o));
+    let shared = [
+        s.thunk_pinned,
+        s.thunk,
+        s.out_sync_pinned,
+        s.out,
+        s.fallback_pinned,
+        s.fallback,
+    ]
+    .map(|o| buf.addr(at + o));
     let link = ChainLink {
         rip: cpu.rip,
         // A block on two pages holds only while the second maps where it did, which a CR3

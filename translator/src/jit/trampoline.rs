@@ -53,7 +53,7 @@ pub(crate) struct Ctx<'a> {
     pub budget0: u64,
     pub icount0: u64,
     /// Host addresses of the code all blocks share (`compile::Shared`, in its order).
-    pub shared: [usize; 4],
+    pub shared: [usize; 6],
 }
 
 /// Kinds of data access with a page of their own in [`Ctx::near`]: reads and writes, each
@@ -113,7 +113,7 @@ pub(crate) unsafe fn enter(
     ip_mask: u64,
     budget: u64,
     block: *const Block,
-    shared: [usize; 4],
+    shared: [usize; 6],
 ) -> (u64, Option<Fault>, *const Block) {
     let (fast_r, fast_w) = fast_tables(cpu);
     let mut ctx = Ctx {
