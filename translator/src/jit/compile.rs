@@ -294,8 +294,25 @@ struct FarProbe {
     size: u8,
 }
 
-/// `Ctx` offsets of the tag and host address of near page `kind` (`Ctx::near`): reads 0-1,
-/// writes 2-3, the odd ones through ESP/EBP.
+/// Classes of data access with a near page each, for reads and for writes: through ESP or
+/// EBP (the stack and the frame), else by base register (a loop reading two arrays through two
+/// pointers keeps both pages), else without one.
+const NEAR_CLASSES: i32 = 8;
+
+/// The near-page class of `op`'s memory operand (`NEAR_CLASSES`).
+fn near_class(op: &Op) -> i32 {
+    if [op.base, op.index].iter().any(|&r| r == 4 || r == 5) {
+        return 0;
+    }
+    match op.base {
+        0..=3 => 1 + op.base as i32,
+        6 | 7 => op.base as i32 - 1,
+        _ => 7,
+    }
+}
+
+/// `Ctx` offsets of the tag and host address of near page `kind` (`Ctx::near`): reads
+/// 0..NEAR_CLASSES, then writes, each by `near_class`.
 fn near_fields(kind: i32) -> (i32, i32) {
     use super::trampoline::NearPage;
     let at = CTX_NEAR + kind * std::mem::size_of::<NearPage>() as i32;
@@ -1622,8 +1639,7 @@ impl Compiler {
         }
         // The near page of this kind of access (`Ctx::near`) when the whole access lies in
         // it: 0 <= linear - page <= 4096 - s, one unsigned compare.
-        let stack = [op.base, op.index].iter().any(|&r| r == 4 || r == 5);
-        let kind = write as i32 * 2 + stack as i32;
+        let kind = write as i32 * NEAR_CLASSES + near_class(op);
         let (tag, host) = near_fields(kind);
         let (far, join) = (self.a.new_dynamic_label(), self.a.new_dynamic_label());
         let room = 4096 - s as i32;
@@ -1650,7 +1666,11 @@ impl Compiler {
     /// finds no entry for it in the first page's slot and takes the slow path. A hit
     /// becomes the near page.
     fn far_probe(&mut self, p: &FarProbe) {
-        let table = if p.kind >= 2 { CTX_FAST_W } else { CTX_FAST_R };
+        let table = if p.kind >= NEAR_CLASSES {
+            CTX_FAST_W
+        } else {
+            CTX_FAST_R
+        };
         let shift = FAST_ENTRY_BYTES.trailing_zeros() as i8;
         let slots = ((FAST - 1) << shift) as i32;
         let last = p.size as i32 - 1;
