@@ -295,14 +295,19 @@ struct FarProbe {
 }
 
 /// Classes of data access with a near page each, for reads and for writes: through ESP or
-/// EBP (the stack and the frame), else by base register (a loop reading two arrays through two
-/// pointers keeps both pages), else without one.
-const NEAR_CLASSES: i32 = 8;
+/// EBP (the stack and the frame), else with a displacement of 64 KiB or more (a static
+/// table indexed by a register), else by base register (a loop reading two arrays through
+/// two pointers keeps both pages), else without one.
+const NEAR_CLASSES: i32 = 9;
 
 /// The near-page class of `op`'s memory operand (`NEAR_CLASSES`).
 fn near_class(op: &Op) -> i32 {
     if [op.base, op.index].iter().any(|&r| r == 4 || r == 5) {
         return 0;
+    }
+    let disp = op.disp as i64 as i32;
+    if op.base != loc::NO_REG && disp.unsigned_abs() >= 0x1_0000 {
+        return 8;
     }
     match op.base {
         0..=3 => 1 + op.base as i32,
