@@ -3658,7 +3658,12 @@ impl Compiler {
     /// leaves the destination alone.
     fn bsf_bsr(&mut self, i: usize, op: &Op) {
         let s = op.osize;
-        self.materialise();
+        // ZF is new, the rest as they were: the old flags are read only if the new ones are.
+        self.effect = Effect::Pass;
+        let flags = !self.dead;
+        if flags {
+            self.materialise();
+        }
         let cont = if op.src == loc::MEM {
             let c = self.mem_probe(i, op, s, false);
             asm!(self.a ; mov r14, rcx);
@@ -3680,17 +3685,26 @@ impl Compiler {
             asm!(self.a ; bsr rax, rcx);
         }
         self.put(s, Reg::Rax, op.dst);
-        asm!(self.a
-            ; and QWORD [rbx + RFLAGS], !zf
-            ; jmp =>done
-            ; =>zero
-            ; or QWORD [rbx + RFLAGS], zf
-            ; =>done
-        );
+        if flags {
+            asm!(self.a
+                ; and QWORD [rbx + RFLAGS], !zf
+                ; jmp =>done
+                ; =>zero
+                ; or QWORD [rbx + RFLAGS], zf
+                ; =>done
+            );
+        } else {
+            asm!(self.a
+                ; =>zero
+                ; =>done
+            );
+        }
         if let Some(c) = cont {
             asm!(self.a ; =>c);
         }
-        self.flags = Producer::Known(FlagOp::None, s);
+        if flags {
+            self.flags = Producer::Known(FlagOp::None, s);
+        }
     }
 }
 
