@@ -1030,7 +1030,10 @@ impl Compiler {
         if !(0..0x1000).contains(&at) || !self.assume(CS_FLAT) {
             return false;
         }
-        asm!(self.a ; add QWORD [rbx + RIP], d);
+        // (A branch back to the block's first op from an unflushed RIP has nothing to add.)
+        if d != 0 {
+            asm!(self.a ; add QWORD [rbx + RIP], d);
+        }
         true
     }
 
