@@ -1929,7 +1929,6 @@ impl Compiler {
     /// SS:ESP through the inline load path; a 16-bit stack, a target beyond the CS limit or
     /// anything the load path does not handle goes to the handler.
     fn ret32(&mut self, i: usize, op: &Op) {
-        self.flush_rip();
         let (fb, cont) = self.branch_fallback(i);
         // stack32: CR0.PE and SS.B (LMA is checked by the load path).
         self.stack32(fb);
@@ -1943,6 +1942,7 @@ impl Compiler {
         asm!(self.a ; mov eax, DWORD [rcx]);
         self.check_cs_limit(fb);
         asm!(self.a ; mov QWORD [rbx + RIP], rax);
+        self.delta = 0;
         self.add_esp(pop);
         asm!(self.a ; =>cont);
     }
@@ -1967,12 +1967,11 @@ impl Compiler {
     /// block goes on with the callee (`fast::call_rel32_sb`), so the same checks as there
     /// decide whether it may (else `block_break` and the block ends after the call).
     fn call32(&mut self, i: usize, op: &Op, sb: bool) {
-        self.flush_rip();
         let (fb, cont) = self.branch_fallback(i);
         let (len, imm) = (op.len as i32, op.imm as i64);
         self.stack32(fb);
         // R13 = return address (the next RIP), R14 = target.
-        self.advance_rip_rax(len);
+        self.advance_rip_rax(self.delta as i32 + len);
         asm!(self.a
             ; mov r13, rax
             ; mov rcx, QWORD imm
@@ -1990,6 +1989,7 @@ impl Compiler {
         asm!(self.a ; mov DWORD [rcx], r13d);
         self.add_esp(-4);
         asm!(self.a ; mov QWORD [rbx + RIP], r14);
+        self.delta = 0;
         if sb {
             let brk = self.a.new_dynamic_label();
             let cs_base = seg_field(sreg::CS, SEG_BASE);
@@ -3480,11 +3480,12 @@ impl Compiler {
         (fb, cont)
     }
 
-    /// The same for a branch, whose inline path writes RIP itself (it is written back before
-    /// the branch, and the handler leaves it at the target).
+    /// The same for a branch, whose inline path writes RIP itself: the pending advance is
+    /// written back on the fallback's path alone (the handler leaves RIP at the target); the
+    /// inline path adds it where it needs the next RIP and clears it once it has written RIP.
     fn branch_fallback(&mut self, i: usize) -> (DynamicLabel, DynamicLabel) {
         let cont = self.a.new_dynamic_label();
-        (self.fallback_to(i, cont, 0, 0), cont)
+        (self.fallback_to(i, cont, self.delta, 0), cont)
     }
 
     /// A new out-of-line call of op `i`'s handler that continues at `cont` (see `Fallback`
@@ -3718,7 +3719,6 @@ impl Compiler {
     /// memory is the branch's start until the op completes; anything off the fast path goes
     /// to the handler.
     fn branch_ind32(&mut self, i: usize, op: &Op, call: bool) {
-        self.flush_rip();
         let (fb, cont) = self.branch_fallback(i);
         if call {
             self.stack32(fb);
@@ -3733,7 +3733,7 @@ impl Compiler {
         asm!(self.a ; mov eax, r14d);
         self.check_cs_limit(fb);
         if call {
-            self.advance_rip_rax(op.len as i32);
+            self.advance_rip_rax(self.delta as i32 + op.len as i32);
             asm!(self.a ; mov r13, rax);
             self.probe_to(&Self::stack_slot(op, -4), 4, true, fb);
             asm!(self.a ; mov DWORD [rcx], r13d);
@@ -3743,6 +3743,7 @@ impl Compiler {
             ; mov QWORD [rbx + RIP], r14
             ; =>cont
         );
+        self.delta = 0;
     }
 }
 
