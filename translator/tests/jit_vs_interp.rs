@@ -1534,3 +1534,60 @@ fn links_are_not_followed_under_a_smaller_cs_limit() {
         assert!(t0.mem.as_slice() == t1.mem.as_slice(), "{mode:?}: memory");
     }
 }
+
+#[test]
+fn rep_stos_and_movs_agree_with_tier_0() {
+    // Counts 0, 1, a few, the slice tier 0 runs at once (4096) and one more; ranges inside a
+    // page, across a page end and onto themselves (MOVS with the destination one element
+    // above the source repeats its first element); DF set; every element size.
+    let counts = [0u32, 1, 4, 37, 1024, 4096, 4097];
+    let mut case = 0;
+    for &count in &counts {
+        for size in [1u32, 2, 4] {
+            for (dst, src) in [
+                (0x10010u32, 0x10800u32),
+                (0x10ff0, 0x12000),
+                (0x10201, 0x10200),
+            ] {
+                for std in [false, true] {
+                    let mut a = CodeAssembler::new(32).expect("32-bit assembler");
+                    let body = |a: &mut CodeAssembler| -> Result<(), IcedError> {
+                        if std {
+                            a.std()?;
+                        } else {
+                            a.cld()?;
+                        }
+                        a.mov(eax, 0xA1B2_C3D4u32)?;
+                        for movs in [false, true] {
+                            a.mov(edi, dst)?;
+                            a.mov(esi, src)?;
+                            a.mov(ecx, count)?;
+                            match (movs, size) {
+                                (false, 1) => a.rep().stosb()?,
+                                (false, 2) => a.rep().stosw()?,
+                                (false, _) => a.rep().stosd()?,
+                                (true, 1) => a.rep().movsb()?,
+                                (true, 2) => a.rep().movsw()?,
+                                (true, _) => a.rep().movsd()?,
+                            }
+                            // ECX, ESI and EDI as they were left, into the compared state.
+                            a.add(ebx, ecx)?;
+                            a.add(ebx, esi)?;
+                            a.add(ebx, edi)?;
+                        }
+                        a.cld()?;
+                        a.hlt()
+                    };
+                    body(&mut a).expect("assembles");
+                    let code = a.assemble(CODE).expect("encodes");
+                    let data: Vec<u8> = (0..0x3000u32).map(|i| (i * 7 + 3) as u8).collect();
+                    let what = format!(
+                        "case {case}: count {count} size {size} dst {dst:#x} src {src:#x} std {std}"
+                    );
+                    compare(&what, &code, &[0; 8], &data, None);
+                    case += 1;
+                }
+            }
+        }
+    }
+}

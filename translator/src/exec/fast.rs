@@ -266,8 +266,8 @@ fn string1_for(m: iced_x86::Mnemonic) -> Option<Handler> {
     }
 }
 
-/// LODS/STOS/MOVS without REP and with 32-bit addressing (`string::string`, a generic
-/// instantiated wherever it is named: these single copies are what tier 1 recognises).
+/// LODS/STOS/MOVS with 32-bit addressing, and REP STOS/MOVS (`string::string`, a generic
+/// instantiated wherever it is named: these copies are what tier 1 recognises).
 #[inline(never)]
 fn lods_op(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecResult {
     string::string::<{ string::kind::LODS }>(cpu, op, bus)
@@ -545,18 +545,17 @@ pub(crate) fn specialise(ins: &Instruction, op: &mut Op) {
         (M::Call, _) if ins.op_kind(0) == OpKind::NearBranch32 => Some(call_rel32_op as Handler),
         (M::Nop | M::Pause | M::Endbr32 | M::Endbr64, _) => Some(nop_op as Handler),
         (M::Cld, _) => Some(cld_op as Handler),
-        // Single string moves with 32-bit addressing (the REP forms keep their loop).
-        (M::Lodsb | M::Lodsw | M::Lodsd | M::Stosb | M::Stosw | M::Stosd, _)
-        | (M::Movsb | M::Movsw, _)
+        // String moves with 32-bit addressing: single ones, and REP STOS/MOVS (the wrappers
+        // run `string::string`, which does both; tier 1 tells them apart by the prefix).
+        (M::Lodsb | M::Lodsw | M::Lodsd, _)
             if op.prefix & (pfx::REP | pfx::REPNE) == 0 && op.asize == 4 =>
         {
+            Some(lods_op as Handler)
+        }
+        (M::Stosb | M::Stosw | M::Stosd | M::Movsb | M::Movsw, _) if op.asize == 4 => {
             string1_for(ins.mnemonic())
         }
-        (M::Movsd, _)
-            if ins.code() == iced_x86::Code::Movsd_m32_m32
-                && op.prefix & (pfx::REP | pfx::REPNE) == 0
-                && op.asize == 4 =>
-        {
+        (M::Movsd, _) if ins.code() == iced_x86::Code::Movsd_m32_m32 && op.asize == 4 => {
             Some(movs_op as Handler)
         }
         (M::Std, _) => Some(std_op as Handler),
@@ -619,10 +618,12 @@ pub(crate) enum FastForm {
     /// CLD / STD (`cld_op` / `std_op`).
     Cld,
     Std,
-    /// LODS / STOS / MOVS without REP, 32-bit addressing (`lods_op`, `stos_op`, `movs_op`).
+    /// LODS / STOS / MOVS with 32-bit addressing (`lods_op`, `stos_op`, `movs_op`), and REP
+    /// STOS / REP MOVS (the same wrappers: `string::string` runs both).
     Lods,
     Stos,
     Movs,
+
     /// CALL rel32 (`call_rel32`), and the form the block goes on after (`call_rel32_sb`).
     Call32,
     Call32Sb,
@@ -709,6 +710,7 @@ pub(crate) fn fast_form(h: Handler) -> Option<FastForm> {
         t.push((lods_op as Handler as usize, FastForm::Lods));
         t.push((stos_op as Handler as usize, FastForm::Stos));
         t.push((movs_op as Handler as usize, FastForm::Movs));
+
         t.push((call_rel32_sb as Handler as usize, FastForm::Call32Sb));
         for h in JCC32 {
             t.push((h as usize, FastForm::Jcc32));

@@ -24,7 +24,7 @@ pub mod kind {
 }
 
 /// Iterations of a REP loop run before the instruction yields to the run loop.
-const REP_SLICE: u32 = 4096;
+pub(crate) const REP_SLICE: u32 = 4096;
 
 #[inline]
 fn advance(cpu: &mut Cpu, r: u8, asize: u8, step: u64) {

@@ -39,7 +39,7 @@
 use super::trampoline::{self, Ctx, ST_BREAK, ST_DEOPT, ST_OK, ST_STOP};
 use crate::Cpu;
 use crate::block::Block;
-use crate::decode::op::{Op, loc};
+use crate::decode::op::{Op, loc, pfx};
 use crate::exec::arith::kind;
 use crate::exec::fast::{FastForm, fast_form};
 use crate::exec::shift_rotate::{kind as sk, shift};
@@ -85,6 +85,7 @@ const SEG_BASE: usize = offset_of!(Segment, base);
 const EFER: i32 = off32(offset_of!(Cpu, efer));
 const CR0: i32 = off32(offset_of!(Cpu, cr0));
 const BLOCK_BREAK: i32 = off32(offset_of!(Cpu, block_break));
+const DBG_ARMED: i32 = off32(offset_of!(Cpu, dbg_armed));
 const JIT_POLL: i32 = off32(offset_of!(Cpu, jit) + offset_of!(super::Jit, poll));
 const LINK_CONTEXT: i32 = off32(offset_of!(Cpu, jit) + offset_of!(super::Jit, context));
 const LINK_CONTEXT_GLOBAL: i32 =
@@ -1407,10 +1408,21 @@ impl Compiler {
                 let df = flag::DF as i32;
                 asm!(self.a ; or QWORD [rbx + RFLAGS], df)
             }
+            // (The prefix and address size are checked here, not only by the handler's
+            // address: rustc merges functions whose code is identical, so these wrappers and
+            // the generic string handler that other forms use may share one address.)
             Some(f @ (FastForm::Lods | FastForm::Stos | FastForm::Movs))
-                if !self.long && matches!(op.osize, 1 | 2 | 4) =>
+                if !self.long
+                    && matches!(op.osize, 1 | 2 | 4)
+                    && op.asize == 4
+                    && (op.prefix & (pfx::REP | pfx::REPNE) == 0 || f != FastForm::Lods) =>
             {
-                self.string1(i, op, f)
+                if op.prefix & (pfx::REP | pfx::REPNE) == 0 {
+                    self.string1(i, op, f)
+                } else {
+                    self.effect = Effect::Pass;
+                    self.rep_string(i, op, f == FastForm::Movs)
+                }
             }
             None if !self.long && op.osize == 4 && is_handler(op, crate::exec::stack::leave) => {
                 self.leave32(i, op)
@@ -2320,6 +2332,93 @@ impl Compiler {
                 self.put(4, Reg::Rcx, r);
             }
         }
+        asm!(self.a ; =>cont);
+    }
+
+    /// REP STOS / REP MOVS with 32-bit addressing as tier 0's handler runs them when ECX is
+    /// 1 to `string::REP_SLICE` elements (one execution), DF, TF and the debug registers are
+    /// clear, and each range lies in one page found in the fast TLB: the host's own REP
+    /// STOS/MOVS of the same element size (so an overlapping MOVS repeats its pattern as the
+    /// guest's does), then ESI/EDI past the ranges and ECX 0. Anything else goes to the
+    /// handler. The fast write TLB holds no code page, so no store here hits translated code.
+    fn rep_string(&mut self, i: usize, op: &Op, movs: bool) {
+        let s = op.osize;
+        let (fb, cont) = self.fallback_label(i, op);
+        let (flags, slice) = (
+            (flag::DF | flag::TF) as i32,
+            crate::exec::string::REP_SLICE as i32,
+        );
+        let shift = s.trailing_zeros() as i8;
+        // R13 = the bytes each range covers. (At most REP_SLICE elements: no more fit in a
+        // page anyway, and the byte count must not wrap.)
+        self.get(4, 1, Reg::Rax);
+        asm!(self.a
+            ; test DWORD [rbx + RFLAGS], flags
+            ; jnz =>fb
+            ; cmp BYTE [rbx + DBG_ARMED], 0
+            ; jne =>fb
+            ; lea edx, [rax - 1]
+            ; cmp edx, slice - 1
+            ; ja =>fb
+            ; shl eax, shift
+            ; mov r13d, eax
+        );
+        let at = |seg: usize, r: u8| {
+            let mut m = Op::new(op.exec, op.len);
+            m.seg = seg as u8;
+            m.base = r;
+            m.asize = 4;
+            m
+        };
+        // Each range inside one page (and below 4 GiB): its first and last byte's pages agree.
+        let one_page = |c: &mut Self, r: u8| {
+            c.get(4, r, Reg::Rcx);
+            asm!(c.a
+                ; lea rdx, [rcx + r13 - 1]
+                ; xor rdx, rcx
+                ; shr rdx, 12
+                ; jnz =>fb
+            );
+        };
+        one_page(self, 7);
+        self.probe_to(&at(sreg::ES, 7), 1, true, fb);
+        asm!(self.a ; mov r14, rcx);
+        if movs {
+            one_page(self, 6);
+            self.probe_to(&at(op.seg as usize, 6), 1, false, fb);
+        }
+        // RSI and RDI hold guest registers: kept on the stack around the host's REP.
+        if !movs {
+            self.get(4, 0, Reg::Rax);
+        }
+        asm!(self.a
+            ; push rsi
+            ; push rdi
+            ; mov rsi, rcx
+            ; mov rdi, r14
+        );
+        self.get(4, 1, Reg::Rcx);
+        match (movs, s) {
+            (true, 1) => asm!(self.a ; rep movsb),
+            (true, 2) => asm!(self.a ; rep movsw),
+            (true, _) => asm!(self.a ; rep movsd),
+            (false, 1) => asm!(self.a ; rep stosb),
+            (false, 2) => asm!(self.a ; rep stosw),
+            (false, _) => asm!(self.a ; rep stosd),
+        }
+        asm!(self.a
+            ; pop rdi
+            ; pop rsi
+        );
+        for (r, moves) in [(6, movs), (7, true)] {
+            if moves {
+                self.get(4, r, Reg::Rax);
+                asm!(self.a ; add eax, r13d);
+                self.put(4, Reg::Rax, r);
+            }
+        }
+        asm!(self.a ; xor eax, eax);
+        self.put(4, Reg::Rax, 1);
         asm!(self.a ; =>cont);
     }
 
