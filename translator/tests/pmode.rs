@@ -819,6 +819,48 @@ fn accesses_across_a_page_end_after_one_in_the_page_use_both_frames() {
     assert_eq!(bus.out, vec![sum, 0xC3D4_0000, 0x0000_A1B2, 0xEEEE_EEEE]);
 }
 
+/// REP MOVSB through FS with a base that is not page-aligned: a source run inside one page
+/// of offsets crosses a page of linear addresses, whose frame is not the next physical one
+/// (compiled code may copy a run in one go only when it stays in one linear page).
+#[test]
+fn rep_movs_through_a_based_segment_reads_the_next_linear_pages_frame() {
+    let (mut cpu, mut bus) = machine(|a| {
+        enable_paging(a)?;
+        a.mov(eax, 0x30u32)?;
+        a.mov(fs, ax)?;
+        a.cld()?;
+        a.mov(ebp, 40)?;
+        let mut top = a.create_label();
+        a.set_label(&mut top)?;
+        // FS:0x40_0E80 is linear 0x40_0F80: 0x80 bytes in frame 0x6000, 0x80 in frame 0x9000.
+        a.mov(esi, 0x40_0E80u32)?;
+        a.mov(edi, 0x5000u32)?;
+        a.mov(ecx, 0x100u32)?;
+        a.db(&[0x64, 0xF3, 0xA4])?;
+        a.dec(ebp)?;
+        a.jne(top)?;
+        a.mov(eax, dword_ptr(0x507C))?;
+        report(a)?;
+        a.mov(eax, dword_ptr(0x5080))?;
+        report(a)?;
+        a.mov(eax, esi)?;
+        report(a)
+    });
+    setup_paging(&mut cpu);
+    // 0x40_0000 -> 0x6000 (setup_paging), 0x40_1000 -> 0x9000; FS (0x30): base 0x100, 4 GiB.
+    put32(&mut cpu.mem, PD + 0x2004, 0x9000 | 3);
+    put(
+        &mut cpu.mem,
+        GDT + 0x30,
+        &0x00CF_9200_0100_FFFFu64.to_le_bytes(),
+    );
+    put32(&mut cpu.mem, 0x6FFC, 0x4433_2211);
+    put32(&mut cpu.mem, 0x9000, 0x8877_6655);
+    put32(&mut cpu.mem, 0x7000, 0xEEEE_EEEE);
+    run(&mut cpu, &mut bus);
+    assert_eq!(bus.out, vec![0x4433_2211, 0x8877_6655, 0x40_0F80]);
+}
+
 /// INC keeps the CF of the ADD before it, also when the load after the INC misses the TLB
 /// on its first run (compiled code stores the INC's pending flags on that slow path and
 /// again before the PUSHFD: the second time must not take CF from the INC's own record).
@@ -1186,4 +1228,5 @@ jit_forced!(
     a_memory_add_after_a_pending_add_records_its_operation,
     a_push_after_a_sub_from_esp_keeps_the_subs_flags,
     rotates_keep_the_arithmetic_flags_of_the_add_before_them,
+    rep_movs_through_a_based_segment_reads_the_next_linear_pages_frame,
 );

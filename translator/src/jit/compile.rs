@@ -1415,7 +1415,10 @@ impl Compiler {
                 if !self.long
                     && matches!(op.osize, 1 | 2 | 4)
                     && op.asize == 4
-                    && (op.prefix & (pfx::REP | pfx::REPNE) == 0 || f != FastForm::Lods) =>
+                    && (op.prefix & (pfx::REP | pfx::REPNE) == 0
+                        || (f != FastForm::Lods
+                            && !self.checked
+                            && (f == FastForm::Stos || zero_base(op.seg as usize)))) =>
             {
                 if op.prefix & (pfx::REP | pfx::REPNE) == 0 {
                     self.string1(i, op, f)
@@ -2341,6 +2344,8 @@ impl Compiler {
     /// STOS/MOVS of the same element size (so an overlapping MOVS repeats its pattern as the
     /// guest's does), then ESI/EDI past the ranges and ECX 0. Anything else goes to the
     /// handler. The fast write TLB holds no code page, so no store here hits translated code.
+    /// Only segments with base 0 (`zero_base`, and not in a checked block): the page checks
+    /// are on ESI/EDI, which are then the linear addresses.
     fn rep_string(&mut self, i: usize, op: &Op, movs: bool) {
         let s = op.osize;
         let (fb, cont) = self.fallback_label(i, op);
