@@ -299,7 +299,7 @@ struct FarProbe {
 /// EBP (the stack and the frame), else with a displacement of 64 KiB or more (a static
 /// table indexed by a register), else by base register (a loop reading two arrays through
 /// two pointers keeps both pages), else without one.
-const NEAR_CLASSES: i32 = 9;
+pub(crate) const NEAR_CLASSES: usize = 9;
 
 /// The near-page class of `op`'s memory operand (`NEAR_CLASSES`).
 fn near_class(op: &Op) -> i32 {
@@ -1021,14 +1021,10 @@ impl Compiler {
     /// is needed (nor a limit check). Clobbers the host flags. False (nothing emitted) if
     /// that is not known.
     fn add_rip_in_page(&mut self, rel: i64, d: i64) -> bool {
-        let (Some(phys), Some(off)) = (self.phys, self.off) else {
-            return false;
-        };
-        let at = (phys & 0xFFF) as i64 + off as i64 + rel;
         let Ok(d) = i32::try_from(d) else {
             return false;
         };
-        if !(0..0x1000).contains(&at) || !self.assume(CS_FLAT) {
+        if self.page_offset(rel).is_none() || !self.assume(CS_FLAT) {
             return false;
         }
         // (A branch back to the block's first op from an unflushed RIP has nothing to add.)
@@ -1036,6 +1032,14 @@ impl Compiler {
             asm!(self.a ; add QWORD [rbx + RIP], d);
         }
         true
+    }
+
+    /// The offset in the block's page of the guest byte `rel` bytes past the current op's
+    /// start, while the block is one straight run of a known page and that byte is in it.
+    fn page_offset(&self, rel: i64) -> Option<i64> {
+        let (phys, off) = (self.phys?, self.off?);
+        let at = (phys & 0xFFF) as i64 + off as i64 + rel;
+        (0..0x1000).contains(&at).then_some(at)
     }
 
     /// RAX = (RIP + d) & ip_mask (leaving the host flags alone).
@@ -1662,7 +1666,7 @@ impl Compiler {
         }
         // The near page of this kind of access (`Ctx::near`) when the whole access lies in
         // it: 0 <= linear - page <= 4096 - s, one unsigned compare.
-        let kind = write as i32 * NEAR_CLASSES + near_class(op);
+        let kind = write as i32 * NEAR_CLASSES as i32 + near_class(op);
         let (tag, host) = near_fields(kind);
         let (far, join) = (self.a.new_dynamic_label(), self.a.new_dynamic_label());
         let room = 4096 - s as i32;
@@ -1689,7 +1693,7 @@ impl Compiler {
     /// finds no entry for it in the first page's slot and takes the slow path. A hit
     /// becomes the near page.
     fn far_probe(&mut self, p: &FarProbe) {
-        let table = if p.kind >= NEAR_CLASSES {
+        let table = if p.kind >= NEAR_CLASSES as i32 {
             CTX_FAST_W
         } else {
             CTX_FAST_R
@@ -1947,12 +1951,7 @@ impl Compiler {
         let (fb, cont) = self.branch_fallback(i);
         // stack32: CR0.PE and SS.B (LMA is checked by the load path).
         self.stack32(fb);
-        let mut stack = Op::new(op.exec, op.len);
-        stack.seg = sreg::SS as u8;
-        stack.base = 4;
-        stack.asize = 4;
-        stack.disp = 0;
-        self.probe_to(&stack, 4, false, fb);
+        self.probe_to(&Self::stack_slot(op, 0), 4, false, fb);
         let pop = (4 + (op.imm & 0xFFFF)) as i32;
         asm!(self.a ; mov eax, DWORD [rcx]);
         self.check_cs_limit(fb);
@@ -1995,12 +1994,7 @@ impl Compiler {
         );
         self.check_cs_limit(fb);
         asm!(self.a ; mov r14, rax);
-        let mut push = Op::new(op.exec, op.len);
-        push.seg = sreg::SS as u8;
-        push.base = 4;
-        push.asize = 4;
-        push.disp = (-4i64) as u64;
-        self.probe_to(&push, 4, true, fb);
+        self.probe_to(&Self::stack_slot(op, -4), 4, true, fb);
         asm!(self.a ; mov DWORD [rcx], r13d);
         self.add_esp(-4);
         asm!(self.a ; mov QWORD [rbx + RIP], r14);
@@ -2213,11 +2207,18 @@ impl Compiler {
 
     /// The memory operand SS:[ESP + disp] with 32-bit addressing.
     fn stack_slot(op: &Op, disp: i64) -> Op {
-        let mut m = Op::new(op.exec, op.len);
-        m.seg = sreg::SS as u8;
-        m.base = 4;
-        m.asize = 4;
+        let mut m = Self::reg_operand(op, sreg::SS, 4);
         m.disp = disp as u64;
+        m
+    }
+
+    /// The memory operand seg:[r] with 32-bit addressing (an implicit operand of `op`: the
+    /// stack slot, a string op's ESI/EDI), for the probe.
+    fn reg_operand(op: &Op, seg: usize, r: u8) -> Op {
+        let mut m = Op::new(op.exec, op.len);
+        m.seg = seg as u8;
+        m.base = r;
+        m.asize = 4;
         m
     }
 
@@ -2292,15 +2293,8 @@ impl Compiler {
     fn string1(&mut self, i: usize, op: &Op, f: FastForm) {
         let s = op.osize;
         let (fb, cont) = self.fallback_label(i, op);
-        let at = |seg: usize, r: u8| {
-            let mut m = Op::new(op.exec, op.len);
-            m.seg = seg as u8;
-            m.base = r;
-            m.asize = 4;
-            m
-        };
         if f != FastForm::Stos {
-            self.probe_to(&at(op.seg as usize, 6), s, false, fb);
+            self.probe_to(&Self::reg_operand(op, op.seg as usize, 6), s, false, fb);
             match s {
                 1 => asm!(self.a ; movzx r13d, BYTE [rcx]),
                 2 => asm!(self.a ; movzx r13d, WORD [rcx]),
@@ -2308,7 +2302,7 @@ impl Compiler {
             }
         }
         if f != FastForm::Lods {
-            self.probe_to(&at(sreg::ES, 7), s, true, fb);
+            self.probe_to(&Self::reg_operand(op, sreg::ES, 7), s, true, fb);
             if f == FastForm::Stos {
                 self.get(8, 0, Reg::T2);
             }
@@ -2368,13 +2362,6 @@ impl Compiler {
             ; shl eax, shift
             ; mov r13d, eax
         );
-        let at = |seg: usize, r: u8| {
-            let mut m = Op::new(op.exec, op.len);
-            m.seg = seg as u8;
-            m.base = r;
-            m.asize = 4;
-            m
-        };
         // Each range inside one page (and below 4 GiB): its first and last byte's pages agree.
         let one_page = |c: &mut Self, r: u8| {
             c.get(4, r, Reg::Rcx);
@@ -2386,11 +2373,11 @@ impl Compiler {
             );
         };
         one_page(self, 7);
-        self.probe_to(&at(sreg::ES, 7), 1, true, fb);
+        self.probe_to(&Self::reg_operand(op, sreg::ES, 7), 1, true, fb);
         asm!(self.a ; mov r14, rcx);
         if movs {
             one_page(self, 6);
-            self.probe_to(&at(op.seg as usize, 6), 1, false, fb);
+            self.probe_to(&Self::reg_operand(op, op.seg as usize, 6), 1, false, fb);
         }
         // RSI and RDI hold guest registers: kept on the stack around the host's REP.
         if !movs {
@@ -2819,15 +2806,10 @@ impl Compiler {
     /// bytes past the op's start: a static site (`StaticSite`) when the successor lies in
     /// the block's guest page. Leaves the code after it for the other ways out.
     fn static_tail(&mut self, i: usize, rel: i64) {
-        let (Some(phys), Some(off)) = (self.phys, self.off) else {
+        let (Some(phys), Some(page_off)) = (self.phys, self.page_offset(rel)) else {
             return;
         };
-        let page_off = (phys & 0xFFF) as i64 + off as i64 + rel;
-        if i + 1 != self.ops_len
-            || self.sites.len() == 2
-            || !(0..0x1000).contains(&page_off)
-            || !self.assume(CS_FLAT)
-        {
+        if i + 1 != self.ops_len || self.sites.len() == 2 || !self.assume(CS_FLAT) {
             return;
         }
         let n = self.ops_len as i32;

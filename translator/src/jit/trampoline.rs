@@ -58,7 +58,7 @@ pub(crate) struct Ctx<'a> {
 
 /// Kinds of data access with a page of their own in [`Ctx::near`]: reads and writes, each by
 /// base register (`compile::near_class`).
-pub(crate) const NEAR_KINDS: usize = 18;
+pub(crate) const NEAR_KINDS: usize = 2 * super::compile::NEAR_CLASSES;
 
 /// A page that a fast-TLB probe of compiled code found last, remembered in front of the
 /// fast TLB: stack and frame accesses stay in one page for long stretches, and comparing
