@@ -67,6 +67,10 @@ pub struct Cpu {
     pub(crate) smc_hit: bool,
     /// Set by mode-changing instructions: the block cache key changes, stop the block.
     pub(crate) block_break: bool,
+    /// With `block_break`: a Jcc inside the block was taken (`decode::op::JCC_GOES_ON`).
+    /// The block ended where it should, so the dispatcher chains on from it as from a
+    /// block's end.
+    pub(crate) side_exit: bool,
     pub(crate) cache: BlockCache,
     pub(crate) tlb: Tlb,
     /// Tier 1 (the JIT): its mode, code cache and statistics.
@@ -159,6 +163,7 @@ impl Cpu {
             nmi_blocked: false,
             smc_hit: false,
             block_break: false,
+            side_exit: false,
             cache: BlockCache::new(),
             tlb: Tlb::new(),
             jit: crate::jit::Jit::default(),

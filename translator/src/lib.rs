@@ -132,6 +132,7 @@ impl Cpu {
             // armed breakpoints also take this path (one test per block when none is).
             let single_step = self.rflags & flag::TF != 0;
             self.block_break = false;
+            self.side_exit = false;
             self.smc_hit = false;
             let mask = block.ip_mask;
             if shadow || self.rflags & (flag::TF | flag::RF) != 0 || self.dbg_armed {
@@ -249,13 +250,16 @@ impl Cpu {
                 done += 1;
                 // (A store into translated code sets it too.)
                 if self.block_break {
-                    clean = false;
+                    // (A taken side exit leaves the block as its end would.)
+                    clean = self.side_exit;
                     break;
                 }
             }
             self.icount += done;
             left -= done;
-            if clean && block.chainable && n == block.ops.len() {
+            // (A clean run that stopped short took a side exit, a Jcc, which keeps CS and the
+            // mode whatever the block's last instruction does.)
+            if clean && n == block.ops.len() && (block.chainable || done < n as u64) {
                 prev = Some(block);
             }
         }

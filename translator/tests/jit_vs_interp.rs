@@ -1209,10 +1209,71 @@ fn a_back_edge_is_linked_even_when_its_target_is_in_the_indirect_table() {
     let mut t1 = machine(&code, &[0; 8], &[0; 16], JitMode::Always, None);
     let s1 = run_sliced(&mut t1, &mut NullBus, &[1_000_000]);
     assert_eq!(s0, s1);
-    // Three transitions, all within the page, each patched once: the entry's JMP to the
-    // head, the back edge, and the loop's exit to the HLT block.
+    // Two transitions, both within the page, each patched once: the entry's JMP to the
+    // head and the back edge (a side exit: the loop's block goes on to the HLT).
     let st = t1.jit.stats;
-    assert_eq!(st.static_links, 3, "{st:?}");
+    assert_eq!(st.static_links, 2, "{st:?}");
+}
+
+/// Blocks go on past Jcc's whose target is in their page; taken, such a Jcc is a side exit.
+/// Its targets here read the flags of the SUB before it (ADC, SBB, PUSHFD), which the
+/// fall-through path overwrites at once — so compiled code that kept that SUB's flag
+/// record pending on the fall-through must store it on the way out — and the loop's own
+/// back edge is a side exit in a block that ends with HLT (no chainable end). Run whole and
+/// cut into odd budget slices: registers, flags and instruction counts as tier 0's.
+#[test]
+fn side_exits_leave_the_flags_and_counts_of_tier_0() {
+    let mut a = CodeAssembler::new(32).expect("asm");
+    let (mut top, mut low, mut five, mut next) = (
+        a.create_label(),
+        a.create_label(),
+        a.create_label(),
+        a.create_label(),
+    );
+    a.mov(ecx, 600).expect("asm");
+    a.xor(edx, edx).expect("asm");
+    a.set_label(&mut top).expect("asm");
+    a.mov(eax, ecx).expect("asm");
+    a.and(eax, 7).expect("asm");
+    a.sub(eax, 3).expect("asm");
+    a.jb(low).expect("asm");
+    a.add(edx, eax).expect("asm");
+    a.sub(eax, 2).expect("asm");
+    a.je(five).expect("asm");
+    a.xor(edx, 0x55).expect("asm");
+    a.jmp(next).expect("asm");
+    a.set_label(&mut low).expect("asm");
+    a.adc(edx, 100).expect("asm");
+    a.sbb(ebx, eax).expect("asm");
+    a.jmp(next).expect("asm");
+    a.set_label(&mut five).expect("asm");
+    a.pushfd().expect("asm");
+    a.pop(esi).expect("asm");
+    a.and(esi, 0x8d5).expect("asm");
+    a.add(edx, esi).expect("asm");
+    a.set_label(&mut next).expect("asm");
+    a.rol(edx, 3).expect("asm");
+    a.dec(ecx).expect("asm");
+    a.jnz(top).expect("asm");
+    a.hlt().expect("asm");
+    let code = a.assemble(CODE).expect("asm");
+    let regs = [0, 0, 0, 0, 0x8000, 0, 0, 0];
+    for slices in [&[1_000_000][..], &[1, 2, 3, 5, 8, 13, 7], &[29, 4, 11]] {
+        let mut t0 = machine(&code, &regs, &[0; 16], JitMode::Off, None);
+        let s0 = run_sliced(&mut t0, &mut NullBus, slices);
+        assert_eq!(s0.last().map(|s| s.exits[0]), Some(RunExit::Halted));
+        for mode in [JitMode::Always, JitMode::Auto] {
+            let mut t1 = machine(&code, &regs, &[0; 16], mode, None);
+            let s1 = run_sliced(&mut t1, &mut NullBus, slices);
+            assert_eq!(s0, s1, "slices {slices:?}: {mode:?}");
+            if slices.len() == 1 && mode == JitMode::Always {
+                // The side exits' targets are in the page: patched sites, not the dispatcher.
+                let st = t1.jit.stats;
+                assert!(st.static_links >= 3, "{st:?}");
+                assert!(st.entries * 20 < t1.icount, "{st:?}, {}", t1.icount);
+            }
+        }
+    }
 }
 
 #[test]

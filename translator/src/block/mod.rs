@@ -20,6 +20,10 @@ use std::rc::{Rc, Weak};
 
 /// Upper bound on instructions per block (keeps interrupt latency and rebuild cost bounded).
 pub const MAX_OPS: usize = 64;
+/// Conditional branches a block goes on past (each a side exit): with the two ways out of
+/// its end, as many as tier 1 gives static sites (`jit::compile::MAX_SITES`), for a side
+/// exit without one goes back to the dispatcher.
+const MAX_SIDE_EXITS: usize = 2;
 
 /// One translated basic block.
 pub struct Block {
@@ -418,6 +422,7 @@ impl Cpu {
         let mut run_call: Option<usize> = None;
         let mut buf = [0u8; 16];
         let mut chainable = false;
+        let mut side_exits = 0;
         loop {
             let cur_ip = run_ip + off;
             let in_page = 0x1000 - ((run_phys + off) & 0xFFF);
@@ -502,6 +507,7 @@ impl Cpu {
             off += len as u64;
             if stop
                 && bitness == 32
+                && side_exits < MAX_SIDE_EXITS
                 && ops.len() < MAX_OPS
                 && ins.mnemonic() == iced_x86::Mnemonic::Call
                 && ins.op_kind(0) == iced_x86::OpKind::NearBranch32
@@ -525,6 +531,21 @@ impl Cpu {
                     off = 0;
                     continue;
                 }
+            }
+            if stop
+                && bitness == 32
+                && ops.len() < MAX_OPS
+                && (run_phys + off) & 0xFFF != 0
+                && is_jcc(&ins)
+                && ins.near_branch_target() >> 12 == (cur_ip + len as u64) >> 12
+                && lin.wrapping_sub(ip) & 0xFFF == 0
+            {
+                // Go on past a conditional branch whose target lies in the same page: its
+                // taken path becomes a side exit of the block (see `decode::op::JCC_GOES_ON`).
+                let last = ops.len() - 1;
+                ops[last].imm2 = crate::decode::op::JCC_GOES_ON;
+                side_exits += 1;
+                continue;
             }
             if stop || ops.len() >= MAX_OPS || (run_phys + off) & 0xFFF == 0 {
                 break;
@@ -557,6 +578,26 @@ fn reads_icount(ins: &iced_x86::Instruction) -> bool {
         ins.mnemonic(),
         M::Rdtsc | M::Rdtscp | M::Rdmsr | M::Wrmsr | M::Rdpmc
     )
+}
+
+/// A conditional near branch on the flags (not LOOP or JCXZ, which also change or test a
+/// count register).
+fn is_jcc(ins: &iced_x86::Instruction) -> bool {
+    ins.flow_control() == FlowControl::ConditionalBranch
+        && matches!(
+            ins.op0_kind(),
+            iced_x86::OpKind::NearBranch16 | iced_x86::OpKind::NearBranch32
+        )
+        && ins.condition_code() != iced_x86::ConditionCode::None
+        && !matches!(
+            ins.mnemonic(),
+            iced_x86::Mnemonic::Loop
+                | iced_x86::Mnemonic::Loope
+                | iced_x86::Mnemonic::Loopne
+                | iced_x86::Mnemonic::Jcxz
+                | iced_x86::Mnemonic::Jecxz
+                | iced_x86::Mnemonic::Jrcxz
+        )
 }
 
 /// Does this instruction keep CS, the mode and the CPL (so the block it ends may be chained)?

@@ -33,6 +33,10 @@ pub mod pfx {
     pub const UNDEFINED: u8 = 32;
 }
 
+/// `Op::imm2` of a Jcc that is not its block's last instruction (the block goes on with the
+/// fall-through): taken, it ends the block early as a side exit (`Cpu::side_exit`).
+pub const JCC_GOES_ON: u32 = 1;
+
 /// One pre-decoded instruction: the handler and its operands, resolved once at translation.
 #[derive(Clone, Copy)]
 pub struct Op {
@@ -42,7 +46,8 @@ pub struct Op {
     pub imm: u64,
     /// Displacement of the memory operand (sign-extended; masked to the address size on use).
     pub disp: u64,
-    /// Second immediate: ENTER's nesting level, a far pointer's selector.
+    /// Second immediate: ENTER's nesting level, a far pointer's selector, a Jcc's
+    /// [`JCC_GOES_ON`].
     pub imm2: u32,
     /// Instruction length in bytes.
     pub len: u8,

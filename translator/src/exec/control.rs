@@ -3,7 +3,7 @@
 
 use crate::Cpu;
 use crate::bus::CpuBus;
-use crate::decode::op::{Op, loc};
+use crate::decode::op::{JCC_GOES_ON, Op, loc};
 use crate::exception::{ExecResult, Exit, Fault, vector};
 use crate::flags::size_mask;
 use crate::state::{flag, sreg};
@@ -25,6 +25,15 @@ impl Cpu {
         self.rip = t;
         Ok(())
     }
+
+    /// A taken Jcc that its block goes on past (`JCC_GOES_ON`) ends the block here.
+    #[inline]
+    pub(crate) fn take_side_exit(&mut self, op: &Op) {
+        if op.imm2 == JCC_GOES_ON {
+            self.block_break = true;
+            self.side_exit = true;
+        }
+    }
 }
 
 /// JMP rel: imm holds the offset from the next instruction.
@@ -37,7 +46,9 @@ pub fn jmp_rel(cpu: &mut Cpu, op: &Op, _bus: &mut dyn CpuBus) -> ExecResult {
 pub fn jcc(cpu: &mut Cpu, op: &Op, _bus: &mut dyn CpuBus) -> ExecResult {
     if cpu.cond(op.aux) {
         let t = cpu.rip.wrapping_add(op.imm);
-        cpu.near_jump(t, op.osize)
+        cpu.near_jump(t, op.osize)?;
+        cpu.take_side_exit(op);
+        Ok(())
     } else {
         Ok(())
     }

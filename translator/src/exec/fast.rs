@@ -387,6 +387,7 @@ fn jcc32<const CC: u8>(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecResu
             return Err(Fault::gp(0).into());
         }
         cpu.rip = t;
+        cpu.take_side_exit(op);
     }
     Ok(())
 }

@@ -31,7 +31,7 @@ pub(crate) struct Compiled {
     pub entry_segs: u8,
     /// The block's direct jumps to successors in its own guest page (see
     /// `compile::StaticSite`), offsets from `offset`.
-    pub sites: [Option<super::compile::StaticSite>; 2],
+    pub sites: [Option<super::compile::StaticSite>; super::compile::MAX_SITES],
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -180,7 +180,7 @@ impl CodeBuffer {
             body: 0,
             check: 0,
             entry_segs: 0,
-            sites: [None; 2],
+            sites: [None; super::compile::MAX_SITES],
         })
     }
 

@@ -241,8 +241,12 @@ pub(crate) struct Compiled {
     pub check: usize,
     /// What the entry from the dispatcher checks (`Plan::entry_segs`).
     pub entry_segs: u8,
-    pub sites: [Option<StaticSite>; 2],
+    pub sites: [Option<StaticSite>; MAX_SITES],
 }
+
+/// Static sites a block may have: its end's two successors and its side exits'
+/// (`Compiler::side_exit`), first come first served.
+pub(crate) const MAX_SITES: usize = 4;
 
 /// A `jmp rel32` at a block end whose successor lies in the block's own guest page: it goes
 /// to `refund` (the generic chain) until the dispatcher has seen that successor follow and
@@ -375,12 +379,24 @@ struct Compiler {
     off: Option<u64>,
     /// The block's physical address, when it may have static sites (`StaticSite`).
     phys: Option<u64>,
-    /// Static sites made: (jmp offset, refund label, target, segs).
-    sites: Vec<(usize, DynamicLabel, u64, u8)>,
+    /// The block's end may be chained (only side exits get static sites otherwise).
+    chainable: bool,
+    /// The indirect-branch table's address.
+    ib: usize,
+    /// Static sites made: (jmp offset, refund label, target, segs, ops run there, where the
+    /// refund goes on to).
+    sites: Vec<(usize, DynamicLabel, u64, u8, usize, DynamicLabel)>,
+    /// While a side exit's taken path is emitted: the ops it has run and its way out to the
+    /// dispatcher (`static_tail` makes its site for those instead of the block end's).
+    side: Option<(usize, DynamicLabel)>,
+    /// Side exits emitted (they leave compiled code, for the liveness pass).
+    side_exits: usize,
     /// Ops in the block.
     ops_len: usize,
     /// The generic chain's entry (`chain`).
     chain_start: DynamicLabel,
+    /// The way out that writes the guest registers back (see `emit`).
+    out_sync: DynamicLabel,
     /// The last op emitted went on to the next instruction (no branch, no handler).
     sequential: bool,
     /// May defer flag records (`Deferred`): the second pass, which knows which are live.
@@ -407,6 +423,15 @@ enum Deferred {
         d: u8,
         src: Result<i32, u8>,
     },
+    /// CMP (`test` false) or TEST of `s` (1 or 4) bytes of host register `d` (a low byte
+    /// for 1) with the source in `Err(r)` or the immediate `Ok(v)`: nothing written but the
+    /// host flags, so the record follows from the operands.
+    Cmp {
+        test: bool,
+        s: u8,
+        d: u8,
+        src: Result<i32, u8>,
+    },
     /// INC/DEC of host register `d`, whose CF is `before`'s (the producer whose record is
     /// still in memory): storing it folds that CF into RFLAGS first, as the inline INC does.
     IncDec {
@@ -428,7 +453,13 @@ impl Deferred {
     /// Whether writing host register `h` loses what the record needs.
     fn needs(&self, h: u8) -> bool {
         match *self {
-            Deferred::Alu { d, src, .. } => h == d || src == Err(h),
+            // (A logic op's record is its result alone.)
+            Deferred::Alu {
+                fop: FlagOp::Logic,
+                d,
+                ..
+            } => h == d,
+            Deferred::Alu { d, src, .. } | Deferred::Cmp { d, src, .. } => h == d || src == Err(h),
             Deferred::IncDec { d, .. } | Deferred::Shift { d, .. } | Deferred::Rotate { d, .. } => {
                 h == d
             }
@@ -468,16 +499,18 @@ fn dead_flags(seen: &[Seen]) -> Vec<bool> {
 }
 
 /// Compile `block` (with checks at every data access when it is `jit_checked`). `links`:
-/// the addresses of the block's [`super::ChainLinks`] and of the indirect-branch table when it
-/// may be chained (its end keeps CS, the mode and the CPL); its end then follows a matching
-/// link or table entry instead of returning.
+/// the address of the block's [`super::ChainLinks`] when it may be chained (its end keeps
+/// CS, the mode and the CPL); its end then follows a matching link or entry of the
+/// indirect-branch table (at `ib`) instead of returning. Side exits may use the table
+/// whatever the end does.
 pub(crate) fn compile(
     block: &Block,
-    links: Option<(usize, usize)>,
+    links: Option<usize>,
+    ib: usize,
 ) -> Result<Compiled, dynasmrt::DynasmError> {
     // The first pass finds out what each op does to the flags and where code may leave;
     // the second skips the flag records nothing reads.
-    let (_, first) = emit(block, links, &Plan::default())?;
+    let (_, first) = emit(block, links, ib, &Plan::default())?;
     let dead = dead_flags(&first);
     let plan = Plan {
         ops: first
@@ -493,7 +526,7 @@ pub(crate) fn compile(
             .take_while(|f| !f.called)
             .fold(0, |m, f| m | f.segs),
     };
-    Ok(emit(block, links, &plan)?.0)
+    Ok(emit(block, links, ib, &plan)?.0)
 }
 
 /// What the second pass knows from the first (empty in the first).
@@ -518,7 +551,8 @@ struct Seen {
 
 fn emit(
     block: &Block,
-    links: Option<(usize, usize)>,
+    links: Option<usize>,
+    ib: usize,
     plan: &Plan,
 ) -> Result<(Compiled, Vec<Seen>), dynasmrt::DynasmError> {
     let (ops, bitness, ip_mask) = (&block.ops, block.bitness(), block.ip_mask);
@@ -529,6 +563,7 @@ fn emit(
     let mut a = VecAssembler::<X64Relocation>::new_with_capacity(0, 4096, 0, 0, 64, 0, 128);
     let out = a.new_dynamic_label();
     let chain_start = a.new_dynamic_label();
+    let out_sync = a.new_dynamic_label();
     let mut c = Compiler {
         a,
         ip_mask,
@@ -551,10 +586,15 @@ fn emit(
         prev_host_flags: false,
         deopts: Vec::new(),
         off: Some(0),
-        phys: (links.is_some() && !checked && bitness == 32).then_some(block.phys),
+        phys: (!checked && bitness == 32).then_some(block.phys),
+        chainable: links.is_some(),
+        ib,
         sites: Vec::new(),
+        side: None,
+        side_exits: 0,
         ops_len: ops.len(),
         chain_start,
+        out_sync,
         sequential: false,
         defer: !plan.ops.is_empty(),
         deferred: None,
@@ -618,7 +658,7 @@ fn emit(
                 }
             }
         }
-        let exits = c.exits.len() + c.fallbacks.len() + c.breaks.len();
+        let exits = c.exits.len() + c.fallbacks.len() + c.breaks.len() + c.side_exits;
         let delta = c.delta;
         if is_handler(op, crate::exec::fast::call_rel32_sb) {
             c.off = None;
@@ -637,7 +677,7 @@ fn emit(
         }
         c.sequential = !called && c.delta == delta + op.len as u64;
         c.off = c.off.map(|o| o + op.len as u64);
-        let left = c.exits.len() + c.fallbacks.len() + c.breaks.len() != exits;
+        let left = c.exits.len() + c.fallbacks.len() + c.breaks.len() + c.side_exits != exits;
         seen.push(Seen {
             effect: c.effect,
             exits: left,
@@ -656,7 +696,7 @@ fn emit(
     if c.sequential {
         c.static_tail(ops.len() - 1, 0);
     }
-    if let Some((links, ib)) = links {
+    if let Some(links) = links {
         // The block's successors are its direct branch's or its fall-through.
         let last = &ops[ops.len() - 1];
         let direct = c.sequential
@@ -666,24 +706,29 @@ fn emit(
         // A computed JMP (a switch's jump table, an interpreter's dispatch) has more targets
         // than two links hold, and their compares would mostly miss.
         let computed = is_handler(last, crate::exec::control::jmp_ind);
-        c.chain(ops.len(), links, (!direct).then_some(ib), computed);
+        let start = c.chain_start;
+        c.chain(
+            ops.len(),
+            Some(links).filter(|_| !computed),
+            (!direct).then_some(ib),
+            start,
+        );
     }
     // Every exit but a handler's writes the guest registers back (`out_sync`); after a
     // handler's failure they are in `Cpu::regs` already (`out`).
-    let out_sync = c.a.new_dynamic_label();
     asm!(c.a
         ; xor eax, eax
         ; xor edx, edx
         ; jmp =>out_sync
     );
-    // A static site not linked yet gives the budget back and takes the generic chain.
-    for &(_, refund, _, _) in &c.sites {
-        let n = ops.len() as i32;
-        let start = c.chain_start;
+    // A static site not linked yet gives the budget back and takes the generic chain (or,
+    // a side exit's, the way out).
+    for &(_, refund, _, _, n, to) in &c.sites {
+        let n = n as i32;
         asm!(c.a
             ; =>refund
             ; add QWORD [r12 + CTX_BUDGET], n
-            ; jmp =>start
+            ; jmp =>to
         );
     }
     for p in std::mem::take(&mut c.far_probes) {
@@ -760,8 +805,8 @@ fn emit(
     );
     debug_assert_eq!(ST_OK, 0);
     let counts = c.counts;
-    let mut sites = [None; 2];
-    for (slot, &(at, refund, target, segs)) in sites.iter_mut().zip(&c.sites) {
+    let mut sites = [None; MAX_SITES];
+    for (slot, &(at, refund, target, segs, _, _)) in sites.iter_mut().zip(&c.sites) {
         let refund = c.a.labels().resolve_dynamic(refund)?.0;
         *slot = Some(StaticSite {
             at: at as u32,
@@ -934,13 +979,15 @@ impl Compiler {
     /// (gets no `ib`) because a hit there is a transition the dispatcher
     /// never sees, so it never gets the link or static site that would be cheaper: in a boot
     /// with `vbench=1000`, 270 M block ends of Jcc blocks were table hits before.
-    fn chain(&mut self, len: usize, links: usize, ib: Option<usize>, table_only: bool) {
+    ///
+    /// `len`: the ops to count; `start`: the label to place at the entry. A side exit that
+    /// has no static site (`side_exit`) looks in the table alone (`links` = `None`).
+    fn chain(&mut self, len: usize, links: Option<usize>, ib: Option<usize>, start: DynamicLabel) {
         use super::{ChainLink, IB_SLOTS};
         let done = self.a.new_dynamic_label();
         let poll = self.a.new_dynamic_label();
         let look = self.a.new_dynamic_label();
         let n = len as i32;
-        let links = links as i64;
         let poll_fn = addr(trampoline::chain_poll as *const () as usize);
         let size = std::mem::size_of::<ChainLink>() as i32;
         let (l_rip, l_stamp, l_entry) = (
@@ -949,19 +996,23 @@ impl Compiler {
             off32(offset_of!(ChainLink, entry)),
         );
         // (The successor's entry checks the budget.)
-        let start = self.chain_start;
         asm!(self.a
             ; =>start
             ; cmp BYTE [rbx + JIT_POLL], 0
             ; jne =>poll
             ; =>look
-            ; mov rdx, QWORD links
+        );
+        if let Some(links) = links {
+            let links = links as i64;
+            asm!(self.a ; mov rdx, QWORD links);
+        }
+        asm!(self.a
             ; mov rax, QWORD [rbx + LINK_CONTEXT]
             ; mov r13, QWORD [rbx + LINK_CONTEXT_GLOBAL]
             ; mov rcx, QWORD [rbx + RIP]
         );
         // The block's two links, then the indirect table's slot for RIP (in RDX).
-        let first = if table_only && ib.is_some() { 2 } else { 0 };
+        let first = if links.is_some() { 0 } else { 2 };
         for k in first..2 + ib.is_some() as i32 {
             let next = self.a.new_dynamic_label();
             let o = if k < 2 { k * size } else { 0 };
@@ -1236,6 +1287,9 @@ impl Compiler {
                     (Some(d), Some(r)) if k != kind::CMP && k != kind::TEST => {
                         self.alu_in_place(k, s, op.dst, d, Err(r))
                     }
+                    (Some(d), Some(r)) if self.cmp_defers(s, op) => {
+                        self.cmp_deferred(k == kind::TEST, s, d, Err(r))
+                    }
                     _ => {
                         self.get(s, op.dst, Reg::Rax);
                         self.get(s, op.src, Reg::Rcx);
@@ -1251,6 +1305,10 @@ impl Compiler {
                     Some(d) if k != kind::CMP && k != kind::TEST && s <= 4 => {
                         let v = (op.imm & m) as u32 as i32;
                         self.alu_in_place(k, s, op.dst, d, Ok(v))
+                    }
+                    Some(d) if self.cmp_defers(s, op) => {
+                        let v = (op.imm & m) as u32 as i32;
+                        self.cmp_deferred(k == kind::TEST, s, d, Ok(v))
                     }
                     _ => {
                         self.get(s, op.dst, Reg::Rax);
@@ -2515,6 +2573,31 @@ impl Compiler {
         self.produced(Producer::Known(fop, s));
     }
 
+    /// Whether a CMP/TEST of `s` bytes (register forms) leaves its record pending
+    /// (`Deferred::Cmp`): in the second pass, flags live, 32-bit or a low byte register.
+    fn cmp_defers(&self, s: u8, op: &Op) -> bool {
+        self.defer
+            && !self.dead
+            && (s == 4 || (s == 1 && op.dst < 8 && (op.src < 8 || op.src == loc::NONE)))
+    }
+
+    /// CMP/TEST in the host's own instruction on the pinned registers, its record pending.
+    fn cmp_deferred(&mut self, test: bool, s: u8, d: u8, src: Result<i32, u8>) {
+        match (test, s, src) {
+            (false, 1, Ok(v)) => asm!(self.a ; cmp Rb(d), v as i8),
+            (false, 1, Err(r)) => asm!(self.a ; cmp Rb(d), Rb(r)),
+            (false, _, Ok(v)) => asm!(self.a ; cmp Rd(d), v),
+            (false, _, Err(r)) => asm!(self.a ; cmp Rd(d), Rd(r)),
+            (true, 1, Ok(v)) => asm!(self.a ; test Rb(d), v as i8),
+            (true, 1, Err(r)) => asm!(self.a ; test Rb(d), Rb(r)),
+            (true, _, Ok(v)) => asm!(self.a ; test Rd(d), v),
+            (true, _, Err(r)) => asm!(self.a ; test Rd(d), Rd(r)),
+        }
+        self.deferred = Some(Deferred::Cmp { test, s, d, src });
+        let fop = if test { FlagOp::Logic } else { FlagOp::Sub };
+        self.produced(Producer::Known(fop, s));
+    }
+
     /// Before op `op` (`guarded`: it starts with segment guards, whose exits need the
     /// flags): keep a pending flag record pending, drop it (the op replaces every flag and
     /// cannot leave before), or store it.
@@ -2530,6 +2613,14 @@ impl Compiler {
                 Some(FastForm::MovRR(_) | FastForm::MovRI(_)) => !writes(self, op.dst),
                 Some(FastForm::Lea(_)) => op.base != loc::RIP && !writes(self, op.dst),
                 Some(FastForm::Nop) => true,
+                // A Jcc the block goes on past tests the host flags (still the pending
+                // producer's) and stores the record on its taken path alone.
+                Some(FastForm::Jcc32) => {
+                    op.imm2 == crate::decode::op::JCC_GOES_ON
+                        && self.cur + 1 < self.ops_len
+                        && self.prev_host_flags
+                        && matches!(self.flags, Producer::Known(f, _) if f != FlagOp::None)
+                }
                 // `push32` writes ESP (and the stack), `pop32` ESP and the register.
                 None if self.push32_inline(op) => !writes(self, 4),
                 None if self.pop32_inline(op) => !writes(self, 4) && !writes(self, op.dst),
@@ -2614,6 +2705,41 @@ impl Compiler {
                     ; mov WORD [rbx + L_OP], w
                 );
                 self.flags = Producer::Known(fop, 4);
+            }
+            Deferred::Cmp { test, s, d, src } => {
+                // The host flags stay the guest's: moves, LEAs and NOT, and TEST's AND
+                // gives the flags TEST gave.
+                let fop = if test { FlagOp::Logic } else { FlagOp::Sub };
+                if s == 1 {
+                    asm!(self.a ; movzx eax, Rb(d));
+                } else {
+                    asm!(self.a ; mov eax, Rd(d));
+                }
+                match src {
+                    Ok(v) => asm!(self.a ; mov ecx, v),
+                    Err(r) if s == 1 => asm!(self.a ; movzx ecx, Rb(r)),
+                    Err(r) => asm!(self.a ; mov ecx, Rd(r)),
+                }
+                if test {
+                    asm!(self.a ; mov edx, eax ; and edx, ecx);
+                } else {
+                    asm!(self.a
+                        ; mov edx, ecx
+                        ; not edx
+                        ; lea edx, [rax + rdx + 1]
+                        ; mov QWORD [rbx + L_A], rax
+                        ; mov QWORD [rbx + L_B], rcx
+                    );
+                    if s == 1 {
+                        asm!(self.a ; movzx edx, dl);
+                    }
+                }
+                let w = op_size(fop, s);
+                asm!(self.a
+                    ; mov QWORD [rbx + L_RES], rdx
+                    ; mov WORD [rbx + L_OP], w
+                );
+                self.flags = Producer::Known(fop, s);
             }
             Deferred::IncDec { fop, d, before } => {
                 // Stored once already (by a fallback on the way here, whose path joined
@@ -2785,6 +2911,10 @@ impl Compiler {
         } else {
             self.host_cond(cc)
         };
+        if op.imm2 == crate::decode::op::JCC_GOES_ON && i + 1 < self.ops_len {
+            self.side_exit(i, op, hc);
+            return;
+        }
         jcc_host(&mut self.a, hc, taken);
         let cont = self.a.new_dynamic_label();
         // Not taken: RIP to the next instruction.
@@ -2802,18 +2932,60 @@ impl Compiler {
         asm!(self.a ; =>cont);
     }
 
-    /// At the end of op `i` when it is the block's last, with RIP written back and `rel`
-    /// bytes past the op's start: a static site (`StaticSite`) when the successor lies in
-    /// the block's guest page. Leaves the code after it for the other ways out.
+    /// A Jcc inside the block (`JCC_GOES_ON`), its condition in host condition `hc`: taken,
+    /// the block ends here — the pending flag record stored, RIP written, ops up to this one
+    /// counted — through a static site when the target is in the block's page, else back
+    /// to the dispatcher (status OK with `i + 1` ops done, which chains on as from a block
+    /// end); not taken, the block goes on with what the compiler knew before.
+    fn side_exit(&mut self, i: usize, op: &Op, hc: u8) {
+        let not_taken = self.a.new_dynamic_label();
+        jcc_host(&mut self.a, hc ^ 1, not_taken);
+        let (delta, flags, deferred, seg_ok) = (self.delta, self.flags, self.deferred, self.seg_ok);
+        if let Some(df) = self.deferred.take() {
+            self.store_deferred(df);
+        }
+        let out = self.a.new_dynamic_label();
+        self.side = Some((i + 1, out));
+        let sites = self.sites.len();
+        self.jump_taken(i, op);
+        self.side = None;
+        if self.sites.len() == sites {
+            // No static site: the indirect table, where the dispatcher puts every block it
+            // enters (a site, once patched, never reaches the dispatcher or the table).
+            let start = self.a.new_dynamic_label();
+            self.chain(i + 1, None, Some(self.ib), start);
+        }
+        let (n, st) = ((i + 1) as i32, ST_OK as i32);
+        asm!(self.a
+            ; =>out
+            ; mov edx, n
+            ; mov eax, st
+            ; jmp =>self.out_sync
+            ; =>not_taken
+        );
+        (self.delta, self.flags, self.deferred, self.seg_ok) = (delta, flags, deferred, seg_ok);
+        self.delta += op.len as u64;
+        self.side_exits += 1;
+    }
+
+    /// At the end of op `i` when it is the block's last (or on a side exit's taken path),
+    /// with RIP written back and `rel` bytes past the op's start: a static site
+    /// (`StaticSite`) when the successor lies in the block's guest page. Leaves the code
+    /// after it for the other ways out.
     fn static_tail(&mut self, i: usize, rel: i64) {
         let (Some(phys), Some(page_off)) = (self.phys, self.page_offset(rel)) else {
             return;
         };
-        if i + 1 != self.ops_len || self.sites.len() == 2 || !self.assume(CS_FLAT) {
+        let (done, poll) = self.side.unwrap_or((self.ops_len, self.chain_start));
+        if (self.side.is_none() && !self.chainable)
+            || i + 1 != done
+            || self.sites.len() == MAX_SITES
+            || !self.assume(CS_FLAT)
+        {
             return;
         }
-        let n = self.ops_len as i32;
-        let (refund, poll) = (self.a.new_dynamic_label(), self.chain_start);
+        let n = done as i32;
+        let refund = self.a.new_dynamic_label();
         asm!(self.a
             ; cmp BYTE [rbx + JIT_POLL], 0
             ; jne =>poll
@@ -2826,7 +2998,8 @@ impl Compiler {
             return;
         }
         let target = (phys & !0xFFF) + page_off as u64;
-        self.sites.push((at, refund, target, self.seg_ok));
+        self.sites
+            .push((at, refund, target, self.seg_ok, done, poll));
     }
 
     /// Write RIP back before a relative branch unless its target can be computed from the
@@ -3215,6 +3388,20 @@ impl Compiler {
                 before: self.flags,
             });
             self.flags = Producer::Known(FlagOp::None, 0);
+            return;
+        }
+        if self.dead
+            && s == 4
+            && op.src == loc::IMM
+            && let Some(d) = self.home(op.dst)
+        {
+            let c = imm_count(op, s) as i8;
+            if ror {
+                asm!(self.a ; ror Rd(d), c);
+            } else {
+                asm!(self.a ; rol Rd(d), c);
+            }
+            self.flags = Producer::Unknown;
             return;
         }
         // Materialising first is invisible and leaves the flags eager on both paths.

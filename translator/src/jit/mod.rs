@@ -303,10 +303,11 @@ impl Jit {
     }
 
     /// Compile `block` into the code cache, flushing it when full.
-    fn compile(&mut self, block: &Block) -> Option<Compiled> {
+    /// `rip` is only for the trace log (a profile's code matched to guest addresses).
+    fn compile(&mut self, block: &Block, rip: u64) -> Option<Compiled> {
         let ib = self.ib.get_or_insert_with(IbTable::new).addr();
-        let links = block.chainable.then(|| (block.jit_links.addr(), ib));
-        let out = match compile::compile(block, links) {
+        let links = block.chainable.then(|| block.jit_links.addr());
+        let out = match compile::compile(block, links, ib) {
             Ok(c) => c,
             Err(e) => {
                 log::warn!("jit: block not compiled: {e}");
@@ -361,8 +362,9 @@ impl Jit {
             Ok(c) => {
                 // For matching a profile's hot code (`VIREO_JIT_DUMP`) to guest code.
                 log::trace!(
-                    "jit: block at phys {:#x} ({} ops) compiled to offset {:#x}",
+                    "jit: block at phys {:#x} rip {:#x} ({} ops) compiled to offset {:#x}",
                     block.phys,
+                    rip,
                     block.ops.len(),
                     c.offset
                 );
@@ -486,7 +488,7 @@ pub(crate) fn run_block(
                 return None;
             }
             let flushes = cpu.jit.stats.flushes;
-            let c = cpu.jit.compile(block);
+            let c = cpu.jit.compile(block, cpu.rip);
             if cpu.jit.stats.flushes != flushes {
                 // Every link pointed into the flushed cache.
                 cpu.cache.epoch = cpu.cache.epoch.wrapping_add(1);
@@ -527,7 +529,6 @@ pub(crate) fn run_block(
         entry: (entry + code.body) as u64,
     };
     if let Some(a) = from
-        && a.chainable
         && a.cached.get()
         && block.cached.get()
         && a.ip_mask == block.ip_mask
@@ -583,8 +584,9 @@ pub(crate) fn run_block(
         }
     }
     let outcome = match (status, fault) {
+        // (A side exit's index: the ops it ran; a block end's is 0.)
         (ST_OK, _) => Outcome::Ran {
-            done: len as u64,
+            done: if idx == 0 { len as u64 } else { idx },
             clean: true,
         },
         (ST_BREAK, _) => Outcome::Ran {

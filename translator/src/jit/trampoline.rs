@@ -13,7 +13,8 @@ use crate::bus::CpuBus;
 use crate::decode::op::Op;
 use crate::exception::{Exit, Fault};
 
-/// The block ran to its end.
+/// The block ran to its end (index 0), or left through a taken side exit after op
+/// `index - 1` (`Compiler::side_exit`).
 pub(crate) const ST_OK: u64 = 0;
 /// Op `index` completed and set `block_break` (mode change, store into code...).
 pub(crate) const ST_BREAK: u64 = 1;
