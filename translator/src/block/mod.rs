@@ -21,8 +21,8 @@ use std::rc::{Rc, Weak};
 /// Upper bound on instructions per block (keeps interrupt latency and rebuild cost bounded).
 pub const MAX_OPS: usize = 64;
 /// Conditional branches a block goes on past (each a side exit): with the two ways out of
-/// its end, as many as tier 1 gives static sites (`jit::compile::MAX_SITES`), for a side
-/// exit without one goes back to the dispatcher.
+/// its end, as many as tier 1 gives static sites (`jit::compile::MAX_SITES`); a side exit
+/// without one (its target on another page) looks in the indirect-branch table.
 const MAX_SIDE_EXITS: usize = 2;
 
 /// One translated basic block.
@@ -537,11 +537,9 @@ impl Cpu {
                 && ops.len() < MAX_OPS
                 && (run_phys + off) & 0xFFF != 0
                 && is_jcc(&ins)
-                && ins.near_branch_target() >> 12 == (cur_ip + len as u64) >> 12
-                && lin.wrapping_sub(ip) & 0xFFF == 0
             {
-                // Go on past a conditional branch whose target lies in the same page: its
-                // taken path becomes a side exit of the block (see `decode::op::JCC_GOES_ON`).
+                // Go on past a conditional branch: its taken path becomes a side exit of the
+                // block (see `decode::op::JCC_GOES_ON`).
                 let last = ops.len() - 1;
                 ops[last].imm2 = crate::decode::op::JCC_GOES_ON;
                 side_exits += 1;
