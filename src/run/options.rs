@@ -68,7 +68,8 @@ pub struct Options {
     /// Overrides `VIREO_JIT`.
     #[arg(long, value_name = "MODE")]
     pub jit: Option<String>,
-    /// Instructions per CPU time slice between device work (a tuning knob).
+    /// Instructions per CPU time slice between device work (a tuning knob: slices run from a
+    /// quarter to four times it, ending near the next timer deadline).
     #[arg(long, value_name = "N", default_value_t = 50_000, hide = true)]
     pub slice: u64,
 }

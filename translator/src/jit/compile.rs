@@ -95,6 +95,12 @@ const CTX_BLOCK: i32 = off32(offset_of!(Ctx<'static>, block));
 const CTX_FAST_R: i32 = off32(offset_of!(Ctx<'static>, fast_r));
 const CTX_FAST_W: i32 = off32(offset_of!(Ctx<'static>, fast_w));
 const CTX_BUDGET: i32 = off32(offset_of!(Ctx<'static>, budget));
+/// While compiled code runs, the budget lives in the stack slot the prologue reserves (at
+/// RSP in every block: links keep the frame), not in `Ctx::budget`: a block end's
+/// subtraction and the next block's compare were a store and a load of the same memory
+/// word, which tight loops waited on at every pass (vbench ms). It goes to `Ctx::budget`
+/// before every call out (`call_op` counts `icount` from it) and on the way out.
+const FRAME_BUDGET: i32 = 0;
 const CTX_NEAR: i32 = off32(offset_of!(Ctx<'static>, near));
 const CTX_SHIFT_CF: i32 = off32(offset_of!(Ctx<'static>, shift_cf));
 /// `Ctx::shared`: host addresses of the code all blocks share (`Shared`).
@@ -383,6 +389,11 @@ struct Compiler {
     chainable: bool,
     /// The indirect-branch table's address.
     ib: usize,
+    /// The first op's code, past the entry's budget check (`loop_back`).
+    loop_body: DynamicLabel,
+    /// What the entry from the dispatcher checks, and whether the flags are dead there.
+    entry_segs: u8,
+    entry_flags_dead: bool,
     /// Static sites made: (jmp offset, refund label, target, segs, ops run there, where the
     /// refund goes on to).
     sites: Vec<(usize, DynamicLabel, u64, u8, usize, DynamicLabel)>,
@@ -483,7 +494,10 @@ enum Effect {
 /// could read them. Nothing leaves compiled code between ops but handler calls, fallbacks and
 /// faults (`exits`), where the flags must be exact, and the block end, where the successor
 /// may read them; in between, an op that replaces all six flags kills the earlier ones.
-fn dead_flags(seen: &[Seen]) -> Vec<bool> {
+///
+/// Also whether the flags are live at the block's first op (a loop back to it may leave
+/// its last record unstored otherwise: `Compiler::loop_back`).
+fn dead_flags(seen: &[Seen]) -> (Vec<bool>, bool) {
     let mut dead = vec![false; seen.len()];
     let mut live = true;
     for (i, op) in seen.iter().enumerate().rev() {
@@ -495,7 +509,7 @@ fn dead_flags(seen: &[Seen]) -> Vec<bool> {
                 Effect::Pass => live,
             };
     }
-    dead
+    (dead, live)
 }
 
 /// Compile `block` (with checks at every data access when it is `jit_checked`). `links`:
@@ -511,8 +525,9 @@ pub(crate) fn compile(
     // The first pass finds out what each op does to the flags and where code may leave;
     // the second skips the flag records nothing reads.
     let (_, first) = emit(block, links, ib, &Plan::default())?;
-    let dead = dead_flags(&first);
+    let (dead, entry_live) = dead_flags(&first);
     let plan = Plan {
+        entry_flags_dead: !entry_live,
         ops: first
             .iter()
             .zip(dead)
@@ -536,6 +551,8 @@ struct Plan {
     ops: Vec<(bool, u8)>,
     /// What the entry from the dispatcher checks (see `compile`).
     entry_segs: u8,
+    /// The first op's code reads no flags before replacing them all, and leaves none before.
+    entry_flags_dead: bool,
 }
 
 /// What the first pass learnt of an op.
@@ -589,6 +606,9 @@ fn emit(
         phys: (!checked && bitness == 32).then_some(block.phys),
         chainable: links.is_some(),
         ib,
+        loop_body: out_sync,
+        entry_segs,
+        entry_flags_dead: plan.entry_flags_dead,
         sites: Vec::new(),
         side: None,
         side_exits: 0,
@@ -611,6 +631,8 @@ fn emit(
         ; sub rsp, 8
         ; mov rbx, rdi
         ; mov r12, rsi
+        ; mov rax, QWORD [r12 + CTX_BUDGET]
+        ; mov QWORD [rsp + FRAME_BUDGET], rax
     );
     if c.pinned {
         reload(&mut c.a);
@@ -636,9 +658,12 @@ fn emit(
     // stop of its own and nothing but a fault or a handler leaves the block between ops.
     let stop = c.a.new_dynamic_label();
     let n = ops.len() as i32;
+    c.loop_body = c.a.new_dynamic_label();
+    let loop_body = c.loop_body;
     asm!(c.a
-        ; cmp QWORD [r12 + CTX_BUDGET], n
+        ; cmp QWORD [rsp + FRAME_BUDGET], n
         ; jb =>stop
+        ; =>loop_body
     );
     for (i, op) in ops.iter().enumerate() {
         let (dead, segs) = plan.ops.get(i).copied().unwrap_or_default();
@@ -727,7 +752,7 @@ fn emit(
         let n = n as i32;
         asm!(c.a
             ; =>refund
-            ; add QWORD [r12 + CTX_BUDGET], n
+            ; add QWORD [rsp + FRAME_BUDGET], n
             ; jmp =>to
         );
     }
@@ -869,6 +894,9 @@ pub(crate) fn shared() -> Result<(Vec<u8>, Shared), dynasmrt::DynasmError> {
         asm!(a
             ; mov rdi, rcx
             ; mov rsi, rdx
+            // (Past the return address: the block's budget slot.)
+            ; mov rcx, QWORD [rsp + 8 + FRAME_BUDGET]
+            ; mov QWORD [r12 + CTX_BUDGET], rcx
             ; sub rsp, 8
             ; call rax
             ; add rsp, 8
@@ -886,6 +914,8 @@ pub(crate) fn shared() -> Result<(Vec<u8>, Shared), dynasmrt::DynasmError> {
     spill(&mut a);
     let out = a.offset().0;
     asm!(a
+        ; mov r13, QWORD [rsp + FRAME_BUDGET]
+        ; mov QWORD [r12 + CTX_BUDGET], r13
         ; mov QWORD [r12 + CTX_BLOCK], rcx
         ; shl rdx, 8
         ; or rax, rdx
@@ -908,6 +938,8 @@ pub(crate) fn shared() -> Result<(Vec<u8>, Shared), dynasmrt::DynasmError> {
         let call_op = addr(trampoline::call_op as *const () as usize);
         let fail = a.new_dynamic_label();
         asm!(a
+            ; mov rax, QWORD [rsp + 8 + FRAME_BUDGET]
+            ; mov QWORD [r12 + CTX_BUDGET], rax
             ; movzx eax, dx
             ; add rax, QWORD [rbx + RIP]
             ; and rax, QWORD [r12 + CTX_IP_MASK]
@@ -1038,7 +1070,7 @@ impl Compiler {
                 ; cmp r13, QWORD [rdx + o + l_stamp]
                 ; jne =>next
                 ; =>hit
-                ; sub QWORD [r12 + CTX_BUDGET], n
+                ; sub QWORD [rsp + FRAME_BUDGET], n
                 ; jmp QWORD [rdx + o + l_entry]
                 ; =>next
             );
@@ -2941,6 +2973,13 @@ impl Compiler {
         let not_taken = self.a.new_dynamic_label();
         jcc_host(&mut self.a, hc ^ 1, not_taken);
         let (delta, flags, deferred, seg_ok) = (self.delta, self.flags, self.deferred, self.seg_ok);
+        if self.loop_back(i, op) {
+            (self.delta, self.flags, self.deferred, self.seg_ok) = (delta, flags, deferred, seg_ok);
+            asm!(self.a ; =>not_taken);
+            self.delta += op.len as u64;
+            self.side_exits += 1;
+            return;
+        }
         if let Some(df) = self.deferred.take() {
             self.store_deferred(df);
         }
@@ -2968,6 +3007,62 @@ impl Compiler {
         self.side_exits += 1;
     }
 
+    /// A side exit of op `i` (a relative branch) back to the block's own first op, in 32-bit
+    /// code with a flat CS in one page: a loop within the compiled code, no site to patch
+    /// (the code jumps into itself, which it always matches). It counts the ops, checks
+    /// the budget for another pass and the event poll, and goes on past the entry's checks
+    /// (when what they check holds here). When the first op's code needs no flags, the
+    /// pending record stays unstored on the way round (the ways out store it). False, with
+    /// nothing emitted, when that does not apply.
+    fn loop_back(&mut self, i: usize, op: &Op) -> bool {
+        let rel = (op.len as i64).wrapping_add(op.imm as i64);
+        let Some(phys) = self.phys else {
+            return false;
+        };
+        if op.osize != 4
+            || self.page_offset(rel) != Some((phys & 0xFFF) as i64)
+            || self.seg_ok & self.entry_segs != self.entry_segs
+            || !self.assume(CS_FLAT)
+        {
+            return false;
+        }
+        let d = (self.delta as i64).wrapping_add(rel);
+        if !self.add_rip_in_page(rel, d) {
+            return false;
+        }
+        self.delta = 0;
+        let keep = self.entry_flags_dead;
+        if !keep && let Some(df) = self.deferred.take() {
+            self.store_deferred(df);
+        }
+        let (n, len, st) = ((i + 1) as i32, self.ops_len as i32, ST_OK as i32);
+        let (out, refund, body) = (
+            self.a.new_dynamic_label(),
+            self.a.new_dynamic_label(),
+            self.loop_body,
+        );
+        asm!(self.a
+            ; cmp BYTE [rbx + JIT_POLL], 0
+            ; jne =>out
+            ; sub QWORD [rsp + FRAME_BUDGET], n
+            ; cmp QWORD [rsp + FRAME_BUDGET], len
+            ; jb =>refund
+            ; jmp =>body
+            ; =>refund
+            ; add QWORD [rsp + FRAME_BUDGET], n
+            ; =>out
+        );
+        if let Some(df) = self.deferred.take() {
+            self.store_deferred(df);
+        }
+        asm!(self.a
+            ; mov edx, n
+            ; mov eax, st
+            ; jmp =>self.out_sync
+        );
+        true
+    }
+
     /// At the end of op `i` when it is the block's last (or on a side exit's taken path),
     /// with RIP written back and `rel` bytes past the op's start: a static site
     /// (`StaticSite`) when the successor lies in the block's guest page. Leaves the code
@@ -2989,7 +3084,7 @@ impl Compiler {
         asm!(self.a
             ; cmp BYTE [rbx + JIT_POLL], 0
             ; jne =>poll
-            ; sub QWORD [r12 + CTX_BUDGET], n
+            ; sub QWORD [rsp + FRAME_BUDGET], n
         );
         let at = self.a.offset().0;
         asm!(self.a ; jmp =>refund);
