@@ -1278,6 +1278,88 @@ fn side_exits_leave_the_flags_and_counts_of_tier_0() {
     }
 }
 
+/// CMP and TEST of byte and dword registers with immediates and registers, each followed by
+/// a Jcc that tests the host flags of the compiled compare directly (its record pending),
+/// over a table of edge values: every condition code counted into EDX, as tier 0 does.
+#[test]
+fn compares_tested_by_jcc_agree_with_tier_0() {
+    let mut a = CodeAssembler::new(32).expect("asm");
+    let mut top = a.create_label();
+    a.mov(esi, DATA as i32).expect("asm");
+    a.mov(edi, 48).expect("asm");
+    a.xor(edx, edx).expect("asm");
+    a.set_label(&mut top).expect("asm");
+    a.mov(eax, dword_ptr(esi)).expect("asm");
+    a.mov(ebx, dword_ptr(esi + 4)).expect("asm");
+    // (cc, form): each compare, then a Jcc over one INC; EDX doubles between them.
+    for k in 0..16u32 {
+        let mut skip = a.create_label();
+        match k % 8 {
+            0 => a.cmp(al, 0x80).expect("asm"),
+            1 => a.cmp(al, bl).expect("asm"),
+            2 => a.test(al, 0x81).expect("asm"),
+            3 => a.test(bl, al).expect("asm"),
+            4 => a.cmp(eax, 0x7fff_ffff).expect("asm"),
+            5 => a.cmp(eax, ebx).expect("asm"),
+            6 => a.test(eax, 0x8000_0001u32 as i32).expect("asm"),
+            _ => a.test(ebx, eax).expect("asm"),
+        }
+        match k {
+            0 | 8 => a.jb(skip),
+            1 | 9 => a.jbe(skip),
+            2 | 10 => a.jl(skip),
+            3 | 11 => a.jle(skip),
+            4 | 12 => a.js(skip),
+            5 | 13 => a.jo(skip),
+            6 | 14 => a.jp(skip),
+            _ => a.je(skip),
+        }
+        .expect("asm");
+        a.inc(edx).expect("asm");
+        a.set_label(&mut skip).expect("asm");
+        a.rol(edx, 1).expect("asm");
+    }
+    a.add(esi, 8).expect("asm");
+    a.dec(edi).expect("asm");
+    a.jnz(top).expect("asm");
+    a.hlt().expect("asm");
+    let code = a.assemble(CODE).expect("asm");
+    let edges = [
+        0u32,
+        1,
+        0x7f,
+        0x80,
+        0x81,
+        0xff,
+        0x100,
+        0x7fff_ffff,
+        0x8000_0000,
+        0x8000_0001,
+        0xffff_ffff,
+        0x1234_5678,
+    ];
+    let mut data = Vec::new();
+    let mut rng = Rng(0x5eed);
+    for i in 0..48 {
+        let (x, y) = if i < 24 {
+            (edges[i % edges.len()], edges[(i * 7 + 3) % edges.len()])
+        } else {
+            (rng.next() as u32, rng.next() as u32)
+        };
+        data.extend_from_slice(&x.to_le_bytes());
+        data.extend_from_slice(&y.to_le_bytes());
+    }
+    let regs = [0; 8];
+    let mut t0 = machine(&code, &regs, &data, JitMode::Off, None);
+    let s0 = run_sliced(&mut t0, &mut NullBus, &[1_000_000]);
+    assert_eq!(s0.last().map(|s| s.exits[0]), Some(RunExit::Halted));
+    for mode in [JitMode::Always, JitMode::Auto] {
+        let mut t1 = machine(&code, &regs, &data, mode, None);
+        let s1 = run_sliced(&mut t1, &mut NullBus, &[1_000_000]);
+        assert_eq!(s0, s1, "{mode:?}");
+    }
+}
+
 /// Loops whose back edge is a side exit to their own block's start run round inside the
 /// compiled code. The first loop's body replaces the flags before reading them, so the
 /// record of its SUB stays unstored on the way round; the second one's ADC reads the CF

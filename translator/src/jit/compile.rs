@@ -2610,7 +2610,7 @@ impl Compiler {
     fn cmp_defers(&self, s: u8, op: &Op) -> bool {
         self.defer
             && !self.dead
-            && (s == 4 || (s == 1 && op.dst < 8 && (op.src < 8 || op.src == loc::NONE)))
+            && (s == 4 || (s == 1 && op.dst < 8 && (op.src < 8 || op.src == loc::IMM)))
     }
 
     /// CMP/TEST in the host's own instruction on the pinned registers, its record pending.
