@@ -3279,8 +3279,17 @@ impl Compiler {
         }
     }
 
-    /// Host CF = CF of the pending flags (what `Cpu::flag(CF)` reads).
+    /// Host CF = CF of the pending flags (what `Cpu::flag(CF)` reads): already there when
+    /// the op before left its flags in the host's (`host_flags`; the ADD of an ADD/ADC pair).
     fn carry_in(&mut self) {
+        if self.prev_host_flags
+            && matches!(
+                self.flags,
+                Producer::Known(FlagOp::Add | FlagOp::Sub | FlagOp::Logic, _)
+            )
+        {
+            return;
+        }
         match self.flags {
             Producer::Known(FlagOp::Logic, _) => asm!(self.a ; clc),
             Producer::Known(FlagOp::Add, _) => asm!(self.a
