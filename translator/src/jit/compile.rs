@@ -3354,6 +3354,15 @@ impl Compiler {
         // Only moves until the carry out is taken (SETC below).
         mask(&mut self.a, s, Reg::Rdx);
         self.rm_store_rdx(op, s);
+        if self.dead {
+            // Nothing reads these flags: no record, no CF in RFLAGS (the memory ADC of a
+            // 64-bit counter's high half, a compare right after).
+            if let Some(cont) = cont {
+                asm!(self.a ; =>cont);
+            }
+            self.flags = Producer::Unknown;
+            return;
+        }
         asm!(self.a ; setc r14b ; movzx r14d, r14b);
         // Add + 1 = Adc1, Sub + 1 = Sbb1.
         let base = if sbb { FlagOp::Sub } else { FlagOp::Add } as u8 as i32;
