@@ -1260,22 +1260,32 @@ fn side_exits_leave_the_flags_and_counts_of_tier_0() {
     a.hlt().expect("asm");
     let code = a.assemble(CODE).expect("asm");
     let regs = [0, 0, 0, 0, 0x8000, 0, 0, 0];
-    for slices in [&[1_000_000][..], &[1, 2, 3, 5, 8, 13, 7], &[29, 4, 11]] {
-        let mut t0 = machine(&code, &regs, &[0; 16], JitMode::Off, None);
+    let t1 = agree_in_slices(&code, &regs, &[&[1, 2, 3, 5, 8, 13, 7], &[29, 4, 11]]);
+    // The side exits' targets are in the page: patched sites, not the dispatcher.
+    let st = t1.jit.stats;
+    assert!(st.static_links >= 3, "{st:?}");
+    assert!(st.entries * 20 < t1.icount, "{st:?}, {}", t1.icount);
+}
+
+/// Runs `code` (to HLT) in tier 0 and in both JIT modes, whole and cut into each of `cuts`'
+/// budget slices, asserting equal states at every slice's end; returns the machine of the
+/// whole run with every block compiled.
+fn agree_in_slices(code: &[u8], regs: &[u64; 8], cuts: &[&[u64]]) -> Cpu {
+    let mut whole = None;
+    for slices in std::iter::once(&[1_000_000u64][..]).chain(cuts.iter().copied()) {
+        let mut t0 = machine(code, regs, &[0; 16], JitMode::Off, None);
         let s0 = run_sliced(&mut t0, &mut NullBus, slices);
         assert_eq!(s0.last().map(|s| s.exits[0]), Some(RunExit::Halted));
         for mode in [JitMode::Always, JitMode::Auto] {
-            let mut t1 = machine(&code, &regs, &[0; 16], mode, None);
+            let mut t1 = machine(code, regs, &[0; 16], mode, None);
             let s1 = run_sliced(&mut t1, &mut NullBus, slices);
             assert_eq!(s0, s1, "slices {slices:?}: {mode:?}");
-            if slices.len() == 1 && mode == JitMode::Always {
-                // The side exits' targets are in the page: patched sites, not the dispatcher.
-                let st = t1.jit.stats;
-                assert!(st.static_links >= 3, "{st:?}");
-                assert!(st.entries * 20 < t1.icount, "{st:?}, {}", t1.icount);
+            if whole.is_none() && mode == JitMode::Always {
+                whole = Some(t1);
             }
         }
     }
+    whole.expect("the whole run")
 }
 
 /// CMP and TEST of byte and dword registers with immediates and registers, each followed by
@@ -1389,27 +1399,14 @@ fn loops_back_to_their_own_block_keep_tier_0s_flags_and_counts() {
     let regs = [0, 0, 0, 0, 0x8000, 0, 0, 0];
     // (Slices longer than the blocks — 64 ops: the zeros after HLT decode as ADDs — let
     // compiled code go round several times in one.)
-    let cuts: [&[u64]; 4] = [
-        &[1_000_000],
-        &[1, 2, 3, 5, 8, 13, 7],
-        &[29, 4, 11],
-        &[100, 67, 130],
-    ];
-    for slices in cuts {
-        let mut t0 = machine(&code, &regs, &[0; 16], JitMode::Off, None);
-        let s0 = run_sliced(&mut t0, &mut NullBus, slices);
-        assert_eq!(s0.last().map(|s| s.exits[0]), Some(RunExit::Halted));
-        for mode in [JitMode::Always, JitMode::Auto] {
-            let mut t1 = machine(&code, &regs, &[0; 16], mode, None);
-            let s1 = run_sliced(&mut t1, &mut NullBus, slices);
-            assert_eq!(s0, s1, "slices {slices:?}: {mode:?}");
-            if slices.len() == 1 && mode == JitMode::Always {
-                // Thousands of passes, a handful of dispatcher entries.
-                let st = t1.jit.stats;
-                assert!(st.entries < 10, "{st:?}");
-            }
-        }
-    }
+    let t1 = agree_in_slices(
+        &code,
+        &regs,
+        &[&[1, 2, 3, 5, 8, 13, 7], &[29, 4, 11], &[100, 67, 130]],
+    );
+    // Thousands of passes, a handful of dispatcher entries.
+    let st = t1.jit.stats;
+    assert!(st.entries < 10, "{st:?}");
 }
 
 #[test]
