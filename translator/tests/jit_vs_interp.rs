@@ -1409,6 +1409,34 @@ fn loops_back_to_their_own_block_keep_tier_0s_flags_and_counts() {
     assert!(st.entries < 10, "{st:?}");
 }
 
+/// RDTSC (a handler call) in a loop that compiled code goes round through links and its own
+/// back edge: the handler must see the instruction count of tier 0 (the TSC counts retired
+/// instructions here), so the ops compiled code ran since it was entered must be counted
+/// before every call out, not only on the way out.
+#[test]
+fn handlers_called_from_chained_code_see_tier_0s_instruction_count() {
+    let mut a = CodeAssembler::new(32).expect("asm");
+    let (mut top, mut skip) = (a.create_label(), a.create_label());
+    a.mov(ecx, 300).expect("asm");
+    a.set_label(&mut top).expect("asm");
+    a.add(ebx, ecx).expect("asm");
+    a.rdtsc().expect("asm");
+    a.add(edi, eax).expect("asm");
+    a.test(ecx, 1).expect("asm");
+    a.jnz(skip).expect("asm");
+    a.xor(esi, edx).expect("asm");
+    a.xor(esi, eax).expect("asm");
+    a.set_label(&mut skip).expect("asm");
+    a.dec(ecx).expect("asm");
+    a.jnz(top).expect("asm");
+    a.hlt().expect("asm");
+    let code = a.assemble(CODE).expect("asm");
+    let regs = [0, 0, 0, 0, 0x8000, 0, 0, 0];
+    let t1 = agree_in_slices(&code, &regs, &[&[1, 2, 3, 5, 8, 13, 7], &[97, 1, 40, 3]]);
+    let st = t1.jit.stats;
+    assert!(st.entries * 20 < t1.icount, "{st:?}, {}", t1.icount);
+}
+
 #[test]
 fn stores_into_a_chained_successor_invalidate_it() {
     // P patches the immediate of B's first instruction every 8th pass (and B is otherwise

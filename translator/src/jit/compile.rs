@@ -2,9 +2,9 @@
 //!
 //! Every op either becomes inline host code (the forms `FastForm` names, plus near JMP rel)
 //! or a call of [`trampoline::call_op`] with that op, which runs its tier-0 handler exactly as
-//! the dispatch loop would. Register conventions inside a block: RBX = `*mut Cpu`, R12 =
-//! `*mut Ctx`; RAX, RCX, RDX, R13 and R14 are scratch. The budget and the fast TLB's tag bias
-//! live in the `Ctx`.
+//! the dispatch loop would. Register conventions inside a block: RBX = `*mut Cpu` (the `Ctx`
+//! is part of it: `Jit::ctx`), R12 = the budget (ops left); RAX, RCX, RDX, R13 and R14 are
+//! scratch.
 //!
 //! Guest registers: outside 64-bit code the eight guest GPRs live in host registers
 //! (`GUEST`) for as long as compiled code runs — loaded at the entry from the dispatcher,
@@ -20,7 +20,7 @@
 //! segment (a failing guard sends the block back to be compiled with checks at every
 //! access: [`ST_DEOPT`]).
 //!
-//! A block is entered with the number of ops the budget allows (`Ctx::budget`); it stops
+//! A block is entered with the number of ops the budget allows (R12); it stops
 //! before its first op with [`ST_STOP`] when that is less than the block's length. A
 //! chainable block's end may jump into a compiled successor's body instead of returning (see
 //! `Compiler::chain`).
@@ -91,31 +91,25 @@ const LINK_CONTEXT: i32 = off32(offset_of!(Cpu, jit) + offset_of!(super::Jit, co
 const LINK_CONTEXT_GLOBAL: i32 =
     off32(offset_of!(Cpu, jit) + offset_of!(super::Jit, context_global));
 const JIT_FLAT: i32 = off32(offset_of!(Cpu, jit) + offset_of!(super::Jit, flat));
-const CTX_BLOCK: i32 = off32(offset_of!(Ctx<'static>, block));
-const CTX_FAST_R: i32 = off32(offset_of!(Ctx<'static>, fast_r));
-const CTX_FAST_W: i32 = off32(offset_of!(Ctx<'static>, fast_w));
-const CTX_BUDGET: i32 = off32(offset_of!(Ctx<'static>, budget));
-/// While compiled code runs, the budget lives in the stack slot the prologue reserves (at
-/// RSP in every block: links keep the frame), not in `Ctx::budget`: a block end's
-/// subtraction and the next block's compare were a store and a load of the same memory
-/// word, which tight loops wait on at every pass; a shorter operand, too (vbench 984 ->
-/// 974 ms against `Ctx::budget`, medians of 4). It goes to `Ctx::budget` before every
-/// call out (`call_op` counts `icount` from it) and on the way out.
-const FRAME_BUDGET: i32 = 0;
-const CTX_NEAR: i32 = off32(offset_of!(Ctx<'static>, near));
-const CTX_SHIFT_CF: i32 = off32(offset_of!(Ctx<'static>, shift_cf));
+/// `Jit::ctx`: compiled code reaches the `Ctx` through the `Cpu` pointer.
+const CTX: usize = offset_of!(Cpu, jit) + offset_of!(super::Jit, ctx);
+const CTX_BLOCK: i32 = off32(CTX + offset_of!(Ctx, block));
+const CTX_FAST_R: i32 = off32(CTX + offset_of!(Ctx, fast_r));
+const CTX_FAST_W: i32 = off32(CTX + offset_of!(Ctx, fast_w));
+const CTX_BUDGET: i32 = off32(CTX + offset_of!(Ctx, budget));
+const CTX_NEAR: i32 = off32(CTX + offset_of!(Ctx, near));
+const CTX_SHIFT_CF: i32 = off32(CTX + offset_of!(Ctx, shift_cf));
 /// `Ctx::shared`: host addresses of the code all blocks share (`Shared`).
-const CTX_THUNK_PINNED: i32 = off32(offset_of!(Ctx<'static>, shared));
+const CTX_THUNK_PINNED: i32 = off32(CTX + offset_of!(Ctx, shared));
 const CTX_THUNK: i32 = CTX_THUNK_PINNED + 8;
 const CTX_OUT_SYNC_PINNED: i32 = CTX_THUNK_PINNED + 16;
 const CTX_OUT: i32 = CTX_THUNK_PINNED + 24;
 const CTX_FALLBACK_PINNED: i32 = CTX_THUNK_PINNED + 32;
 const CTX_FALLBACK: i32 = CTX_THUNK_PINNED + 40;
-const CTX_IP_MASK: i32 = off32(offset_of!(Ctx<'static>, ip_mask));
+const CTX_IP_MASK: i32 = off32(CTX + offset_of!(Ctx, ip_mask));
 
-/// The host registers (numbers) holding the `*mut Cpu` (RBX) and the `*mut Ctx` (R12).
+/// The host register (number) holding the `*mut Cpu` (RBX).
 const CPU_PTR: u8 = 3;
-const CTX_PTR: u8 = 12;
 
 /// Host registers of guest EAX, ECX, EDX, EBX, ESP, EBP, ESI, EDI outside 64-bit code:
 /// R8-R11, RSI, RBP, RDI, R15 (AL-BL are then R8B-R11B, which need no REX tricks).
@@ -632,9 +626,7 @@ fn emit(
         ; push r15
         ; sub rsp, 8
         ; mov rbx, rdi
-        ; mov r12, rsi
-        ; mov rax, QWORD [r12 + CTX_BUDGET]
-        ; mov QWORD [rsp + FRAME_BUDGET], rax
+        ; mov r12, QWORD [rbx + CTX_BUDGET]
     );
     if c.pinned {
         reload(&mut c.a);
@@ -661,7 +653,7 @@ fn emit(
     let stop = c.a.new_dynamic_label();
     let n = ops.len() as i32;
     asm!(c.a
-        ; cmp QWORD [rsp + FRAME_BUDGET], n
+        ; cmp r12, n
         ; jb =>stop
         ; =>loop_body
     );
@@ -752,7 +744,7 @@ fn emit(
         let n = n as i32;
         asm!(c.a
             ; =>refund
-            ; add QWORD [rsp + FRAME_BUDGET], n
+            ; add r12, n
             ; jmp =>to
         );
     }
@@ -823,10 +815,10 @@ fn emit(
     asm!(c.a
         ; =>out_sync
         ; mov rcx, QWORD block
-        ; jmp QWORD [r12 + sync]
+        ; jmp QWORD [rbx + sync]
         ; =>out
         ; mov rcx, QWORD block
-        ; jmp QWORD [r12 + CTX_OUT]
+        ; jmp QWORD [rbx + CTX_OUT]
     );
     debug_assert_eq!(ST_OK, 0);
     let counts = c.counts;
@@ -894,9 +886,8 @@ pub(crate) fn shared() -> Result<(Vec<u8>, Shared), dynasmrt::DynasmError> {
         asm!(a
             ; mov rdi, rcx
             ; mov rsi, rdx
-            // (Past the return address: the block's budget slot.)
-            ; mov rcx, QWORD [rsp + 8 + FRAME_BUDGET]
-            ; mov QWORD [r12 + CTX_BUDGET], rcx
+            // (`call_op` counts `icount` from it; R12 itself survives the call.)
+            ; mov QWORD [rbx + CTX_BUDGET], r12
             ; sub rsp, 8
             ; call rax
             ; add rsp, 8
@@ -914,9 +905,8 @@ pub(crate) fn shared() -> Result<(Vec<u8>, Shared), dynasmrt::DynasmError> {
     spill(&mut a);
     let out = a.offset().0;
     asm!(a
-        ; mov r13, QWORD [rsp + FRAME_BUDGET]
-        ; mov QWORD [r12 + CTX_BUDGET], r13
-        ; mov QWORD [r12 + CTX_BLOCK], rcx
+        ; mov QWORD [rbx + CTX_BUDGET], r12
+        ; mov QWORD [rbx + CTX_BLOCK], rcx
         ; shl rdx, 8
         ; or rax, rdx
         ; add rsp, 8
@@ -938,11 +928,10 @@ pub(crate) fn shared() -> Result<(Vec<u8>, Shared), dynasmrt::DynasmError> {
         let call_op = addr(trampoline::call_op as *const () as usize);
         let fail = a.new_dynamic_label();
         asm!(a
-            ; mov rax, QWORD [rsp + 8 + FRAME_BUDGET]
-            ; mov QWORD [r12 + CTX_BUDGET], rax
+            ; mov QWORD [rbx + CTX_BUDGET], r12
             ; movzx eax, dx
             ; add rax, QWORD [rbx + RIP]
-            ; and rax, QWORD [r12 + CTX_IP_MASK]
+            ; and rax, QWORD [rbx + CTX_IP_MASK]
             ; mov QWORD [rbx + RIP], rax
             // (Also the 16-byte alignment for the call below.)
             ; push rdx
@@ -951,7 +940,7 @@ pub(crate) fn shared() -> Result<(Vec<u8>, Shared), dynasmrt::DynasmError> {
             spill(&mut a);
         }
         asm!(a
-            ; mov rdi, r12
+            ; mov rdi, rbx
             ; mov rsi, rcx
             ; mov rax, QWORD call_op
             ; call rax
@@ -966,7 +955,7 @@ pub(crate) fn shared() -> Result<(Vec<u8>, Shared), dynasmrt::DynasmError> {
             ; shr edx, 16
             ; mov rcx, QWORD [rbx + RIP]
             ; sub rcx, rdx
-            ; and rcx, QWORD [r12 + CTX_IP_MASK]
+            ; and rcx, QWORD [rbx + CTX_IP_MASK]
             ; mov QWORD [rbx + RIP], rcx
             ; test rax, rax
             ; =>fail
@@ -1070,7 +1059,7 @@ impl Compiler {
                 ; cmp r13, QWORD [rdx + o + l_stamp]
                 ; jne =>next
                 ; =>hit
-                ; sub QWORD [rsp + FRAME_BUDGET], n
+                ; sub r12, n
                 ; jmp QWORD [rdx + o + l_entry]
                 ; =>next
             );
@@ -1079,7 +1068,7 @@ impl Compiler {
             ; jmp =>done
             ; =>poll
         );
-        self.call_out(poll_fn, CTX_PTR, None);
+        self.call_out(poll_fn, None);
         asm!(self.a
             ; test eax, eax
             ; jnz =>look
@@ -1222,12 +1211,11 @@ impl Compiler {
         }
     }
 
-    /// Call the `extern "sysv64"` function at `f` with RDI = host register `arg0` (RBX or
-    /// R12) and RSI = `arg1`, the guest registers written back before and reloaded after
+    /// Call the `extern "sysv64"` function at `f` with RDI = the `Cpu` and RSI = `arg1`, the guest registers written back before and reloaded after
     /// (Rust may read them, and the call clobbers the caller-saved ones) by the thunk all
     /// blocks share (`Shared`). The result is in RAX; the host flags are the callee's.
-    fn call_out(&mut self, f: i64, arg0: u8, arg1: Option<i64>) {
-        asm!(self.a ; mov rcx, Rq(arg0));
+    fn call_out(&mut self, f: i64, arg1: Option<i64>) {
+        asm!(self.a ; mov rcx, rbx);
         if let Some(v) = arg1 {
             asm!(self.a ; mov rdx, QWORD v);
         }
@@ -1238,7 +1226,7 @@ impl Compiler {
         };
         asm!(self.a
             ; mov rax, QWORD f
-            ; call QWORD [r12 + thunk]
+            ; call QWORD [rbx + thunk]
         );
     }
 
@@ -1270,7 +1258,7 @@ impl Compiler {
         asm!(self.a
             ; mov rcx, QWORD op_ptr
             ; mov edx, amounts
-            ; call QWORD [r12 + thunk]
+            ; call QWORD [rbx + thunk]
             ; jnz =>exit
         );
     }
@@ -1281,7 +1269,7 @@ impl Compiler {
         let op_ptr = op as *const Op as i64;
         let f = addr(trampoline::call_op as *const () as usize);
         // A failing handler leaves through `out`, with `Cpu::regs` as it left them.
-        self.call_out(f, CTX_PTR, Some(op_ptr));
+        self.call_out(f, Some(op_ptr));
         asm!(self.a
             ; test rax, rax
             ; jnz =>exit
@@ -1762,10 +1750,10 @@ impl Compiler {
         let room = 4096 - s as i32;
         asm!(self.a
             ; mov rcx, rax
-            ; sub rcx, QWORD [r12 + tag]
+            ; sub rcx, QWORD [rbx + tag]
             ; cmp rcx, room
             ; ja =>far
-            ; add rcx, QWORD [r12 + host]
+            ; add rcx, QWORD [rbx + host]
             ; =>join
         );
         self.far_probes.push(FarProbe {
@@ -1801,14 +1789,14 @@ impl Compiler {
             ; mov ecx, eax
             ; shr ecx, 12 - shift
             ; and ecx, slots
-            ; add rcx, QWORD [r12 + table]
+            ; add rcx, QWORD [rbx + table]
             ; cmp QWORD [rcx], rdx
             ; jne =>fb
             ; mov rcx, QWORD [rcx + entry_host]
             // (A hit means the access does not cross: RDX is its page.)
-            ; mov QWORD [r12 + tag], rdx
+            ; mov QWORD [rbx + tag], rdx
             ; add rdx, rcx
-            ; mov QWORD [r12 + host], rdx
+            ; mov QWORD [rbx + host], rdx
             ; add rcx, rax
             ; jmp =>join
         );
@@ -1950,7 +1938,7 @@ impl Compiler {
             }
             if defer {
                 // The one flag the result does not give back: the last bit shifted out.
-                asm!(self.a ; setc BYTE [r12 + CTX_SHIFT_CF]);
+                asm!(self.a ; setc BYTE [rbx + CTX_SHIFT_CF]);
                 self.deferred = Some(Deferred::Shift { k, d: h });
                 self.flags = Producer::Known(FlagOp::None, s);
             } else {
@@ -2808,7 +2796,7 @@ impl Compiler {
                     ; lahf
                     ; movzx edx, ah
                     ; and edx, szp
-                    ; movzx eax, BYTE [r12 + CTX_SHIFT_CF]
+                    ; movzx eax, BYTE [rbx + CTX_SHIFT_CF]
                     ; or edx, eax
                 );
                 self.shift_of(k, 32);
@@ -2915,7 +2903,7 @@ impl Compiler {
                 self.set_cf_from_cl();
                 asm!(self.a ; jmp =>done ; =>slow);
                 let f = addr(trampoline::fold_cf as *const () as usize);
-                self.call_out(f, CPU_PTR, None);
+                self.call_out(f, None);
                 asm!(self.a ; =>done);
             }
         }
@@ -3044,12 +3032,12 @@ impl Compiler {
         asm!(self.a
             ; cmp BYTE [rbx + JIT_POLL], 0
             ; jne =>out
-            ; sub QWORD [rsp + FRAME_BUDGET], n
-            ; cmp QWORD [rsp + FRAME_BUDGET], len
+            ; sub r12, n
+            ; cmp r12, len
             ; jb =>refund
             ; jmp =>body
             ; =>refund
-            ; add QWORD [rsp + FRAME_BUDGET], n
+            ; add r12, n
             ; =>out
         );
         if let Some(df) = self.deferred.take() {
@@ -3080,7 +3068,7 @@ impl Compiler {
         asm!(self.a
             ; cmp BYTE [rbx + JIT_POLL], 0
             ; jne =>poll
-            ; sub QWORD [rsp + FRAME_BUDGET], n
+            ; sub r12, n
         );
         let at = self.a.offset().0;
         asm!(self.a ; jmp =>refund);
@@ -3222,7 +3210,7 @@ impl Compiler {
             }
             _ => {
                 let (c32, f) = (cc as i32, addr(trampoline::cond as *const () as usize));
-                self.call_out(f, CPU_PTR, Some(c32 as i64));
+                self.call_out(f, Some(c32 as i64));
                 asm!(self.a ; test al, al);
                 // `Cpu::cond` may have materialised the flags.
                 self.flags = Producer::Unknown;
@@ -3455,7 +3443,7 @@ impl Compiler {
             }
             Producer::Carry | Producer::Unknown => {
                 let f = addr(trampoline::materialise as *const () as usize);
-                self.call_out(f, CPU_PTR, None);
+                self.call_out(f, None);
             }
         }
         self.flags = Producer::Known(FlagOp::None, 0);

@@ -216,6 +216,9 @@ pub struct Jit {
     /// gets a new one.
     numbers: hashbrown::HashMap<LinkContext, u64>,
     next_context: u64,
+    /// What compiled code reaches through the `Cpu` pointer besides the guest's state
+    /// (`trampoline::enter` fills it at each entry).
+    pub(crate) ctx: trampoline::Ctx,
 }
 
 /// Link contexts remembered before the map starts over (each TLB flush makes new ones).
@@ -239,6 +242,7 @@ impl Default for Jit {
             seen: LinkContext::default(),
             numbers: hashbrown::HashMap::new(),
             next_context: 2,
+            ctx: trampoline::Ctx::default(),
         }
     }
 }

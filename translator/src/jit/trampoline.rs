@@ -1,17 +1,18 @@
 //! Entry into compiled code and the Rust functions compiled code calls back into.
 //!
-//! A compiled block is `extern "sysv64" fn(cpu: *mut Cpu, ctx: *mut Ctx) -> u64`.
-//! It keeps the `Cpu` pointer pinned in RBX and the context pointer in R12, counts the ops it
-//! and its linked successors run off [`Ctx::budget`] and returns `status | index << 8`:
-//! [`ST_OK`] when every op ran, otherwise the status of op `index` — of the block in
-//! [`Ctx::block`], which the block that leaves compiled code stores (links enter a
-//! successor's body past its prologue, on the same stack frame).
+//! A compiled block is `extern "sysv64" fn(cpu: *mut Cpu) -> u64`. It keeps the `Cpu`
+//! pointer pinned in RBX (the context, [`Ctx`], is part of the `Cpu`: `Jit::ctx`), the
+//! budget in R12, counts the ops it and its linked successors run off that budget and returns
+//! `status | index << 8`: [`ST_OK`] when every op ran, otherwise the status of op `index` —
+//! of the block in [`Ctx::block`], which the block that leaves compiled code stores (links
+//! enter a successor's body past its prologue, on the same stack frame).
 
 use crate::Cpu;
 use crate::block::Block;
 use crate::bus::CpuBus;
 use crate::decode::op::Op;
 use crate::exception::{Exit, Fault};
+use std::ptr::NonNull;
 
 /// The block ran to its end (index 0), or left through a taken side exit after op
 /// `index - 1` (`Compiler::side_exit`).
@@ -28,11 +29,12 @@ pub(crate) const ST_STOP: u64 = 4;
 /// `Compiler::guard`): the block is to be compiled again with checks at every access.
 pub(crate) const ST_DEOPT: u64 = 5;
 
-/// What compiled code needs besides the `Cpu`: the bus for handler calls and a place for the
-/// fault that ends the block.
+/// What compiled code needs besides the guest's state: the bus for handler calls and a place
+/// for the fault that ends the block. It lives in the `Cpu` (`Jit::ctx`) so that compiled
+/// code reaches it through the `Cpu` pointer, leaving a host register for the budget.
 /// `repr(C)`: compiled code reads the host addresses at fixed offsets.
 #[repr(C)]
-pub(crate) struct Ctx<'a> {
+pub(crate) struct Ctx {
     /// Host addresses of the fast read and write TLB tables.
     pub fast_r: usize,
     pub fast_w: usize,
@@ -40,14 +42,16 @@ pub(crate) struct Ctx<'a> {
     pub near: [NearPage; NEAR_KINDS],
     /// The CF of a shift whose flags compiled code has not stored yet (`compile::Deferred`).
     pub shift_cf: u64,
-    pub cpu: *mut Cpu,
-    pub bus: *mut (dyn CpuBus + 'a),
+    /// The bus `enter` was given, for the duration of the call only (its lifetime is
+    /// `enter`'s borrow; `None` outside it).
+    bus: Option<NonNull<dyn CpuBus + 'static>>,
     /// RIP mask of the block's code size.
     pub ip_mask: u64,
     pub fault: Option<Fault>,
     /// The block compiled code left from (`Rc::as_ptr`): its exit path stores it.
     pub block: *const Block,
-    /// Ops left in the budget; links count theirs off (and so into `icount`: see
+    /// Ops left in the budget when compiled code last called out or left (it keeps the
+    /// budget in R12 while it runs); links count theirs off (and so into `icount`: see
     /// [`Ctx::sync_icount`]).
     pub budget: u64,
     /// The budget and `Cpu::icount` at the entry.
@@ -55,6 +59,25 @@ pub(crate) struct Ctx<'a> {
     pub icount0: u64,
     /// Host addresses of the code all blocks share (`compile::Shared`, in its order).
     pub shared: [usize; 6],
+}
+
+impl Default for Ctx {
+    fn default() -> Self {
+        Ctx {
+            fast_r: 0,
+            fast_w: 0,
+            near: [NearPage::EMPTY; NEAR_KINDS],
+            shift_cf: 0,
+            bus: None,
+            ip_mask: 0,
+            fault: None,
+            block: std::ptr::null(),
+            budget: 0,
+            budget0: 0,
+            icount0: 0,
+            shared: [0; 6],
+        }
+    }
 }
 
 /// Kinds of data access with a page of their own in [`Ctx::near`]: reads and writes, each by
@@ -84,11 +107,29 @@ impl NearPage {
     };
 }
 
-impl Ctx<'_> {
+impl Cpu {
     /// `Cpu::icount` with the ops of every block left through a link (links only count
     /// them off the budget): before a handler runs and when compiled code returns.
-    fn sync_icount(&self, cpu: &mut Cpu) {
-        cpu.icount = self.icount0 + (self.budget0 - self.budget);
+    fn sync_icount(&mut self) {
+        let ctx = &self.jit.ctx;
+        self.icount = ctx.icount0 + (ctx.budget0 - ctx.budget);
+    }
+
+    /// The bus compiled code was entered with.
+    ///
+    /// # Safety
+    /// Only while `enter` runs (from the functions compiled code calls), and the returned
+    /// borrow must not outlive the call compiled code made.
+    unsafe fn entered_bus<'b>(&self) -> &'b mut dyn CpuBus {
+        let bus = self
+            .jit
+            .ctx
+            .bus
+            .expect("compiled code runs only inside `enter`");
+        // SAFETY: `enter` set it from an exclusive borrow it holds for the whole run of
+        // compiled code and does not use otherwise meanwhile; the caller keeps the borrow
+        // within that run.
+        unsafe { &mut *bus.as_ptr() }
     }
 }
 
@@ -97,7 +138,7 @@ fn fast_tables(cpu: &Cpu) -> (usize, usize) {
     cpu.tlb.fast_tables(cpu.cpl == 3)
 }
 
-type Entry = unsafe extern "sysv64" fn(*mut Cpu, *mut Ctx<'_>) -> u64;
+type Entry = unsafe extern "sysv64" fn(*mut Cpu) -> u64;
 
 /// Run the compiled block at host address `entry`.
 ///
@@ -117,13 +158,17 @@ pub(crate) unsafe fn enter(
     shared: [usize; 6],
 ) -> (u64, Option<Fault>, *const Block) {
     let (fast_r, fast_w) = fast_tables(cpu);
-    let mut ctx = Ctx {
+    let bus: *mut (dyn CpuBus + '_) = bus;
+    // SAFETY: only the lifetime is erased; the pointer is taken out again below, before the
+    // borrow it came from ends, and used only by the functions compiled code calls meanwhile.
+    let bus =
+        unsafe { std::mem::transmute::<*mut (dyn CpuBus + '_), *mut (dyn CpuBus + 'static)>(bus) };
+    cpu.jit.ctx = Ctx {
         fast_r,
         fast_w,
         near: [NearPage::EMPTY; NEAR_KINDS],
         shift_cf: 0,
-        cpu: cpu as *mut Cpu,
-        bus: bus as *mut (dyn CpuBus + '_),
+        bus: NonNull::new(bus),
         ip_mask,
         fault: None,
         block,
@@ -134,27 +179,28 @@ pub(crate) unsafe fn enter(
     };
     // SAFETY: the caller guarantees `entry` is a compiled block with this signature.
     let f: Entry = unsafe { std::mem::transmute::<usize, Entry>(entry) };
-    // SAFETY: the pointers in `ctx` come from live exclusive borrows that are not used
-    // otherwise until the call returns; the compiled code only touches `Cpu` fields at
-    // offsets taken with `offset_of!` and calls the functions below.
-    let r = unsafe { f(ctx.cpu, &mut ctx) };
-    ctx.sync_icount(cpu);
-    (r, ctx.fault, ctx.block)
+    // SAFETY: `cpu` is an exclusive borrow not used otherwise until the call returns; the
+    // compiled code only touches `Cpu` fields at offsets taken with `offset_of!` and calls
+    // the functions below.
+    let r = unsafe { f(cpu) };
+    cpu.jit.ctx.bus = None;
+    cpu.sync_icount();
+    (r, cpu.jit.ctx.fault.take(), cpu.jit.ctx.block)
 }
 
 /// Run one op exactly as the tier-0 loop does: RIP to the next instruction, the handler, and
 /// on a fault RIP and RSP back to the instruction's start (precise faults).
-pub(crate) extern "sysv64" fn call_op(ctx: *mut Ctx<'_>, op: *const Op) -> u64 {
-    // SAFETY: compiled code passes the `Ctx` it was entered with (alive on `enter`'s stack)
-    // and a pointer into its block's `ops`, which the dispatcher keeps alive while it runs.
-    let (ctx, op) = unsafe { (&mut *ctx, &*op) };
-    // SAFETY: `ctx.cpu` and `ctx.bus` are the exclusive borrows `enter` was given; compiled
-    // code does not touch the `Cpu` while this call runs.
-    let (cpu, bus) = unsafe { (&mut *ctx.cpu, &mut *ctx.bus) };
-    ctx.sync_icount(cpu);
+pub(crate) extern "sysv64" fn call_op(cpu: *mut Cpu, op: *const Op) -> u64 {
+    // SAFETY: compiled code passes its pinned `Cpu` pointer (`enter`'s exclusive borrow, not
+    // touched by compiled code while this call runs) and a pointer into its block's `ops`,
+    // which the dispatcher keeps alive while it runs.
+    let (cpu, op) = unsafe { (&mut *cpu, &*op) };
+    // SAFETY: called from compiled code, inside `enter`; the borrow ends with this call.
+    let bus = unsafe { cpu.entered_bus() };
+    cpu.sync_icount();
     let start = cpu.rip;
     let rsp = cpu.regs[4];
-    cpu.rip = start.wrapping_add(op.len as u64) & ctx.ip_mask;
+    cpu.rip = start.wrapping_add(op.len as u64) & cpu.jit.ctx.ip_mask;
     let before = event_state(cpu);
     let mut watched = Watched { bus, used: false };
     let r = (op.exec)(cpu, op, &mut watched);
@@ -166,7 +212,9 @@ pub(crate) extern "sysv64" fn call_op(ctx: *mut Ctx<'_>, op: *const Op) -> u64 {
     // A far transfer, a CPL change, an invalidation...: links made before must not be taken.
     cpu.refresh_link_context();
     // A handler may change the CPL (and so the tables' half) and the fast TLB.
-    (ctx.fast_r, ctx.fast_w) = fast_tables(cpu);
+    let (fast_r, fast_w) = fast_tables(cpu);
+    let ctx = &mut cpu.jit.ctx;
+    (ctx.fast_r, ctx.fast_w) = (fast_r, fast_w);
     ctx.near = [NearPage::EMPTY; NEAR_KINDS];
     match r {
         Ok(()) if cpu.block_break => ST_BREAK,
@@ -174,7 +222,7 @@ pub(crate) extern "sysv64" fn call_op(ctx: *mut Ctx<'_>, op: *const Op) -> u64 {
         Err(Exit::Fault(f)) => {
             cpu.rip = start;
             cpu.regs[4] = rsp;
-            ctx.fault = Some(f);
+            cpu.jit.ctx.fault = Some(f);
             ST_FAULT
         }
         Err(Exit::Halt) => ST_HALT,
@@ -241,11 +289,11 @@ impl CpuBus for Watched<'_, '_> {
 /// the dispatcher go straight on to the next block's compiled code? Not when it would deliver
 /// an event (NMI, INTR — as far as the bus can tell cheaply), stop (HLT state) or run the next
 /// instruction alone (interrupt shadow, TF, RF, armed debug registers). 1 = go on.
-pub(crate) extern "sysv64" fn chain_poll(ctx: *mut Ctx<'_>) -> u64 {
+pub(crate) extern "sysv64" fn chain_poll(cpu: *mut Cpu) -> u64 {
     // SAFETY: as in `call_op`.
-    let ctx = unsafe { &mut *ctx };
+    let cpu = unsafe { &mut *cpu };
     // SAFETY: as in `call_op`.
-    let (cpu, bus) = unsafe { (&mut *ctx.cpu, &mut *ctx.bus) };
+    let bus = unsafe { cpu.entered_bus() };
     use crate::state::flag;
     if cpu.irq_shadow || cpu.halted || cpu.dbg_armed || cpu.rflags & (flag::TF | flag::RF) != 0 {
         return 0;
