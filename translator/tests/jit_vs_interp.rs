@@ -996,9 +996,8 @@ fn a_tiny_code_cache_is_flushed_and_stays_bounded() {
     let mut rng = Rng(5);
     for _ in 0..200 {
         random_insn(&mut a, &mut rng, Some(esi)).expect("asm");
-        let mut next = a.create_label();
-        a.jmp(next).expect("asm");
-        a.set_label(&mut next).expect("asm");
+        // (A JMP would be followed by the block builder; RDTSC starts a block.)
+        a.rdtsc().expect("asm");
     }
     a.dec(esi).expect("asm");
     a.jne(top).expect("asm");
@@ -1187,34 +1186,81 @@ fn chained_loops_and_call_chains_agree_under_any_budget_cut() {
     }
 }
 
-/// A loop head first entered from another block (so the dispatcher put it in the indirect
-/// table) is still linked from the loop's own back edge: a block ending in a direct branch
-/// leaves a transition its links miss to the dispatcher instead of the table, whose hits the
-/// dispatcher never sees.
+/// A loop head first entered from another block through a register (so the dispatcher put
+/// it in the indirect table) is still linked from the loop's own back edge: a block ending
+/// in a direct branch leaves a transition its links miss to the dispatcher instead of the
+/// table, whose hits the dispatcher never sees. (The back edge is a JMP to code the block
+/// holds already, which the block builder does not follow.)
 #[test]
 fn a_back_edge_is_linked_even_when_its_target_is_in_the_indirect_table() {
     let mut a = CodeAssembler::new(32).expect("asm");
-    let (mut head, mut mid) = (a.create_label(), a.create_label());
+    let (mut head, mut out) = (a.create_label(), a.create_label());
     a.mov(ecx, 5000).expect("asm");
-    a.jmp(head).expect("asm");
-    a.nop().expect("asm");
+    a.mov(edx, CODE as i32 + 0x40).expect("asm");
+    a.jmp(edx).expect("asm");
+    a.nops_with_size(0x40 - 12).expect("asm");
     a.set_label(&mut head).expect("asm");
     a.add(eax, ecx).expect("asm");
-    a.jmp(mid).expect("asm");
-    a.set_label(&mut mid).expect("asm");
     a.dec(ecx).expect("asm");
-    a.jnz(head).expect("asm");
+    a.jz(out).expect("asm");
+    a.jmp(head).expect("asm");
+    a.set_label(&mut out).expect("asm");
     a.hlt().expect("asm");
     let code = a.assemble(CODE).expect("asm");
+    assert_eq!(code[0x40], 0x01, "ADD at the head");
     let mut t0 = machine(&code, &[0; 8], &[0; 16], JitMode::Off, None);
     let s0 = run_sliced(&mut t0, &mut NullBus, &[1_000_000]);
     let mut t1 = machine(&code, &[0; 8], &[0; 16], JitMode::Always, None);
     let s1 = run_sliced(&mut t1, &mut NullBus, &[1_000_000]);
     assert_eq!(s0, s1);
-    // Three transitions, all within the page, each patched once: the entry's JMP to the
-    // head, the head's JMP on, and the back edge (a side exit: its block goes on to the HLT).
+    // The back edge is patched once and the loop runs in host code.
     let st = t1.jit.stats;
-    assert_eq!(st.static_links, 3, "{st:?}");
+    assert!(st.static_links >= 1, "{st:?}");
+    assert!(st.entries < 10, "{st:?}");
+}
+
+/// A loop whose body falls through from one page into the next and jumps back and forth
+/// between them: a block goes on across the page boundary and at a JMP's target (on its own
+/// page or its second one), so after the entry the loop is one block on two pages that
+/// loops back into itself. Whole and in odd budget slices: tier 0's registers, flags and
+/// counts.
+#[test]
+fn blocks_on_two_pages_agree_with_tier_0() {
+    let mut a = CodeAssembler::new(32).expect("asm");
+    let (mut head, mut back, mut done) = (a.create_label(), a.create_label(), a.create_label());
+    a.mov(ecx, 300).expect("asm");
+    a.jmp(head).expect("asm");
+    a.set_label(&mut back).expect("asm");
+    a.add(esi, eax).expect("asm");
+    a.dec(ecx).expect("asm");
+    a.jz(done).expect("asm");
+    a.jmp(head).expect("asm");
+    a.set_label(&mut done).expect("asm");
+    a.hlt().expect("asm");
+    // The head five bytes before the end of the first page (after the 21 bytes above): its
+    // third instruction is the second page's first.
+    a.nops_with_size(0xFFB - 21).expect("asm");
+    a.set_label(&mut head).expect("asm");
+    a.add(eax, ecx).expect("asm");
+    a.rol(eax, 3).expect("asm");
+    a.xor(ebx, eax).expect("asm");
+    a.xor(ebx, 0x55).expect("asm");
+    a.add(edx, ebx).expect("asm");
+    a.jmp(back).expect("asm");
+    let code = a.assemble(CODE).expect("asm");
+    assert_eq!(
+        &code[0xFFB..0xFFD],
+        &[0x01, 0xC8],
+        "ADD EAX, ECX at the head"
+    );
+    let regs = [0, 0, 0, 0, 0x8000, 0, 0, 0];
+    let t1 = agree_in_slices(&code, &regs, &[&[1, 2, 3, 5, 8, 13, 7], &[97, 1, 40, 3]]);
+    // Hundreds of passes in compiled code, a handful of dispatcher entries; the JMP back to
+    // the head is a static jump, patched once: compiled code knows which page offset it is
+    // at after the JMPs it went on at.
+    let st = t1.jit.stats;
+    assert!(st.entries < 10, "{st:?}");
+    assert!(st.static_links >= 2, "{st:?}");
 }
 
 /// Blocks go on past Jcc's whose target is in their page; taken, such a Jcc is a side exit.
@@ -1368,6 +1414,38 @@ fn compares_tested_by_jcc_agree_with_tier_0() {
         let s1 = run_sliced(&mut t1, &mut NullBus, &[1_000_000]);
         assert_eq!(s0, s1, "{mode:?}");
     }
+}
+
+/// Byte TESTs each followed by a Jcc on SF, many in a row: whichever Jcc ends the block (the
+/// first past the side exits a block may have), the TEST's pending record is stored before
+/// it, and the flags the Jcc then tests must still be the byte's (SF from bit 7), not those
+/// of a dword AND of the zero-extended bytes. AL runs through all 256 values.
+#[test]
+fn a_byte_tests_flags_survive_storing_its_record() {
+    let mut a = CodeAssembler::new(32).expect("asm");
+    let mut top = a.create_label();
+    a.mov(ecx, 256).expect("asm");
+    a.set_label(&mut top).expect("asm");
+    a.mov(eax, ecx).expect("asm");
+    for k in 0..20u32 {
+        let mut skip = a.create_label();
+        a.test(al, (0x80 | (k * 7)) as i32).expect("asm");
+        // (Not taken when the byte's SF is set: for AL >= 0x80 the block goes on to the
+        // Jcc that ends it.)
+        if k % 2 == 0 {
+            a.jge(skip).expect("asm");
+        } else {
+            a.jns(skip).expect("asm");
+        }
+        a.add(edx, k + 1).expect("asm");
+        a.set_label(&mut skip).expect("asm");
+        a.rol(edx, 1).expect("asm");
+    }
+    a.dec(ecx).expect("asm");
+    a.jnz(top).expect("asm");
+    a.hlt().expect("asm");
+    let code = a.assemble(CODE).expect("asm");
+    agree_in_slices(&code, &[0; 8], &[&[97, 1, 40, 3]]);
 }
 
 /// Loops whose back edge is a side exit to their own block's start run round inside the

@@ -1047,6 +1047,58 @@ fn an_instruction_across_pages_follows_a_remap_of_the_second_page() {
     }
 }
 
+/// A block goes on at a JMP's target on another page and holds only while that page maps
+/// where it did. The code at 0x40_0000 (frame 0x6000, global in the CR3-reload case) adds 1
+/// to ESI and jumps to 0x40_1000, whose PTE each pass points at frame 0x20000 (passes
+/// 40..=11: ESI += 0x100) or 0x21000 (10..=1: += 0x10000) before dropping the old
+/// translation. The block is reached through a side exit within the first page — a static
+/// jump once compiled, which vouches for the first page only — so its second page must be
+/// checked there too, not only by the dispatcher's lookup.
+#[test]
+fn a_block_that_jumps_onto_another_page_follows_a_remap_of_that_page() {
+    let invlpg = |a: &mut CodeAssembler| a.invlpg(ptr(0x40_1000));
+    let reload = |a: &mut CodeAssembler| {
+        a.mov(eax, cr3)?;
+        a.mov(cr3, eax)
+    };
+    for (forget, global_first) in [(invlpg as fn(&mut _) -> _, false), (reload, true)] {
+        const TABLE: u32 = 0x22000;
+        let (mut cpu, mut bus) = pte_loop(PD as u32 + 0x2004, TABLE, forget, |_| Ok(()));
+        setup_paging(&mut cpu);
+        if global_first {
+            put32(&mut cpu.mem, PD + 0x2000, 0x6000 | 0x100 | 3);
+        }
+        let first = asm32(0x40_0000, |a| {
+            let mut on = a.create_label();
+            a.test(esi, esi)?;
+            a.jns(on)?;
+            // (Never runs; ends the block, which so stays on the first page.)
+            a.ret()?;
+            a.set_label(&mut on)?;
+            a.add(esi, 1)?;
+            a.jmp(0x40_1000u64)
+        });
+        put(&mut cpu.mem, 0x6000, &first);
+        for (frame, step) in [(0x20000, 0x100), (0x21000, 0x10000)] {
+            let code = asm32(0x40_1000, |a| {
+                a.add(esi, step)?;
+                a.ret()
+            });
+            put(&mut cpu.mem, frame, &code);
+        }
+        for i in 1..=40u32 {
+            let frame = if i > 10 { 0x20000 } else { 0x21000 };
+            put32(&mut cpu.mem, (TABLE + i * 4) as u64, frame | 3);
+        }
+        run(&mut cpu, &mut bus);
+        assert_eq!(
+            bus.out,
+            vec![40 + 30 * 0x100 + 10 * 0x10000],
+            "global first page: {global_first}"
+        );
+    }
+}
+
 /// A store into the second page's part of a cached page-crossing instruction is seen (the
 /// block is on both pages' code lists): from pass 20 on, the immediate is 0x20001.
 #[test]
@@ -1219,6 +1271,7 @@ jit_forced!(
     remapped_code_after_invlpg_is_not_reached_through_an_old_link,
     a_cr3_reload_remaps_ordinary_code_but_not_global_code,
     an_instruction_across_pages_follows_a_remap_of_the_second_page,
+    a_block_that_jumps_onto_another_page_follows_a_remap_of_that_page,
     a_store_into_the_second_page_of_an_instruction_is_seen,
     call_gate_from_ring3_copies_parameters_and_retf_returns,
     rep_bsf_and_rep_bsr_run_as_bsf_and_bsr,

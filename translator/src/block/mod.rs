@@ -20,19 +20,23 @@ use std::rc::{Rc, Weak};
 
 /// Upper bound on instructions per block (keeps interrupt latency and rebuild cost bounded).
 pub const MAX_OPS: usize = 64;
-/// Conditional branches a block goes on past (each a side exit): with the two ways out of
-/// its end, as many as tier 1 gives static sites (`jit::compile::MAX_SITES`); a side exit
-/// without one (its target on another page) looks in the indirect-branch table.
-const MAX_SIDE_EXITS: usize = 2;
+/// Conditional branches a block goes on past (each a side exit): a side exit without a static
+/// site in tier 1 (`jit::compile::MAX_SITES`; its target on another page) looks in the
+/// indirect-branch table. Four: a bytecode interpreter's case, its bound checks and its
+/// dispatch make one block (see `Cpu::join_page`).
+const MAX_SIDE_EXITS: usize = 8;
 
 /// One translated basic block.
 pub struct Block {
     pub ops: Box<[Op]>,
     /// Physical address of the first byte (the cache key's).
     pub(crate) phys: u64,
-    /// For a one-instruction block whose instruction runs onto the next page: that page's
-    /// physical address (the block holds only while the next linear page maps there).
+    /// For a block with code on a second page (an instruction or the block running onto the
+    /// next page, or a JMP the block followed to another page: `Cpu::join_page`): that
+    /// page's physical address. The block holds only while the linear page `lin2` bytes
+    /// past the block's start page maps there.
     pub(crate) phys2: Option<u64>,
+    pub(crate) lin2: u64,
     /// Bytes of guest code covered (for the CS-limit check on reuse).
     pub byte_len: u64,
     /// RIP mask of the code size the block was decoded for.
@@ -59,6 +63,10 @@ pub struct Block {
     pub(crate) jit_links: crate::jit::ChainLinks,
     /// Static sites of other blocks' code that jump into this block's code.
     pub(crate) jit_in: crate::jit::Incoming,
+    /// The link context (`Jit::context`) the dispatcher last ran this block in; for a block
+    /// on two pages its compiled code's entry from static sites compares it (its address
+    /// is fixed: blocks live in an `Rc`).
+    pub(crate) jit_span_context: Cell<u64>,
 }
 
 /// A remembered successor: valid while RIP, the translation stamp (block cache and TLB
@@ -80,6 +88,7 @@ impl Block {
             ops,
             phys,
             phys2: None,
+            lin2: 0,
             byte_len,
             ip_mask: match bitness {
                 16 => 0xFFFF,
@@ -94,6 +103,7 @@ impl Block {
             jit_checked: Cell::new(false),
             jit_links: crate::jit::ChainLinks::default(),
             jit_in: crate::jit::Incoming::default(),
+            jit_span_context: Cell::new(0),
         }
     }
 
@@ -270,18 +280,10 @@ impl Cpu {
             .is_some_and(|(_, p)| p & perm::GLOBAL != 0)
     }
 
-    /// The code page after the one at linear `lin` translates to physical `phys2` now (a
-    /// straddling block still holds); its fetch is noted, as the first page's is, so that
-    /// invalidating it makes links stale.
-    fn next_page_is(
-        &mut self,
-        bus: &mut dyn CpuBus,
-        lin: u64,
-        long: bool,
-        phys2: u64,
-        user: bool,
-    ) -> bool {
-        let lin2 = next_page(lin, long);
+    /// The code page at linear `lin2` translates to physical `phys2` now (a block on two
+    /// pages still holds); its fetch is noted, as the first page's is, so that invalidating
+    /// it makes links stale.
+    fn page_is(&mut self, bus: &mut dyn CpuBus, lin2: u64, phys2: u64, user: bool) -> bool {
         match self.translate(bus, lin2, Access::Exec, user) {
             Ok(p) if p & !0xFFF == phys2 => {
                 self.tlb.note_exec(lin2 >> 12);
@@ -290,6 +292,34 @@ impl Cpu {
             // Remapped or unmapped: building the block again fetches (or faults) anew.
             _ => false,
         }
+    }
+
+    /// The physical page of code page `page_lin` for a block that starts at linear `lin`
+    /// (physical `phys`): the start's own page, or the block's second page — which the first
+    /// page other than the start's becomes (`page2`: linear, physical) when it translates
+    /// for execution to RAM. A block keeps to two pages so that one translation check
+    /// (`get_block`, `page_is`) and the TLB generation (links) vouch for all its code.
+    fn join_page(
+        &mut self,
+        bus: &mut dyn CpuBus,
+        page_lin: u64,
+        lin: u64,
+        phys: u64,
+        page2: &mut Option<(u64, u64)>,
+        user: bool,
+    ) -> Option<u64> {
+        if page_lin == lin & !0xFFF {
+            return Some(phys & !0xFFF);
+        }
+        if let Some((l, p)) = *page2 {
+            return (l == page_lin).then_some(p);
+        }
+        let p = self.translate(bus, page_lin, Access::Exec, user).ok()? & !0xFFF;
+        if !self.mem.is_backed(p) {
+            return None;
+        }
+        *page2 = Some((page_lin, p));
+        Some(p)
     }
 
     /// Linear address of the instruction at RIP (`long`: in 64-bit code).
@@ -365,7 +395,7 @@ impl Cpu {
         if let Some(b) = self.cache.get(&key)
             && (long || ip + b.byte_len - 1 <= cs.limit as u64)
             && b.phys2
-                .is_none_or(|p2| self.next_page_is(bus, lin, long, p2, user))
+                .is_none_or(|p2| self.page_is(bus, page2_lin(lin, b.lin2, long), p2, user))
         {
             return Ok(b);
         }
@@ -381,7 +411,7 @@ impl Cpu {
                 }
             }
             if block.phys2.is_some() {
-                self.tlb.note_exec(next_page(lin, long) >> 12);
+                self.tlb.note_exec(page2_lin(lin, block.lin2, long) >> 12);
             }
             self.cache.insert(key, block.clone());
         }
@@ -423,9 +453,16 @@ impl Cpu {
         let mut buf = [0u8; 16];
         let mut chainable = false;
         let mut side_exits = 0;
+        // The block's second page (linear, physical), once it has one (`join_page`), and the
+        // runs decoded before the current one (start, bytes): a JMP into them is not followed.
+        let mut page2: Option<(u64, u64)> = None;
+        let mut runs: SmallVec<[(u64, u64); 4]> = SmallVec::new();
+        let mut may_span = bitness == 32;
         loop {
             let cur_ip = run_ip + off;
-            let in_page = 0x1000 - ((run_phys + off) & 0xFFF);
+            // (`run_phys + off` is where the next byte is fetched from: a run that went on
+            // into another page moved `run_phys` so that it stays so.)
+            let in_page = 0x1000 - (run_phys.wrapping_add(off) & 0xFFF);
             let in_seg = if long {
                 u64::MAX
             } else {
@@ -440,7 +477,7 @@ impl Cpu {
                 break;
             }
             let n = avail as usize;
-            self.fetch_bytes(bus, run_phys + off, &mut buf[..n]);
+            self.fetch_bytes(bus, run_phys.wrapping_add(off), &mut buf[..n]);
             let mut dec = Decoder::with_ip(bitness, &buf[..n], cur_ip, DecoderOptions::NONE);
             let ins = dec.decode();
             if ins.is_invalid() && dec.last_error() == DecoderError::NoMoreBytes {
@@ -479,6 +516,7 @@ impl Cpu {
                         false,
                     );
                     b.phys2 = Some(phys2 & !0xFFF);
+                    b.lin2 = next_page(lin, long).wrapping_sub(lin & !0xFFF);
                     return Ok(b);
                 }
                 // Longer than the maximum instruction length.
@@ -504,10 +542,18 @@ impl Cpu {
                 || !matches!(ins.flow_control(), FlowControl::Next);
             ops.push(op);
             let cur_lin = (run_lin + off) & 0xFFFF_FFFF;
+            let cur_page = run_phys.wrapping_add(off) & !0xFFF;
             off += len as u64;
+            if may_remap(&ins) {
+                // Code after it may be fetched through another translation: none from a
+                // second page.
+                may_span = false;
+                if page2.is_some() {
+                    break;
+                }
+            }
             if stop
                 && bitness == 32
-                && side_exits < MAX_SIDE_EXITS
                 && ops.len() < MAX_OPS
                 && ins.mnemonic() == iced_x86::Mnemonic::Call
                 && ins.op_kind(0) == iced_x86::OpKind::NearBranch32
@@ -519,13 +565,14 @@ impl Cpu {
                 if target_lin >> 12 == cur_lin >> 12 {
                     // Continue in the callee: close this run, open the next.
                     if let Some(i) = run_call.take() {
-                        ops[i].imm2 = ((off as u32) << 12) | (run_phys & 0xFFF) as u32;
+                        ops[i].imm2 = ((off as u32) << 12) | (run_lin & 0xFFF) as u32;
                     }
                     first_len.get_or_insert(off);
+                    runs.push((run_ip, off));
                     let last = ops.len() - 1;
                     ops[last].exec = crate::exec::fast::call_rel32_sb;
                     run_call = Some(last);
-                    run_phys = (run_phys & !0xFFF) | (target_lin & 0xFFF);
+                    run_phys = cur_page | (target_lin & 0xFFF);
                     run_ip = target;
                     run_lin = target_lin;
                     off = 0;
@@ -533,9 +580,68 @@ impl Cpu {
                 }
             }
             if stop
-                && bitness == 32
+                && may_span
                 && ops.len() < MAX_OPS
-                && (run_phys + off) & 0xFFF != 0
+                && ins.mnemonic() == iced_x86::Mnemonic::Jmp
+                && ins.op_kind(0) == iced_x86::OpKind::NearBranch32
+                && ins.near_branch32() as u64 <= cs_limit
+            {
+                // Go on at a direct JMP's target (on the block's page or its second one) unless
+                // the block holds that code already (a loop's back edge stays a branch).
+                let target = ins.near_branch32() as u64;
+                let cs_base = lin.wrapping_sub(ip);
+                let target_lin = cs_base.wrapping_add(target) & 0xFFFF_FFFF;
+                let decoded = std::iter::once((run_ip, off))
+                    .chain(runs.iter().copied())
+                    .any(|(at, n)| (at..at + n).contains(&target));
+                // (Not around the top of the address space: tier 1 takes the distance from
+                // the block's start as it is.)
+                let rel = ops[ops.len() - 1].imm as i64;
+                let wraps = cur_lin as i64 + len as i64 + rel != target_lin as i64;
+                if !decoded
+                    && !wraps
+                    && let Some(page) =
+                        self.join_page(bus, target_lin & !0xFFF, lin, phys, &mut page2, user)
+                {
+                    if let Some(i) = run_call.take() {
+                        ops[i].imm2 = ((off as u32) << 12) | (run_lin & 0xFFF) as u32;
+                    }
+                    first_len.get_or_insert(off);
+                    runs.push((run_ip, off));
+                    let last = ops.len() - 1;
+                    ops[last].exec = crate::exec::fast::jmp_rel_sb;
+                    run_call = Some(last);
+                    run_phys = page | (target_lin & 0xFFF);
+                    run_ip = target;
+                    run_lin = target_lin;
+                    off = 0;
+                    continue;
+                }
+            }
+            // At a page's end the block goes on into the next page when it can take that
+            // page as its second (or has it already).
+            let at_end = run_phys.wrapping_add(off) & 0xFFF == 0;
+            let goes_on = !at_end
+                || (may_span
+                    && ops.len() < MAX_OPS
+                    && run_lin + off < 1 << 32
+                    && (!stop || is_jcc(&ins))
+                    && self
+                        .join_page(
+                            bus,
+                            (run_lin + off) & 0xFFFF_FFFF,
+                            lin,
+                            phys,
+                            &mut page2,
+                            user,
+                        )
+                        .map(|page| run_phys = page.wrapping_sub(off))
+                        .is_some());
+            if stop
+                && bitness == 32
+                && side_exits < MAX_SIDE_EXITS
+                && ops.len() < MAX_OPS
+                && goes_on
                 && is_jcc(&ins)
             {
                 // Go on past a conditional branch: its taken path becomes a side exit of the
@@ -545,28 +651,46 @@ impl Cpu {
                 side_exits += 1;
                 continue;
             }
-            if stop || ops.len() >= MAX_OPS || (run_phys + off) & 0xFFF == 0 {
+            if stop || ops.len() >= MAX_OPS || !goes_on {
                 break;
             }
         }
         if let Some(i) = run_call {
-            ops[i].imm2 = ((off as u32) << 12) | (run_phys & 0xFFF) as u32;
+            ops[i].imm2 = ((off as u32) << 12) | (run_lin & 0xFFF) as u32;
         }
         let byte_len = first_len.unwrap_or(off);
-        Ok(Block::new(
-            ops.into_boxed_slice(),
-            phys,
-            byte_len,
-            bitness,
-            chainable,
-        ))
+        let mut b = Block::new(ops.into_boxed_slice(), phys, byte_len, bitness, chainable);
+        if let Some((lin2, phys2)) = page2 {
+            b.phys2 = Some(phys2);
+            b.lin2 = lin2.wrapping_sub(lin & !0xFFF) & 0xFFFF_FFFF;
+        }
+        Ok(b)
     }
+}
+
+/// The linear address of a block's second page: `lin2` bytes past the page of its start
+/// `lin`.
+fn page2_lin(lin: u64, lin2: u64, long: bool) -> u64 {
+    let at = (lin & !0xFFF).wrapping_add(lin2);
+    if long { at } else { at & 0xFFFF_FFFF }
 }
 
 /// The linear address of the page after the one holding `lin` (wrapping at 4 GiB outside
 /// 64-bit code).
 fn next_page(lin: u64, long: bool) -> u64 {
     (lin | 0xFFF).wrapping_add(1) & if long { u64::MAX } else { 0xFFFF_FFFF }
+}
+
+/// Instructions that may change how linear addresses translate (and so where the code after
+/// them comes from).
+fn may_remap(ins: &iced_x86::Instruction) -> bool {
+    use iced_x86::Mnemonic as M;
+    matches!(
+        ins.mnemonic(),
+        M::Invlpg | M::Invlpga | M::Invpcid | M::Wrmsr | M::Lmsw | M::Clts
+    ) || (ins.mnemonic() == M::Mov
+        && (0..ins.op_count())
+            .any(|k| ins.op_kind(k) == iced_x86::OpKind::Register && ins.op_register(k).is_cr()))
 }
 
 /// Instructions whose result depends on `Cpu::icount` (the TSC is derived from it).

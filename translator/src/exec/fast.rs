@@ -308,6 +308,24 @@ pub(crate) fn call_rel32_sb(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> Exe
     Ok(())
 }
 
+/// JMP rel32 inside a block that goes on at the target (the block builder followed it, maybe
+/// to the block's second page: `Cpu::join_page`). `imm2` as for [`call_rel32_sb`]. The
+/// target's linear address is a fixed distance from the block's start in 32-bit code, and
+/// `get_block` checked the block's pages at its lookup, so only the CS limit can end the
+/// block here: when the target run reaches past it, the next block is looked up as usual.
+pub(crate) fn jmp_rel_sb(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecResult {
+    super::control::jmp_rel(cpu, op, bus)?;
+    let cs = &cpu.segs[sreg::CS];
+    let t = cpu.rip;
+    let span = (op.imm2 >> 12) as u64;
+    let ok = cs.base.wrapping_add(t) & 0xFFF == (op.imm2 & 0xFFF) as u64
+        && (span == 0 || t + span - 1 <= cs.limit as u64);
+    if !ok {
+        cpu.block_break = true;
+    }
+    Ok(())
+}
+
 /// RET / RET imm16 with a 32-bit operand size and stack.
 fn ret32(cpu: &mut Cpu, op: &Op, bus: &mut dyn CpuBus) -> ExecResult {
     if !stack32(cpu) {

@@ -28,6 +28,9 @@ pub(crate) struct Compiled {
     /// Offset of the entry's checks of `Jit::flat` from `offset`, and what they check: a
     /// static link skips them only from a site that knows the same.
     pub check: usize,
+    /// Offset of the check a block on two pages makes first when a static site jumps in
+    /// (`compile::Compiled::span`); `check` for other blocks.
+    pub span: usize,
     pub entry_segs: u8,
     /// The block's direct jumps to successors in its own guest page (see
     /// `compile::StaticSite`), offsets from `offset`.
@@ -179,6 +182,7 @@ impl CodeBuffer {
             offset: off,
             body: 0,
             check: 0,
+            span: 0,
             entry_segs: 0,
             sites: [None; super::compile::MAX_SITES],
         })

@@ -240,6 +240,13 @@ pub(crate) struct Compiled {
     /// Offset of the entry's checks of `Jit::flat` (`Plan::entry_segs`), which fall into
     /// the body.
     pub check: usize,
+    /// For a block on two pages, the entry static sites jump to: it compares the link
+    /// context with the one the dispatcher last ran the block in (`Block::
+    /// jit_span_context`), under which its second page mapped where it did, and stops the
+    /// block (back to the dispatcher, which checks the page) when they differ; then the
+    /// `check`s. A static site vouches for the successor's first page only. `check`
+    /// otherwise.
+    pub span: usize,
     /// What the entry from the dispatcher checks (`Plan::entry_segs`).
     pub entry_segs: u8,
     pub sites: [Option<StaticSite>; MAX_SITES],
@@ -631,6 +638,17 @@ fn emit(
     if c.pinned {
         reload(&mut c.a);
     }
+    let stop = c.a.new_dynamic_label();
+    let span = c.a.offset().0;
+    if block.phys2.is_some() {
+        let seen = block.jit_span_context.as_ptr() as i64;
+        asm!(c.a
+            ; mov rax, QWORD [rbx + LINK_CONTEXT]
+            ; mov rcx, QWORD seen
+            ; cmp rax, QWORD [rcx]
+            ; jne =>stop
+        );
+    }
     // Static links whose site cannot vouch for the entry's checks enter here, with the
     // guest registers live (the reload above is the dispatcher's).
     let check = c.a.offset().0;
@@ -650,7 +668,6 @@ fn emit(
     // The budget is checked once, here, where links enter too: a block runs whole or not at
     // all (the dispatcher runs a block the budget cuts short in tier 0), so no op needs a
     // stop of its own and nothing but a fault or a handler leaves the block between ops.
-    let stop = c.a.new_dynamic_label();
     let n = ops.len() as i32;
     asm!(c.a
         ; cmp r12, n
@@ -693,7 +710,11 @@ fn emit(
             c.counts.inline += 1;
         }
         c.sequential = !called && c.delta == delta + op.len as u64;
-        c.off = c.off.map(|o| o + op.len as u64);
+        c.off = c.off.map(|o| o.wrapping_add(op.len as u64));
+        if is_handler(op, crate::exec::fast::jmp_rel_sb) {
+            // (In the block's page or not: `page_offset` tells.)
+            c.off = c.off.map(|o| o.wrapping_add(op.imm));
+        }
         let left = c.exits.len() + c.fallbacks.len() + c.breaks.len() + c.side_exits != exits;
         seen.push(Seen {
             effect: c.effect,
@@ -837,6 +858,7 @@ fn emit(
         counts,
         body,
         check,
+        span,
         entry_segs: plan.entry_segs,
         sites,
     };
@@ -1655,6 +1677,22 @@ impl Compiler {
             None if !self.long && is_handler(op, crate::exec::control::jmp_rel) => {
                 self.flush_rip_unless_foldable(op);
                 self.jump_taken(i, op);
+            }
+            // A JMP the block goes on after (`fast::jmp_rel_sb`): with a 4 GiB CS limit
+            // nothing can stop it, so it only moves the pending RIP advance to its target.
+            None if !self.long
+                && is_handler(op, crate::exec::fast::jmp_rel_sb)
+                && self.assume(CS_FLAT) =>
+            {
+                let d = (self.delta as i64)
+                    .wrapping_add(op.len as i64)
+                    .wrapping_add(op.imm as i64);
+                self.delta = d as u64;
+                // (`fallback_call` and `flush_rip` take amounts below 32 KiB in one step.)
+                if !(0..0x8000).contains(&d) {
+                    self.flush_rip();
+                }
+                return true;
             }
             _ => return false,
         }
@@ -2740,7 +2778,10 @@ impl Compiler {
                     Err(r) if s == 1 => asm!(self.a ; movzx ecx, Rb(r)),
                     Err(r) => asm!(self.a ; mov ecx, Rd(r)),
                 }
-                if test {
+                if test && s == 1 {
+                    // (At the byte's size: SF is bit 7 of the result.)
+                    asm!(self.a ; mov edx, eax ; and dl, cl);
+                } else if test {
                     asm!(self.a ; mov edx, eax ; and edx, ecx);
                 } else {
                     asm!(self.a

@@ -378,6 +378,7 @@ impl Jit {
                 Some(Compiled {
                     body: out.body,
                     check: out.check,
+                    span: out.span,
                     entry_segs: out.entry_segs,
                     sites: out.sites,
                     ..c
@@ -399,16 +400,17 @@ impl Jit {
         };
         for site in fc.sites.iter().flatten() {
             let at = fc.offset + site.at as usize;
-            // (A block running onto the next page depends on that page's translation, which
-            // a static jump would not check.)
             if site.target != to.phys
-                || to.phys2.is_some()
                 || to.ip_mask != 0xFFFF_FFFF
                 || to.jit_in.0.borrow().iter().any(|l| l.at == at)
             {
                 continue;
             }
-            let entry = if tc.entry_segs & !site.segs == 0 {
+            // (A block on two pages depends on its second page's translation, which only
+            // its `span` entry checks.)
+            let entry = if to.phys2.is_some() {
+                tc.span
+            } else if tc.entry_segs & !site.segs == 0 {
                 tc.body
             } else {
                 tc.check
@@ -503,6 +505,9 @@ pub(crate) fn run_block(
         }
     };
     cpu.refresh_link_context();
+    // (`get_block` or a link of the current context found it: its second page maps where
+    // it did.)
+    block.jit_span_context.set(cpu.jit.context);
     let buf = cpu.jit.buf.as_ref()?;
     let entry = buf.addr(code.offset);
     // Current code implies shared code placed in its generation.
