@@ -281,7 +281,14 @@ fn random_insn(
             9 => a.sar(mem32, cl),
             _ => a.test(mem32, src32),
         },
-        12 => a.sub(dst32, mem32),
+        12 => match rng.below(6) {
+            0 => a.sub(dst32, mem32),
+            1 => a.add(dst32, mem32),
+            2 => a.and(dst32, mem32),
+            3 => a.or(dst32, mem32),
+            4 => a.xor(dst32, mem32),
+            _ => a.cmp(dst32, mem32),
+        },
         13 => a.cmovne(dst32, src32),
         14 if idx < 4 => a.setb(dst8),
         15 => {

@@ -1409,8 +1409,14 @@ impl Compiler {
             Some(FastForm::Lea(s)) if op.base != loc::RIP => {
                 self.effect = Effect::Pass;
                 // lea_r runs with a 32-bit address: the sum is masked to 32 bits.
-                self.sum32(op);
-                self.put(s, Reg::Rax, op.dst);
+                match (s, self.home(op.dst), self.home(op.base)) {
+                    // Straight into the pinned register (a 32-bit LEA zero-extends).
+                    (4, Some(d), Some(_)) => self.sum32_to(op, d),
+                    _ => {
+                        self.sum32(op);
+                        self.put(s, Reg::Rax, op.dst);
+                    }
+                }
             }
             Some(FastForm::MovRM(s)) if mem_inlinable(op) => {
                 let cont = self.mem_probe(i, op, s, false);
@@ -1425,6 +1431,34 @@ impl Compiler {
             }
             Some(FastForm::AluRM { k, s }) if mem_inlinable(op) => {
                 let cont = self.mem_probe(i, op, s, false);
+                let logic = matches!(k, kind::AND | kind::OR | kind::XOR);
+                if let (4, Some(d), true) = (s, self.home(op.dst), self.dead || logic)
+                    && k != kind::CMP
+                    && k != kind::TEST
+                {
+                    // In place on the pinned register: the flags are dead, or a logic op's
+                    // record needs only the result.
+                    match k {
+                        kind::ADD => asm!(self.a ; add Rd(d), DWORD [rcx]),
+                        kind::SUB => asm!(self.a ; sub Rd(d), DWORD [rcx]),
+                        kind::AND => asm!(self.a ; and Rd(d), DWORD [rcx]),
+                        kind::OR => asm!(self.a ; or Rd(d), DWORD [rcx]),
+                        _ => asm!(self.a ; xor Rd(d), DWORD [rcx]),
+                    }
+                    let fop = match k {
+                        kind::ADD => FlagOp::Add,
+                        kind::SUB => FlagOp::Sub,
+                        _ => FlagOp::Logic,
+                    };
+                    if !self.dead {
+                        asm!(self.a ; mov edx, Rd(d));
+                        self.record(fop, s);
+                    }
+                    self.produced(Producer::Known(fop, s));
+                    asm!(self.a ; =>cont);
+                    self.host_flags_on_both_paths();
+                    return self.advance(op, form);
+                }
                 match s {
                     1 => asm!(self.a ; movzx ecx, BYTE [rcx]),
                     2 => asm!(self.a ; movzx ecx, WORD [rcx]),
@@ -1863,6 +1897,34 @@ impl Compiler {
             );
         }
         mask(&mut self.a, op.asize, Reg::Rax);
+    }
+
+    /// Host register `to` (32-bit) = `op`'s base (a pinned register) + index * scale +
+    /// disp, as [`Compiler::sum32`] computes it into EAX. Clobbers RCX.
+    fn sum32_to(&mut self, op: &Op, to: u8) {
+        let Some(b) = self.home(op.base) else {
+            self.sum32(op);
+            asm!(self.a ; mov Rd(to), eax);
+            return;
+        };
+        let disp = op.disp as i32;
+        if op.index == loc::NO_REG {
+            asm!(self.a ; lea Rd(to), [Rq(b) + disp]);
+            return;
+        }
+        let ix = match self.home(op.index) {
+            Some(h) => h,
+            None => {
+                self.get(8, op.index, Reg::Rcx);
+                Reg::Rcx as u8
+            }
+        };
+        match op.scale {
+            0 => asm!(self.a ; lea Rd(to), [Rq(b) + Rq(ix) + disp]),
+            1 => asm!(self.a ; lea Rd(to), [Rq(b) + Rq(ix) * 2 + disp]),
+            2 => asm!(self.a ; lea Rd(to), [Rq(b) + Rq(ix) * 4 + disp]),
+            _ => asm!(self.a ; lea Rd(to), [Rq(b) + Rq(ix) * 8 + disp]),
+        }
     }
 
     /// EAX = base + index * scale + disp of `op`'s memory operand, wrapped to 32 bits (and
@@ -3065,19 +3127,13 @@ impl Compiler {
             self.store_deferred(df);
         }
         let (n, len) = ((i + 1) as i32, self.ops_len as i32);
-        let (out, refund, body) = (
-            self.a.new_dynamic_label(),
-            self.a.new_dynamic_label(),
-            self.loop_body,
-        );
+        let (out, body) = (self.a.new_dynamic_label(), self.loop_body);
         asm!(self.a
             ; cmp BYTE [rbx + JIT_POLL], 0
             ; jne =>out
             ; sub r12, n
             ; cmp r12, len
-            ; jb =>refund
-            ; jmp =>body
-            ; =>refund
+            ; jae =>body
             ; add r12, n
             ; =>out
         );
