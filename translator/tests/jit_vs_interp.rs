@@ -806,7 +806,7 @@ fn random_data(rng: &mut Rng) -> Vec<u8> {
 
 #[test]
 fn generated_sequences_agree() {
-    let cases = env_num("VIREO_JIT_DIFF_CASES", 300);
+    let cases = env_num("VIREO_JIT_DIFF_CASES", 1500);
     let mut rng = Rng(env_num("VIREO_JIT_DIFF_SEED", 0x0717_5EED) | 1);
     let mut inline_ops = 0;
     for case in 0..cases {

@@ -1572,7 +1572,7 @@ impl Compiler {
                 || is_handler(op, crate::exec::moves::movsx))
                 && op.dst < 16
                 && matches!((op.aux, op.osize), (1, 2 | 4 | 8) | (2, 4 | 8) | (4, 8))
-                && (op.src < 20 || (op.src == loc::MEM && mem_inlinable(op))) =>
+                && (op.src < 20 || movx_load(op)) =>
             {
                 let signed = is_handler(op, crate::exec::moves::movsx);
                 self.effect = Effect::Pass;
@@ -1714,10 +1714,18 @@ impl Compiler {
             }
             // A JMP the block goes on after (`fast::jmp_rel_sb`): with a 4 GiB CS limit
             // nothing can stop it, so it only moves the pending RIP advance to its target.
+            // (Whether CS is flat is known in the second pass only, from the guards the
+            // first pass's `assume` asks for: the first pass must not call the handler.)
             None if !self.long
                 && is_handler(op, crate::exec::fast::jmp_rel_sb)
-                && self.assume(CS_FLAT) =>
+                && !self.checked
+                && self.ip_mask == 0xFFFF_FFFF =>
             {
+                let flat = self.assume(CS_FLAT);
+                debug_assert!(
+                    flat || !self.defer,
+                    "no CS_FLAT guard before a followed JMP"
+                );
                 let d = (self.delta as i64)
                     .wrapping_add(op.len as i64)
                     .wrapping_add(op.imm as i64);
@@ -2744,6 +2752,8 @@ impl Compiler {
                 // `push32` writes ESP (and the stack), `pop32` ESP and the register.
                 None if self.push32_inline(op) => !writes(self, 4),
                 None if self.pop32_inline(op) => !writes(self, 4) && !writes(self, op.dst),
+                // A MOVZX/MOVSX load: its fallback stores the record, as a MOV's does.
+                None if movx_load(op) => !writes(self, op.dst),
                 None => self.movx_in_place(op).is_some() && !writes(self, op.dst),
                 _ => false,
             };
@@ -4268,6 +4278,15 @@ fn jcc_host(a: &mut VecAssembler<X64Relocation>, cc: u8, l: DynamicLabel) {
         14 => asm!(a ; jle =>l),
         _ => asm!(a ; jg =>l),
     }
+}
+
+/// A MOVZX/MOVSX from memory that compiles to the inline load path (`Compiler::movx`).
+fn movx_load(op: &Op) -> bool {
+    (is_handler(op, crate::exec::moves::movzx) || is_handler(op, crate::exec::moves::movsx))
+        && op.dst < 16
+        && matches!((op.aux, op.osize), (1, 2 | 4 | 8) | (2, 4 | 8) | (4, 8))
+        && op.src == loc::MEM
+        && mem_inlinable(op)
 }
 
 fn is_handler(op: &Op, h: crate::decode::op::Handler) -> bool {
