@@ -305,6 +305,8 @@ struct FarProbe {
     /// The near page's kind (`near_fields`).
     kind: i32,
     size: u8,
+    /// RAX does not hold the linear address yet: RCX holds it less the near page's tag.
+    lin_in_rcx: bool,
 }
 
 /// Classes of data access with a near page each, for reads and for writes: through ESP or
@@ -1779,8 +1781,26 @@ impl Compiler {
 
     /// [`Compiler::mem_probe`] with the miss path going to `fb`.
     fn probe_to(&mut self, op: &Op, s: u8, write: bool, fb: DynamicLabel) {
-        self.effective_address(op);
         let seg = op.seg as usize;
+        let pinned = |r: u8| r == loc::NO_REG || self.home(r).is_some();
+        if !self.checked && zero_base(seg) && op.asize == 4 && pinned(op.base) && pinned(op.index) {
+            // The common case, one instruction shorter: the address straight into RCX, which
+            // the near page's check turns into the offset in the page (the far path gets the
+            // linear address back from it).
+            self.op_segs |= 1 << seg;
+            if op.base == loc::NO_REG && op.index == loc::NO_REG {
+                let disp = op.disp as i32;
+                asm!(self.a ; mov ecx, disp);
+            } else if op.base == loc::NO_REG {
+                self.sum32(op);
+                asm!(self.a ; mov ecx, eax);
+            } else {
+                self.sum32_to(op, Reg::Rcx as u8);
+            }
+            self.near_check(op, s, write, fb, true);
+            return;
+        }
+        self.effective_address(op);
         let (slimit, sbase) = (seg_field(seg, SEG_LIMIT), seg_field(seg, SEG_BASE));
         if self.checked {
             // `Cpu::fast_lin`'s checks, at every access.
@@ -1822,14 +1842,19 @@ impl Compiler {
                 ; mov eax, eax
             );
         }
-        // The near page of this kind of access (`Ctx::near`) when the whole access lies in
-        // it: 0 <= linear - page <= 4096 - s, one unsigned compare.
+        asm!(self.a ; mov rcx, rax);
+        self.near_check(op, s, write, fb, false);
+    }
+
+    /// The near page of this kind of access (`Ctx::near`) when the whole access lies in it:
+    /// 0 <= linear - page <= 4096 - s, one unsigned compare; RCX = the linear address (also
+    /// in RAX unless `lin_in_rcx`), then its host address.
+    fn near_check(&mut self, op: &Op, s: u8, write: bool, fb: DynamicLabel, lin_in_rcx: bool) {
         let kind = write as i32 * NEAR_CLASSES as i32 + near_class(op);
         let (tag, host) = near_fields(kind);
         let (far, join) = (self.a.new_dynamic_label(), self.a.new_dynamic_label());
         let room = 4096 - s as i32;
         asm!(self.a
-            ; mov rcx, rax
             ; sub rcx, QWORD [rbx + tag]
             ; cmp rcx, room
             ; ja =>far
@@ -1842,6 +1867,7 @@ impl Compiler {
             fallback: fb,
             kind,
             size: s,
+            lin_in_rcx,
         });
     }
 
@@ -1862,8 +1888,15 @@ impl Compiler {
         let entry_host = off32(offset_of!(crate::mmu::tlb::FastEntry, host));
         let (fb, join) = (p.fallback, p.join);
         let (tag, host) = near_fields(p.kind);
+        asm!(self.a ; =>p.label);
+        if p.lin_in_rcx {
+            // (RCX = linear - tag, wrapping when the page is `NearPage::EMPTY`.)
+            asm!(self.a
+                ; mov rax, QWORD [rbx + tag]
+                ; add rax, rcx
+            );
+        }
         asm!(self.a
-            ; =>p.label
             ; lea rdx, [rax + last]
             ; and rdx, -4096
             ; mov ecx, eax
