@@ -1455,6 +1455,32 @@ fn a_byte_tests_flags_survive_storing_its_record() {
     agree_in_slices(&code, &[0; 8], &[&[97, 1, 40, 3]]);
 }
 
+/// A register ADD's record stays pending while the next ops overwrite its source (the value
+/// moves to a spare host register) and push a dword from memory, which uses that spare
+/// register itself: the record must be stored before the PUSH, so the flags PUSHFD then
+/// reads are the ADD's (0x7FFFFFFF + 1: OF, SF, AF, PF).
+#[test]
+fn a_pending_record_survives_its_source_overwritten_then_a_push_from_memory() {
+    let mut a = CodeAssembler::new(32).expect("asm");
+    for value in [1u32, 0xFFFF_FFFF] {
+        a.mov(eax, 0x7FFF_FFFF).expect("asm");
+        a.mov(ebx, value).expect("asm");
+        a.add(eax, ebx).expect("asm");
+        a.mov(ebx, 5).expect("asm");
+        a.push(dword_ptr(ebp + 8)).expect("asm");
+        a.pushfd().expect("asm");
+        a.pop(ecx).expect("asm");
+        a.pop(edx).expect("asm");
+        a.add(esi, ecx).expect("asm");
+        a.rol(esi, 5).expect("asm");
+    }
+    a.hlt().expect("asm");
+    let code = a.assemble(CODE).expect("asm");
+    let mut data = vec![0; 16];
+    data[8..12].copy_from_slice(&0x1234_5678u32.to_le_bytes());
+    compare("overwritten source, PUSH m32", &code, &[0; 8], &data, None);
+}
+
 /// Loops whose back edge is a side exit to their own block's start run round inside the
 /// compiled code. The first loop's body replaces the flags before reading them, so the
 /// record of its SUB stays unstored on the way round; the second one's ADC reads the CF

@@ -464,7 +464,41 @@ enum Deferred {
     Rotate { ror: bool, d: u8, before: Producer },
 }
 
+/// The scratch register a pending record's register moves to (`Compiler::settle_deferred`):
+/// R13, which the ops that keep a record pending do not touch (but PUSH m32).
+const SPARE: u8 = 13;
+
 impl Deferred {
+    /// The same record with host register `from` read from `to` instead.
+    fn moved(self, from: u8, to: u8) -> Deferred {
+        let r = |h: u8| if h == from { to } else { h };
+        let src = |v: Result<i32, u8>| v.map_err(r);
+        match self {
+            Deferred::Alu { fop, d, src: v } => Deferred::Alu {
+                fop,
+                d: r(d),
+                src: src(v),
+            },
+            Deferred::Cmp { test, s, d, src: v } => Deferred::Cmp {
+                test,
+                s,
+                d: r(d),
+                src: src(v),
+            },
+            Deferred::IncDec { fop, d, before } => Deferred::IncDec {
+                fop,
+                d: r(d),
+                before,
+            },
+            Deferred::Shift { k, d } => Deferred::Shift { k, d: r(d) },
+            Deferred::Rotate { ror, d, before } => Deferred::Rotate {
+                ror,
+                d: r(d),
+                before,
+            },
+        }
+    }
+
     /// Whether writing host register `h` loses what the record needs.
     fn needs(&self, h: u8) -> bool {
         match *self {
@@ -2782,8 +2816,11 @@ impl Compiler {
                         && self.prev_host_flags
                         && matches!(self.flags, Producer::Known(f, _) if f != FlagOp::None)
                 }
-                // `push32` writes ESP (and the stack), `pop32` ESP and the register.
-                None if self.push32_inline(op) => !writes(self, 4),
+                // `push32` writes ESP (and the stack; R13 too, for a memory operand), `pop32`
+                // ESP and the register.
+                None if self.push32_inline(op) => {
+                    !writes(self, 4) && (op.src != loc::MEM || !df.needs(SPARE))
+                }
                 None if self.pop32_inline(op) => !writes(self, 4) && !writes(self, op.dst),
                 // A MOVZX/MOVSX load: its fallback stores the record, as a MOV's does.
                 None if movx_load(op) => !writes(self, op.dst),
@@ -2791,6 +2828,23 @@ impl Compiler {
                 _ => false,
             };
         if keep {
+            return;
+        }
+        // An op that would keep it pending but overwrites a register it needs (one: these
+        // write one) and leaves R13 alone: that register's value moves to R13 (one move
+        // instead of the record's five to nine instructions).
+        let moves = !guarded
+            && !df.needs(SPARE)
+            && match fast_form(op.exec) {
+                Some(FastForm::MovRM(_)) => mem_inlinable(op),
+                Some(FastForm::MovRR(_) | FastForm::MovRI(_)) => true,
+                Some(FastForm::Lea(_)) => op.base != loc::RIP,
+                None => movx_load(op) || self.movx_in_place(op).is_some(),
+                _ => false,
+            };
+        if let (true, Some(h)) = (moves, self.home(op.dst).filter(|&h| df.needs(h))) {
+            asm!(self.a ; mov Rq(SPARE), Rq(h));
+            self.deferred = Some(df.moved(h, SPARE));
             return;
         }
         // A rotate that will be deferred too replaces CF and OF and keeps the rest, which
