@@ -1099,6 +1099,69 @@ fn a_block_that_jumps_onto_another_page_follows_a_remap_of_that_page() {
     }
 }
 
+/// Building a block that could go on into the next page translates that page first; when it
+/// is not mapped, nothing the guest sees may change: CR2 keeps the value it had (one the
+/// program put there), though the failed walk raised a #PF internally.
+#[test]
+fn a_block_ending_before_an_unmapped_page_leaves_cr2_alone() {
+    let (mut cpu, mut bus) = machine(|a| {
+        enable_paging(a)?;
+        a.mov(eax, 0x1234_5000u32)?;
+        a.mov(cr2, eax)?;
+        a.mov(eax, 0x40_0FF0u32)?;
+        a.jmp(eax)
+    });
+    setup_paging(&mut cpu);
+    // At the end of 0x40_0000's page: one block up to the page's end, then the fetch from
+    // 0x40_1000, which is not mapped, faults (the #PF handler reports its error code and
+    // CR2, now the fetch's address).
+    let mut tail = asm32(0x40_0FF0, |a| {
+        a.mov(eax, cr2)?;
+        report(a)
+    });
+    assert!(tail.len() <= 16);
+    tail.resize(16, 0x90);
+    put(&mut cpu.mem, 0x6FF0, &tail);
+    run(&mut cpu, &mut bus);
+    assert_eq!(bus.out.first(), Some(&0x1234_5000), "{:x?}", bus.out);
+    assert_eq!(bus.out.last(), Some(&0x40_1000), "{:x?}", bus.out);
+}
+
+/// A cached block on two pages whose second page is no longer mapped is built again; when
+/// the run then leaves before reaching that page, CR2 keeps its value (the lookup's failed
+/// walk of the second page must not leave its address there). The code at 0x40_0000 jumps
+/// to 0x40_1000 (a RET) when ESI is 0, else reports CR2 first.
+#[test]
+fn a_block_whose_second_page_went_away_leaves_cr2_alone() {
+    let (mut cpu, mut bus) = machine(|a| {
+        enable_paging(a)?;
+        a.xor(esi, esi)?;
+        a.call(0x40_0000u64)?;
+        a.mov(dword_ptr(PD as u32 + 0x2004), 0)?;
+        a.invlpg(ptr(0x40_1000))?;
+        a.mov(eax, 0x1234_5000u32)?;
+        a.mov(cr2, eax)?;
+        a.inc(esi)?;
+        a.call(0x40_0000u64)
+    });
+    setup_paging(&mut cpu);
+    put32(&mut cpu.mem, PD + 0x2004, 0x20000 | 3);
+    let first = asm32(0x40_0000, |a| {
+        let mut skip = a.create_label();
+        a.test(esi, esi)?;
+        a.jnz(skip)?;
+        a.jmp(0x40_1000u64)?;
+        a.set_label(&mut skip)?;
+        a.mov(eax, cr2)?;
+        report(a)?;
+        a.ret()
+    });
+    put(&mut cpu.mem, 0x6000, &first);
+    put(&mut cpu.mem, 0x20000, &[0xC3]);
+    run(&mut cpu, &mut bus);
+    assert_eq!(bus.out, vec![0x1234_5000]);
+}
+
 /// A store into the second page's part of a cached page-crossing instruction is seen (the
 /// block is on both pages' code lists): from pass 20 on, the immediate is 0x20001.
 #[test]
@@ -1272,6 +1335,8 @@ jit_forced!(
     a_cr3_reload_remaps_ordinary_code_but_not_global_code,
     an_instruction_across_pages_follows_a_remap_of_the_second_page,
     a_block_that_jumps_onto_another_page_follows_a_remap_of_that_page,
+    a_block_ending_before_an_unmapped_page_leaves_cr2_alone,
+    a_block_whose_second_page_went_away_leaves_cr2_alone,
     a_store_into_the_second_page_of_an_instruction_is_seen,
     call_gate_from_ring3_copies_parameters_and_retf_returns,
     rep_bsf_and_rep_bsr_run_as_bsf_and_bsr,

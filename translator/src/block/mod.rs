@@ -22,8 +22,9 @@ use std::rc::{Rc, Weak};
 pub const MAX_OPS: usize = 64;
 /// Conditional branches a block goes on past (each a side exit): a side exit without a static
 /// site in tier 1 (`jit::compile::MAX_SITES`; its target on another page) looks in the
-/// indirect-branch table. Four: a bytecode interpreter's case, its bound checks and its
-/// dispatch make one block (see `Cpu::join_page`).
+/// indirect-branch table. Eight (two made vbench slower, as many as fit its boot): a
+/// bytecode interpreter's case, its bound checks and its dispatch make one block (see
+/// `Cpu::join_page`).
 const MAX_SIDE_EXITS: usize = 8;
 
 /// One translated basic block.
@@ -284,13 +285,19 @@ impl Cpu {
     /// pages still holds); its fetch is noted, as the first page's is, so that invalidating
     /// it makes links stale.
     fn page_is(&mut self, bus: &mut dyn CpuBus, lin2: u64, phys2: u64, user: bool) -> bool {
+        let cr2 = self.cr2;
         match self.translate(bus, lin2, Access::Exec, user) {
             Ok(p) if p & !0xFFF == phys2 => {
                 self.tlb.note_exec(lin2 >> 12);
                 true
             }
-            // Remapped or unmapped: building the block again fetches (or faults) anew.
-            _ => false,
+            Ok(_) => false,
+            // Unmapped: building the block again fetches (or faults) anew; the block may not
+            // reach that page now, so the failed walk leaves CR2 as it was.
+            Err(_) => {
+                self.cr2 = cr2;
+                false
+            }
         }
     }
 
@@ -314,7 +321,13 @@ impl Cpu {
         if let Some((l, p)) = *page2 {
             return (l == page_lin).then_some(p);
         }
-        let p = self.translate(bus, page_lin, Access::Exec, user).ok()? & !0xFFF;
+        // (Nothing runs there yet: a failed walk must not leave its address in CR2.)
+        let cr2 = self.cr2;
+        let Ok(p) = self.translate(bus, page_lin, Access::Exec, user) else {
+            self.cr2 = cr2;
+            return None;
+        };
+        let p = p & !0xFFF;
         if !self.mem.is_backed(p) {
             return None;
         }
@@ -689,8 +702,8 @@ fn may_remap(ins: &iced_x86::Instruction) -> bool {
         ins.mnemonic(),
         M::Invlpg | M::Invlpga | M::Invpcid | M::Wrmsr | M::Lmsw | M::Clts
     ) || (ins.mnemonic() == M::Mov
-        && (0..ins.op_count())
-            .any(|k| ins.op_kind(k) == iced_x86::OpKind::Register && ins.op_register(k).is_cr()))
+        && ins.op0_kind() == iced_x86::OpKind::Register
+        && ins.op0_register().is_cr())
 }
 
 /// Instructions whose result depends on `Cpu::icount` (the TSC is derived from it).
