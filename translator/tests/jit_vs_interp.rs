@@ -1629,6 +1629,37 @@ impl CpuBus for EventBus {
 /// A counted loop writing port 0x80 every 16th pass (and every 64th pass inside a CLI/STI
 /// window), with a flat GDT and an IDT whose INTR (0x20) and NMI handlers log ECX.
 fn event_machine(mode: JitMode) -> Cpu {
+    event_machine_with(mode, |a| {
+        let mut top = a.create_label();
+        let mut skip = a.create_label();
+        let mut skip2 = a.create_label();
+        a.xor(ecx, ecx)?;
+        a.sti()?;
+        a.set_label(&mut top)?;
+        a.inc(ecx)?;
+        a.add(ebx, ecx)?;
+        a.test(ecx, 15)?;
+        a.jnz(skip)?;
+        a.out(0x80, al)?;
+        a.set_label(&mut skip)?;
+        a.test(ecx, 63)?;
+        a.jnz(skip2)?;
+        a.cli()?;
+        a.out(0x80, al)?;
+        a.add(edx, ecx)?;
+        a.sti()?;
+        a.set_label(&mut skip2)?;
+        a.cmp(ecx, 3000)?;
+        a.jne(top)?;
+        a.hlt()
+    })
+}
+
+/// [`event_machine`] with `main` as the program at CODE.
+fn event_machine_with(
+    mode: JitMode,
+    main: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>,
+) -> Cpu {
     // Handler `i` at CODE + 0x2000 + 0x100 * i logs ECX | tag.
     let handler = |i: u64, tag: u32| -> Result<Vec<u8>, IcedError> {
         let mut a = CodeAssembler::new(32)?;
@@ -1642,28 +1673,7 @@ fn event_machine(mode: JitMode) -> Cpu {
         a.assemble(CODE + 0x2000 + 0x100 * i)
     };
     let mut a = CodeAssembler::new(32).expect("asm");
-    let mut top = a.create_label();
-    let mut skip = a.create_label();
-    let mut skip2 = a.create_label();
-    a.xor(ecx, ecx).expect("asm");
-    a.sti().expect("asm");
-    a.set_label(&mut top).expect("asm");
-    a.inc(ecx).expect("asm");
-    a.add(ebx, ecx).expect("asm");
-    a.test(ecx, 15).expect("asm");
-    a.jnz(skip).expect("asm");
-    a.out(0x80, al).expect("asm");
-    a.set_label(&mut skip).expect("asm");
-    a.test(ecx, 63).expect("asm");
-    a.jnz(skip2).expect("asm");
-    a.cli().expect("asm");
-    a.out(0x80, al).expect("asm");
-    a.add(edx, ecx).expect("asm");
-    a.sti().expect("asm");
-    a.set_label(&mut skip2).expect("asm");
-    a.cmp(ecx, 3000).expect("asm");
-    a.jne(top).expect("asm");
-    a.hlt().expect("asm");
+    main(&mut a).expect("asm");
     let mut code = a.assemble(CODE).expect("asm");
     for (i, tag) in [(0u64, 0u32), (1, 0x1000_0000)] {
         code.resize(0x2000 + 0x100 * i as usize, 0xCC);
@@ -1736,6 +1746,46 @@ fn interrupts_reach_a_chained_loop_at_the_same_instruction() {
                 }
             }
         }
+    }
+}
+
+/// A loop that goes round inside its block (its back edge a side exit to the block's own
+/// start) with a port write in its body, which raises INTR or NMI on chosen writes: the
+/// loop's way round must look whether a handler asked for a poll, or the event is taken
+/// later than tier 0 takes it.
+#[test]
+fn interrupts_reach_a_loop_inside_its_block_at_the_same_instruction() {
+    let program = |a: &mut CodeAssembler| {
+        let mut top = a.create_label();
+        a.xor(ecx, ecx)?;
+        a.sti()?;
+        a.set_label(&mut top)?;
+        a.inc(ecx)?;
+        a.add(ebx, ecx)?;
+        a.out(0x80, al)?;
+        a.cmp(ecx, 400)?;
+        a.jne(top)?;
+        a.hlt()
+    };
+    let bus = || EventBus {
+        outs: 0,
+        intr_at: (3..300).step_by(11).collect(),
+        nmi_at: vec![7, 90],
+        intr: false,
+        nmi: false,
+        precise: true,
+    };
+    let mut t0 = event_machine_with(JitMode::Off, program);
+    let s0 = run_sliced(&mut t0, &mut bus(), &[1_000_000]);
+    assert_eq!(s0.last().map(|s| s.exits[0]), Some(RunExit::Halted));
+    for mode in [JitMode::Always, JitMode::Auto] {
+        let mut t1 = event_machine_with(mode, program);
+        let s1 = run_sliced(&mut t1, &mut bus(), &[1_000_000]);
+        assert_eq!(s0, s1, "{mode:?}");
+        assert!(
+            t0.mem.as_slice() == t1.mem.as_slice(),
+            "{mode:?}: event log"
+        );
     }
 }
 

@@ -309,16 +309,21 @@ struct FarProbe {
     lin_in_rcx: bool,
 }
 
-/// Classes of data access with a near page each, for reads and for writes: through ESP or
-/// EBP (the stack and the frame), else with a displacement of 64 KiB or more (a static
-/// table indexed by a register), else by base register (a loop reading two arrays through
-/// two pointers keeps both pages), else without one.
-pub(crate) const NEAR_CLASSES: usize = 9;
+/// Classes of data access with a near page each, for reads and for writes: through ESP (the
+/// stack), through EBP (the frame — or, without a frame pointer, any pointer: glibc's
+/// merge sort walks an array with EBP while it counts in a stack slot, which shared one
+/// page), else with a displacement of 64 KiB or more (a static table indexed by a
+/// register), else by base register (a loop reading two arrays through two pointers keeps
+/// both pages), else without one.
+pub(crate) const NEAR_CLASSES: usize = 10;
 
 /// The near-page class of `op`'s memory operand (`NEAR_CLASSES`).
 fn near_class(op: &Op) -> i32 {
-    if [op.base, op.index].iter().any(|&r| r == 4 || r == 5) {
+    if [op.base, op.index].contains(&4) {
         return 0;
+    }
+    if [op.base, op.index].contains(&5) {
+        return 9;
     }
     let disp = op.disp as i64 as i32;
     if op.base != loc::NO_REG && disp.unsigned_abs() >= 0x1_0000 {
@@ -3225,9 +3230,16 @@ impl Compiler {
         }
         let (n, len) = ((i + 1) as i32, self.ops_len as i32);
         let (out, body) = (self.a.new_dynamic_label(), self.loop_body);
+        // `Jit::poll` is clear wherever a block is entered (the dispatcher clears it, links
+        // check it) and only Rust code sets it: a loop body that calls none (no handler, no
+        // fallback) need not look at it.
+        if self.counts.called != 0 || !self.fallbacks.is_empty() {
+            asm!(self.a
+                ; cmp BYTE [rbx + JIT_POLL], 0
+                ; jne =>out
+            );
+        }
         asm!(self.a
-            ; cmp BYTE [rbx + JIT_POLL], 0
-            ; jne =>out
             ; sub r12, n
             ; cmp r12, len
             ; jae =>body
