@@ -1450,9 +1450,9 @@ impl Compiler {
             Some(FastForm::Lea(s)) if op.base != loc::RIP => {
                 self.effect = Effect::Pass;
                 // lea_r runs with a 32-bit address: the sum is masked to 32 bits.
-                match (s, self.home(op.dst), self.home(op.base)) {
+                match (s, self.home(op.dst)) {
                     // Straight into the pinned register (a 32-bit LEA zero-extends).
-                    (4, Some(d), Some(_)) => self.sum32_to(op, d),
+                    (4, Some(d)) => self.sum32_to(op, d),
                     _ => {
                         self.sum32(op);
                         self.put(s, Reg::Rax, op.dst);
@@ -1827,15 +1827,7 @@ impl Compiler {
             // the near page's check turns into the offset in the page (the far path gets the
             // linear address back from it).
             self.op_segs |= 1 << seg;
-            if op.base == loc::NO_REG && op.index == loc::NO_REG {
-                let disp = op.disp as i32;
-                asm!(self.a ; mov ecx, disp);
-            } else if op.base == loc::NO_REG {
-                self.sum32(op);
-                asm!(self.a ; mov ecx, eax);
-            } else {
-                self.sum32_to(op, Reg::Rcx as u8);
-            }
+            self.sum32_to(op, Reg::Rcx as u8);
             self.near_check(op, s, write, fb, true);
             return;
         }
@@ -1979,63 +1971,43 @@ impl Compiler {
         mask(&mut self.a, op.asize, Reg::Rax);
     }
 
-    /// Host register `to` (32-bit) = `op`'s base (a pinned register) + index * scale +
-    /// disp, as [`Compiler::sum32`] computes it into EAX. Clobbers RCX.
-    fn sum32_to(&mut self, op: &Op, to: u8) {
-        let Some(b) = self.home(op.base) else {
-            self.sum32(op);
-            asm!(self.a ; mov Rd(to), eax);
-            return;
-        };
-        let disp = op.disp as i32;
-        if op.index == loc::NO_REG {
-            asm!(self.a ; lea Rd(to), [Rq(b) + disp]);
-            return;
-        }
-        let ix = match self.home(op.index) {
-            Some(h) => h,
-            None => {
-                self.get(8, op.index, Reg::Rcx);
-                Reg::Rcx as u8
-            }
-        };
-        match op.scale {
-            0 => asm!(self.a ; lea Rd(to), [Rq(b) + Rq(ix) + disp]),
-            1 => asm!(self.a ; lea Rd(to), [Rq(b) + Rq(ix) * 2 + disp]),
-            2 => asm!(self.a ; lea Rd(to), [Rq(b) + Rq(ix) * 4 + disp]),
-            _ => asm!(self.a ; lea Rd(to), [Rq(b) + Rq(ix) * 8 + disp]),
-        }
-    }
-
     /// EAX = base + index * scale + disp of `op`'s memory operand, wrapped to 32 bits (and
     /// zero-extended), as 32-bit address arithmetic does. Clobbers RCX.
     fn sum32(&mut self, op: &Op) {
+        self.sum32_to(op, Reg::Rax as u8);
+    }
+
+    /// [`Compiler::sum32`] into host register `to` (RAX, RCX or a pinned register): one LEA
+    /// when base and index are pinned. Clobbers RAX and RCX.
+    fn sum32_to(&mut self, op: &Op, to: u8) {
         let disp = op.disp as i32;
-        let b = if op.base == loc::NO_REG {
-            asm!(self.a ; xor eax, eax);
-            Reg::Rax as u8
-        } else if let Some(h) = self.home(op.base) {
-            h
-        } else {
-            self.get(8, op.base, Reg::Rax);
-            Reg::Rax as u8
-        };
-        if op.index == loc::NO_REG {
-            asm!(self.a ; lea eax, [Rq(b) + disp]);
-            return;
-        }
-        let ix = match self.home(op.index) {
-            Some(h) => h,
-            None => {
-                self.get(8, op.index, Reg::Rcx);
-                Reg::Rcx as u8
+        let b = match (op.base, self.home(op.base)) {
+            (loc::NO_REG, _) => None,
+            (_, Some(h)) => Some(h),
+            (r, None) => {
+                self.get(8, r, Reg::Rax);
+                Some(Reg::Rax as u8)
             }
         };
-        match op.scale {
-            0 => asm!(self.a ; lea eax, [Rq(b) + Rq(ix) + disp]),
-            1 => asm!(self.a ; lea eax, [Rq(b) + Rq(ix) * 2 + disp]),
-            2 => asm!(self.a ; lea eax, [Rq(b) + Rq(ix) * 4 + disp]),
-            _ => asm!(self.a ; lea eax, [Rq(b) + Rq(ix) * 8 + disp]),
+        let ix = match (op.index, self.home(op.index)) {
+            (loc::NO_REG, _) => None,
+            (_, Some(h)) => Some(h),
+            (r, None) => {
+                self.get(8, r, Reg::Rcx);
+                Some(Reg::Rcx as u8)
+            }
+        };
+        match (b, ix, op.scale) {
+            (None, None, _) => asm!(self.a ; mov Rd(to), disp),
+            (Some(b), None, _) => asm!(self.a ; lea Rd(to), [Rq(b) + disp]),
+            (None, Some(ix), 0) => asm!(self.a ; lea Rd(to), [Rq(ix) + disp]),
+            (None, Some(ix), 1) => asm!(self.a ; lea Rd(to), [Rq(ix) * 2 + disp]),
+            (None, Some(ix), 2) => asm!(self.a ; lea Rd(to), [Rq(ix) * 4 + disp]),
+            (None, Some(ix), _) => asm!(self.a ; lea Rd(to), [Rq(ix) * 8 + disp]),
+            (Some(b), Some(ix), 0) => asm!(self.a ; lea Rd(to), [Rq(b) + Rq(ix) + disp]),
+            (Some(b), Some(ix), 1) => asm!(self.a ; lea Rd(to), [Rq(b) + Rq(ix) * 2 + disp]),
+            (Some(b), Some(ix), 2) => asm!(self.a ; lea Rd(to), [Rq(b) + Rq(ix) * 4 + disp]),
+            (Some(b), Some(ix), _) => asm!(self.a ; lea Rd(to), [Rq(b) + Rq(ix) * 8 + disp]),
         }
     }
 
