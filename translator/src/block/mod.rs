@@ -7,7 +7,10 @@
 
 use crate::Cpu;
 use crate::bus::CpuBus;
-use crate::decode::{self, op::Op};
+use crate::decode::{
+    self,
+    op::{Handler, Op},
+};
 use crate::exception::{Exit, Fault};
 use crate::mmu::Access;
 use crate::state::sreg;
@@ -455,14 +458,15 @@ impl Cpu {
         let max_len = self.max_insn_len.clamp(1, 15) as u64;
         let mut ops: Vec<Op> = Vec::with_capacity(16);
         // The block is one or more straight-line runs: the first starts at `phys`; a direct
-        // CALL into the same page continues the block at its target (see
-        // `exec::fast::call_rel32_sb`). `off` counts bytes within the current run.
+        // CALL into the same page or a JMP the block follows opens the next at its target
+        // (`run_opener`: that op, which gets the run's span; see `exec::fast::
+        // call_rel32_sb`). `off` counts bytes within the current run.
         let mut run_phys = phys;
         let mut run_ip = ip;
         let mut run_lin = lin;
         let mut off = 0u64;
         let mut first_len: Option<u64> = None;
-        let mut run_call: Option<usize> = None;
+        let mut run_opener: Option<usize> = None;
         let mut buf = [0u8; 16];
         let mut chainable = false;
         let mut side_exits = 0;
@@ -565,65 +569,49 @@ impl Cpu {
                     break;
                 }
             }
+            // A direct CALL into the same page, or a JMP to the block's page or its second
+            // one, the block goes on at: the handler that checks it at run time and the
+            // target's physical page.
             if stop
                 && bitness == 32
                 && ops.len() < MAX_OPS
-                && ins.mnemonic() == iced_x86::Mnemonic::Call
                 && ins.op_kind(0) == iced_x86::OpKind::NearBranch32
                 && ins.near_branch32() as u64 <= cs_limit
             {
                 let target = ins.near_branch32() as u64;
-                let cs_base = lin.wrapping_sub(ip);
-                let target_lin = cs_base.wrapping_add(target) & 0xFFFF_FFFF;
-                if target_lin >> 12 == cur_lin >> 12 {
-                    // Continue in the callee: close this run, open the next.
-                    if let Some(i) = run_call.take() {
-                        ops[i].imm2 = ((off as u32) << 12) | (run_lin & 0xFFF) as u32;
+                let target_lin = lin.wrapping_sub(ip).wrapping_add(target) & 0xFFFF_FFFF;
+                let mut follow = None;
+                match ins.mnemonic() {
+                    iced_x86::Mnemonic::Call if target_lin >> 12 == cur_lin >> 12 => {
+                        follow = Some((crate::exec::fast::call_rel32_sb as Handler, cur_page));
                     }
-                    first_len.get_or_insert(off);
-                    runs.push((run_ip, off));
-                    let last = ops.len() - 1;
-                    ops[last].exec = crate::exec::fast::call_rel32_sb;
-                    run_call = Some(last);
-                    run_phys = cur_page | (target_lin & 0xFFF);
-                    run_ip = target;
-                    run_lin = target_lin;
-                    off = 0;
-                    continue;
+                    // Not into code the block holds already (a loop's back edge stays a
+                    // branch), nor around the top of the address space (tier 1 takes the
+                    // distance from the block's start as it is).
+                    iced_x86::Mnemonic::Jmp if may_span => {
+                        let decoded = std::iter::once((run_ip, off))
+                            .chain(runs.iter().copied())
+                            .any(|(at, n)| (at..at + n).contains(&target));
+                        let rel = ops[ops.len() - 1].imm as i64;
+                        let wraps = cur_lin as i64 + len as i64 + rel != target_lin as i64;
+                        if !decoded && !wraps {
+                            follow = self
+                                .join_page(bus, target_lin & !0xFFF, lin, phys, &mut page2, user)
+                                .map(|page| (crate::exec::fast::jmp_rel_sb as Handler, page));
+                        }
+                    }
+                    _ => {}
                 }
-            }
-            if stop
-                && may_span
-                && ops.len() < MAX_OPS
-                && ins.mnemonic() == iced_x86::Mnemonic::Jmp
-                && ins.op_kind(0) == iced_x86::OpKind::NearBranch32
-                && ins.near_branch32() as u64 <= cs_limit
-            {
-                // Go on at a direct JMP's target (on the block's page or its second one) unless
-                // the block holds that code already (a loop's back edge stays a branch).
-                let target = ins.near_branch32() as u64;
-                let cs_base = lin.wrapping_sub(ip);
-                let target_lin = cs_base.wrapping_add(target) & 0xFFFF_FFFF;
-                let decoded = std::iter::once((run_ip, off))
-                    .chain(runs.iter().copied())
-                    .any(|(at, n)| (at..at + n).contains(&target));
-                // (Not around the top of the address space: tier 1 takes the distance from
-                // the block's start as it is.)
-                let rel = ops[ops.len() - 1].imm as i64;
-                let wraps = cur_lin as i64 + len as i64 + rel != target_lin as i64;
-                if !decoded
-                    && !wraps
-                    && let Some(page) =
-                        self.join_page(bus, target_lin & !0xFFF, lin, phys, &mut page2, user)
-                {
-                    if let Some(i) = run_call.take() {
+                if let Some((exec, page)) = follow {
+                    // Close this run, open the next at the target.
+                    if let Some(i) = run_opener.take() {
                         ops[i].imm2 = ((off as u32) << 12) | (run_lin & 0xFFF) as u32;
                     }
                     first_len.get_or_insert(off);
                     runs.push((run_ip, off));
                     let last = ops.len() - 1;
-                    ops[last].exec = crate::exec::fast::jmp_rel_sb;
-                    run_call = Some(last);
+                    ops[last].exec = exec;
+                    run_opener = Some(last);
                     run_phys = page | (target_lin & 0xFFF);
                     run_ip = target;
                     run_lin = target_lin;
@@ -668,7 +656,7 @@ impl Cpu {
                 break;
             }
         }
-        if let Some(i) = run_call {
+        if let Some(i) = run_opener {
             ops[i].imm2 = ((off as u32) << 12) | (run_lin & 0xFFF) as u32;
         }
         let byte_len = first_len.unwrap_or(off);
@@ -894,7 +882,7 @@ mod tests {
     }
 
     #[test]
-    fn chain_links_do_not_outlive_a_run_call() {
+    fn chain_links_do_not_outlive_a_run_opener() {
         // top (0x1000): inc eax; jmp next.  next (0x1010): inc ebx; jmp top.
         let mut a = CodeAssembler::new(32).unwrap();
         a.inc(eax).unwrap();
